@@ -27,14 +27,27 @@ class SourceRecord(NamedTuple):
     timestamp_ms: int | None = None
 
 
+class DecodedRecord(NamedTuple):
+    """A record a source has already decoded (Avro and Parquet files), with its origin.
+
+    ``origin`` is ``{"file": path, "record": n}`` (0-based index within the file).
+    """
+
+    record: Mapping[str, Any]
+    origin: Mapping[str, Any] = {}
+
+
 def payload_of(element: Any) -> bytes:
     """The bytes a dead letter keeps for ``element``.
 
-    Raw records give their original bytes unchanged. A record that was already decoded (a dict)
-    is re-encoded as canonical JSON, since its original bytes are no longer at hand.
+    Raw records give their original bytes unchanged. A record that was already decoded (a dict,
+    a :class:`DecodedRecord`) is encoded as canonical JSON (sorted keys), since its original
+    bytes are not at hand.
     """
     if isinstance(element, bytes):
         return element
+    if isinstance(element, DecodedRecord):
+        element = element.record
     payload = getattr(element, "payload", None)
     if isinstance(payload, bytes):
         return payload

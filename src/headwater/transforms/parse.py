@@ -1,7 +1,8 @@
 """Parse raw records: decode, stamp with event time, validate -- or dead-letter them.
 
 Input: raw records from a source (:class:`~headwater.records.SourceRecord`,
-:class:`~headwater.io.kafkaio.KafkaRecord`, or plain ``bytes``), in any window. Output:
+:class:`~headwater.io.kafkaio.KafkaRecord`, or plain ``bytes``; a
+:class:`~headwater.records.DecodedRecord` skips decoding), in any window. Output:
 :class:`~headwater.transforms.deadletter.Routed` -- ``main`` holds the decoded dicts with their
 event time as the element timestamp; ``dead_letter`` holds one envelope per rejected record, with
 the record's *original* bytes and coordinates and the stage that rejected it:
@@ -24,7 +25,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.records import payload_of
+from headwater.records import DecodedRecord, payload_of
 from headwater.transforms.deadletter import Routed, dead_letter_for
 
 __all__ = ["ParseRecords"]
@@ -55,7 +56,10 @@ class _ParseFn(beam.DoFn):
         stage = "decode"
         timestamp = None
         try:
-            record = self._decode(payload_of(element))
+            if isinstance(element, DecodedRecord):
+                record = element.record  # the source decoded it (Avro, Parquet files)
+            else:
+                record = self._decode(payload_of(element))
             stage = "event_time"
             if self._event_time is None:
                 timestamp = _source_timestamp(element)
