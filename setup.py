@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "fastavro>=1.9",
     "google-cloud-dataflow-client>=0.8",
     "confluent-kafka[schemaregistry,avro]>=2.4",
+    "tzdata",  # IANA zones for calendar windows on images without /usr/share/zoneinfo
 ]
 
 EXTRAS_REQUIRE = {
