@@ -1,0 +1,410 @@
+"""Late-data routing: records too late for their windows go to a ``late`` output, never a drop.
+
+Beam's GroupByKey drops an element whose window has expired (``input watermark > window.end +
+allowed_lateness``) and only bumps a runner counter. headwater routes such records *before* the
+windowing step instead, because a DoFn downstream of the GroupByKey never sees them.
+
+Input
+    A PCollection in the **global window** whose elements (usually decoded record dicts) carry
+    their event time as the element timestamp. Bounded or unbounded.
+Outputs (:class:`LateRouted`)
+    ``main``: the same elements, unchanged, with the same timestamps, still in the global window
+    (:class:`RouteLateData`) or already windowed (:class:`WindowWithLateRouting`).
+    ``late``: one :class:`~headwater.transforms.deadletter.DeadLetter` per late record, with
+    ``stage="late"``, ``error_type="LateData"``, the record's ``event_time``, the ``window``
+    (``"<start ISO>/<end ISO>"``) and ``lateness_ms``; timestamped like the record, global window.
+Ordering
+    None within or across outputs (as everywhere in Beam).
+
+How lateness is decided
+    A window ``W`` *closes* at ``close(W) = W.end + allowed_lateness``, the GroupByKey's drop rule.
+    DoFns cannot read the watermark, so the router learns a lower bound of it, ``known_wm``, from
+    event-time timers: a *clock* that walks through every time at which some window can close --
+    for fixed, sliding and calendar windows every window end (+ allowed lateness), whether or not
+    a record fell into that window; for sessions a grid of one gap. When the clock's timer fires
+    at ``T``, the watermark has reached ``T``: ``known_wm = T`` and the timer is re-armed at the
+    next close time. All routing state lives under one key, so the clock is one clock: it knows
+    of every window that any record has touched.
+
+    The router assigns each record its windows itself (``window_fn.assign``; for ``Sessions`` the
+    pre-merge window ``[t, t + gap)``, which is what the GroupByKey checks before merging). If
+    every window has ``close(W) <= known_wm`` the record is late; otherwise it goes to ``main``.
+    A sliding-window record is late only when *all* its windows have closed; while one is open it
+    goes to ``main``, and its share in windows that already closed is dropped by the GroupByKey
+    as Beam does (it is not re-emitted to ``late``).
+
+    ``lateness_ms = (known_wm - event_time) // 1000``: how far (whole milliseconds, rounded
+    down) the record's event time is behind the watermark as the router knew it when the record
+    arrived. ``known_wm`` trails the real watermark by less than one clock step (one window
+    period; one gap for sessions), so this is a lower bound within one step of the truth.
+    The ``window`` of a late record is the last of its windows to close.
+
+Guarantee
+    Every record either reaches its windows' panes downstream (on time, or as a late pane inside
+    the allowed lateness) or the ``late`` output: never both, never neither. Why: a record goes
+    to ``main`` only while one of its closes ``c`` is ahead of ``known_wm``; the clock's next
+    tick is at or before ``c`` and has not fired, so the watermark has not reached ``c`` --
+    on runners where timers hold the output watermark (Dataflow, Flink, Prism) because the
+    armed timer holds the windowing step's watermark at or below it, and on the single-worker
+    ``BundleBasedDirectRunner`` because a due timer fires before the next input bundle. For
+    sessions the record's own close is not on the clock's grid, so :class:`WindowWithLateRouting`
+    gives the GroupByKey one extra gap of allowed lateness: a session record up to one gap beyond
+    ``allowed_lateness`` may come out in a late pane instead of ``late`` -- still counted, never
+    dropped.
+
+    The clock runs while there are windows to close: up to ``clock_horizon`` (default 1 h of
+    event time) beyond the newest window close the router has seen, then it stops until the next
+    record. The watermark only passes windows that records passed through first, so that is
+    enough -- unless the watermark moves on *without records reaching the router* for longer than
+    ``clock_horizon`` (every source idle and advanced by wall clock, or only rejected records
+    arriving); a record later than that for a window never seen is then judged against the
+    stopped clock. Keep ``clock_horizon`` above the longest such silence you expect.
+
+    In batch the watermark stays at the minimum until the input is exhausted and then jumps to
+    the maximum, so nothing can be late: for bounded input the routing step is skipped and
+    ``late`` is empty.
+
+State
+    Bounded and tiny: one key holding ``known_wm``, the armed tick and the newest close seen.
+    Timer firings: one per window period (one per gap for sessions) of event-time progress, up
+    to ``clock_horizon`` past the newest window, so a drained or finished stream does not
+    walk the clock to the end of time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam import typehints
+from apache_beam.coders import VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger as beam_trigger
+from apache_beam.transforms import userstate
+from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+
+from headwater.transforms.deadletter import DeadLetter, dead_letter_for
+from headwater.windowing.durations import DurationLike, format_duration, parse_duration
+
+__all__ = ["LATE_ERROR_TYPE", "LATE_STAGE", "LateRouted", "RouteLateData", "WindowWithLateRouting"]
+
+LATE_STAGE = "late"
+LATE_ERROR_TYPE = "LateData"
+
+_NAMESPACE = "headwater"
+_MIN_MICROS = MIN_TIMESTAMP.micros
+
+
+class LateRouted(NamedTuple):
+    """The outputs of late-data routing: records for the windows, and late dead letters."""
+
+    main: beam.PCollection
+    late: beam.PCollection
+
+
+def _iso(micros: int) -> str:
+    try:
+        instant = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+            microseconds=micros
+        )
+    except OverflowError:  # near Beam's MIN/MAX timestamps, outside what datetime can show
+        return str(Timestamp(micros=micros))
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def _window_str(window: Any) -> str:
+    return f"{_iso(window.start.micros)}/{_iso(window.end.micros)}"
+
+
+class _Clock:
+    """The times at which a window of ``window_fn`` can close: the router's timer grid."""
+
+    def __init__(self, window_fn: beam_window.WindowFn, lateness_micros: int):
+        self._window_fn = window_fn
+        self._lateness_micros = lateness_micros
+        self._gap_micros = (
+            window_fn.gap_size.micros if isinstance(window_fn, beam_window.Sessions) else None
+        )
+
+    def closes(self, timestamp: Timestamp, record: Any) -> list[tuple[int, Any]]:
+        """``(close time, window)`` for each window of a record (pre-merge for sessions)."""
+        windows = self._window_fn.assign(beam_window.WindowFn.AssignContext(timestamp, record))
+        return [(w.end.micros + self._lateness_micros, w) for w in windows]
+
+    def next_after(self, micros: int) -> int:
+        """The first close time strictly after ``micros``."""
+        if self._gap_micros is not None:
+            return micros + self._gap_micros
+        probe = Timestamp(micros=micros - self._lateness_micros)
+        ends = [
+            w.end.micros
+            for w in self._window_fn.assign(beam_window.WindowFn.AssignContext(probe, None))
+        ]
+        return min(ends) + self._lateness_micros
+
+
+class _RouteLateFn(beam.DoFn):
+    """One key: a clock of event-time timers walking every window close time."""
+
+    KNOWN_WM = userstate.ReadModifyWriteStateSpec("known_wm", VarIntCoder())
+    ARMED_AT = userstate.ReadModifyWriteStateSpec("armed_at", VarIntCoder())
+    NEWEST_CLOSE = userstate.ReadModifyWriteStateSpec("newest_close", VarIntCoder())
+    TICK = userstate.TimerSpec("tick", TimeDomain.WATERMARK)
+
+    def __init__(self, window_fn: beam_window.WindowFn, lateness_micros: int, horizon_micros: int):
+        self._window_fn = window_fn
+        self._lateness_micros = lateness_micros
+        self._horizon_micros = horizon_micros
+        self._clock = _Clock(window_fn, lateness_micros)
+        self._main = Metrics.counter(_NAMESPACE, "late_routing.main")
+        self._late = Metrics.counter(_NAMESPACE, "late_routing.late")
+
+    def process(
+        self,
+        element,
+        timestamp=beam.DoFn.TimestampParam,
+        known_state=beam.DoFn.StateParam(KNOWN_WM),
+        armed_state=beam.DoFn.StateParam(ARMED_AT),
+        newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
+        timer=beam.DoFn.TimerParam(TICK),
+    ):
+        _, record = element
+        known_wm = known_state.read()
+        if known_wm is None:
+            known_wm = _MIN_MICROS
+        closes = self._clock.closes(timestamp, record)
+        open_closes = [close for close, _ in closes if close > known_wm]
+        if not open_closes:
+            self._late.inc()
+            yield beam.pvalue.TaggedOutput(
+                "late", self._late_record(record, timestamp, known_wm, closes)
+            )
+            return
+        newest = newest_state.read()
+        newest_close = max(open_closes)
+        if newest is None or newest_close > newest:
+            newest_state.write(newest_close)
+        # Before the first tick the clock starts at the earliest close seen; once it has
+        # ticked it resumes (if stopped) at the next grid time after what it knows.
+        wanted = min(open_closes) if known_wm == _MIN_MICROS else self._clock.next_after(known_wm)
+        armed_at = armed_state.read()
+        if armed_at is None or wanted < armed_at:
+            timer.set(Timestamp(micros=wanted))
+            armed_state.write(wanted)
+        self._main.inc()
+        yield record
+
+    @userstate.on_timer(TICK)
+    def on_tick(
+        self,
+        fired_at=beam.DoFn.TimestampParam,
+        known_state=beam.DoFn.StateParam(KNOWN_WM),
+        armed_state=beam.DoFn.StateParam(ARMED_AT),
+        newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
+        timer=beam.DoFn.TimerParam(TICK),
+    ):
+        previous = known_state.read()
+        known_wm = max(fired_at.micros, _MIN_MICROS if previous is None else previous)
+        known_state.write(known_wm)
+        following = self._clock.next_after(known_wm)
+        newest = newest_state.read()
+        if newest is not None and following <= newest + self._horizon_micros:
+            timer.set(Timestamp(micros=following))
+            armed_state.write(following)
+        else:
+            armed_state.clear()  # stopped: the next record restarts the clock
+
+    def _late_record(
+        self, record: Any, timestamp: Timestamp, known_wm: int, closes: list[tuple[int, Any]]
+    ) -> DeadLetter:
+        close, window = max(closes, key=lambda pair: (pair[0], pair[1].start.micros))
+        lateness_ms = (known_wm - timestamp.micros) // 1000
+        window_str = _window_str(window)
+        reason = (
+            f"event time {_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
+            f"watermark (>= {_iso(known_wm)}); window {window_str} closed at {_iso(close)} "
+            f"(window end + allowed lateness {format_duration(self._lateness_micros / 1e6)})"
+        )
+        envelope = dead_letter_for(
+            record,
+            stage=LATE_STAGE,
+            error=reason,
+            event_time=timestamp,
+            window=window_str,
+            lateness_ms=lateness_ms,
+        )
+        return dataclasses.replace(envelope, error_type=LATE_ERROR_TYPE)
+
+
+def _key_by_clock(element: Any) -> tuple[int, Any]:
+    return 0, element
+
+
+def _check_window_fn(window_fn: Any) -> beam_window.WindowFn:
+    if isinstance(window_fn, beam_window.Sessions):
+        return window_fn
+    if isinstance(window_fn, beam_window.WindowFn) and not isinstance(
+        window_fn, beam_window.NonMergingWindowFn
+    ):
+        raise ValueError(
+            f"window_fn={window_fn!r} merges windows; of the merging WindowFns only Sessions "
+            "is supported (the router needs to know where windows can close)"
+        )
+    if not isinstance(window_fn, beam_window.WindowFn) or isinstance(
+        window_fn, beam_window.GlobalWindows
+    ):
+        raise ValueError(
+            f"window_fn={window_fn!r} must be a Beam WindowFn with finite windows "
+            "(FixedWindows, SlidingWindows, Sessions, calendar windows); the global window "
+            "never closes, so nothing could be late"
+        )
+    return window_fn
+
+
+def _lateness_micros(allowed_lateness: DurationLike) -> int:
+    seconds = parse_duration(allowed_lateness, name="allowed_lateness")
+    return round(seconds * 1_000_000)
+
+
+class RouteLateData(beam.PTransform):
+    """Sends records whose windows have all closed to ``late``, the rest on to ``main``.
+
+    ``window_fn`` is the WindowFn the caller applies next (``beam.WindowInto(window_fn, ...,
+    allowed_lateness=...)`` with the *same* ``allowed_lateness``, plus one gap for sessions --
+    or use :class:`WindowWithLateRouting`, which does both); ``allowed_lateness`` is seconds, a
+    ``timedelta`` or a string such as ``'30s'`` (required: there is no safe default);
+    ``clock_horizon`` is how far past the newest window the clock keeps ticking. The input must
+    be in the global window with event times as timestamps. Bounded input passes through
+    unchanged (nothing is late in batch). See the module docstring for the exact rule, the
+    guarantee and the state bound.
+
+    >>> import apache_beam as beam
+    >>> from apache_beam.transforms.window import FixedWindows, TimestampedValue
+    >>> with beam.Pipeline("FnApiRunner") as p:
+    ...     routed = (p | beam.Create([{"v": 1}])
+    ...               | beam.Map(lambda r: TimestampedValue(r, 10))
+    ...               | RouteLateData(FixedWindows(60), allowed_lateness="0s"))
+    ...     _ = routed.main | beam.Map(print)
+    {'v': 1}
+    """
+
+    def __init__(
+        self,
+        window_fn: beam_window.WindowFn,
+        *,
+        allowed_lateness: DurationLike,
+        clock_horizon: DurationLike = "1h",
+    ):
+        super().__init__()
+        self._window_fn = _check_window_fn(window_fn)
+        self._lateness_micros = _lateness_micros(allowed_lateness)
+        self._horizon_micros = round(parse_duration(clock_horizon, name="clock_horizon") * 1e6)
+
+    def expand(self, pcoll):
+        if not isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
+            raise ValueError(
+                f"RouteLateData needs its input in the global window, got "
+                f"{pcoll.windowing.windowfn!r}; route late data before beam.WindowInto"
+            )
+        if pcoll.is_bounded:
+            # Batch: the watermark only moves once all input is in, so nothing is late.
+            return LateRouted(pcoll, pcoll.pipeline | "NoLateData" >> beam.Create([]))
+        routed = (
+            pcoll
+            | "KeyByClock"
+            >> beam.Map(_key_by_clock).with_output_types(typehints.KV[int, typehints.Any])
+            | "Route"
+            >> beam.ParDo(
+                _RouteLateFn(self._window_fn, self._lateness_micros, self._horizon_micros)
+            ).with_outputs("late", main="main")
+        )
+        return LateRouted(routed.main, routed.late)
+
+
+class WindowWithLateRouting(beam.PTransform):
+    """:class:`RouteLateData` followed by ``beam.WindowInto`` with the same allowed lateness.
+
+    ``trigger`` defaults to ``AfterWatermark(late=AfterCount(1))``, so that a record inside the
+    allowed lateness produces a late pane instead of vanishing (Beam's ``AfterWatermark()``
+    without late firings discards it). That holds for ``allowed_lateness=0`` too: a runner whose
+    timers hold the watermark can let the windowing step's watermark reach ``W.end`` exactly
+    before the router's timer at ``W.end`` fires, and the GroupByKey then still accepts a record
+    of ``W`` that only a late firing emits. A ``trigger`` given here should have late firings
+    for the same reason. ``accumulation_mode`` defaults to discarding; ``timestamp_combiner`` to
+    Beam's default (end of window). For ``Sessions`` the window step gets one gap more allowed
+    lateness than the router (see the module docstring). Returns :class:`LateRouted` with
+    ``main`` windowed.
+
+    >>> import apache_beam as beam
+    >>> from apache_beam.transforms.window import FixedWindows, TimestampedValue
+    >>> with beam.Pipeline("FnApiRunner") as p:
+    ...     routed = (p | beam.Create([("k", 1), ("k", 2)])
+    ...               | beam.Map(lambda kv: TimestampedValue(kv, 10))
+    ...               | WindowWithLateRouting(FixedWindows(60), allowed_lateness="1m"))
+    ...     _ = routed.main | beam.CombinePerKey(sum) | beam.Map(print)
+    ('k', 3)
+    """
+
+    def __init__(
+        self,
+        window_fn: beam_window.WindowFn,
+        *,
+        allowed_lateness: DurationLike,
+        trigger: beam_trigger.TriggerFn | None = None,
+        accumulation_mode: Any = None,
+        timestamp_combiner: Any = None,
+        clock_horizon: DurationLike = "1h",
+    ):
+        super().__init__()
+        self._route = RouteLateData(
+            window_fn, allowed_lateness=allowed_lateness, clock_horizon=clock_horizon
+        )
+        self._window_fn = window_fn
+        self._lateness_micros = _lateness_micros(allowed_lateness)
+        if isinstance(window_fn, beam_window.Sessions):
+            # A session record's close is not on the router's clock grid: one gap of slack
+            # keeps the GroupByKey from dropping what the router let through.
+            self._lateness_micros += window_fn.gap_size.micros
+        if trigger is not None and not isinstance(trigger, beam_trigger.TriggerFn):
+            raise ValueError(f"trigger={trigger!r} is not a Beam trigger")
+        if trigger is None:
+            trigger = beam_trigger.AfterWatermark(late=beam_trigger.AfterCount(1))
+        self._trigger = trigger
+        modes = (
+            beam_trigger.AccumulationMode.DISCARDING,
+            beam_trigger.AccumulationMode.ACCUMULATING,
+        )
+        if accumulation_mode is None:
+            accumulation_mode = beam_trigger.AccumulationMode.DISCARDING
+        elif accumulation_mode not in modes:
+            raise ValueError(
+                f"accumulation_mode={accumulation_mode!r} is not AccumulationMode.DISCARDING "
+                "or AccumulationMode.ACCUMULATING"
+            )
+        self._accumulation_mode = accumulation_mode
+        combiners = (
+            beam_window.TimestampCombiner.OUTPUT_AT_EOW,
+            beam_window.TimestampCombiner.OUTPUT_AT_EARLIEST,
+            beam_window.TimestampCombiner.OUTPUT_AT_LATEST,
+            beam_window.TimestampCombiner.OUTPUT_AT_EARLIEST_TRANSFORMED,
+        )
+        if timestamp_combiner is not None and timestamp_combiner not in combiners:
+            raise ValueError(
+                f"timestamp_combiner={timestamp_combiner!r} is not a TimestampCombiner"
+            )
+        self._timestamp_combiner = timestamp_combiner
+
+    def expand(self, pcoll):
+        routed = pcoll | "RouteLate" >> self._route
+        windowed = routed.main | "Window" >> beam.WindowInto(
+            self._window_fn,
+            trigger=self._trigger,
+            accumulation_mode=self._accumulation_mode,
+            timestamp_combiner=self._timestamp_combiner,
+            allowed_lateness=Duration(micros=self._lateness_micros),
+        )
+        return LateRouted(windowed, routed.late)

@@ -1,0 +1,720 @@
+"""Tests for headwater.windowing.late: late records go to the late output, never a silent drop.
+
+The router keeps one clock of event-time timers that walks every window close, so a late
+record is recognised whether or not any other record fell into its window.
+"""
+
+from __future__ import annotations
+
+import random
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import (
+    TestWindowedValue,
+    assert_that,
+    equal_to,
+    equal_to_per_window,
+)
+from apache_beam.transforms import trigger as beam_trigger
+from apache_beam.transforms.window import (
+    FixedWindows,
+    GlobalWindow,
+    GlobalWindows,
+    IntervalWindow,
+    Sessions,
+    SlidingWindows,
+    TimestampCombiner,
+    TimestampedValue,
+)
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
+
+from headwater.windowing.late import (
+    LATE_ERROR_TYPE,
+    LATE_STAGE,
+    LateRouted,
+    RouteLateData,
+    WindowWithLateRouting,
+    _RouteLateFn,
+)
+
+US = 1
+MS = 1_000
+S = 1_000_000
+
+
+def _ts(micros: int) -> Timestamp:
+    return Timestamp(micros=micros)
+
+
+def _rec(rid: int, micros: int, key: str = "k") -> TimestampedValue:
+    return TimestampedValue({"id": rid, "key": key}, _ts(micros))
+
+
+def _streaming() -> TestPipeline:
+    return TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
+
+
+def _window(start_s: float, end_s: float) -> IntervalWindow:
+    return IntervalWindow(_ts(round(start_s * S)), _ts(round(end_s * S)))
+
+
+class _PaneSummaryFn(beam.DoFn):
+    """(key, count) -> (count, pane timing) so tests can tell on-time from late panes."""
+
+    def process(self, element, pane=beam.DoFn.PaneInfoParam):
+        yield element[1], pane.timing
+
+
+def _counts_per_pane(main):
+    return (
+        main
+        | "ToKV" >> beam.Map(lambda r: (r["key"], 1))
+        | "Count" >> beam.CombinePerKey(sum)
+        | "Pane" >> beam.ParDo(_PaneSummaryFn())
+    )
+
+
+def _late_fields(late):
+    return late | "LateFields" >> beam.Map(
+        lambda d: (d.payload, d.stage, d.error_type, d.event_time, d.window, d.lateness_ms)
+    )
+
+
+def _payload(rid: int, key: str = "k") -> bytes:
+    return f'{{"id":{rid},"key":"{key}"}}'.encode()
+
+
+def test_on_time_elements_reach_their_window_pane():
+    """Records that arrive before their window closes are counted in that window's on-time pane."""
+    stream = (
+        TestStream()
+        .advance_watermark_to(_ts(0))
+        .add_elements([_rec(1, 10 * S), _rec(2, 20 * S), _rec(3, 70 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness="30s")
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {
+                    _window(0, 60): [(2, PaneInfoTiming.ON_TIME)],
+                    _window(60, 120): [(1, PaneInfoTiming.ON_TIME)],
+                }
+            ),
+            label="PanesPerWindow",
+        )
+        assert_that(routed.late, equal_to([]), label="NothingLate")
+
+
+def test_element_after_window_close_goes_to_late_output():
+    """A record arriving after W.end + allowed lateness is a LateData dead letter, not a pane."""
+    stream = (
+        TestStream()
+        .advance_watermark_to(_ts(0))
+        .add_elements([_rec(1, 10 * S)])
+        .advance_watermark_to(_ts(100 * S))  # past the close at 60s + 30s
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness=30)
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window({_window(0, 60): [(1, PaneInfoTiming.ON_TIME)]}),
+            label="OnlyTheOnTimeRecordIsCounted",
+        )
+        # known_wm is the close time whose timer fired (90s), not the watermark (100s):
+        # lateness_ms is a lower bound, 90s - 20s.
+        assert_that(
+            _late_fields(routed.late),
+            equal_to(
+                [
+                    (
+                        _payload(2),
+                        LATE_STAGE,
+                        LATE_ERROR_TYPE,
+                        "1970-01-01T00:00:20Z",
+                        "1970-01-01T00:00:00Z/1970-01-01T00:01:00Z",
+                        70_000,
+                    )
+                ]
+            ),
+            label="LateRecord",
+        )
+
+
+def test_late_record_message_names_times_not_payload():
+    """The late record's message explains the decision with times and never includes the payload."""
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue({"id": 1, "secret": "s3cr3t"}, _ts(10 * S))])
+        .advance_watermark_to(_ts(60 * S))
+        .add_elements([TimestampedValue({"id": 2, "secret": "s3cr3t"}, _ts(30 * S))])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | RouteLateData(FixedWindows(60), allowed_lateness=0)
+        messages = routed.late | beam.Map(lambda d: d.error_message)
+        assert_that(
+            messages,
+            equal_to(
+                [
+                    "event time 1970-01-01T00:00:30Z is at least 30000 ms behind the watermark "
+                    "(>= 1970-01-01T00:01:00Z); window 1970-01-01T00:00:00Z/1970-01-01T00:01:00Z "
+                    "closed at 1970-01-01T00:01:00Z (window end + allowed lateness 0us)"
+                ]
+            ),
+            label="Message",
+        )
+
+
+def test_element_within_allowed_lateness_makes_late_pane_not_late_record():
+    """A record after W.end but before W.end + allowed lateness produces a LATE pane."""
+    stream = (
+        TestStream()
+        .advance_watermark_to(_ts(0))
+        .add_elements([_rec(1, 10 * S)])
+        .advance_watermark_to(_ts(70 * S))  # on-time pane fired, window open until 90s
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness="30s")
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {_window(0, 60): [(1, PaneInfoTiming.ON_TIME), (1, PaneInfoTiming.LATE)]}
+            ),
+            label="OnTimeThenLatePane",
+        )
+        assert_that(routed.late, equal_to([]), label="NoLateRecord")
+
+
+@pytest.mark.parametrize("lateness_s", [0, 30])
+def test_just_before_close_is_still_in_the_window(lateness_s):
+    """At watermark W.end + L - 1ms the window is open: the record makes a pane, not late.
+
+    TestStream moves the watermark in whole milliseconds only; the microsecond boundary is
+    covered by ``test_rule_boundary_is_exact_to_the_microsecond``.
+    """
+    close = (60 + lateness_s) * S
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S)])
+        .advance_watermark_to(_ts(close - 1 * MS))
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    expected = (
+        [(2, PaneInfoTiming.ON_TIME)]
+        if lateness_s == 0
+        else [(1, PaneInfoTiming.ON_TIME), (1, PaneInfoTiming.LATE)]
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness=lateness_s)
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window({_window(0, 60): expected}),
+            label="BothRecordsInPanes",
+        )
+        assert_that(routed.late, equal_to([]), label="NoLateRecord")
+
+
+@pytest.mark.parametrize("lateness_s", [0, 30])
+def test_exactly_at_close_is_late(lateness_s):
+    """At watermark W.end + L exactly the window has closed: the record is a late record."""
+    close = (60 + lateness_s) * S
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S)])
+        .advance_watermark_to(_ts(close))
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness=lateness_s)
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window({_window(0, 60): [(1, PaneInfoTiming.ON_TIME)]}),
+            label="OnlyOnTimeRecordCounted",
+        )
+        assert_that(
+            routed.late | beam.Map(lambda d: (d.payload, d.lateness_ms)),
+            equal_to([(_payload(2), (close - 20 * S) // MS)]),
+            label="LateRecord",
+        )
+
+
+def test_sliding_element_is_late_only_when_all_its_windows_closed():
+    """A sliding-window record with one open window stays main; with none it is late."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 40 * S)])  # windows [0,60) and [30,90)
+        .advance_watermark_to(_ts(61 * S))  # [0,60) closed, [30,90) open
+        .add_elements([_rec(2, 45 * S)])
+        .advance_watermark_to(_ts(90 * S))  # both closed
+        .add_elements([_rec(3, 50 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(SlidingWindows(60, 30), allowed_lateness=0)
+        # Record 2's share in the expired window [0,60) is dropped by Beam, not re-emitted late.
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {
+                    _window(0, 60): [(1, PaneInfoTiming.ON_TIME)],
+                    _window(30, 90): [(2, PaneInfoTiming.ON_TIME)],
+                }
+            ),
+            label="PartiallyClosedRecordInItsOpenWindow",
+        )
+        assert_that(
+            routed.late | beam.Map(lambda d: (d.payload, d.window, d.lateness_ms)),
+            equal_to([(_payload(3), "1970-01-01T00:00:30Z/1970-01-01T00:01:30Z", 40_000)]),
+            label="FullyClosedRecordIsLateWithItsLastWindow",
+        )
+
+
+def test_session_windows_use_the_pre_merge_window():
+    """Sessions: a record is late when its own [t, t+gap) window closed, else it merges."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 100 * S), _rec(2, 130 * S)])
+        .advance_watermark_to(_ts(115 * S))  # closes [100,110) + 5s
+        .add_elements([_rec(3, 99 * S), _rec(4, 128 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(Sessions(10), allowed_lateness=5)
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {
+                    _window(100, 110): [(1, PaneInfoTiming.ON_TIME)],
+                    _window(128, 140): [(2, PaneInfoTiming.ON_TIME)],
+                }
+            ),
+            label="OpenSessionAbsorbsTheRecord",
+        )
+        assert_that(
+            routed.late | beam.Map(lambda d: (d.payload, d.window, d.lateness_ms)),
+            equal_to([(_payload(3), "1970-01-01T00:01:39Z/1970-01-01T00:01:49Z", 16_000)]),
+            label="ClosedProtoWindowIsLate",
+        )
+
+
+def test_earlier_window_arriving_later_rearms_the_timer():
+    """A record of an earlier window, seen after a later one, still has its close detected."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 70 * S)])  # arms the timer at 120s
+        .add_elements([_rec(2, 10 * S)])  # earlier close, 60s: the timer must move there
+        .advance_watermark_to(_ts(60 * S))
+        .add_elements([_rec(3, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | RouteLateData(FixedWindows(60), allowed_lateness=0)
+        assert_that(
+            routed.late | beam.Map(lambda d: (d.payload, d.lateness_ms)),
+            equal_to([(_payload(3), 40_000)]),
+            label="LateAfterEarlierClose",
+        )
+
+
+def test_late_record_of_a_window_that_never_had_a_record_is_late():
+    """The clock ticks through empty windows too: a straggler for one of them is late."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S)])
+        .add_elements([_rec(2, 250 * S)])
+        .advance_watermark_to(_ts(200 * S))
+        .add_elements([_rec(3, 130 * S)])  # window [120, 180) never had a record
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | WindowWithLateRouting(FixedWindows(60), allowed_lateness=0)
+        assert_that(
+            routed.late | beam.Map(lambda d: (d.payload, d.lateness_ms, d.window)),
+            equal_to([(_payload(3), 50_000, "1970-01-01T00:02:00Z/1970-01-01T00:03:00Z")]),
+            label="EmptyWindowStraggler",
+        )
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {
+                    _window(0, 60): [(1, PaneInfoTiming.ON_TIME)],
+                    _window(240, 300): [(1, PaneInfoTiming.ON_TIME)],
+                }
+            ),
+            label="OnTimePanes",
+        )
+
+
+def test_late_record_close_in_time_to_an_on_time_one_is_late():
+    """Two records of one window a millisecond apart: the second, after the close, is late."""
+    first, second = 10 * S, 10 * S + 1 * MS
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, first)])
+        .advance_watermark_to(_ts(60 * S))
+        .add_elements([_rec(2, second)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | RouteLateData(FixedWindows(60), allowed_lateness=0)
+        assert_that(
+            routed.late | beam.Map(lambda d: d.payload), equal_to([_payload(2)]), label="Late"
+        )
+
+
+def _mixed_stream(seed: int, window_s: int, lateness_s: int):
+    """A stream where every window gets an on-time record before its close, plus stragglers.
+
+    Returns the TestStream, the number of records and the expected late (id, lateness_ms).
+    With one shard and every window registered, a record is late exactly when its window's
+    close (end + lateness) is at or behind the watermark, and the router's bound ``known_wm``
+    is the greatest window close at or behind the watermark.
+    """
+    rnd = random.Random(seed)
+    stream = TestStream()
+    expected_late = []
+    rid = 0
+    for wm_s in range(0, 120, 3):
+        stream = stream.advance_watermark_to(_ts(wm_s * S))
+        batch = [_rec(rid, wm_s * S + rnd.randrange(0, 3 * S, MS))]  # on time, registers W
+        rid += 1
+        for _ in range(rnd.randint(1, 3)):
+            micros = max(0, wm_s * S - rnd.randrange(0, 40 * S, 250 * MS))
+            end = (micros // (window_s * S) + 1) * window_s * S
+            close = end + lateness_s * S
+            if close <= wm_s * S:
+                known = (wm_s - lateness_s) // window_s * window_s * S + lateness_s * S
+                expected_late.append((rid, (known - micros) // MS))
+            batch.append(_rec(rid, micros))
+            rid += 1
+        stream = stream.add_elements(batch)
+    return stream.advance_watermark_to_infinity(), rid, expected_late
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_record_is_in_exactly_one_place(seed):
+    """main + late == input, late records are exactly the closed-window ones, main all in panes."""
+    stream, total, expected_late = _mixed_stream(seed, window_s=10, lateness_s=5)
+    assert 0 < len(expected_late) < total
+    with _streaming() as p:
+        routed = p | stream | RouteLateData(FixedWindows(10), allowed_lateness=5)
+        windowed = routed.main | "Window" >> beam.WindowInto(
+            FixedWindows(10),
+            trigger=beam_trigger.AfterWatermark(late=beam_trigger.AfterCount(1)),
+            accumulation_mode=beam_trigger.AccumulationMode.DISCARDING,
+            allowed_lateness=5,
+        )
+        main_count = (
+            routed.main
+            | "AtEnd"
+            >> beam.WindowInto(
+                GlobalWindows(),
+                trigger=beam_trigger.AfterWatermark(),
+                accumulation_mode=beam_trigger.AccumulationMode.DISCARDING,
+            )
+            | "CountMain" >> beam.combiners.Count.Globally()
+        )
+        in_panes = (
+            windowed
+            | "One" >> beam.Map(lambda _: ("all", 1))
+            | "CountPerPane" >> beam.CombinePerKey(sum)
+            | "Regroup"
+            >> beam.WindowInto(
+                GlobalWindows(),
+                trigger=beam_trigger.AfterWatermark(),
+                accumulation_mode=beam_trigger.AccumulationMode.DISCARDING,
+            )
+            | "Values" >> beam.Values()
+            | "SumPanes" >> beam.CombineGlobally(sum)
+        )
+        assert_that(main_count, equal_to([total - len(expected_late)]), label="MainCount")
+        assert_that(in_panes, equal_to([total - len(expected_late)]), label="AllMainInPanes")
+        assert_that(
+            routed.late | beam.Map(lambda d: (int(d.payload.split(b",")[0][6:]), d.lateness_ms)),
+            equal_to(expected_late),
+            label="ExactlyTheClosedWindowRecordsAreLate",
+        )
+
+
+def test_main_output_is_unchanged_in_the_global_window():
+    """RouteLateData passes records on unchanged: same timestamp, still in the global window."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S), _rec(2, 70 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = p | stream | RouteLateData(FixedWindows(60), allowed_lateness=0)
+        assert_that(
+            routed.main,
+            equal_to(
+                [
+                    TestWindowedValue({"id": 1, "key": "k"}, _ts(10 * S), [GlobalWindow()]),
+                    TestWindowedValue({"id": 2, "key": "k"}, _ts(70 * S), [GlobalWindow()]),
+                ]
+            ),
+            reify_windows=True,
+            label="Unchanged",
+        )
+
+
+def test_batch_nothing_is_late():
+    """In batch the watermark jumps to the end only after all input, so no record is late."""
+    times = [5 * S, 65 * S, 7 * S, 3600 * S, 1 * S]
+    with TestPipeline(runner="FnApiRunner") as p:
+        routed = (
+            p
+            | beam.Create(list(enumerate(times)))
+            | beam.Map(lambda it: TimestampedValue({"id": it[0], "key": "k"}, _ts(it[1])))
+            | WindowWithLateRouting(FixedWindows(60), allowed_lateness=0)
+        )
+        assert_that(routed.late, equal_to([]), label="NothingLate")
+        assert_that(
+            routed.main | beam.Map(lambda r: ("k", 1)) | beam.CombinePerKey(sum),
+            equal_to_per_window(
+                {
+                    _window(0, 60): [("k", 3)],
+                    _window(60, 120): [("k", 1)],
+                    _window(3600, 3660): [("k", 1)],
+                }
+            ),
+            label="AllInWindows",
+        )
+
+
+def test_accumulating_mode_repeats_earlier_records_in_late_pane():
+    """accumulation_mode=ACCUMULATING makes the late pane include the on-time records."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S)])
+        .advance_watermark_to(_ts(70 * S))
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = (
+            p
+            | stream
+            | WindowWithLateRouting(
+                FixedWindows(60),
+                allowed_lateness=30,
+                accumulation_mode=beam_trigger.AccumulationMode.ACCUMULATING,
+            )
+        )
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {_window(0, 60): [(1, PaneInfoTiming.ON_TIME), (2, PaneInfoTiming.LATE)]}
+            ),
+            label="AccumulatedLatePane",
+        )
+
+
+def test_trigger_option_replaces_the_default():
+    """A given trigger is used: Repeatedly(AfterCount(1)) fires one EARLY pane per record."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S)])
+        .add_elements([_rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = (
+            p
+            | stream
+            | WindowWithLateRouting(
+                FixedWindows(60),
+                allowed_lateness=0,
+                trigger=beam_trigger.Repeatedly(beam_trigger.AfterCount(1)),
+            )
+        )
+        assert_that(
+            _counts_per_pane(routed.main),
+            equal_to_per_window(
+                {_window(0, 60): [(1, PaneInfoTiming.EARLY), (1, PaneInfoTiming.EARLY)]}
+            ),
+            label="PanePerRecord",
+        )
+
+
+def test_timestamp_combiner_option_sets_pane_timestamps():
+    """timestamp_combiner=OUTPUT_AT_EARLIEST stamps the pane with its earliest record's time."""
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, 10 * S), _rec(2, 20 * S)])
+        .advance_watermark_to_infinity()
+    )
+    with _streaming() as p:
+        routed = (
+            p
+            | stream
+            | WindowWithLateRouting(
+                FixedWindows(60),
+                allowed_lateness=0,
+                timestamp_combiner=TimestampCombiner.OUTPUT_AT_EARLIEST,
+            )
+        )
+        stamped = (
+            routed.main
+            | beam.Map(lambda r: (r["key"], 1))
+            | beam.CombinePerKey(sum)
+            | beam.Map(lambda kv, ts=beam.DoFn.TimestampParam: (kv, ts))
+        )
+        assert_that(
+            stamped,
+            equal_to([(("k", 2), _ts(10 * S))]),
+            label="EarliestTimestamp",
+        )
+
+
+def test_step_labels_are_stable():
+    """The composite's steps carry fixed labels (Dataflow update matches on them)."""
+    p = beam.Pipeline("FnApiRunner")
+    _ = (
+        p
+        | "Input" >> TestStream().add_elements([{"id": 1}])
+        | "Late" >> WindowWithLateRouting(FixedWindows(60), allowed_lateness=0)
+    )
+    _ = (
+        p
+        | "Bounded" >> beam.Create([{"id": 1}])
+        | "BatchLate" >> WindowWithLateRouting(FixedWindows(60), allowed_lateness=0)
+    )
+    labels = set()
+
+    class _Collect(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            labels.add(node.full_label)
+
+        def enter_composite_transform(self, node):
+            labels.add(node.full_label)
+
+    p.visit(_Collect())
+    assert {"Late/RouteLate/KeyByClock", "Late/RouteLate/Route", "Late/Window"} <= labels
+    assert "BatchLate/RouteLate/NoLateData" in labels  # bounded input: nothing can be late
+
+
+def test_late_routed_is_a_named_pair():
+    """LateRouted exposes main and late by name."""
+    assert LateRouted._fields == ("main", "late")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"window_fn": "60s"}, "window_fn='60s'"),
+        ({"window_fn": GlobalWindows()}, "window_fn=<apache_beam.transforms.window.GlobalWindows"),
+        ({"allowed_lateness": -1}, "allowed_lateness=-1"),
+        ({"allowed_lateness": "soon"}, "allowed_lateness='soon'"),
+        ({"clock_horizon": "-1h"}, "clock_horizon='-1h'"),
+    ],
+)
+def test_route_late_data_rejects_bad_options(kwargs, bad):
+    """Each invalid option raises ValueError naming the option and its value."""
+    options = {"window_fn": FixedWindows(60), "allowed_lateness": 0, **kwargs}
+    window_fn = options.pop("window_fn")
+    with pytest.raises(ValueError, match=bad.replace("(", r"\(").replace(".", r"\.")):
+        RouteLateData(window_fn, **options)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"trigger": "after-watermark"}, "trigger='after-watermark'"),
+        ({"accumulation_mode": "discarding"}, "accumulation_mode='discarding'"),
+        ({"timestamp_combiner": "earliest"}, "timestamp_combiner='earliest'"),
+        ({"allowed_lateness": "1x"}, "allowed_lateness='1x'"),
+        ({"clock_horizon": "forever"}, "clock_horizon='forever'"),
+    ],
+)
+def test_window_with_late_routing_rejects_bad_options(kwargs, bad):
+    """Each invalid option raises ValueError naming the option and its value."""
+    options = {"allowed_lateness": 0, **kwargs}
+    with pytest.raises(ValueError, match=bad):
+        WindowWithLateRouting(FixedWindows(60), **options)
+
+
+def test_allowed_lateness_is_required():
+    """There is no default allowed lateness: leaving it out is a TypeError."""
+    with pytest.raises(TypeError, match="allowed_lateness"):
+        RouteLateData(FixedWindows(60))  # type: ignore[call-arg]
+
+
+def test_input_must_be_in_the_global_window():
+    """Routing after WindowInto is refused with a message naming the input's WindowFn."""
+    p = beam.Pipeline("FnApiRunner")
+    windowed = p | beam.Create([1]) | beam.WindowInto(FixedWindows(60))
+    with pytest.raises(
+        ValueError, match=r"global window, got <apache_beam\.transforms\.window\.Fixed"
+    ):
+        _ = windowed | RouteLateData(FixedWindows(60), allowed_lateness=0)
+
+
+class _FakeValue:
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+class _FakeTimer:
+    def __init__(self):
+        self.at: Timestamp | None = None
+
+    def set(self, when):
+        self.at = when
+
+
+def test_rule_boundary_is_exact_to_the_microsecond():
+    """Known watermark W.end+L-1us leaves W open; W.end+L closes it (the DoFn driven directly)."""
+    fn = _RouteLateFn(FixedWindows(60), 30 * S, 3600 * S)
+    known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
+
+    def route(micros):
+        return list(fn.process((0, {"t": micros}), _ts(micros), known, armed, newest, timer))
+
+    assert route(20 * S) == [{"t": 20 * S}]
+    assert (newest.read(), timer.at) == (90 * S, _ts(90 * S))
+    fn.on_tick(_ts(90 * S - 1 * US), known, armed, newest, timer)  # a tick 1us before close
+    assert route(25 * S) == [{"t": 25 * S}]
+    fn.on_tick(_ts(90 * S), known, armed, newest, timer)
+    assert (known.read(), armed.read(), timer.at) == (90 * S, 150 * S, _ts(150 * S))
+    [late] = route(30 * S)
+    assert isinstance(late, TaggedOutput)
+    assert late.tag == "late"
+    assert late.value.lateness_ms == 60_000
+
+
+def test_clock_walks_the_grid_and_stops_past_the_horizon():
+    """Ticks step window by window and stop clock_horizon past the newest close seen."""
+    fn = _RouteLateFn(FixedWindows(60), 0, 120 * S)
+    known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
+    list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer))
+    ticks = []
+    while armed.read() is not None:
+        ticks.append(armed.read() // S)
+        fn.on_tick(_ts(armed.read()), known, armed, newest, timer)
+    assert ticks == [60, 120, 180]
+    list(fn.process((0, {}), _ts(200 * S), known, armed, newest, timer))  # restarts the clock
+    assert armed.read() == 240 * S
