@@ -688,14 +688,14 @@ class _FakeTimer:
 
 def test_rule_boundary_is_exact_to_the_microsecond():
     """Known watermark W.end+L-1us leaves W open; W.end+L closes it (the DoFn driven directly)."""
-    fn = _RouteLateFn(FixedWindows(60), 30 * S, 3600 * S)
+    fn = _RouteLateFn(FixedWindows(60), 30 * S, 60 * S)
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
 
     def route(micros):
         return list(fn.process((0, {"t": micros}), _ts(micros), known, armed, newest, timer))
 
     assert route(20 * S) == [{"t": 20 * S}]
-    assert (newest.read(), timer.at) == (90 * S, _ts(90 * S))
+    assert (newest.read(), timer.at) == (90 * S, _ts(30 * S))  # starts one horizon early
     fn.on_tick(_ts(90 * S - 1 * US), known, armed, newest, timer)  # a tick 1us before close
     assert route(25 * S) == [{"t": 25 * S}]
     fn.on_tick(_ts(90 * S), known, armed, newest, timer)
@@ -707,7 +707,7 @@ def test_rule_boundary_is_exact_to_the_microsecond():
 
 
 def test_clock_walks_the_grid_and_stops_past_the_horizon():
-    """Ticks step window by window and stop clock_horizon past the newest close seen."""
+    """Ticks start a horizon before the first close, step by window, stop a horizon past."""
     fn = _RouteLateFn(FixedWindows(60), 0, 120 * S)
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
     list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer))
@@ -715,6 +715,6 @@ def test_clock_walks_the_grid_and_stops_past_the_horizon():
     while armed.read() is not None:
         ticks.append(armed.read() // S)
         fn.on_tick(_ts(armed.read()), known, armed, newest, timer)
-    assert ticks == [60, 120, 180]
+    assert ticks == [-60, 0, 60, 120, 180]
     list(fn.process((0, {}), _ts(200 * S), known, armed, newest, timer))  # restarts the clock
     assert armed.read() == 240 * S

@@ -29,7 +29,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
+from headwater._compat import fix_direct_runner_metrics
+
 __all__ = ["NAMESPACE", "OUTCOMES", "COUNTERS", "CountAs", "Accounting"]
+
+fix_direct_runner_metrics()  # the streaming DirectRunner otherwise counts only first bundles
 
 NAMESPACE = "headwater"
 OUTCOMES = ("output", "duplicate", "dead_letter", "late")
@@ -57,6 +61,9 @@ class CountAs(beam.PTransform):
         if counter not in COUNTERS:
             raise ValueError(f"counter={counter!r} is not one of {', '.join(COUNTERS)}")
         self._counter = counter
+
+    def default_label(self) -> str:
+        return f"CountAs({self._counter})"
 
     def expand(self, pcoll):
         return pcoll | beam.ParDo(_CountFn(self._counter))

@@ -52,13 +52,14 @@ Guarantee
     ``allowed_lateness`` may come out in a late pane instead of ``late`` -- still counted, never
     dropped.
 
-    The clock runs while there are windows to close: up to ``clock_horizon`` (default 1 h of
-    event time) beyond the newest window close the router has seen, then it stops until the next
-    record. The watermark only passes windows that records passed through first, so that is
-    enough -- unless the watermark moves on *without records reaching the router* for longer than
-    ``clock_horizon`` (every source idle and advanced by wall clock, or only rejected records
-    arriving); a record later than that for a window never seen is then judged against the
-    stopped clock. Keep ``clock_horizon`` above the longest such silence you expect.
+    The clock starts ``clock_horizon`` (default 10 min of event time) before the earliest window
+    close of the first records and runs up to ``clock_horizon`` beyond the newest window close
+    seen, then stops until the next record. Records that reach the router before its first tick
+    and are more than ``clock_horizon`` older than the first records, and records arriving after
+    the watermark moved on *without records reaching the router* for longer than
+    ``clock_horizon`` (every source idle and advanced by wall clock, or only rejected records),
+    are judged without a running clock and go to ``main``. Keep ``clock_horizon`` above the
+    disorder and the silences you expect.
 
     In batch the watermark stays at the minimum until the input is exhausted and then jumps to
     the maximum, so nothing can be late: for bounded input the routing step is skipped and
@@ -66,9 +67,9 @@ Guarantee
 
 State
     Bounded and tiny: one key holding ``known_wm``, the armed tick and the newest close seen.
-    Timer firings: one per window period (one per gap for sessions) of event-time progress, up
-    to ``clock_horizon`` past the newest window, so a drained or finished stream does not
-    walk the clock to the end of time.
+    Timer firings: one per window period (one per gap for sessions) of event-time progress, from
+    ``clock_horizon`` before the first window to ``clock_horizon`` past the newest, so a drained
+    or finished stream does not walk the clock to the end of time.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class _Clock:
         ]
         return min(ends) + self._lateness_micros
 
+    def first_at_or_after(self, micros: int) -> int:
+        """The first close time at or after ``micros``."""
+        return micros if self._gap_micros is not None else self.next_after(micros - 1)
+
 
 class _RouteLateFn(beam.DoFn):
     """One key: a clock of event-time timers walking every window close time."""
@@ -188,11 +193,17 @@ class _RouteLateFn(beam.DoFn):
         newest_close = max(open_closes)
         if newest is None or newest_close > newest:
             newest_state.write(newest_close)
-        # Before the first tick the clock starts at the earliest close seen; once it has
-        # ticked it resumes (if stopped) at the next grid time after what it knows.
-        wanted = min(open_closes) if known_wm == _MIN_MICROS else self._clock.next_after(known_wm)
         armed_at = armed_state.read()
-        if armed_at is None or wanted < armed_at:
+        if known_wm == _MIN_MICROS:
+            # Not ticked yet: start the clock clock_horizon before the earliest close seen, so
+            # stragglers up to that far behind the first records are judged by a running clock.
+            wanted = self._clock.first_at_or_after(min(open_closes) - self._horizon_micros)
+            rearm = armed_at is None or wanted < armed_at
+        else:
+            # Ticking (or stopped past the horizon): resume at the next close on the grid.
+            wanted = self._clock.next_after(known_wm)
+            rearm = armed_at is None
+        if rearm:
             timer.set(Timestamp(micros=wanted))
             armed_state.write(wanted)
         self._main.inc()
@@ -277,8 +288,8 @@ class RouteLateData(beam.PTransform):
     allowed_lateness=...)`` with the *same* ``allowed_lateness``, plus one gap for sessions --
     or use :class:`WindowWithLateRouting`, which does both); ``allowed_lateness`` is seconds, a
     ``timedelta`` or a string such as ``'30s'`` (required: there is no safe default);
-    ``clock_horizon`` is how far past the newest window the clock keeps ticking. The input must
-    be in the global window with event times as timestamps. Bounded input passes through
+    ``clock_horizon`` is how far before the first and past the newest window the clock ticks.
+    The input must be in the global window with event times as timestamps. Bounded input passes through
     unchanged (nothing is late in batch). See the module docstring for the exact rule, the
     guarantee and the state bound.
 
@@ -297,7 +308,7 @@ class RouteLateData(beam.PTransform):
         window_fn: beam_window.WindowFn,
         *,
         allowed_lateness: DurationLike,
-        clock_horizon: DurationLike = "1h",
+        clock_horizon: DurationLike = "10m",
     ):
         super().__init__()
         self._window_fn = _check_window_fn(window_fn)
@@ -357,7 +368,7 @@ class WindowWithLateRouting(beam.PTransform):
         trigger: beam_trigger.TriggerFn | None = None,
         accumulation_mode: Any = None,
         timestamp_combiner: Any = None,
-        clock_horizon: DurationLike = "1h",
+        clock_horizon: DurationLike = "10m",
     ):
         super().__init__()
         self._route = RouteLateData(
