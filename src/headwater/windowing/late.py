@@ -289,9 +289,9 @@ class RouteLateData(beam.PTransform):
     or use :class:`WindowWithLateRouting`, which does both); ``allowed_lateness`` is seconds, a
     ``timedelta`` or a string such as ``'30s'`` (required: there is no safe default);
     ``clock_horizon`` is how far before the first and past the newest window the clock ticks.
-    The input must be in the global window with event times as timestamps. Bounded input passes through
-    unchanged (nothing is late in batch). See the module docstring for the exact rule, the
-    guarantee and the state bound.
+    The input must be in the global window with event times as timestamps. Bounded input
+    passes through unchanged (nothing is late in batch). See the module docstring for the
+    exact rule, the guarantee and the state bound.
 
     >>> import apache_beam as beam
     >>> from apache_beam.transforms.window import FixedWindows, TimestampedValue
