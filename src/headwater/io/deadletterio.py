@@ -1,0 +1,318 @@
+"""The dead-letter sink and source: DeadLetter envelopes as JSON lines or Avro files.
+
+:class:`WriteDeadLetters` takes a ``PCollection`` of
+:class:`~headwater.transforms.deadletter.DeadLetter` in any windowing and writes them to files in
+``output``; it returns the ``PCollection`` of final file paths. Dead letters carry no event-time
+window of their own (and late records would be behind the watermark), so the sink never groups
+by event time: it re-windows into the global window first.
+
+* Batch (a bounded input and no ``--streaming``): one pane per shard, written when the input
+  ends -- ``dead_letters-00000-of-00001.jsonl`` (``.avro``). Content and names are
+  deterministic, so re-running the same input rewrites the same files.
+* Streaming: panes fire after ``max_records_per_file`` envelopes or ``max_delay`` of processing
+  time, whichever comes first (``Repeatedly(AfterAny(AfterCount, AfterProcessingTime))``,
+  discarding), one file per (shard, pane):
+  ``dead_letters-00000-of-00001-pane-003-<digest>.jsonl``. Pane indices restart when a job
+  restarts, so the name also carries 8 hex digits of the content's hash: a new job never
+  overwrites an earlier job's dead letters, and identical content maps to the same name.
+
+Envelopes are sharded by a stable hash of their content (without ``failed_at``), sorted within a
+file (by their JSON line) and written through a temp file and a rename (see
+:func:`headwater.io.fileio.write_atomically`), so no partial file is ever visible under a final
+name. JSON lines are :meth:`DeadLetter.to_json`; Avro files use :data:`DEAD_LETTER_AVRO_SCHEMA`
+(the payload as raw ``bytes``).
+
+:class:`ReadDeadLetters` reads them back (a glob; ``.avro`` files as Avro, everything else as
+JSON lines, compressed by extension) as ``DeadLetter`` values for a replay pipeline. A row that
+is not an envelope fails the run with :class:`MalformedDeadLetterError` naming the file and line
+(record for Avro): replaying a damaged dead-letter file must not lose records silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+import fastavro
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms import trigger as beam_trigger
+from apache_beam.transforms import window as beam_window
+
+from headwater.io.fileio import (
+    canonical_json,
+    encode_avro,
+    match_files,
+    stable_shard,
+    write_atomically,
+)
+from headwater.transforms.deadletter import DeadLetter
+from headwater.windowing.durations import parse_duration
+
+__all__ = [
+    "WriteDeadLetters",
+    "ReadDeadLetters",
+    "MalformedDeadLetterError",
+    "DEAD_LETTER_AVRO_SCHEMA",
+    "DEAD_LETTER_FORMATS",
+]
+
+#: Formats :class:`WriteDeadLetters` writes.
+DEAD_LETTER_FORMATS = ("json", "avro")
+
+_EXTENSIONS = {"json": "jsonl", "avro": "avro"}
+_ORIGIN_VALUE = ["null", "boolean", "long", "double", "string"]
+_OPTIONAL_STRING = ["null", "string"]
+
+#: The Avro schema of dead-letter files: the envelope's fields, ``payload`` as raw bytes.
+DEAD_LETTER_AVRO_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "DeadLetter",
+    "namespace": "headwater",
+    "fields": [
+        {"name": "stage", "type": "string"},
+        {"name": "error_type", "type": "string"},
+        {"name": "error_message", "type": "string"},
+        {"name": "payload", "type": "bytes"},
+        {"name": "origin", "type": {"type": "map", "values": _ORIGIN_VALUE}, "default": {}},
+        {"name": "event_time", "type": _OPTIONAL_STRING, "default": None},
+        {"name": "failed_at", "type": "string", "default": ""},
+        {"name": "window", "type": _OPTIONAL_STRING, "default": None},
+        {"name": "lateness_ms", "type": ["null", "long"], "default": None},
+    ],
+}
+
+_METRICS_NAMESPACE = "headwater.io"
+
+
+class MalformedDeadLetterError(ValueError):
+    """A dead-letter file holds a row that is not an envelope; the message names file and line."""
+
+
+def _sort_key(letter: DeadLetter) -> str:
+    return letter.to_json()
+
+
+def _shard_text(letter: DeadLetter) -> str:
+    row = letter.to_dict()
+    row.pop("failed_at", None)  # wall-clock: would move a letter between shards across runs
+    return canonical_json(row)
+
+
+def _avro_record(letter: DeadLetter) -> dict[str, Any]:
+    record = dataclasses.asdict(letter)
+    record["origin"] = {str(k): _origin_value(v) for k, v in letter.origin.items()}
+    return record
+
+
+def _origin_value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return canonical_json(value)
+
+
+class _KeyByShardFn(beam.DoFn):
+    def __init__(self, num_shards: int):
+        self._num_shards = num_shards
+
+    def process(self, letter: DeadLetter) -> Iterator[tuple[int, DeadLetter]]:
+        if not isinstance(letter, DeadLetter):
+            raise TypeError(f"WriteDeadLetters writes DeadLetter values, got {type(letter)!r}")
+        yield stable_shard(_shard_text(letter), self._num_shards), letter
+
+
+class _WriteShardPaneFn(beam.DoFn):
+    def __init__(self, output: str, file_format: str, num_shards: int):
+        self._output = output
+        self._format = file_format
+        self._num_shards = num_shards
+        self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
+
+    def process(
+        self, element: tuple[int, Iterable[DeadLetter]], pane=beam.DoFn.PaneInfoParam
+    ) -> Iterator[str]:
+        shard, letters = element
+        ordered = sorted(letters, key=_sort_key)
+        if not ordered:
+            return
+        lines = [letter.to_json() for letter in ordered]
+        name = f"dead_letters-{shard:05d}-of-{self._num_shards:05d}"
+        if pane is not None and not (pane.is_first and pane.is_last):
+            digest = hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=4).hexdigest()
+            name += f"-pane-{pane.index:03d}-{digest}"
+        name += "." + _EXTENSIONS[self._format]
+        if self._format == "json":
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
+        else:
+            records = [_avro_record(letter) for letter in ordered]
+            data = encode_avro(records, DEAD_LETTER_AVRO_SCHEMA, sync_seed=name)
+        path = FileSystems.join(self._output, name)
+        write_atomically(path, data)
+        self._files.inc()
+        yield path
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Writes DeadLetter envelopes to JSON-lines or Avro files; returns the paths written.
+
+    See the module docstring for panes, names and atomicity.
+
+    Args:
+      output: the folder (local or any ``FileSystems`` scheme).
+      format: ``"json"`` (JSON lines) or ``"avro"``.
+      num_shards: files per pane.
+      max_records_per_file: streaming only: a pane fires after this many envelopes per shard.
+      max_delay: streaming only: ... or this long (processing time) after its first envelope;
+        seconds, ``timedelta`` or ``"60s"`` (rounded up to whole seconds).
+
+    >>> import tempfile
+    >>> from headwater.transforms.deadletter import dead_letter_for
+    >>> out = tempfile.mkdtemp()
+    >>> with beam.Pipeline("FnApiRunner") as p:
+    ...     letters = p | beam.Create([dead_letter_for(b"x", stage="decode", error="bad")])
+    ...     paths = letters | WriteDeadLetters(out, format="json")
+    ...     _ = paths | beam.Map(lambda path: print(path[len(out):]))
+    /dead_letters-00000-of-00001.jsonl
+    """
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        format: str = "json",
+        num_shards: int = 1,
+        max_records_per_file: int = 10_000,
+        max_delay: Any = "60s",
+    ):
+        super().__init__()
+        if not isinstance(output, str) or not output.strip():
+            raise ValueError(f"output={output!r} must be a non-empty folder path")
+        if format not in DEAD_LETTER_FORMATS:
+            raise ValueError(f"format={format!r} is not one of {', '.join(DEAD_LETTER_FORMATS)}")
+        for name, value in (
+            ("num_shards", num_shards),
+            ("max_records_per_file", max_records_per_file),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        self._output = output
+        self._format = format
+        self._num_shards = num_shards
+        self._max_records = max_records_per_file
+        self._max_delay = parse_duration(max_delay, name="max_delay", allow_zero=False)
+
+    def expand(self, pcoll):
+        streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
+        if streaming or not pcoll.is_bounded:
+            rewindow = beam.WindowInto(
+                beam_window.GlobalWindows(),
+                trigger=beam_trigger.Repeatedly(
+                    beam_trigger.AfterAny(
+                        beam_trigger.AfterCount(self._max_records),
+                        # Beam's trigger proto holds whole milliseconds of an int delay.
+                        beam_trigger.AfterProcessingTime(max(1, math.ceil(self._max_delay))),
+                        beam_trigger.AfterWatermark(),  # flush what is left when input ends
+                    )
+                ),
+                accumulation_mode=beam_trigger.AccumulationMode.DISCARDING,
+            )
+        else:
+            # Batch: one pane when the input ends (processing-time triggers do not run in batch,
+            # and count-based panes would make file contents depend on bundle order).
+            rewindow = beam.WindowInto(beam_window.GlobalWindows())
+        return (
+            pcoll
+            | "GlobalWindow" >> rewindow
+            | "KeyByShard" >> beam.ParDo(_KeyByShardFn(self._num_shards))
+            | "GroupPerShard" >> beam.GroupByKey()
+            | "WriteFiles"
+            >> beam.ParDo(_WriteShardPaneFn(self._output, self._format, self._num_shards))
+        )
+
+
+class _ReadDeadLetterFileFn(beam.DoFn):
+    def process(self, path: str) -> Iterator[DeadLetter]:
+        if path.lower().endswith(".avro"):
+            yield from self._read_avro(path)
+        else:
+            yield from self._read_json_lines(path)
+
+    @staticmethod
+    def _read_json_lines(path: str) -> Iterator[DeadLetter]:
+        with FileSystems.open(path) as handle:
+            for number, raw in enumerate(iter(handle.readline, b""), start=1):
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, Mapping):
+                        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+                    yield DeadLetter.from_dict(row)
+                except ValueError as exc:  # JSONDecodeError and from_dict's errors
+                    raise MalformedDeadLetterError(
+                        f"{path} line {number}: not a dead letter: {exc}"
+                    ) from None
+
+    @staticmethod
+    def _read_avro(path: str) -> Iterator[DeadLetter]:
+        fields = {field["name"] for field in DEAD_LETTER_AVRO_SCHEMA["fields"]}
+        number = 1  # the 1-based number of the record being read
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            try:
+                for record in fastavro.reader(handle):
+                    if not isinstance(record, Mapping) or not isinstance(
+                        record.get("payload"), bytes
+                    ):
+                        raise ValueError("not a dead-letter record (no bytes payload)")
+                    known = {k: v for k, v in record.items() if k in fields}
+                    known["origin"] = dict(known.get("origin") or {})
+                    yield DeadLetter(**known)
+                    number += 1
+            except (ValueError, TypeError, EOFError) as exc:
+                raise MalformedDeadLetterError(
+                    f"{path} record {number}: not a dead letter: {exc}"
+                ) from None
+
+
+class ReadDeadLetters(beam.PTransform):
+    """Reads dead-letter files (JSON lines or Avro, by extension) as ``DeadLetter`` values.
+
+    The output is bounded, in the global window. Raises :class:`NoFilesMatchedError
+    <headwater.io.fileio.NoFilesMatchedError>` naming the pattern when nothing matches, and
+    :class:`MalformedDeadLetterError` naming file and line for a row that is not an envelope.
+
+    >>> import tempfile, pathlib
+    >>> from headwater.transforms.deadletter import dead_letter_for
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> letter = dead_letter_for(b"x", stage="decode", error="bad")
+    >>> _ = (folder / "dl.jsonl").write_text(letter.to_json() + "\\n")
+    >>> with beam.Pipeline("FnApiRunner") as p:
+    ...     letters = p | ReadDeadLetters(str(folder / "*.jsonl"))
+    ...     _ = letters | beam.Map(lambda d: print(d.stage, d.payload))
+    decode b'x'
+    """
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ValueError(f"pattern={pattern!r} must be a non-empty path or glob")
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        if FileSystems.get_scheme(self._pattern) in (None, "file"):
+            match_files(self._pattern)  # fail at construction: cheap for local paths
+        return (
+            pbegin
+            | "Pattern" >> beam.Create([self._pattern])
+            | "Match" >> beam.FlatMap(match_files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(_ReadDeadLetterFileFn())
+        )

@@ -1,0 +1,415 @@
+"""Pipeline flags, declared once: argparse, ``--help``, validation and template metadata.
+
+Every ready-made pipeline's ``Options`` class lists the :class:`Flag` names it uses; the
+declaration carries the help text, type, choices, default, the regex a Flex Template parameter
+must match, and whether the pipeline cannot run without it. ``Options._add_argparse_args``
+registers them with Beam's parser, :func:`check_required` enforces them before a graph is built,
+and :mod:`headwater.templates` turns the same declarations into ``metadata.json`` -- so the CLI
+and the template can never disagree.
+
+Flags are registered idempotently: several pipelines declare the same flag (``--window``,
+``--input`` ...) and Beam parses every ``PipelineOptions`` subclass with one parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from headwater.windowing.durations import parse_duration
+
+__all__ = ["FLAGS", "Flag", "HeadwaterOptions", "check_required", "flag_values"]
+
+_DURATION_RE = r"^\d+(\.\d+)?(us|ms|s|m|h|d)?$"
+_POSITIVE_INT_RE = r"^[1-9]\d*$"
+
+
+def _duration(text: str) -> str:
+    parse_duration(text, name="value")  # raises ValueError naming the bad text
+    return text
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be a positive integer")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One pipeline flag: ``--name`` on the command line, ``name`` in a template."""
+
+    name: str
+    label: str
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    regex: str | None = None
+    required: bool = False
+    repeated: bool = False
+    boolean: bool = False
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Registers the flag (once) with an argparse parser."""
+        option = f"--{self.name}"
+        if option in getattr(parser, "_option_string_actions", {}):
+            return
+        text = self.help
+        if self.required:
+            text += " (required)"
+        if self.default not in (None, False, ()):
+            text += f" (default: {self.default})"
+        if self.boolean:
+            parser.add_argument(
+                option,
+                dest=self.name,
+                type=_bool,
+                nargs="?",
+                const=True,
+                default=bool(self.default),
+                help=text,
+            )
+        elif self.repeated:
+            parser.add_argument(
+                option,
+                dest=self.name,
+                action="append",
+                type=self.type,
+                default=None,
+                help=text + " (repeatable)",
+            )
+        else:
+            parser.add_argument(
+                option,
+                dest=self.name,
+                type=self.type,
+                default=self.default,
+                choices=self.choices,
+                help=text,
+            )
+
+
+_SOURCE = "Source"
+FLAGS: dict[str, Flag] = {
+    flag.name: flag
+    for flag in [
+        # --- source -------------------------------------------------------------------------
+        Flag(
+            "source",
+            "Source kind",
+            "Where records come from: files (glob of JSON lines, Avro or "
+            "Parquet) or kafka (a bounded or unbounded read of a topic).",
+            default="files",
+            choices=("files", "kafka"),
+        ),
+        Flag(
+            "input",
+            "Input files",
+            "Glob of input files for --source=files, e.g. 'data/*.jsonl' "
+            "or gs://bucket/events/*.avro.",
+        ),
+        Flag(
+            "format",
+            "Record format",
+            "How records are encoded: json, avro (binary with "
+            "--avro_schema; Avro container files for --source=files), parquet (files only) or "
+            "confluent-avro (Schema Registry wire format).",
+            default="json",
+            choices=("json", "avro", "parquet", "confluent-avro"),
+        ),
+        Flag(
+            "avro_schema",
+            "Avro schema file",
+            "Path of the Avro schema (.avsc) for "
+            "--format=avro on Kafka, and for validating records in stream_etl.",
+        ),
+        Flag(
+            "schema_registry_url",
+            "Schema Registry URL",
+            "Schema Registry for --format=confluent-avro, e.g. https://registry:8081.",
+        ),
+        Flag(
+            "bootstrap_servers",
+            "Kafka bootstrap servers",
+            "Kafka brokers as HOST:PORT[,HOST:PORT] for --source=kafka.",
+            regex=r"^[^\s,]+:\d+(,[^\s,]+:\d+)*$",
+        ),
+        Flag(
+            "topic",
+            "Kafka topic",
+            "Topic to read for --source=kafka (comma-separated for several).",
+        ),
+        Flag(
+            "start",
+            "Kafka start position",
+            "Where a Kafka read starts: earliest, latest, "
+            "committed (the consumer group's offsets) or an ISO-8601 instant with zone.",
+            default="earliest",
+            regex=r"^(earliest|latest|committed|\d{4}-\d\d-\d\dT.+)$",
+        ),
+        Flag(
+            "stop_at_end",
+            "Stop at end",
+            "Bounded Kafka read: stop at the partition ends seen at start (a batch job).",
+            boolean=True,
+        ),
+        Flag(
+            "max_records",
+            "Max records",
+            "Bounded Kafka read: stop after this many records per partition.",
+            type=_positive_int,
+            regex=_POSITIVE_INT_RE,
+        ),
+        Flag(
+            "group_id",
+            "Kafka consumer group",
+            "Consumer group for --start=committed and for committing offsets.",
+        ),
+        Flag(
+            "commit_offsets",
+            "Commit offsets",
+            "Commit read offsets to the consumer group when a "
+            "bundle is finalized (after its output is durable).",
+            boolean=True,
+        ),
+        Flag(
+            "kafka_config",
+            "librdkafka setting",
+            "A librdkafka setting as KEY=VALUE passed "
+            "through to the client (e.g. security.protocol=SASL_SSL). Secret values are never "
+            "logged.",
+            repeated=True,
+            regex=r"^[a-z0-9._]+=.*$",
+        ),
+        # --- event time ---------------------------------------------------------------------
+        Flag(
+            "event_time_field",
+            "Event-time field",
+            "Field (dotted path) holding the event time; empty to use the Kafka record timestamp.",
+            default="event_time",
+        ),
+        Flag(
+            "event_time_unit",
+            "Event-time unit",
+            "What the event-time field holds: epoch s, ms, us or an ISO-8601 string with zone.",
+            default="ms",
+            choices=("s", "ms", "us", "iso"),
+        ),
+        # --- dedup --------------------------------------------------------------------------
+        Flag(
+            "id_field",
+            "Id field",
+            "Field (dotted path) identifying a record for deduplication; "
+            "empty to skip deduplication.",
+            default="event_id",
+        ),
+        Flag(
+            "dedup_horizon",
+            "Dedup horizon",
+            "How long a record id is remembered after its newest copy (e.g. 10m).",
+            type=_duration,
+            default="10m",
+            regex=_DURATION_RE,
+        ),
+        Flag(
+            "dedup_keep",
+            "Keep copy",
+            "Which copy of a duplicated record is kept.",
+            default="first",
+            choices=("first", "last"),
+        ),
+        Flag(
+            "dedup_time_domain",
+            "Dedup time domain",
+            "Whether the dedup horizon is measured in event time or processing time.",
+            default="event",
+            choices=("event", "processing"),
+        ),
+        # --- windowing ----------------------------------------------------------------------
+        Flag(
+            "window",
+            "Window",
+            "Window spec: fixed:60s, sliding:10m/1m, session:5m or "
+            "calendar:day@Europe/Berlin (day, week or month in an IANA zone).",
+            default="fixed:60s",
+            regex=r"^(fixed|sliding|session|calendar):.+$",
+        ),
+        Flag(
+            "trigger",
+            "Trigger",
+            "When panes are emitted: on_time, early:10s (early panes every "
+            "10 s), with ,accumulating or ,discarding; late panes are always emitted for records "
+            "inside the allowed lateness.",
+            default="on_time",
+            regex=r"^(on_time|early:[^,]+|late|accumulating|discarding)(,(on_time|early:[^,]+|"
+            r"late|accumulating|discarding))*$",
+        ),
+        Flag(
+            "allowed_lateness",
+            "Allowed lateness",
+            "How long after a window's end records are "
+            "still added in late panes; later records go to the late output.",
+            type=_duration,
+            default="0s",
+            regex=_DURATION_RE,
+        ),
+        # --- metrics ------------------------------------------------------------------------
+        Flag(
+            "key_field",
+            "Key field",
+            "Field (dotted path) whose value groups the metrics.",
+            default="user_id",
+        ),
+        Flag(
+            "metrics",
+            "Metrics",
+            "Metrics per key and window: count, sum:F, min:F, max:F, mean:F, comma-separated.",
+            default="count,sum:amount",
+            regex=r"^(count|(sum|min|max|mean):[\w.-]+)(,(count|(sum|min|max|mean):[\w.-]+))*$",
+        ),
+        # --- outputs ------------------------------------------------------------------------
+        Flag(
+            "output",
+            "Output folder",
+            "Folder (local or gs://) for the output files, one folder per window.",
+            required=True,
+        ),
+        Flag(
+            "output_format",
+            "Output format",
+            "File format of the output.",
+            default="parquet",
+            choices=("parquet", "avro"),
+        ),
+        Flag(
+            "output_shards",
+            "Output shards",
+            "Files per window and pane.",
+            type=_positive_int,
+            default=1,
+            regex=_POSITIVE_INT_RE,
+        ),
+        Flag(
+            "dead_letter",
+            "Dead-letter folder",
+            "Folder for dead letters (records that could not "
+            "be processed, with the reason and the original bytes).",
+            required=True,
+        ),
+        Flag(
+            "dead_letter_format",
+            "Dead-letter format",
+            "File format of dead letters.",
+            default="json",
+            choices=("json", "avro"),
+        ),
+        Flag(
+            "late_output",
+            "Late-data folder",
+            "Folder for late records (with window and "
+            "lateness_ms); defaults to <dead_letter>/late.",
+        ),
+        # --- local runs ---------------------------------------------------------------------
+        Flag(
+            "replay_as_stream",
+            "Replay as stream",
+            "Run a file source as a stream on the local "
+            "runner (TestStream): file order, watermark = max event time - max_out_of_orderness.",
+            boolean=True,
+        ),
+        Flag(
+            "max_out_of_orderness",
+            "Max out-of-orderness",
+            "Watermark delay for stream replay and Kafka reads.",
+            type=_duration,
+            default="5s",
+            regex=_DURATION_RE,
+        ),
+        Flag("summary_json", "Summary JSON", "Write the run's accounting summary to this file."),
+        Flag(
+            "report", "HTML report", "Write a self-contained HTML report of the run to this file."
+        ),
+        # --- kafka sink ---------------------------------------------------------------------
+        Flag("output_topic", "Output topic", "Kafka topic for the output records.", required=True),
+        Flag(
+            "dlq_topic",
+            "Dead-letter topic",
+            "Kafka topic for dead letters and late records.",
+            required=True,
+        ),
+        # --- dead-letter replay -------------------------------------------------------------
+        Flag(
+            "dead_letter_input",
+            "Dead letters to replay",
+            "Glob of dead-letter files to replay.",
+            required=True,
+        ),
+        Flag(
+            "replay_stages",
+            "Stages to replay",
+            "Comma-separated dead-letter stages to replay (default: all but late).",
+            default="decode,event_time,validate,dedup,aggregate",
+        ),
+    ]
+}
+
+
+class HeadwaterOptions(PipelineOptions):
+    """Base of every pipeline's options: registers the flags named in ``FLAG_NAMES``."""
+
+    FLAG_NAMES: tuple[str, ...] = ()
+    REQUIRED: tuple[str, ...] = ()
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        for name in cls.FLAG_NAMES:
+            FLAGS[name].add_to(parser)
+
+    @classmethod
+    def flags(cls) -> list[Flag]:
+        """The flags of this pipeline, with ``required`` as this pipeline needs it."""
+        return [
+            dataclasses.replace(FLAGS[n], required=FLAGS[n].required or n in cls.REQUIRED)
+            for n in cls.FLAG_NAMES
+        ]
+
+
+def flag_values(options: PipelineOptions, cls: type[HeadwaterOptions]) -> dict[str, Any]:
+    """The values of ``cls``'s flags in ``options``."""
+    view = options.view_as(cls)
+    return {flag.name: getattr(view, flag.name, None) for flag in cls.flags()}
+
+
+def check_required(
+    values: Mapping[str, Any],
+    flags: Iterable[Flag],
+    *,
+    unless: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {},
+) -> None:
+    """Raises ``ValueError`` naming the first required flag that has no value.
+
+    ``unless`` maps a flag name to a predicate that makes it optional (e.g. ``--output`` when a
+    sink is injected).
+    """
+    for flag in flags:
+        if not flag.required or values.get(flag.name) not in (None, "", []):
+            continue
+        predicate = unless.get(flag.name)
+        if predicate is not None and predicate(values):
+            continue
+        raise ValueError(f"--{flag.name} is required: {flag.help}")

@@ -1,0 +1,204 @@
+"""The dead-letter sink (JSON lines, Avro) and reading dead letters back for replay."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import apache_beam as beam
+import fastavro
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+
+from headwater.io.deadletterio import (
+    ReadDeadLetters,
+    WriteDeadLetters,
+)
+from headwater.io.fileio import NoFilesMatchedError
+from headwater.records import SourceRecord
+from headwater.transforms.deadletter import dead_letter_for
+
+
+def _letters():
+    return [
+        dead_letter_for(
+            SourceRecord(b"\xff{not json", {"file": "a.jsonl", "line": 7}),
+            stage="decode",
+            error=ValueError("bad byte"),
+        ),
+        dead_letter_for(
+            b'{"id": 1}',
+            stage="late",
+            error="window closed",
+            event_time=1.5,
+            window="1970-01-01T00:00:00Z/1970-01-01T00:01:00Z",
+            lateness_ms=1200,
+        ),
+        dead_letter_for(
+            SourceRecord(b"x", {"topic": "t", "partition": 2, "offset": 99}),
+            stage="validate",
+            error=KeyError("id"),
+        ),
+    ]
+
+
+def _files(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize(("file_format", "extension"), [("json", "jsonl"), ("avro", "avro")])
+def test_dead_letters_round_trip_through_files(tmp_path, file_format, extension):
+    """Written envelopes read back equal, every field and the payload bytes included."""
+    letters = _letters()
+    with TestPipeline(runner="FnApiRunner") as p:
+        paths = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), format=file_format)
+        assert_that(
+            paths | beam.Map(os.path.basename),
+            equal_to([f"dead_letters-00000-of-00001.{extension}"]),
+            label="one file for a single batch pane",
+        )
+    with TestPipeline(runner="FnApiRunner") as p:
+        back = p | ReadDeadLetters(str(tmp_path / f"*.{extension}"))
+        assert_that(back, equal_to(letters), label="same envelopes")
+
+
+def test_json_file_content_is_sorted_and_rewritten_identically(tmp_path):
+    """Lines are sorted to_json envelopes; a re-run gives the same bytes and no extra files."""
+    letters = _letters()
+
+    def run():
+        with TestPipeline(runner="FnApiRunner") as p:
+            _ = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), num_shards=2)
+        return _files(tmp_path)
+
+    first, second = run(), run()
+    assert first == second
+    assert set(first) <= {"dead_letters-00000-of-00002.jsonl", "dead_letters-00001-of-00002.jsonl"}
+    lines = [line for data in first.values() for line in data.decode().splitlines()]
+    assert sorted(lines) == sorted(letter.to_json() for letter in letters)
+    for data in first.values():
+        file_lines = data.decode().splitlines()
+        assert file_lines == sorted(file_lines)
+
+
+def test_avro_dead_letter_file_has_bytes_payload_and_typed_origin(tmp_path):
+    """The Avro schema keeps the payload as bytes and origin ints as longs."""
+    letters = _letters()[:1]
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), format="avro")
+    with (tmp_path / "dead_letters-00000-of-00001.avro").open("rb") as handle:
+        [record] = list(fastavro.reader(handle))
+    assert record["payload"] == b"\xff{not json"
+    assert record["origin"] == {"file": "a.jsonl", "line": 7}
+
+
+def test_streaming_dead_letters_are_written_per_pane_in_the_global_window(tmp_path):
+    """Event-time windows and the watermark do not matter: count-triggered panes get own files."""
+    letters = [
+        dataclasses.replace(letter, failed_at="2024-01-01T00:00:00Z") for letter in _letters()
+    ]
+    stream = (
+        TestStream()
+        .advance_watermark_to(1_000)
+        .add_elements(
+            [window.TimestampedValue(letters[0], 10), window.TimestampedValue(letters[1], 20)]
+        )
+        .advance_watermark_to(5_000)
+        .add_elements([window.TimestampedValue(letters[2], 30)])  # behind the watermark
+        .advance_watermark_to_infinity()
+    )
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
+    paths = (
+        p
+        | stream
+        | beam.WindowInto(window.FixedWindows(60))
+        | WriteDeadLetters(str(tmp_path), max_records_per_file=2)
+    )
+    assert_that(
+        paths | beam.Map(lambda path: os.path.basename(path).rsplit("-", 1)[0]),
+        equal_to(["dead_letters-00000-of-00001-pane-000", "dead_letters-00000-of-00001-pane-001"]),
+        label="one file per pane",
+    )
+    p.run().wait_until_finish()
+    files = _files(tmp_path)
+    assert len(files) == 2
+    back = [json.loads(line) for data in files.values() for line in data.decode().splitlines()]
+    assert sorted(row["stage"] for row in back) == ["decode", "late", "validate"]
+
+
+def test_malformed_json_row_fails_naming_file_and_line(tmp_path):
+    """A line that is not an envelope raises an error with the file and the line number."""
+    path = tmp_path / "dl.jsonl"
+    path.write_text(_letters()[0].to_json() + "\n\n" + '{"stage": "x"}\n')
+    p = TestPipeline(runner="FnApiRunner")
+    _ = p | ReadDeadLetters(str(path))
+    with pytest.raises(Exception, match=r"dl\.jsonl line 3: not a dead letter"):
+        p.run().wait_until_finish()
+
+
+def test_avro_file_of_other_records_fails_naming_file_and_record(tmp_path):
+    """An Avro file that does not hold envelopes raises naming the file and record number."""
+    path = tmp_path / "other.avro"
+    schema = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}
+    with path.open("wb") as handle:
+        fastavro.writer(handle, fastavro.parse_schema(schema), [{"a": 1}])
+    p = TestPipeline(runner="FnApiRunner")
+    _ = p | ReadDeadLetters(str(path))
+    with pytest.raises(Exception, match=r"other\.avro record 1: not a dead letter"):
+        p.run().wait_until_finish()
+
+
+def test_reading_a_pattern_matching_nothing_names_it(tmp_path):
+    """ReadDeadLetters on an empty folder raises NoFilesMatchedError naming the pattern."""
+    p = TestPipeline(runner="FnApiRunner")
+    with pytest.raises(NoFilesMatchedError, match="nothing-here"):
+        _ = p | ReadDeadLetters(str(tmp_path / "nothing-here*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"output": ""}, "output=''"),
+        ({"output": "o", "format": "csv"}, "format='csv'"),
+        ({"output": "o", "num_shards": 0}, "num_shards=0"),
+        ({"output": "o", "max_records_per_file": -1}, "max_records_per_file=-1"),
+        ({"output": "o", "max_delay": "soon"}, "max_delay"),
+        ({"output": "o", "max_delay": 0}, "max_delay"),
+    ],
+)
+def test_write_validation_errors_name_the_bad_value(kwargs, bad):
+    """Invalid sink options raise ValueError naming the value."""
+    output = kwargs.pop("output")
+    with pytest.raises(ValueError, match=bad):
+        WriteDeadLetters(output, **kwargs)
+
+
+def test_read_validation_error_names_the_bad_pattern():
+    """An empty pattern is refused with its value in the message."""
+    with pytest.raises(ValueError, match="pattern=''"):
+        ReadDeadLetters("")
+
+
+def test_streaming_pane_fires_after_max_delay_of_processing_time(tmp_path):
+    """A shard holding fewer than max_records_per_file envelopes is flushed after max_delay."""
+    letters = _letters()
+    stream = (
+        TestStream()
+        .add_elements([letters[0]])
+        .advance_processing_time(61)
+        .add_elements([letters[1]])
+        .advance_watermark_to_infinity()
+    )
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
+    paths = p | stream | WriteDeadLetters(str(tmp_path), max_records_per_file=100, max_delay="60s")
+    assert_that(
+        paths | beam.Map(lambda path: os.path.basename(path).rsplit("-", 1)[0]),
+        equal_to(["dead_letters-00000-of-00001-pane-000", "dead_letters-00000-of-00001-pane-001"]),
+        label="a pane per delay, then the rest at the end",
+    )
+    p.run().wait_until_finish()

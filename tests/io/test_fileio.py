@@ -1,0 +1,437 @@
+"""Reading JSON lines / Avro / Parquet from globs, and writing Parquet/Avro files per window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import apache_beam as beam
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import trigger, window
+
+from headwater.io.fileio import (
+    NoFilesMatchedError,
+    ReadFromFiles,
+    WriteWindowedFiles,
+    stable_shard,
+)
+
+UTC = dt.timezone.utc
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "Event",
+    "fields": [{"name": "id", "type": "string"}, {"name": "n", "type": "long"}],
+}
+
+
+def _event_rows(count: int = 12) -> list[dict]:
+    """Rows spread over three 60 s windows, with mixed int/float amounts and some None notes."""
+    rows = []
+    for i in range(count):
+        rows.append(
+            {
+                "id": f"e{i:02d}",
+                "event_time": dt.datetime(2023, 11, 14, 22, 13, tzinfo=UTC)
+                + dt.timedelta(seconds=15 * i),
+                "amount": i if i % 2 else i + 0.5,
+                "note": None if i % 3 == 0 else f"n{i}",
+            }
+        )
+    return rows
+
+
+def _windowed(p, rows, *, window_fn=None):
+    timestamped = (
+        p
+        | beam.Create(rows)
+        | beam.Map(lambda r: window.TimestampedValue(r, r["event_time"].timestamp()))
+    )
+    return timestamped | beam.WindowInto(window_fn or window.FixedWindows(60))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _read_back(path: Path, file_format: str) -> list[dict]:
+    if file_format == "parquet":
+        return pq.read_table(path).to_pylist()
+    with path.open("rb") as handle:
+        return list(fastavro.reader(handle))
+
+
+def _write_avro(path: Path, records: list[dict]) -> None:
+    with path.open("wb") as handle:
+        fastavro.writer(handle, fastavro.parse_schema(AVRO_SCHEMA), records)
+
+
+def _write_parquet(path: Path, records: list[dict]) -> None:
+    pq.write_table(pa.Table.from_pylist(records), path)
+
+
+# ------------------------------------------------------------------------------------------ read
+
+
+def test_json_lines_become_source_records_with_file_and_line(tmp_path):
+    """CRLF and LF endings are stripped, blank lines skipped, lines numbered from 1 per file."""
+    (tmp_path / "a.jsonl").write_bytes(b'{"x": 1}\r\n\r\n  \n{"x": 2}\n{"x": 3}')
+    (tmp_path / "b.jsonl").write_bytes(b'\xef\xbb\xbf{"y": 1}\n')
+    (tmp_path / "ignored.txt").write_bytes(b"not matched\n")
+    a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(tmp_path / "*.jsonl"), format="json")
+        assert_that(
+            read.main | beam.Map(lambda r: (r.payload, r.origin["file"], r.origin["line"])),
+            equal_to(
+                [
+                    (b'{"x": 1}', a, 1),
+                    (b'{"x": 2}', a, 4),
+                    (b'{"x": 3}', a, 5),
+                    (b'{"y": 1}', b, 1),
+                ]
+            ),
+            label="records with origins",
+        )
+        assert_that(read.dead_letter, equal_to([]), label="no dead letters")
+
+
+@pytest.mark.parametrize(
+    ("file_format", "write"), [("avro", _write_avro), ("parquet", _write_parquet)]
+)
+def test_avro_and_parquet_become_decoded_records_with_index(tmp_path, file_format, write):
+    """Every record of every matched file arrives as a dict with its file and 0-based index."""
+    write(tmp_path / f"a.{file_format}", [{"id": "a0", "n": 1}, {"id": "a1", "n": 2}])
+    write(tmp_path / f"b.{file_format}", [{"id": "b0", "n": 3}])
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(tmp_path / f"*.{file_format}"), format=file_format)
+        assert_that(
+            read.main
+            | beam.Map(
+                lambda r: (
+                    r.record["id"],
+                    r.record["n"],
+                    Path(r.origin["file"]).name,
+                    r.origin["record"],
+                )
+            ),
+            equal_to(
+                [
+                    ("a0", 1, f"a.{file_format}", 0),
+                    ("a1", 2, f"a.{file_format}", 1),
+                    ("b0", 3, f"b.{file_format}", 0),
+                ]
+            ),
+            label="decoded records",
+        )
+
+
+def test_parquet_is_read_in_record_batches_across_row_groups(tmp_path):
+    """A Parquet file with many row groups is read completely, in order."""
+    table = pa.table({"id": [f"r{i}" for i in range(25_000)], "n": list(range(25_000))})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=3_000)
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(tmp_path / "big.parquet"), format="parquet")
+        assert_that(
+            read.main | beam.Map(lambda r: (r.origin["record"], r.record["n"])),
+            equal_to([(i, i) for i in range(25_000)]),
+            label="all rows with their index",
+        )
+
+
+@pytest.mark.parametrize(
+    ("file_format", "write"), [("avro", _write_avro), ("parquet", _write_parquet)]
+)
+def test_corrupt_file_becomes_one_dead_letter_and_other_files_are_read(
+    tmp_path, file_format, write
+):
+    """A file that is not Avro/Parquet yields one 'read' dead letter; good files are still read."""
+    write(tmp_path / f"good.{file_format}", [{"id": "g0", "n": 1}])
+    (tmp_path / f"bad.{file_format}").write_bytes(b"this is not a binary file at all")
+    bad = str(tmp_path / f"bad.{file_format}")
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(tmp_path / f"*.{file_format}"), format=file_format)
+        assert_that(read.main | beam.Map(lambda r: r.record["id"]), equal_to(["g0"]), label="good")
+        assert_that(
+            read.dead_letter
+            | beam.Map(lambda d: (d.stage, d.payload, d.origin["file"], bad in d.error_message)),
+            equal_to([("read", b"", bad, True)]),
+            label="one dead letter for the bad file",
+        )
+
+
+def test_truncated_avro_keeps_records_before_the_damage(tmp_path):
+    """Records before a truncation are emitted, then one dead letter at the first lost index."""
+    path = tmp_path / "t.avro"
+    with path.open("wb") as handle:
+        fastavro.writer(
+            handle,
+            fastavro.parse_schema(AVRO_SCHEMA),
+            [{"id": f"r{i}", "n": i} for i in range(2_000)],
+            sync_interval=200,
+        )
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(path), format="avro")
+        counted = read.main | beam.combiners.Count.Globally()
+        first_lost = read.dead_letter | beam.Map(lambda d: d.origin["record"])
+        assert_that(
+            (counted, first_lost)
+            | beam.Flatten()
+            | beam.combiners.ToList()
+            | beam.Map(
+                lambda values: len(values) == 2 and values[0] == values[1] and values[0] > 0
+            ),
+            equal_to([True]),
+            label="records before the damage, then one dead letter at the next index",
+        )
+
+
+def test_pattern_matching_nothing_fails_at_construction_naming_it(tmp_path):
+    """A local pattern that matches no file raises NoFilesMatchedError naming the pattern."""
+    pattern = str(tmp_path / "missing-*.jsonl")
+    p = TestPipeline(runner="FnApiRunner")
+    with pytest.raises(NoFilesMatchedError, match="missing-"):
+        _ = p | ReadFromFiles(pattern, format="json")
+
+
+def test_writer_temp_files_are_never_read(tmp_path):
+    """A writer's '.tmp-*' file in the folder is not matched by a read pattern."""
+    (tmp_path / "a.jsonl").write_bytes(b'{"x": 1}\n')
+    (tmp_path / ".tmp-a.jsonl-123").write_bytes(b'{"x": 2}\n')
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(tmp_path / "*"), format="json")
+        assert_that(read.main | beam.Map(lambda r: r.payload), equal_to([b'{"x": 1}']), label="a")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"pattern": "", "format": "json"}, "pattern=''"),
+        ({"pattern": "x/*", "format": "csv"}, "format='csv'"),
+    ],
+)
+def test_read_validation_errors_name_the_bad_value(kwargs, bad):
+    """Invalid reader options raise ValueError naming the value."""
+    pattern = kwargs.pop("pattern")
+    with pytest.raises(ValueError, match=bad):
+        ReadFromFiles(pattern, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- write
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "avro"])
+def test_rows_are_written_per_window_and_shard_and_read_back_equal(tmp_path, file_format):
+    """Each window gets one file per shard holding exactly its rows, under deterministic names."""
+    rows = _event_rows()
+    out = tmp_path / "out"
+    with TestPipeline(runner="FnApiRunner") as p:
+        paths = _windowed(p, rows) | WriteWindowedFiles(str(out), format=file_format, num_shards=2)
+        assert_that(
+            paths | beam.Map(lambda path: os.path.relpath(path, out)),
+            equal_to(_expected_names(rows, file_format)),
+            label="paths",
+        )
+    written = _files(out)
+    assert sorted(written) == sorted(_expected_names(rows, file_format))
+    for name in written:
+        window_start = dt.datetime.fromisoformat(
+            name.split("/")[0].split("=")[1].replace("Z", "+00:00")
+        )
+        shard = int(name.split("/")[1].split("-")[1])
+        expected = [
+            r
+            for r in rows
+            if window_start <= r["event_time"] < window_start + dt.timedelta(seconds=60)
+            and stable_shard(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str), 2)
+            == shard
+        ]
+        back = _read_back(out / name, file_format)
+        assert sorted(back, key=lambda r: r["id"]) == [
+            {**r, "amount": float(r["amount"])} for r in sorted(expected, key=lambda r: r["id"])
+        ]
+
+
+def _expected_names(rows: list[dict], file_format: str) -> list[str]:
+    names = set()
+    for r in rows:
+        start = r["event_time"].replace(second=0)
+        shard = stable_shard(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str), 2)
+        names.add(
+            f"window_start={start.strftime('%Y-%m-%dT%H:%M:%SZ')}/"
+            f"part-{shard:05d}-of-00002.{file_format}"
+        )
+    return sorted(names)
+
+
+def test_inferred_parquet_schema_has_utc_micros_doubles_and_nullables(tmp_path):
+    """Datetimes become timestamp[us, UTC], int/float mixes double, None makes a field nullable."""
+    out = tmp_path / "out"
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = _windowed(p, _event_rows(4), window_fn=window.FixedWindows(3600)) | WriteWindowedFiles(
+            str(out)
+        )
+    [path] = out.rglob("*.parquet")
+    schema = pq.read_schema(path)
+    assert schema.field("event_time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("amount").type == pa.float64()
+    assert schema.field("note").nullable
+    assert not schema.field("id").nullable
+    assert schema.names == ["id", "event_time", "amount", "note"]
+
+
+def test_inferred_avro_schema_uses_timestamp_micros_and_null_unions(tmp_path):
+    """Avro files carry timestamp-micros for datetimes and ["null", T] for fields with None."""
+    out = tmp_path / "out"
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = _windowed(p, _event_rows(4), window_fn=window.FixedWindows(3600)) | WriteWindowedFiles(
+            str(out), format="avro"
+        )
+    [path] = out.rglob("*.avro")
+    with path.open("rb") as handle:
+        fields = {f["name"]: f["type"] for f in fastavro.reader(handle).writer_schema["fields"]}
+    assert fields["event_time"] == {"type": "long", "logicalType": "timestamp-micros"}
+    assert fields["amount"] == "double"
+    assert fields["note"] == ["null", "string"]
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "avro"])
+def test_rerun_rewrites_byte_identical_files_and_leaves_no_extra_or_temp_files(
+    tmp_path, file_format
+):
+    """Running the same pipeline twice into one folder gives the same files, byte for byte."""
+    out = tmp_path / "out"
+
+    def run():
+        with TestPipeline(runner="FnApiRunner") as p:
+            _ = _windowed(p, _event_rows()) | WriteWindowedFiles(
+                str(out), format=file_format, num_shards=3
+            )
+        return _files(out)
+
+    first = run()
+    second = run()
+    assert first == second
+    assert first  # something was written
+    assert not [name for name in first if ".tmp-" in name]
+
+
+def test_given_schema_is_used_for_every_file(tmp_path):
+    """A pyarrow schema passed as schema= is the schema of the written files."""
+    schema = pa.schema([("id", pa.string()), ("n", pa.int32())])
+    out = tmp_path / "out"
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = p | beam.Create([{"id": "a", "n": 1}]) | WriteWindowedFiles(str(out), schema=schema)
+    [path] = out.rglob("*.parquet")
+    assert path.parent.name == "window=global"
+    assert pq.read_schema(path).field("n").type == pa.int32()
+
+
+def _streaming_panes(accumulation_mode):
+    """An early pane after two rows, then one more row in the on-time pane of window [0, 60)."""
+    base = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    stream = (
+        TestStream()
+        .advance_watermark_to(0)
+        .add_elements(
+            [
+                window.TimestampedValue({"id": "a", "t": base}, 10),
+                window.TimestampedValue({"id": "b", "t": base}, 20),
+            ]
+        )
+        .add_elements([window.TimestampedValue({"id": "c", "t": base}, 30)])
+        .advance_watermark_to(61)
+        .advance_watermark_to_infinity()
+    )
+    windowing = beam.WindowInto(
+        window.FixedWindows(60),
+        trigger=trigger.AfterWatermark(early=trigger.AfterCount(2)),
+        accumulation_mode=accumulation_mode,
+        allowed_lateness=0,
+    )
+    return stream, windowing
+
+
+@pytest.mark.parametrize(
+    "accumulation_mode",
+    [trigger.AccumulationMode.DISCARDING, trigger.AccumulationMode.ACCUMULATING],
+)
+def test_streaming_early_and_on_time_panes_write_distinct_files(tmp_path, accumulation_mode):
+    """Each pane of a window gets its own file; each row is written once even when accumulating."""
+    stream, windowing = _streaming_panes(accumulation_mode)
+    out = tmp_path / "out"
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
+    paths = p | stream | windowing | WriteWindowedFiles(str(out))
+    assert_that(
+        paths | beam.Map(lambda path: os.path.relpath(path, out)),
+        equal_to(
+            [
+                "window_start=1970-01-01T00:00:00Z/part-00000-of-00001.parquet",
+                "window_start=1970-01-01T00:00:00Z/part-00000-of-00001-pane-001.parquet",
+            ]
+        ),
+        label="one file per pane",
+    )
+    p.run().wait_until_finish()
+    folder = out / "window_start=1970-01-01T00:00:00Z"
+    early = [r["id"] for r in pq.read_table(folder / "part-00000-of-00001.parquet").to_pylist()]
+    on_time = [
+        r["id"] for r in pq.read_table(folder / "part-00000-of-00001-pane-001.parquet").to_pylist()
+    ]
+    assert (early, on_time) == (["a", "b"], ["c"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"output": ""}, "output=''"),
+        ({"output": "o", "format": "csv"}, "format='csv'"),
+        ({"output": "o", "num_shards": 0}, "num_shards=0"),
+        ({"output": "o", "num_shards": True}, "num_shards=True"),
+        ({"output": "o", "prefix": "a/b"}, "prefix='a/b'"),
+        ({"output": "o", "prefix": ".hidden"}, "prefix='.hidden'"),
+        ({"output": "o", "schema": {"type": "record"}}, "schema="),
+        ({"output": "o", "format": "avro", "schema": {"type": "nope"}}, "schema="),
+    ],
+)
+def test_write_validation_errors_name_the_bad_value(kwargs, bad):
+    """Invalid writer options raise ValueError naming the value."""
+    output = kwargs.pop("output")
+    with pytest.raises(ValueError, match=bad):
+        WriteWindowedFiles(output, **kwargs)
+
+
+def test_stable_shard_is_the_same_in_processes_with_different_hash_seeds():
+    """Shards do not depend on Python's per-process string hash salt."""
+    code = (
+        "from headwater.io.fileio import stable_shard;"
+        "print([stable_shard(f'row{i}', 5) for i in range(50)])"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1
+    assert outputs == {str([stable_shard(f"row{i}", 5) for i in range(50)]) + "\n"}
