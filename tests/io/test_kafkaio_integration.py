@@ -1,0 +1,340 @@
+"""ReadFromKafka / WriteToKafka against a real broker (Tansu, or $HEADWATER_TEST_BOOTSTRAP).
+
+Tansu reports a partition's end offset as (base offset of its last batch + 1), so every helper
+here sends each partition's last record in a batch of its own (a flush before it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from headwater.io.formats import JsonFormat
+from headwater.io.kafkaconfig import KafkaDeliveryError
+from headwater.io.kafkaio import KafkaRecord, ReadFromKafka, WriteToKafka
+from headwater.transforms.deadletter import ApplyOrDeadLetter
+from headwater.windowing.eventtime import EventTimeExtractor
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+
+
+def produce(bootstrap, topic, rows, *, partitions=PARTITIONS):
+    """Sends ``rows`` (partition, key, value, timestamp_ms, headers), last per partition alone."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    last = {}
+    for index, row in enumerate(rows):
+        last[row[0]] = index
+    for index, (partition, key, value, ts, headers) in enumerate(rows):
+        if index == last[partition]:
+            assert producer.flush(10) == 0
+        producer.produce(
+            topic, key=key, value=value, partition=partition, timestamp=ts, headers=headers
+        )
+    assert producer.flush(10) == 0
+
+
+def events(n, *, start=0, partitions=PARTITIONS):
+    """``n`` JSON events spread over ``partitions`` as produce() rows."""
+    rows = []
+    for i in range(start, start + n):
+        value = json.dumps({"id": i, "event_time": 1_700_000_000_000 + i}).encode()
+        rows.append((i % partitions, f"k{i}".encode(), value, 1_700_000_000_000 + i, None))
+    return rows
+
+
+def coordinates(record):
+    return (record.partition, record.key, record.value)
+
+
+def test_bounded_read_outputs_exactly_the_produced_records(kafka_bootstrap, kafka_topic):
+    """60 events over 3 partitions come back once each: no loss, no extra."""
+    rows = events(60)
+    produce(kafka_bootstrap, kafka_topic, rows)
+    expected = [(p, k, v) for p, k, v, _, _ in rows]
+    with beam.Pipeline("FnApiRunner") as p:
+        records = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap, topics=kafka_topic, stop_at_end=True
+        )
+        assert_that(records | beam.Map(coordinates), equal_to(expected), label="all records")
+        offsets = records | "Offsets" >> beam.Map(lambda r: (r.partition, r.offset))
+        assert_that(
+            offsets,
+            equal_to([(part, off) for part in range(PARTITIONS) for off in range(20)]),
+            label="offsets",
+        )
+
+
+def test_kafka_timestamp_is_the_element_timestamp(kafka_bootstrap, kafka_topic):
+    """Without event_time, each element carries its Kafka record timestamp."""
+    rows = events(6)
+    produce(kafka_bootstrap, kafka_topic, rows)
+    with beam.Pipeline("FnApiRunner") as p:
+        stamped = (
+            p
+            | ReadFromKafka(bootstrap_servers=kafka_bootstrap, topics=kafka_topic, stop_at_end=True)
+            | beam.Map(lambda r, ts=beam.DoFn.TimestampParam: (r.timestamp_ms, ts.micros // 1000))
+        )
+        assert_that(stamped, equal_to([(ts, ts) for *_, ts, _ in rows]), label="timestamps")
+
+
+def test_event_time_field_sets_element_timestamp(kafka_bootstrap, kafka_topic):
+    """event_time=EventTimeExtractor reads the timestamp from the decoded value."""
+    rows = [(0, None, json.dumps({"at": 5_000 + i}).encode(), 1, None) for i in range(3)]
+    produce(kafka_bootstrap, kafka_topic, rows)
+    with beam.Pipeline("FnApiRunner") as p:
+        stamped = (
+            p
+            | ReadFromKafka(
+                bootstrap_servers=kafka_bootstrap,
+                topics=kafka_topic,
+                stop_at_end=True,
+                event_time=EventTimeExtractor(field="at", unit="ms"),
+            )
+            | beam.Map(lambda r, ts=beam.DoFn.TimestampParam: ts.micros // 1000)
+        )
+        assert_that(stamped, equal_to([5_000, 5_001, 5_002]), label="event times")
+
+
+def test_second_run_from_committed_reads_only_new_records(kafka_bootstrap, kafka_topic):
+    """commit_on_finalize commits after the run; start='committed' then reads only what is new."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    first, second = events(9), events(6, start=9)
+    produce(kafka_bootstrap, kafka_topic, first)
+    read = {
+        "bootstrap_servers": kafka_bootstrap,
+        "topics": kafka_topic,
+        "stop_at_end": True,
+        "group_id": group,
+        "commit_on_finalize": True,
+    }
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | ReadFromKafka(**read) | beam.Map(coordinates)
+        assert_that(out, equal_to([(p_, k, v) for p_, k, v, _, _ in first]), label="first run")
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    committed = consumer.committed(
+        [TopicPartition(kafka_topic, part) for part in range(PARTITIONS)], timeout=10
+    )
+    consumer.close()
+    assert [tp.offset for tp in committed] == [3, 3, 3]
+    produce(kafka_bootstrap, kafka_topic, second)
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | ReadFromKafka(**read, start="committed") | beam.Map(coordinates)
+        assert_that(out, equal_to([(p_, k, v) for p_, k, v, _, _ in second]), label="new only")
+
+
+def test_without_commit_on_finalize_nothing_is_committed(kafka_bootstrap, kafka_topic):
+    """commit_on_finalize=False leaves the group's offsets alone."""
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, kafka_topic, events(3))
+    with beam.Pipeline("FnApiRunner") as p:
+        _ = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap, topics=kafka_topic, stop_at_end=True, group_id=group
+        )
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    committed = consumer.committed([TopicPartition(kafka_topic, 0)], timeout=10)
+    consumer.close()
+    assert committed[0].offset < 0
+
+
+def test_poison_message_yields_one_dead_letter_with_coordinates(kafka_bootstrap, kafka_topic):
+    """Undecodable bytes become one dead letter with topic/partition/offset; the rest decode."""
+    rows = events(8)
+    rows.insert(4, (1, b"bad", b"\xff{not json", 1_700_000_000_100, None))
+    produce(kafka_bootstrap, kafka_topic, rows)
+    poison_offset = sum(1 for r in rows[:4] if r[0] == 1)
+    with beam.Pipeline("FnApiRunner") as p:
+        records = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap, topics=kafka_topic, stop_at_end=True
+        )
+        routed = records | ApplyOrDeadLetter(JsonFormat().decode, stage="decode")
+        assert_that(
+            routed.main | beam.Map(lambda d: d["id"]), equal_to(list(range(8))), label="decoded"
+        )
+        assert_that(
+            routed.dead_letter
+            | beam.Map(lambda d: (d.stage, d.payload, dict(d.origin), "UTF-8" in d.error_message)),
+            equal_to(
+                [
+                    (
+                        "decode",
+                        b"\xff{not json",
+                        {"topic": kafka_topic, "partition": 1, "offset": poison_offset},
+                        True,
+                    ),
+                ]
+            ),
+            label="dead letter",
+        )
+
+
+def test_max_records_reads_that_many_in_total(kafka_bootstrap, kafka_topic):
+    """max_records=7 over 3 partitions of 10 records each reads 7 distinct records."""
+    produce(kafka_bootstrap, kafka_topic, events(30))
+    with beam.Pipeline("FnApiRunner") as p:
+        count = (
+            p
+            | ReadFromKafka(bootstrap_servers=kafka_bootstrap, topics=kafka_topic, max_records=7)
+            | beam.Map(coordinates)
+            | beam.Distinct()
+            | beam.combiners.Count.Globally()
+        )
+        assert_that(count, equal_to([7]), label="count")
+
+
+def test_explicit_start_offsets_skip_earlier_records(kafka_bootstrap, kafka_topic):
+    """start={(topic, p): offset} starts that partition there; others start at the earliest."""
+    produce(kafka_bootstrap, kafka_topic, events(9))
+    with beam.Pipeline("FnApiRunner") as p:
+        out = (
+            p
+            | ReadFromKafka(
+                bootstrap_servers=kafka_bootstrap,
+                topics=kafka_topic,
+                stop_at_end=True,
+                start={(kafka_topic, 0): 2},
+            )
+            | beam.Map(lambda r: (r.partition, r.offset))
+        )
+        assert_that(
+            out, equal_to([(0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]), label="offsets"
+        )
+
+
+def test_latest_start_with_stop_at_end_reads_nothing(kafka_bootstrap, kafka_topic):
+    """start='latest' begins after the records present at start."""
+    produce(kafka_bootstrap, kafka_topic, events(6))
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap, topics=kafka_topic, stop_at_end=True, start="latest"
+        )
+        assert_that(out, equal_to([]), label="nothing")
+
+
+def test_max_duration_ends_a_read_of_an_idle_topic(kafka_bootstrap, kafka_topic):
+    """max_duration bounds a read that would otherwise wait for new records forever."""
+    rows = events(3)
+    produce(kafka_bootstrap, kafka_topic, rows)
+    produced = {(p_, k, v) for p_, k, v, _, _ in rows}
+    began = time.monotonic()
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap,
+            topics=kafka_topic,
+            max_duration="2s",
+            poll_interval="200ms",
+        )
+        # The deadline is wall clock from the start: partitions read later may get fewer records.
+        assert_that(
+            out | beam.Map(coordinates) | beam.combiners.ToList(),
+            lambda got: _assert_subset(got[0], produced),
+            label="subset",
+        )
+    assert time.monotonic() - began < 20
+
+
+def _assert_subset(got, produced):
+    assert got, "the first partition is read before the deadline"
+    assert len(got) == len(set(got)), got
+    assert set(got) <= produced, got
+
+
+def test_write_then_read_preserves_key_value_headers_timestamp(kafka_bootstrap, make_kafka_topic):
+    """WriteToKafka -> ReadFromKafka keeps key, value, headers and timestamp of every record."""
+    topic = make_kafka_topic(1)
+    sent = [
+        KafkaRecord(
+            "src",
+            0,
+            i,
+            f"k{i}".encode(),
+            f"v{i}".encode(),
+            1_650_000_000_000 + i,
+            (("trace", f"t{i}".encode()), ("kind", b"x")),
+        )
+        for i in range(5)
+    ]
+    with beam.Pipeline("FnApiRunner") as p:
+        _ = p | beam.Create(sent[:4]) | WriteToKafka(bootstrap_servers=kafka_bootstrap, topic=topic)
+    with beam.Pipeline("FnApiRunner") as p:  # the last record in a batch of its own (Tansu)
+        _ = p | beam.Create(sent[4:]) | WriteToKafka(bootstrap_servers=kafka_bootstrap, topic=topic)
+    with beam.Pipeline("FnApiRunner") as p:
+        got = (
+            p
+            | ReadFromKafka(bootstrap_servers=kafka_bootstrap, topics=topic, stop_at_end=True)
+            | beam.Map(lambda r: (r.key, r.value, r.timestamp_ms, r.headers))
+        )
+        assert_that(
+            got,
+            equal_to([(r.key, r.value, r.timestamp_ms, r.headers) for r in sent]),
+            label="round trip",
+        )
+
+
+def test_write_dicts_with_key_fn_encodes_json(kafka_bootstrap, make_kafka_topic):
+    """Dict elements are JSON-encoded and key_fn sets the key."""
+    topic = make_kafka_topic(1)
+    with beam.Pipeline("FnApiRunner") as p:
+        _ = (
+            p
+            | beam.Create([{"id": 1}])
+            | WriteToKafka(
+                bootstrap_servers=kafka_bootstrap, topic=topic, key_fn=lambda r: str(r["id"])
+            )
+        )
+    with beam.Pipeline("FnApiRunner") as p:
+        got = (
+            p
+            | ReadFromKafka(bootstrap_servers=kafka_bootstrap, topics=topic, stop_at_end=True)
+            | beam.Map(lambda r: (r.key, JsonFormat().decode(r)))
+        )
+        assert_that(got, equal_to([(b"1", {"id": 1})]), label="written")
+
+
+def test_delivery_failure_fails_the_pipeline_with_clear_error(kafka_bootstrap, make_kafka_topic):
+    """A record over message.max.bytes fails the bundle with KafkaDeliveryError, not a drop."""
+    topic = make_kafka_topic(1)
+    with pytest.raises(KafkaDeliveryError) as caught, beam.Pipeline("FnApiRunner") as p:
+        _ = (
+            p
+            | beam.Create([b"x" * 5_000])
+            | WriteToKafka(
+                bootstrap_servers=kafka_bootstrap,
+                topic=topic,
+                config={"message.max.bytes": 2_000},
+            )
+        )
+    assert "MSG_SIZE_TOO_LARGE" in str(caught.value)
+    assert topic in str(caught.value)
+
+
+def test_read_of_missing_topic_names_it(kafka_bootstrap):
+    """A topic that does not exist fails at start with its name in the error."""
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(Exception, match=missing), beam.Pipeline("FnApiRunner") as p:
+        _ = p | ReadFromKafka(bootstrap_servers=kafka_bootstrap, topics=missing, stop_at_end=True)
+
+
+def test_secrets_never_reach_logs_during_a_read(kafka_bootstrap, kafka_topic, caplog):
+    """A read with a secret in its config logs nothing that contains the secret."""
+    produce(kafka_bootstrap, kafka_topic, events(3))
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cr3t-value-xyz"
+    with beam.Pipeline("FnApiRunner") as p:
+        out = p | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap,
+            topics=kafka_topic,
+            stop_at_end=True,
+            config={"ssl.key.password": secret, "client.id": "hw-test"},
+        )
+        assert_that(out | beam.combiners.Count.Globally(), equal_to([3]), label="count")
+    assert caplog.records, "the read should log its rare events"
+    assert secret not in caplog.text

@@ -1,0 +1,347 @@
+"""The Kafka source's splittable-DoFn machinery, called directly (what Dataflow and Flink drive)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+
+from headwater.io.kafkaconfig import KafkaConnection
+from headwater.io.kafkaio import (
+    _RESTRICTIONS,
+    UNBOUNDED_STOP,
+    KafkaRecord,
+    PartitionRead,
+    ReadFromKafka,
+    WriteToKafka,
+    _allocate,
+    _PartitionRange,
+    _PartitionTracker,
+    _ReadPartitionFn,
+    _ReadPartitionUnboundedFn,
+    _resolve_starts,
+)
+from headwater.records import origin_of, payload_of
+from headwater.windowing.eventtime import EventTimeExtractor
+from headwater.windowing.watermark import BoundedOutOfOrderness, WatermarkState
+
+
+def test_kafka_record_gives_payload_and_origin():
+    """payload_of/origin_of see a KafkaRecord's value and coordinates."""
+    record = KafkaRecord("t", 2, 17, b"k", b"v", 5, (("h", b"x"),))
+    assert payload_of(record) == b"v"
+    assert origin_of(record) == {"topic": "t", "partition": 2, "offset": 17}
+
+
+def test_initial_restriction_is_the_partition_offset_range():
+    """A bounded partition read becomes [start, stop); an unbounded one ends at UNBOUNDED_STOP."""
+    bounded = _RESTRICTIONS.initial_restriction(PartitionRead("t", 0, 5, 12))
+    unbounded = _RESTRICTIONS.initial_restriction(PartitionRead("t", 1, 3, None))
+    assert (bounded.start, bounded.stop) == (5, 12)
+    assert (unbounded.start, unbounded.stop) == (3, UNBOUNDED_STOP)
+    assert _RESTRICTIONS.create_tracker(bounded).is_bounded()
+    assert not _RESTRICTIONS.create_tracker(unbounded).is_bounded()
+
+
+def test_initial_split_keeps_one_restriction_per_partition():
+    """The initial split does not cut a partition's range: one restriction per partition."""
+    element = PartitionRead("t", 0, 0, 1000)
+    restriction = _RESTRICTIONS.initial_restriction(element)
+    assert list(_RESTRICTIONS.split(element, restriction)) == [restriction]
+    assert _RESTRICTIONS.restriction_size(element, restriction) == 1000
+
+
+def test_truncate_drops_an_unbounded_restriction_on_drain():
+    """On drain an unbounded range is dropped and a bounded one kept."""
+    unbounded = _PartitionRange(0, UNBOUNDED_STOP)
+    bounded = _PartitionRange(0, 10)
+    assert _RESTRICTIONS.truncate(None, unbounded) is None
+    assert _RESTRICTIONS.truncate(None, bounded) == bounded
+
+
+def test_tracker_claims_inside_the_range_only():
+    """Offsets in [start, stop) are claimed; the first one at stop ends the range."""
+    tracker = _PartitionTracker(_PartitionRange(10, 13))
+    assert [tracker.try_claim(o) for o in (10, 11, 12)] == [True, True, True]
+    assert tracker.try_claim(13) is False
+    tracker.check_done()
+
+
+def test_tracker_checkpoint_hands_back_the_rest_with_the_deadline():
+    """try_split(0) keeps [start, next) and returns [next, stop) with the same deadline."""
+    deadline = time.time() + 3600
+    tracker = _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP, deadline=deadline))
+    assert tracker.try_claim(0)
+    assert tracker.try_claim(1)
+    primary, residual = tracker.try_split(0)
+    assert (primary.start, primary.stop) == (0, 2)
+    assert (residual.start, residual.stop, residual.deadline) == (2, UNBOUNDED_STOP, deadline)
+    assert tracker.try_claim(2) is False
+    tracker.check_done()
+
+
+def test_tracker_dynamic_split_halves_the_remainder():
+    """A runner split at 0.5 of the remainder cuts the range in the middle of what is left."""
+    tracker = _PartitionTracker(_PartitionRange(0, 100))
+    assert tracker.try_claim(0)
+    primary, residual = tracker.try_split(0.5)
+    assert (primary.stop, residual.start, residual.stop) == (50, 50, 100)
+    assert tracker.current_restriction() == primary
+
+
+def test_tracker_ends_the_range_at_the_deadline_without_residual():
+    """Past the deadline a claim fails and the range is cut there, so the restriction is done."""
+    now = [100.0]
+    tracker = _PartitionTracker(_PartitionRange(0, 50, deadline=105.0), clock=lambda: now[0])
+    assert tracker.try_claim(0)
+    assert tracker.try_claim(1)
+    now[0] = 106.0
+    assert tracker.try_claim(2) is False
+    assert (tracker.current_restriction().start, tracker.current_restriction().stop) == (0, 2)
+    tracker.check_done()
+
+
+def test_allocate_spreads_max_records_over_partitions():
+    """max_records is taken round-robin from what partitions hold, then past their ends."""
+    assert _allocate(7, [0, 0, 0], [10, 10, 10], stop_at_end=False) == [3, 2, 2]
+    assert _allocate(7, [0, 0, 0], [1, 10, 0], stop_at_end=False) == [1, 6, 0]
+    assert _allocate(10, [0, 5], [2, 6], stop_at_end=True) == [2, 6]
+    assert _allocate(5, [0, 5], [2, 6], stop_at_end=False) == [3, 7]
+
+
+def _reader(**options):
+    options.setdefault("bootstrap_servers", "h:1")
+    options.setdefault("topics", "t")
+    return ReadFromKafka(**options)
+
+
+def test_watermark_estimator_starts_at_min_timestamp():
+    """The estimator's initial state is MIN_TIMESTAMP (checkpoint-safe), not None."""
+    fn = _reader().reader_fn()
+    state = fn.initial_estimator_state(PartitionRead("t", 0, 0), _PartitionRange(0, 1))
+    assert fn.create_watermark_estimator(state).current_watermark() == MIN_TIMESTAMP
+    assert fn.estimator_state_coder().decode(fn.estimator_state_coder().encode(state)) == state
+
+
+def test_watermark_estimator_holds_back_by_max_delay_under_disorder():
+    """Out-of-order timestamps: watermark = max seen - max_delay, never moving back."""
+    fn = _reader(watermark=BoundedOutOfOrderness(max_delay="10s")).reader_fn()
+    estimator = fn.create_watermark_estimator(fn.initial_estimator_state(None, None))
+    for seconds in (100, 95, 120, 101):
+        estimator.observe_timestamp(Timestamp(seconds))
+    assert estimator.current_watermark() == Timestamp(110)
+    resumed = fn.create_watermark_estimator(estimator.get_estimator_state())
+    assert resumed.current_watermark() == Timestamp(110)
+
+
+def test_idle_partition_watermark_advances_with_the_clock():
+    """A partition idle for idle_timeout advances its watermark to now - max_delay."""
+    fn = _reader(watermark=BoundedOutOfOrderness(max_delay="5s", idle_timeout="1m")).reader_fn()
+    idle_since = time.time() - 120
+    state = WatermarkState(Timestamp(50), Timestamp(55), idle_since)
+    watermark = fn.create_watermark_estimator(state).current_watermark()
+    assert watermark >= Timestamp(idle_since + 120 - 5 - 1)
+    busy = fn.create_watermark_estimator(WatermarkState(Timestamp(50), Timestamp(55), time.time()))
+    assert busy.current_watermark() == Timestamp(50)
+
+
+def test_reader_fn_kind_follows_boundedness():
+    """Bounded options give the bounded DoFn; none of them gives the unbounded one."""
+    assert type(_reader(stop_at_end=True).reader_fn()) is _ReadPartitionFn
+    assert type(_reader(max_records=5).reader_fn()) is _ReadPartitionFn
+    assert type(_reader(max_duration="1m").reader_fn()) is _ReadPartitionFn
+    assert type(_reader().reader_fn()) is _ReadPartitionUnboundedFn
+
+
+class _Msg:
+    def __init__(self, offset, value=b"v", partition=0, ts=1_000):
+        self._offset, self._value, self._partition, self._ts = offset, value, partition, ts
+
+    def error(self):
+        return None
+
+    def offset(self):
+        return self._offset
+
+    def partition(self):
+        return self._partition
+
+    def topic(self):
+        return "t"
+
+    def key(self):
+        return None
+
+    def value(self):
+        return self._value
+
+    def timestamp(self):
+        return (1, self._ts)
+
+    def headers(self):
+        return None
+
+
+class _FakeConsumer:
+    def __init__(self, batches, position=None):
+        self.batches = list(batches)
+        self.assigned = []
+        self._position = position
+
+    def assign(self, tps):
+        self.assigned.append((tps[0].partition, tps[0].offset))
+
+    def consume(self, n, timeout):
+        return self.batches.pop(0) if self.batches else []
+
+    def poll(self, timeout):
+        return None
+
+    def position(self, tps):
+        tps[0].offset = self._position if self._position is not None else -1001
+        return tps
+
+
+class _Finalizer:
+    def __init__(self):
+        self.callbacks = []
+
+    def register(self, callback):
+        self.callbacks.append(callback)
+
+
+def _run(fn, consumer, restriction, element=None):
+    fn._consumer = consumer
+    fn._assigned = None
+    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(_PartitionTracker(restriction)))
+    finalizer = _Finalizer()
+    out = list(fn.process(element or PartitionRead("t", 0, restriction.start), finalizer, view))
+    return out, view, finalizer
+
+
+def test_process_emits_claimed_offsets_with_kafka_timestamps():
+    """A bounded range emits each offset once, timestamped with the Kafka timestamp."""
+    fn = _reader(stop_at_end=True).reader_fn()
+    consumer = _FakeConsumer([[_Msg(0, ts=5_000), _Msg(1, ts=6_000)], [_Msg(2, ts=7_000)]])
+    out, _, _ = _run(fn, consumer, _PartitionRange(0, 3))
+    assert [(tv.value.offset, tv.timestamp.micros // 1000) for tv in out] == [
+        (0, 5_000),
+        (1, 6_000),
+        (2, 7_000),
+    ]
+    assert consumer.assigned == [(0, 0)]
+
+
+def test_process_event_time_field_overrides_kafka_timestamp():
+    """event_time reads the element timestamp from the decoded value."""
+    fn = _reader(stop_at_end=True, event_time=EventTimeExtractor(field="at")).reader_fn()
+    consumer = _FakeConsumer([[_Msg(0, value=b'{"at": 42000}'), _Msg(1, value=b"junk", ts=9)]])
+    out, _, _ = _run(fn, consumer, _PartitionRange(0, 2))
+    assert [tv.timestamp.micros // 1000 for tv in out] == [42_000, 9]
+
+
+def test_process_unbounded_checkpoints_when_caught_up():
+    """Unbounded: an empty poll defers the remainder from the next offset (a checkpoint)."""
+    fn = _reader(poll_interval="10ms").reader_fn()
+    consumer = _FakeConsumer([[_Msg(4), _Msg(5)]])
+    out, view, _ = _run(fn, consumer, _PartitionRange(4, UNBOUNDED_STOP))
+    assert [tv.value.offset for tv in out] == [4, 5]
+    deferred = view._threadsafe_restriction_tracker.deferred_status()
+    assert deferred is not None
+    residual = deferred[0]
+    assert (residual.start, residual.stop) == (6, UNBOUNDED_STOP)
+
+
+def test_process_finishes_when_position_passes_stop_without_records():
+    """Control records at the end (position past stop, no messages) end the bounded read."""
+    fn = _reader(stop_at_end=True).reader_fn()
+    consumer = _FakeConsumer([[_Msg(0)]], position=3)
+    out, view, _ = _run(fn, consumer, _PartitionRange(0, 3))
+    assert [tv.value.offset for tv in out] == [0]
+    view._threadsafe_restriction_tracker.check_done()
+
+
+def test_process_registers_commit_of_next_offset_only_when_asked():
+    """commit_on_finalize registers one finalization callback; without it, none."""
+    with_commit = _reader(stop_at_end=True, group_id="g", commit_on_finalize=True).reader_fn()
+    _, _, finalizer = _run(with_commit, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
+    assert len(finalizer.callbacks) == 1
+    assert finalizer.callbacks[0].args == ("t", 0, 2)
+    without = _reader(stop_at_end=True).reader_fn()
+    _, _, finalizer = _run(without, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
+    assert finalizer.callbacks == []
+
+
+class _StartConsumer:
+    def committed(self, tps, timeout):
+        for tp, offset in zip(tps, [7, -1001], strict=True):
+            tp.offset = offset
+        return tps
+
+    def offsets_for_times(self, tps, timeout):
+        for tp, offset in zip(tps, [4, -1], strict=True):
+            tp.offset = offset
+        return tps
+
+
+def test_committed_start_falls_back_to_earliest_and_times_to_end():
+    """committed: the group's offset, else earliest; a datetime: its offset, else the end."""
+    conn = KafkaConnection("h:1")
+    parts, lows, highs = [("t", 0), ("t", 1)], [0, 2], [10, 20]
+    assert _resolve_starts(
+        _StartConsumer(), conn, parts, lows, highs, start="committed", timeout=1
+    ) == [7, 2]
+    when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    assert _resolve_starts(_StartConsumer(), conn, parts, lows, highs, start=when, timeout=1) == [
+        4,
+        20,
+    ]
+    assert _resolve_starts(
+        _StartConsumer(), conn, parts, lows, highs, start={("t", 1): 50}, timeout=1
+    ) == [0, 20]
+
+
+@pytest.mark.parametrize(
+    ("options", "bad"),
+    [
+        ({"topics": []}, "topics=\\[\\]"),
+        ({"start": "newest"}, "start='newest'"),
+        ({"start": dt.datetime(2024, 1, 1)}, "naive"),  # noqa: DTZ001 - the point of the test
+        ({"start": {("other", 0): 1}}, "'other'"),
+        ({"start": {("t", 0): -1}}, "-1"),
+        ({"start": "committed"}, "group_id=None"),
+        ({"commit_on_finalize": True}, "group_id=None"),
+        ({"max_records": 0}, "max_records=0"),
+        ({"max_duration": "0s"}, "max_duration='0s'"),
+        ({"watermark": 5}, "watermark=5"),
+        ({"event_time": "event_time"}, "event_time='event_time'"),
+        ({"value_format": "json"}, "value_format=JsonFormat"),
+        ({"group_id": "a", "config": {"group.id": "b"}}, "group_id='a'"),
+        ({"connect_timeout": -1}, "connect_timeout=-1"),
+    ],
+)
+def test_read_validation_names_the_bad_value(options, bad):
+    """Each bad ReadFromKafka option raises ValueError naming it."""
+    with pytest.raises(ValueError, match=bad):
+        _reader(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "bad"),
+    [
+        ({"topic": ""}, "topic=''"),
+        ({"config": {"enable.idempotence": False}}, "enable.idempotence"),
+        ({"config": {"acks": 1}}, "'acks'"),
+        ({"key_fn": 3}, "key_fn=3"),
+        ({"format": "yaml"}, "'yaml'"),
+        ({"flush_timeout": 0}, "flush_timeout=0"),
+    ],
+)
+def test_write_validation_names_the_bad_value(options, bad):
+    """Each bad WriteToKafka option raises ValueError naming it."""
+    options.setdefault("topic", "t")
+    with pytest.raises(ValueError, match=bad):
+        WriteToKafka(bootstrap_servers="h:1", **options)
