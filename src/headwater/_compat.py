@@ -46,6 +46,6 @@ def fix_direct_runner_metrics() -> bool:
             cache.update(self._states_by_name)
             self._states_by_name = cache
 
-    statesampler.StateSampler.scoped_state = scoped_state
+    statesampler.StateSampler.scoped_state = scoped_state  # type: ignore[method-assign]
     _APPLIED = True
     return True

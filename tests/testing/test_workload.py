@@ -55,8 +55,11 @@ def test_malformed_records_are_really_malformed(tmp_path):
             assert kind in ("truncated_json", "invalid_utf8")
             continue
         assert kind not in ("truncated_json", "invalid_utf8")
-        assert (not isinstance(record.get("event_time"), int)
-                or "user_id" not in record or isinstance(record["amount"], str))
+        assert (
+            not isinstance(record.get("event_time"), int)
+            or "user_id" not in record
+            or isinstance(record["amount"], str)
+        )
 
 
 @pytest.mark.parametrize("option", ["dup_frac", "late_frac", "malformed_frac"])

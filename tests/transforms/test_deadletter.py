@@ -20,14 +20,23 @@ def test_envelope_keeps_original_bytes_and_origin():
     assert letter.payload == b"\xff{not json"
     assert letter.origin == {"file": "a.jsonl", "line": 7}
     assert (letter.stage, letter.error_type, letter.error_message) == (
-        "decode", "ValueError", "bad byte 0xff")
+        "decode",
+        "ValueError",
+        "bad byte 0xff",
+    )
     assert letter.failed_at.endswith("Z")
 
 
 def test_envelope_json_round_trip_preserves_payload_bytes():
     """to_json/from_dict round-trip every field, binary payloads included."""
-    letter = dead_letter_for(b"\x00\x01binary", stage="late", error="window closed",
-                             event_time=1.5, window="a/b", lateness_ms=1200)
+    letter = dead_letter_for(
+        b"\x00\x01binary",
+        stage="late",
+        error="window closed",
+        event_time=1.5,
+        window="a/b",
+        lateness_ms=1200,
+    )
     back = DeadLetter.from_dict(json.loads(letter.to_json()))
     assert back == letter
     assert back.event_time == "1970-01-01T00:00:01.500000Z"
@@ -50,16 +59,20 @@ def test_apply_or_dead_letter_routes_each_element_once():
     p = TestPipeline(runner="FnApiRunner")
     routed = p | beam.Create([b"1", b"two", b"3"]) | ApplyOrDeadLetter(int, stage="to_int")
     assert_that(routed.main, equal_to([1, 3]), label="main")
-    assert_that(routed.dead_letter | beam.Map(lambda d: (d.stage, d.error_type, d.payload)),
-                equal_to([("to_int", "ValueError", b"two")]), label="dead letters")
+    assert_that(
+        routed.dead_letter | beam.Map(lambda d: (d.stage, d.error_type, d.payload)),
+        equal_to([("to_int", "ValueError", b"two")]),
+        label="dead letters",
+    )
     p.run().wait_until_finish()
 
 
 def test_apply_or_dead_letter_flatten():
     """flatten=True emits every item of the result."""
     p = TestPipeline(runner="FnApiRunner")
-    routed = p | beam.Create([2, 0]) | ApplyOrDeadLetter(lambda n: [n] * n, stage="rep",
-                                                         flatten=True)
+    routed = (
+        p | beam.Create([2, 0]) | ApplyOrDeadLetter(lambda n: [n] * n, stage="rep", flatten=True)
+    )
     assert_that(routed.main, equal_to([2, 2]), label="main")
     p.run().wait_until_finish()
 

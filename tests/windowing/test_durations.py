@@ -17,8 +17,18 @@ from headwater.windowing.durations import (
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("500ms", 0.5), ("60s", 60.0), ("10m", 600.0), ("1h", 3600.0), ("1d", 86400.0),
-     ("15", 15.0), (2, 2.0), (1.5, 1.5), (dt.timedelta(minutes=2), 120.0), ("250us", 0.00025)],
+    [
+        ("500ms", 0.5),
+        ("60s", 60.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("1d", 86400.0),
+        ("15", 15.0),
+        (2, 2.0),
+        (1.5, 1.5),
+        (dt.timedelta(minutes=2), 120.0),
+        ("250us", 0.00025),
+    ],
 )
 def test_parse_duration_accepts_every_form(value, seconds):
     """Seconds, timedeltas and unit strings all parse to seconds."""

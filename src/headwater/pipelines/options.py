@@ -29,7 +29,7 @@ _POSITIVE_INT_RE = r"^[1-9]\d*$"
 
 
 def _duration(text: str) -> str:
-    parse_duration(text, name="value")  # raises ValueError naming the bad text
+    parse_duration(text, name="duration")  # raises ValueError naming the bad text
     return text
 
 
@@ -65,11 +65,18 @@ class Flag:
     boolean: bool = False
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        """Registers the flag (once) with an argparse parser."""
+        """Registers the flag (once) with an argparse parser.
+
+        Values are parsed as strings and converted by :meth:`convert` (through
+        :func:`flag_values`), so a bad value gives one line naming the flag instead of
+        argparse's usage dump.
+        """
         option = f"--{self.name}"
         if option in getattr(parser, "_option_string_actions", {}):
             return
         text = self.help
+        if self.choices:
+            text += f" One of: {', '.join(self.choices)}."
         if self.required:
             text += " (required)"
         if self.default not in (None, False, ()):
@@ -78,30 +85,34 @@ class Flag:
             parser.add_argument(
                 option,
                 dest=self.name,
-                type=_bool,
                 nargs="?",
-                const=True,
-                default=bool(self.default),
+                const="true",
+                default="true" if self.default else "false",
                 help=text,
             )
         elif self.repeated:
             parser.add_argument(
-                option,
-                dest=self.name,
-                action="append",
-                type=self.type,
-                default=None,
-                help=text + " (repeatable)",
+                option, dest=self.name, action="append", default=None, help=text + " (repeatable)"
             )
         else:
-            parser.add_argument(
-                option,
-                dest=self.name,
-                type=self.type,
-                default=self.default,
-                choices=self.choices,
-                help=text,
-            )
+            default = None if self.default is None else str(self.default)
+            parser.add_argument(option, dest=self.name, default=default, help=text)
+
+    def convert(self, raw: Any) -> Any:
+        """The typed value of ``raw``; ``ValueError`` starting with ``--name``."""
+        if raw is None:
+            return None
+        try:
+            if self.boolean:
+                return _bool(raw)
+            if self.repeated:
+                return [self.type(item) for item in raw]
+            value = self.type(raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--{self.name}={raw!r}: {exc}") from None
+        if self.choices and value not in self.choices:
+            raise ValueError(f"--{self.name}={raw!r} is not one of {', '.join(self.choices)}")
+        return value
 
 
 _SOURCE = "Source"
@@ -369,16 +380,32 @@ FLAGS: dict[str, Flag] = {
 }
 
 
-class HeadwaterOptions(PipelineOptions):
-    """Base of every pipeline's options: registers the flags named in ``FLAG_NAMES``."""
+def _register_flags(cls: type[HeadwaterOptions], parser: argparse.ArgumentParser) -> None:
+    for name in cls.FLAG_NAMES:
+        FLAGS[name].add_to(parser)
 
-    FLAG_NAMES: tuple[str, ...] = ()
+
+class HeadwaterOptions(PipelineOptions):
+    """Base of every pipeline's options: registers the flags named in ``FLAG_NAMES``.
+
+    Beam parses an options view with the ``_add_argparse_args`` found in each class's own
+    ``__dict__`` along the MRO, and collects "all options" from the direct subclasses of
+    ``PipelineOptions``: so this base registers every headwater flag (Beam then knows them all,
+    and passes them on to workers and templates), and each subclass gets its own registration of
+    just its flags.
+    """
+
+    FLAG_NAMES: tuple[str, ...] = tuple(FLAGS)
     REQUIRED: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_add_argparse_args" not in cls.__dict__:
+            cls._add_argparse_args = classmethod(_register_flags)  # type: ignore[assignment]
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        for name in cls.FLAG_NAMES:
-            FLAGS[name].add_to(parser)
+        _register_flags(cls, parser)
 
     @classmethod
     def flags(cls) -> list[Flag]:
@@ -390,9 +417,9 @@ class HeadwaterOptions(PipelineOptions):
 
 
 def flag_values(options: PipelineOptions, cls: type[HeadwaterOptions]) -> dict[str, Any]:
-    """The values of ``cls``'s flags in ``options``."""
+    """The typed values of ``cls``'s flags in ``options``; ``ValueError`` names a bad flag."""
     view = options.view_as(cls)
-    return {flag.name: getattr(view, flag.name, None) for flag in cls.flags()}
+    return {flag.name: flag.convert(getattr(view, flag.name, None)) for flag in cls.flags()}
 
 
 def check_required(

@@ -5,6 +5,7 @@ Use inside ``TestPipeline`` blocks (``assert_late``, ``ReifyPanes``) and after a
 
 >>> import apache_beam as beam
 >>> from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindows
 >>> with beam.Pipeline("FnApiRunner") as p:
 ...     panes = p | beam.Create([1]) | ReifyPanes()
 ...     assert_that(panes, equal_to([("UNKNOWN", 1)]), label="panes")
@@ -17,6 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from headwater.transforms.accounting import Accounting
@@ -52,7 +54,8 @@ class ReifyPanes(beam.PTransform):
     """Turns each element into ``(timing, element)`` (or ``(timing, window, element)``).
 
     ``timing`` is ``"EARLY"``, ``"ON_TIME"``, ``"LATE"`` (``"UNKNOWN"`` before any grouping),
-    so a test can assert which pane a value came out in. The output is rewindowed into the global window so plain ``equal_to`` applies.
+    so a test can assert which pane a value came out in. The output is rewindowed into the
+    global window so plain ``equal_to`` applies.
     """
 
     def __init__(self, *, with_window: bool = False):
@@ -63,7 +66,7 @@ class ReifyPanes(beam.PTransform):
         return (
             pcoll
             | "Reify" >> beam.ParDo(_ReifyPanesFn(self._with_window))
-            | "Global" >> beam.WindowInto(beam.window.GlobalWindows())
+            | "Global" >> beam.WindowInto(GlobalWindows())
         )
 
 
@@ -73,7 +76,7 @@ def assert_late(
     """Asserts the late output holds exactly ``expected`` ``(payload, lateness_ms)`` pairs."""
     pairs = (
         late
-        | f"{label}: Global" >> beam.WindowInto(beam.window.GlobalWindows())
+        | f"{label}: Global" >> beam.WindowInto(GlobalWindows())
         | f"{label}: Pairs" >> beam.Map(lambda d: (d.payload, d.lateness_ms))
     )
     assert_that(pairs, equal_to(list(expected)), label=label)

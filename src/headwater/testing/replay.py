@@ -5,8 +5,9 @@ there. :func:`replay_stream` builds a :class:`~apache_beam.testing.test_stream.T
 
 - elements come out in the given (arrival) order, each stamped with its event time;
 - every ``watermark_every`` elements (and at the end) the watermark advances to
-  ``max event time seen - max_out_of_orderness`` -- the bounded-out-of-orderness policy of
-  :class:`headwater.windowing.watermark.BoundedOutOfOrderness` -- and, with
+  ``max event time seen - max_out_of_orderness`` (rounded down to the millisecond) -- the
+  bounded-out-of-orderness policy of :class:`headwater.windowing.watermark.BoundedOutOfOrderness`
+  -- and, with
   ``advance_processing_time=True``, processing time advances by the same amount, so early
   (processing-time) panes fire as they would in a live run at the original pace;
 - at the end the watermark goes to +infinity, closing every window.
@@ -32,7 +33,7 @@ from typing import Any
 from apache_beam import coders
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from headwater.records import SourceRecord
 from headwater.windowing.durations import DurationLike
@@ -81,10 +82,13 @@ def replay_stream(
             stream.add_elements(list(batch))
             batch.clear()
         watermark = tracker.watermark()
+        if watermark > MIN_TIMESTAMP:
+            # TestStream carries watermarks and processing time in whole milliseconds.
+            watermark = Timestamp(micros=watermark.micros // 1000 * 1000)
         if watermark > emitted_wm:
             stream.advance_watermark_to(watermark)
             if advance_processing_time and emitted_wm > MIN_TIMESTAMP:
-                stream.advance_processing_time((watermark - emitted_wm).micros / 1e6)
+                stream.advance_processing_time(Duration(micros=(watermark - emitted_wm).micros))
             emitted_wm = watermark
 
     for element in elements:

@@ -23,6 +23,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.records import DecodedRecord, payload_of
@@ -78,7 +79,7 @@ class _ParseFn(beam.DoFn):
             )
             return
         self._parsed.inc()
-        yield beam.window.TimestampedValue(record, timestamp)
+        yield TimestampedValue(record, timestamp)
 
 
 class ParseRecords(beam.PTransform):

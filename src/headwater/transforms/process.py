@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.transforms.window import WindowFn
+from apache_beam.transforms.window import GlobalWindows, WindowFn
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.transforms.accounting import CountAs
@@ -116,7 +116,7 @@ class ProcessEvents(beam.PTransform):
         *,
         decode: Decoder,
         event_time: Callable[[Mapping[str, Any]], Timestamp] | None,
-        window: str | WindowSpec | WindowFn,
+        window: str | WindowSpec | WindowFn | None,
         allowed_lateness: DurationLike,
         dedup: DeduplicateById | None = None,
         trigger: str | TriggerSpec | None = None,
@@ -196,9 +196,7 @@ class ComputeWindowedMetrics(beam.PTransform):
         aggregated = processed.main | "Aggregate" >> self._aggregate
         # Records were checked at parse time with the same rule, so the aggregation's own
         # dead-letter output stays empty; it is kept in the dead-letter output all the same.
-        aggregate_dead = aggregated.dead_letter | "Unwindow" >> beam.WindowInto(
-            beam.window.GlobalWindows()
-        )
+        aggregate_dead = aggregated.dead_letter | "Unwindow" >> beam.WindowInto(GlobalWindows())
         dead = (processed.dead_letter, aggregate_dead) | "FlattenDeadLetters" >> beam.Flatten()
         return MetricsResult(aggregated.main, processed.late, processed.duplicate, dead)
 

@@ -1,0 +1,397 @@
+"""What every ready-made pipeline shares: sources, decoding, dedup, sinks, running, summary.
+
+A pipeline module declares its ``Options`` (flag names), wires its own middle in ``build`` and
+calls :func:`run_pipeline` from ``run``. Everything here works from the flag values
+(:func:`headwater.pipelines.options.flag_values`), so tests can build graphs from argv.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from headwater.io.deadletterio import WriteDeadLetters
+from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
+from headwater.io.formats import Format, JsonFormat, make_format
+from headwater.io.kafkaio import ReadFromKafka
+from headwater.records import DecodedRecord, payload_of
+from headwater.testing.replay import replay_stream
+from headwater.transforms.accounting import Accounting, CountAs
+from headwater.transforms.dedup import DeduplicateById
+from headwater.windowing.eventtime import EventTimeExtractor
+from headwater.windowing.watermark import BoundedOutOfOrderness
+
+__all__ = [
+    "LOCAL_RUNNERS",
+    "Sourced",
+    "dead_letter_sink",
+    "decoder",
+    "dedup_transform",
+    "event_time_extractor",
+    "kafka_config",
+    "read_source",
+    "check_specs",
+    "run_pipeline",
+    "validate_source",
+]
+
+_LOG = logging.getLogger("headwater.pipelines")
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+class Sourced(NamedTuple):
+    """Raw records from a source, and dead letters of the read itself (corrupt files)."""
+
+    records: beam.PCollection
+    dead_letter: beam.PCollection
+
+
+def _flag_error(flag: str, exc: Exception) -> ValueError:
+    return ValueError(f"--{flag}: {exc}")
+
+
+def kafka_config(values: Mapping[str, Any]) -> dict[str, str]:
+    """``--kafka_config KEY=VALUE`` (repeated) as a librdkafka dict."""
+    config: dict[str, str] = {}
+    for item in values.get("kafka_config") or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--kafka_config: {item.split('=')[0]!r} is not KEY=VALUE")
+        config[key.strip()] = value
+    return config
+
+
+def decoder(values: Mapping[str, Any]) -> Format:
+    """The value format records are decoded with (files in Avro/Parquet arrive decoded)."""
+    name = values.get("format") or "json"
+    if name in ("json", "parquet") or (name == "avro" and values.get("source") == "files"):
+        return JsonFormat()
+    try:
+        return make_format(
+            name,
+            schema_path=values.get("avro_schema"),
+            registry_url=values.get("schema_registry_url"),
+        )
+    except ValueError as exc:
+        raise _flag_error("format", exc) from None
+
+
+def event_time_extractor(values: Mapping[str, Any]) -> EventTimeExtractor | None:
+    """The event-time extractor, or ``None`` to use the Kafka record timestamp."""
+    field = values.get("event_time_field")
+    if not field:
+        return None
+    try:
+        return EventTimeExtractor(field=field, unit=values.get("event_time_unit") or "ms")
+    except ValueError as exc:
+        raise _flag_error("event_time_field", exc) from None
+
+
+def dedup_transform(values: Mapping[str, Any]) -> DeduplicateById | None:
+    """Deduplication by ``--id_field``, or ``None`` when the flag is empty."""
+    if not values.get("id_field"):
+        return None
+    try:
+        return DeduplicateById(
+            id_field=values["id_field"],
+            horizon=values.get("dedup_horizon") or "10m",
+            keep=values.get("dedup_keep") or "first",
+            time_domain=values.get("dedup_time_domain") or "event",
+        )
+    except ValueError as exc:
+        raise _flag_error("id_field", exc) from None
+
+
+def validate_source(values: Mapping[str, Any], *, injected: bool) -> None:
+    """Cross-field checks of the source flags; ``ValueError`` names the flag."""
+    if injected:
+        return
+    source, fmt = values.get("source"), values.get("format")
+    if source == "files":
+        if not values.get("input"):
+            raise ValueError("--input is required with --source=files (a glob of input files)")
+        if fmt == "confluent-avro":
+            raise ValueError("--format=confluent-avro is for Kafka; files take json, avro, parquet")
+    elif source == "kafka":
+        if not values.get("bootstrap_servers"):
+            raise ValueError("--bootstrap_servers is required with --source=kafka")
+        if not values.get("topic"):
+            raise ValueError("--topic is required with --source=kafka")
+        if fmt == "parquet":
+            raise ValueError(
+                "--format=parquet is for files; Kafka takes json, avro, confluent-avro"
+            )
+        if fmt == "avro" and not values.get("avro_schema"):
+            raise ValueError("--avro_schema is required with --source=kafka --format=avro")
+        if values.get("replay_as_stream"):
+            raise ValueError("--replay_as_stream replays files; it needs --source=files")
+        if values.get("start") == "committed" and not values.get("group_id"):
+            raise ValueError("--group_id is required with --start=committed")
+        _kafka_start(values.get("start") or "earliest")
+    if fmt == "confluent-avro" and not values.get("schema_registry_url"):
+        raise ValueError("--schema_registry_url is required with --format=confluent-avro")
+    kafka_config(values)  # KEY=VALUE syntax
+    check_specs(values)
+
+
+def check_specs(values: Mapping[str, Any]) -> None:
+    """Parses the spec-valued flags that are set; ``ValueError`` starts with the flag name."""
+    from headwater.transforms.aggregate import parse_metrics
+    from headwater.windowing.durations import parse_duration
+    from headwater.windowing.triggers import parse_trigger_spec
+    from headwater.windowing.windows import parse_window_spec
+
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "window": parse_window_spec,
+        "trigger": parse_trigger_spec,
+        "metrics": parse_metrics,
+        "allowed_lateness": lambda v: parse_duration(v, name="allowed_lateness"),
+        "dedup_horizon": lambda v: parse_duration(v, name="dedup_horizon", allow_zero=False),
+        "max_out_of_orderness": lambda v: parse_duration(v, name="max_out_of_orderness"),
+    }
+    for flag, parse in parsers.items():
+        if values.get(flag) not in (None, ""):
+            try:
+                parse(values[flag])
+            except ValueError as exc:
+                raise ValueError(f"--{flag}: {exc}") from None
+
+
+def _kafka_start(text: str) -> Any:
+    if text in ("earliest", "latest", "committed"):
+        return text
+    try:
+        instant = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--start={text!r} is not earliest, latest, committed or an ISO-8601 instant"
+        ) from None
+    if instant.tzinfo is None:
+        raise ValueError(f"--start={text!r} has no time zone (add Z or +HH:MM)")
+    return instant
+
+
+def _local_records(pattern: str, fmt: str) -> tuple[list[Any], list[Any]]:
+    """Reads files in the driver for stream replay: (records in file order, dead letters)."""
+    reader = _ReadFileFn("json" if fmt == "json" else fmt)
+    records: list[Any] = []
+    dead: list[Any] = []
+    for path in sorted(match_files(pattern)):
+        for item in reader.process(path):
+            (dead if isinstance(item, beam.pvalue.TaggedOutput) else records).append(
+                item.value if isinstance(item, beam.pvalue.TaggedOutput) else item
+            )
+    return records, dead
+
+
+class _ReplayEventTime:
+    """Event time of a raw record for replay: decode it, extract; None when unusable."""
+
+    def __init__(self, fmt: Format, extractor: EventTimeExtractor | None):
+        self._format = fmt
+        self._extractor = extractor
+
+    def __call__(self, element: Any) -> Any:
+        if self._extractor is None:
+            return None
+        record = (
+            element.record
+            if isinstance(element, DecodedRecord)
+            else self._format.decode(payload_of(element))
+        )
+        return self._extractor.extract(record)
+
+
+def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
+    """Raw records from ``--source`` (files, files replayed as a stream, or Kafka)."""
+    source = values.get("source")
+    fmt = values.get("format") or "json"
+    if source == "files" and values.get("replay_as_stream"):
+        records, dead = _local_records(values["input"], fmt)
+        stream = replay_stream(
+            records,
+            event_time=_ReplayEventTime(decoder(values), event_time_extractor(values)),
+            max_out_of_orderness=values.get("max_out_of_orderness") or "5s",
+        )
+        return Sourced(p | "ReplayAsStream" >> stream, p | "ReadDeadLetters" >> beam.Create(dead))
+    if source == "files":
+        read = p | "ReadFiles" >> ReadFromFiles(
+            values["input"], format="json" if fmt == "json" else fmt
+        )
+        return Sourced(read.main, read.dead_letter)
+    extractor = event_time_extractor(values)
+    records = p | "ReadKafka" >> ReadFromKafka(
+        bootstrap_servers=values["bootstrap_servers"],
+        topics=[t.strip() for t in values["topic"].split(",") if t.strip()],
+        config=kafka_config(values),
+        start=_kafka_start(values.get("start") or "earliest"),
+        stop_at_end=bool(values.get("stop_at_end")),
+        max_records=values.get("max_records"),
+        event_time=extractor,
+        value_format=decoder(values) if extractor is not None else None,
+        watermark=BoundedOutOfOrderness(max_delay=values.get("max_out_of_orderness") or "5s"),
+        commit_on_finalize=bool(values.get("commit_offsets")),
+        group_id=values.get("group_id"),
+    )
+    return Sourced(records, p | "NoReadDeadLetters" >> beam.Create([]))
+
+
+def count_read_dead_letters(sourced: Sourced) -> beam.PCollection:
+    """Read-stage dead letters (a corrupt file) count as one record in and one dead letter."""
+    return (
+        sourced.dead_letter
+        | "CountReadRecordsIn" >> CountAs("records_in")
+        | "CountReadDeadLetters" >> CountAs("dead_letter")
+    )
+
+
+def dead_letter_sink(path: str, fmt: str, label: str) -> beam.PTransform:
+    """The sink for dead-letter envelopes (dead letters or late records) under ``path``."""
+    return label >> WriteDeadLetters(path, format=fmt)
+
+
+# ------------------------------------------------------------------------------------------
+# Running
+
+
+def choose_runner(options: PipelineOptions, *, streaming: bool) -> str:
+    """The runner to use: an explicit non-local runner as given, else the local one that fits.
+
+    ``DirectRunner`` (or none) maps to ``FnApiRunner`` for batch and ``BundleBasedDirectRunner``
+    for streaming, so nothing waits on Beam's Prism download.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
+        return "BundleBasedDirectRunner" if streaming else "FnApiRunner"
+    return str(runner)
+
+
+def _list_files(folder: str | None) -> list[str]:
+    if not folder:
+        return []
+    try:
+        matches = FileSystems.match([folder.rstrip("/") + "/**"])[0].metadata_list
+    except Exception:  # nothing written there
+        return []
+    names = sorted(m.path for m in matches)
+    return [n for n in names if "/.tmp-" not in n]
+
+
+def summarize(
+    pipeline: str,
+    runner: str,
+    accounting: Accounting,
+    wall_s: float,
+    outputs: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """The run summary: the accounting, rates, throughput and where outputs went."""
+    counts = accounting.to_dict()
+    records_in = max(accounting.records_in, 1)
+    summary: dict[str, Any] = {
+        "pipeline": pipeline,
+        "runner": runner,
+        **counts,
+        "wall_s": round(wall_s, 3),
+        "throughput_per_s": round(accounting.records_in / wall_s, 1) if wall_s > 0 else None,
+        "rates": {
+            name: round(getattr(accounting, name) / records_in, 6)
+            for name in ("duplicate", "dead_letter", "late")
+        },
+        "outputs": {},
+    }
+    folders = {name: folder.rstrip("/") + "/" for name, folder in outputs.items() if folder}
+    for name, folder in outputs.items():
+        nested = [
+            f
+            for other, f in folders.items()
+            if other != name and folder and f.startswith(folder.rstrip("/") + "/")
+        ]
+        files = [f for f in _list_files(folder) if not any(f.startswith(n) for n in nested)]
+        summary["outputs"][name] = {"path": folder, "files": len(files)}
+    return summary
+
+
+def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
+    """The human-readable run summary (stdout by default)."""
+    out = out or sys.stdout
+    ok = "holds" if summary["identity_holds"] else "BROKEN"
+    print(
+        f"\nheadwater {summary['pipeline']} on {summary['runner']}: "
+        f"{summary['records_in']} records in {summary['wall_s']} s",
+        file=out,
+    )
+    for name in ("output", "duplicate", "dead_letter", "late"):
+        print(f"  {name:<12} {summary[name]:>10}", file=out)
+    print(f"  records_in == output + duplicate + dead_letter + late: {ok}", file=out)
+    for name, where in summary.get("outputs", {}).items():
+        if where["path"]:
+            print(f"  {name:<12} -> {where['path']} ({where['files']} files)", file=out)
+
+
+def run_pipeline(
+    *,
+    name: str,
+    options: PipelineOptions,
+    values: Mapping[str, Any],
+    build: Callable[[beam.Pipeline, PipelineOptions], Any],
+    outputs: Mapping[str, str | None],
+    streaming: bool,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Builds and runs a pipeline; for local runners waits and reports the accounting.
+
+    Returns the summary dict (local runs) or ``{"job_id": ...}`` for remote runners.
+    """
+    streaming = streaming or bool(options.view_as(StandardOptions).streaming)
+    runner = choose_runner(options, streaming=streaming)
+    options.view_as(StandardOptions).runner = runner
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    local = runner in LOCAL_RUNNERS
+    if (
+        local
+        and values.get("source") == "kafka"
+        and not (values.get("stop_at_end") or values.get("max_records"))
+    ):
+        raise ValueError(
+            "--source=kafka without --stop_at_end or --max_records is an unbounded "
+            "read: run it on Dataflow or Flink; locally add --stop_at_end"
+        )
+    started = time.monotonic()
+    p = beam.Pipeline(options=options)
+    build(p, options)
+    result = p.run()
+    if not local:
+        job_id = getattr(result, "job_id", lambda: None)()
+        print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
+        return {"job_id": job_id}
+    result.wait_until_finish()
+    summary = summarize(
+        name, runner, Accounting.from_result(result), time.monotonic() - started, outputs
+    )
+    print_summary(summary)
+    if values.get("summary_json"):
+        with open(values["summary_json"], "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+    if values.get("report"):
+        from headwater.report import write_report
+
+        write_report(
+            values["report"],
+            summary=summary,
+            rows_dir=outputs.get("output"),
+            dead_letter_dir=outputs.get("dead_letter"),
+            late_dir=outputs.get("late"),
+        )
+        print(f"  report       -> {values['report']}")
+    return summary

@@ -1,0 +1,161 @@
+"""``kafka_to_kafka``: deduplicate records from Kafka (or files) and route them to a topic.
+
+source -> decode -> event time -> dedup by id -> ``--output_topic`` (keyed by ``--key_field``
+when the record has it); every record that cannot be processed goes to ``--dlq_topic`` as a
+dead-letter envelope (JSON, keyed by stage) with its original bytes and coordinates. Nothing is
+windowed, so nothing is late. Delivery: the sink's idempotent producer fails the bundle on any
+delivery error, so the runner retries; with dedup in front, a retried bundle adds no duplicate
+*ids* within the horizon (at-least-once delivery of each kept record to the topic).
+
+Records are re-encoded in the input format for ``json`` and ``avro`` (with ``--avro_schema``);
+``confluent-avro`` input is written as JSON.
+
+>>> run(["--source=kafka", "--bootstrap_servers=localhost:9092", "--topic=in",
+...      "--output_topic=out", "--dlq_topic=dlq", "--stop_at_end"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from headwater.io.formats import AvroFormat, Format, JsonFormat
+from headwater.io.kafkaio import WriteToKafka
+from headwater.pipelines import _common
+from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.pipelines.windowed_metrics import SOURCE_FLAGS
+from headwater.transforms.process import ProcessEvents
+
+__all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
+
+DESCRIPTION = "Deduplicate records and route them to an output topic; dead letters to a DLQ topic."
+
+_NOT_HERE = ("window", "trigger", "allowed_lateness")
+
+
+class Options(HeadwaterOptions):
+    """The flags of ``kafka_to_kafka`` (``headwater run kafka_to_kafka --help``)."""
+
+    FLAG_NAMES = (
+        *(f for f in SOURCE_FLAGS if f not in _NOT_HERE),
+        "key_field",
+        "output_topic",
+        "dlq_topic",
+        "max_out_of_orderness",
+        "summary_json",
+    )
+    REQUIRED = ("bootstrap_servers",)
+
+
+class Outputs(NamedTuple):
+    """What :func:`build` wired."""
+
+    records: beam.PCollection
+    duplicate: beam.PCollection
+    dead_letter: beam.PCollection
+
+
+class _KeyOf:
+    def __init__(self, field: str | None):
+        self._parts = tuple(field.split(".")) if field else ()
+
+    def __call__(self, record: Mapping[str, Any]) -> bytes | None:
+        value: Any = record
+        for part in self._parts:
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        return None if value is None or not self._parts else str(value).encode()
+
+
+def _dead_letter_key(letter: Any) -> bytes:
+    return str(letter.stage).encode()
+
+
+def _dead_letter_value(letter: Any) -> bytes:
+    return letter.to_json().encode()
+
+
+def output_format(values: Mapping[str, Any]) -> Format:
+    """How records are encoded on the output topic."""
+    if values.get("format") == "avro" and values.get("avro_schema"):
+        return AvroFormat(schema_path=values["avro_schema"])
+    return JsonFormat()
+
+
+def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
+    """Checks flags that depend on each other; ``ValueError`` names the flag."""
+    check_required(
+        values,
+        Options.flags(),
+        unless={
+            "output_topic": lambda _: sink is not None,
+            "bootstrap_servers": lambda _: sink is not None and source is not None,
+        },
+    )
+    _common.validate_source(values, injected=source is not None)
+
+
+def build(
+    p: beam.Pipeline,
+    options: PipelineOptions,
+    *,
+    source: beam.PTransform | None = None,
+    sink: beam.PTransform | None = None,
+) -> Outputs:
+    """Wires the pipeline into ``p``; ``source``/``sink`` replace the Kafka IO in tests."""
+    values = flag_values(options, Options)
+    validate(values, source=source, sink=sink)
+    process = ProcessEvents(
+        decode=_common.decoder(values),
+        event_time=_common.event_time_extractor(values),
+        dedup=_common.dedup_transform(values),
+        window=None,
+        allowed_lateness=0,
+    )
+    if source is not None:
+        sourced = _common.Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))
+    else:
+        sourced = _common.read_source(p, values)
+    result = sourced.records | "ProcessEvents" >> process
+    dead = (
+        _common.count_read_dead_letters(sourced),
+        result.dead_letter,
+    ) | "AllDeadLetters" >> beam.Flatten()
+    if sink is not None:
+        _ = result.main | "Sink" >> sink
+    else:
+        _ = result.main | "WriteOutputTopic" >> WriteToKafka(
+            bootstrap_servers=values["bootstrap_servers"],
+            topic=values["output_topic"],
+            config=_common.kafka_config(values),
+            key_fn=_KeyOf(values.get("key_field")),
+            format=output_format(values),
+        )
+    if values.get("dlq_topic") and values.get("bootstrap_servers"):
+        _ = dead | "WriteDlqTopic" >> WriteToKafka(
+            bootstrap_servers=values["bootstrap_servers"],
+            topic=values["dlq_topic"],
+            config=_common.kafka_config(values),
+            key_fn=_dead_letter_key,
+            value_fn=_dead_letter_value,
+        )
+    return Outputs(result.main, result.duplicate, dead)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
+    options = PipelineOptions(argv)
+    values = flag_values(options, Options)
+    validate(values)
+    return _common.run_pipeline(
+        name="kafka_to_kafka",
+        options=options,
+        values=values,
+        build=lambda p, o: build(p, o),
+        outputs={},
+        streaming=False,
+    )

@@ -1,0 +1,149 @@
+"""``replay_dead_letters``: push dead letters' original payloads back through a pipeline.
+
+Reads dead-letter files (``--dead_letter_input``), keeps the stages named in
+``--replay_stages`` (by default every stage but ``late``), and replays each payload, with its
+origin, through ``windowed_metrics`` or ``stream_etl`` (``--target``, configured by that
+pipeline's own flags) or onto ``--output_topic``. After the cause is fixed (a schema deployed, a
+producer corrected) the records move into the output; those still broken become dead letters
+again. The accounting of the replay run counts each replayed dead letter as one record in, so its
+identity holds on its own; letters of other stages stay where they are and are counted as
+``replay.skipped``.
+
+The replay writes its dead letters to ``--dead_letter``, which must differ from the folder being
+replayed (deterministic file names would otherwise overwrite the input).
+
+>>> run(["--dead_letter_input=dlq/*.jsonl", "--target=windowed_metrics", "--output=out2/",
+...      "--dead_letter=dlq2/"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from headwater.io.deadletterio import ReadDeadLetters
+from headwater.io.kafkaio import WriteToKafka
+from headwater.pipelines import _common, stream_etl, windowed_metrics
+from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.records import SourceRecord
+from headwater.transforms.accounting import CountAs
+
+__all__ = ["DESCRIPTION", "Options", "ReplayPayloads", "build", "run"]
+
+DESCRIPTION = "Replay dead letters' original payloads through a pipeline or onto a topic."
+
+_TARGET_FLAGS = tuple(
+    dict.fromkeys(
+        f
+        for f in (*windowed_metrics.Options.FLAG_NAMES, *stream_etl.Options.FLAG_NAMES)
+        if f not in ("source", "input", "replay_as_stream")
+    )
+)
+
+
+class Options(HeadwaterOptions):
+    """The flags of ``replay_dead_letters``: its own, plus those of the target pipelines."""
+
+    FLAG_NAMES = ("dead_letter_input", "replay_stages", "target", *_TARGET_FLAGS, "output_topic")
+
+
+class _SelectFn(beam.DoFn):
+    def __init__(self, stages: frozenset[str]):
+        self._stages = stages
+        self._skipped = Metrics.counter("headwater", "replay.skipped")
+
+    def process(self, letter):
+        if letter.stage not in self._stages:
+            self._skipped.inc()
+            return
+        yield SourceRecord(letter.payload, {**letter.origin, "replayed_from": letter.stage})
+
+
+class ReplayPayloads(beam.PTransform):
+    """Dead-letter files -> :class:`SourceRecord` payloads of the selected stages."""
+
+    def __init__(self, pattern: str, *, stages: Sequence[str]):
+        super().__init__()
+        self._pattern = pattern
+        self._stages = frozenset(s.strip() for s in stages if s.strip())
+        if not self._stages:
+            raise ValueError("--replay_stages names no stage")
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadDeadLetters" >> ReadDeadLetters(self._pattern)
+            | "SelectStages" >> beam.ParDo(_SelectFn(self._stages))
+        )
+
+
+def _stages(values: dict[str, Any]) -> list[str]:
+    return (values.get("replay_stages") or "").split(",")
+
+
+def validate(values: dict[str, Any]) -> None:
+    """Checks the replay's own flags and its target's; ``ValueError`` names the flag."""
+    check_required(values, [f for f in Options.flags() if f.name == "dead_letter_input"])
+    if values["target"] == "topic":
+        if not values.get("output_topic") or not values.get("bootstrap_servers"):
+            raise ValueError("--target=topic needs --output_topic and --bootstrap_servers")
+        return
+    target = windowed_metrics if values["target"] == "windowed_metrics" else stream_etl
+    check_required(values, target.Options.flags())
+    replayed = posixpath.dirname(values["dead_letter_input"].rstrip("/")) or "."
+    if posixpath.normpath(values["dead_letter"]) == posixpath.normpath(replayed):
+        raise ValueError(
+            "--dead_letter must differ from the folder of --dead_letter_input "
+            f"({replayed!r}): the replay would overwrite the letters it reads"
+        )
+
+
+def build(p: beam.Pipeline, options: PipelineOptions) -> Any:
+    """Wires the replay into ``p``: the target pipeline with the dead letters as its source."""
+    values = flag_values(options, Options)
+    validate(values)
+    source = ReplayPayloads(values["dead_letter_input"], stages=_stages(values))
+    if values["target"] == "topic":
+        payloads = p | "Replay" >> source | "CountRecordsIn" >> CountAs("records_in")
+        return (
+            payloads
+            | "CountOutput" >> CountAs("output")
+            | "WriteTopic"
+            >> WriteToKafka(
+                bootstrap_servers=values["bootstrap_servers"],
+                topic=values["output_topic"],
+                config=_common.kafka_config(values),
+                value_fn=lambda r: r.payload,
+            )
+        )
+    target = windowed_metrics if values["target"] == "windowed_metrics" else stream_etl
+    return target.build(p, options, source=source)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses ``argv``, validates, runs; returns the run summary."""
+    options = PipelineOptions(argv)
+    values = flag_values(options, Options)
+    validate(values)
+    outputs = (
+        {}
+        if values["target"] == "topic"
+        else {
+            "output": values["output"],
+            "dead_letter": values["dead_letter"],
+            "late": windowed_metrics.late_folder(values),
+        }
+    )
+    return _common.run_pipeline(
+        name="replay_dead_letters",
+        options=options,
+        values=values,
+        build=lambda p, o: build(p, o),
+        outputs=outputs,
+        streaming=False,
+    )
