@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
 from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
 from headwater.io.formats import Format, JsonFormat, make_format
@@ -31,7 +32,6 @@ from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
 __all__ = [
-    "LOCAL_RUNNERS",
     "Sourced",
     "dead_letter_sink",
     "decoder",
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("headwater.pipelines")
-LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
 class Sourced(NamedTuple):
@@ -263,18 +262,6 @@ def dead_letter_sink(path: str, fmt: str, label: str) -> beam.PTransform:
 # Running
 
 
-def choose_runner(options: PipelineOptions, *, streaming: bool) -> str:
-    """The runner to use: an explicit non-local runner as given, else the local one that fits.
-
-    ``DirectRunner`` (or none) maps to ``FnApiRunner`` for batch and ``BundleBasedDirectRunner``
-    for streaming, so nothing waits on Beam's Prism download.
-    """
-    runner = options.view_as(StandardOptions).runner
-    if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        return "BundleBasedDirectRunner" if streaming else "FnApiRunner"
-    return str(runner)
-
-
 def _list_files(folder: str | None) -> list[str]:
     if not folder:
         return []
@@ -351,12 +338,8 @@ def run_pipeline(
 
     Returns the summary dict (local runs) or ``{"job_id": ...}`` for remote runners.
     """
-    streaming = streaming or bool(options.view_as(StandardOptions).streaming)
-    runner = choose_runner(options, streaming=streaming)
-    options.view_as(StandardOptions).runner = runner
-    if streaming:
-        options.view_as(StandardOptions).streaming = True
-    local = runner in LOCAL_RUNNERS
+    runner = runners.prepare(options, streaming=streaming)
+    local = runners.is_local(runner)
     if (
         local
         and values.get("source") == "kafka"
