@@ -211,3 +211,19 @@ def test_invalid_allowed_lateness_is_refused_at_construction():
     """A negative allowed lateness raises ValueError naming it."""
     with pytest.raises(ValueError, match="allowed_lateness"):
         _metrics(allowed_lateness=-1)
+
+
+def test_record_larger_than_the_limit_is_a_dead_letter_not_a_crash():
+    """max_record_bytes turns an oversized record into a decode dead letter with its bytes."""
+    small = b'{"event_id":"a","user_id":"u","event_time":1000,"amount":2}'
+    huge = b'{"event_id":"b","user_id":"u","event_time":1000,"amount":2,"pad":"' + b"x" * 5000
+    huge += b'"}'
+    p = TestPipeline(runner="FnApiRunner", blocking=True)
+    out = p | beam.Create([small, huge]) | _metrics(max_record_bytes=1024)
+    assert_that(
+        out.dead_letter | beam.Map(lambda d: (d.stage, d.error_type, len(d.payload))),
+        equal_to([("decode", "RecordTooLargeError", len(huge))]),
+        label="dead letter",
+    )
+    result = p.run()
+    assert_accounting(result, records_in=2, output=1, dead_letter=1, duplicate=0, late=0)

@@ -115,6 +115,7 @@ def build(
         dedup=_common.dedup_transform(values),
         window=None,
         allowed_lateness=0,
+        max_record_bytes=values.get("max_record_bytes"),
     )
     if source is not None:
         sourced = _common.Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))

@@ -111,6 +111,7 @@ def _process(values: dict[str, Any]) -> tuple[ProcessEvents, dict[str, Any] | No
         trigger=values.get("trigger"),
         allowed_lateness=values.get("allowed_lateness") or "0s",
         checks=checks,
+        max_record_bytes=values.get("max_record_bytes"),
     )
     return process, schema
 

@@ -43,6 +43,7 @@ SOURCE_FLAGS = (
     "group_id",
     "commit_offsets",
     "kafka_config",
+    "max_record_bytes",
     "event_time_field",
     "event_time_unit",
     "id_field",
@@ -106,6 +107,7 @@ def _metrics(values: dict[str, Any]) -> ComputeWindowedMetrics:
         allowed_lateness=values.get("allowed_lateness") or "0s",
         key_field=values["key_field"],
         metrics=values["metrics"],
+        max_record_bytes=values.get("max_record_bytes"),
     )
 
 

@@ -29,10 +29,14 @@ from apache_beam.utils.timestamp import Timestamp
 from headwater.records import DecodedRecord, payload_of
 from headwater.transforms.deadletter import Routed, dead_letter_for
 
-__all__ = ["ParseRecords"]
+__all__ = ["ParseRecords", "RecordTooLargeError"]
 
 Decoder = Callable[[bytes], Mapping[str, Any]]
 Check = Callable[[Mapping[str, Any]], None]
+
+
+class RecordTooLargeError(ValueError):
+    """A record's bytes exceed the configured ``max_record_bytes``."""
 
 
 def _source_timestamp(element: Any) -> Timestamp | None:
@@ -46,7 +50,9 @@ class _ParseFn(beam.DoFn):
         decode: Decoder,
         event_time: Callable[[Mapping[str, Any]], Timestamp] | None,
         checks: tuple[Check, ...],
+        max_record_bytes: int | None = None,
     ):
+        self._max_bytes = max_record_bytes
         self._decode = decode
         self._event_time = event_time
         self._checks = checks
@@ -60,7 +66,12 @@ class _ParseFn(beam.DoFn):
             if isinstance(element, DecodedRecord):
                 record = element.record  # the source decoded it (Avro, Parquet files)
             else:
-                record = self._decode(payload_of(element))
+                payload = payload_of(element)
+                if self._max_bytes is not None and len(payload) > self._max_bytes:
+                    raise RecordTooLargeError(
+                        f"record of {len(payload)} bytes is larger than max_record_bytes="
+                        f"{self._max_bytes}")
+                record = self._decode(payload)
             stage = "event_time"
             if self._event_time is None:
                 timestamp = _source_timestamp(element)
@@ -90,6 +101,8 @@ class ParseRecords(beam.PTransform):
       event_time: ``dict -> Timestamp`` (e.g. an ``EventTimeExtractor``), or ``None`` to use
         the source's own timestamp (the Kafka timestamp).
       checks: callables that raise ``ValueError`` naming the bad field when a record is unusable.
+      max_record_bytes: records with more bytes become dead letters (stage ``decode``) before
+        any decoding is attempted; ``None`` for no limit.
 
     >>> import json, apache_beam as beam
     >>> from headwater.windowing.eventtime import EventTimeExtractor
@@ -106,8 +119,16 @@ class ParseRecords(beam.PTransform):
         decode: Decoder,
         event_time: Callable[[Mapping[str, Any]], Timestamp] | None,
         checks: Iterable[Check] = (),
+        max_record_bytes: int | None = None,
     ):
         super().__init__()
+        if max_record_bytes is not None and (
+            isinstance(max_record_bytes, bool)
+            or not isinstance(max_record_bytes, int)
+            or max_record_bytes < 1
+        ):
+            raise ValueError(f"max_record_bytes={max_record_bytes!r} must be a positive integer")
+        self._max_record_bytes = max_record_bytes
         if not callable(decode):
             raise ValueError(f"decode={decode!r} is not callable")
         if event_time is not None and not callable(event_time):
@@ -122,6 +143,6 @@ class ParseRecords(beam.PTransform):
 
     def expand(self, pcoll):
         results = pcoll | "Parse" >> beam.ParDo(
-            _ParseFn(self._decode, self._event_time, self._checks)
+            _ParseFn(self._decode, self._event_time, self._checks, self._max_record_bytes)
         ).with_outputs("dead_letter", main="main")
         return Routed(results.main, results.dead_letter)

@@ -95,6 +95,7 @@ class ProcessEvents(beam.PTransform):
         or :class:`TriggerSpec`; late firings are always on, so a record admitted while its
         window was open is never discarded by a finished trigger.
       checks: validations applied at parse time (a failing record becomes a dead letter).
+      max_record_bytes: larger records become dead letters before decoding (``None``: no limit).
 
     Ordering: none is promised across records; the ``main`` output is windowed with the trigger.
 
@@ -121,6 +122,7 @@ class ProcessEvents(beam.PTransform):
         dedup: DeduplicateById | None = None,
         trigger: str | TriggerSpec | None = None,
         checks: Iterable[Check] = (),
+        max_record_bytes: int | None = None,
     ):
         super().__init__()
         self._lateness_s = parse_duration(allowed_lateness, name="allowed_lateness")
@@ -129,7 +131,9 @@ class ProcessEvents(beam.PTransform):
         if dedup is not None and not isinstance(dedup, DeduplicateById):
             raise ValueError(f"dedup={dedup!r} must be a DeduplicateById or None")
         self._dedup = dedup
-        self._parse = ParseRecords(decode=decode, event_time=event_time, checks=checks)
+        self._parse = ParseRecords(
+            decode=decode, event_time=event_time, checks=checks, max_record_bytes=max_record_bytes
+        )
 
     def expand(self, pcoll):
         raw = pcoll | "CountRecordsIn" >> CountAs("records_in")
