@@ -379,6 +379,14 @@ FLAGS: dict[str, Flag] = {
             required=True,
         ),
         Flag(
+            "target",
+            "Replay target",
+            "Where replayed payloads go: through windowed_metrics or stream_etl (configured by "
+            "their own flags), or onto --output_topic.",
+            default="windowed_metrics",
+            choices=("windowed_metrics", "stream_etl", "topic"),
+        ),
+        Flag(
             "replay_stages",
             "Stages to replay",
             "Comma-separated dead-letter stages to replay (default: all but late).",
