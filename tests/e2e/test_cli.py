@@ -293,3 +293,23 @@ def test_pipelines_lists_every_pipeline_and_run_help_shows_flags(tmp_path):
     ):
         assert flag in helped.stdout
     assert "Window spec" in helped.stdout
+
+
+@pytest.mark.integration
+def test_dev_broker_serves_kafka_until_stopped(tmp_path):
+    """`headwater dev-broker` prints its address, serves topics, and stops on SIGINT."""
+    import signal
+
+    from confluent_kafka.admin import AdminClient
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "headwater", "dev-broker", "--topic=demo", "--partitions=2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(process.stdout.readline())
+        metadata = AdminClient({"bootstrap.servers": info["bootstrap_servers"]}).list_topics(
+            timeout=10)
+        assert len(metadata.topics["demo"].partitions) == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
