@@ -28,6 +28,7 @@ from headwater.records import DecodedRecord, payload_of
 from headwater.testing.replay import replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
 from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.observe import ShowProgress
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
@@ -221,12 +222,15 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
             event_time=_ReplayEventTime(decoder(values), event_time_extractor(values)),
             max_out_of_orderness=values.get("max_out_of_orderness") or "5s",
         )
-        return Sourced(p | "ReplayAsStream" >> stream, p | "ReadDeadLetters" >> beam.Create(dead))
+        return Sourced(
+            p | "ReplayAsStream" >> stream | "Progress" >> ShowProgress(),
+            p | "ReadDeadLetters" >> beam.Create(dead),
+        )
     if source == "files":
         read = p | "ReadFiles" >> ReadFromFiles(
             values["input"], format="json" if fmt == "json" else fmt
         )
-        return Sourced(read.main, read.dead_letter)
+        return Sourced(read.main | "Progress" >> ShowProgress(), read.dead_letter)
     extractor = event_time_extractor(values)
     records = p | "ReadKafka" >> ReadFromKafka(
         bootstrap_servers=values["bootstrap_servers"],

@@ -208,14 +208,14 @@ FLAGS: dict[str, Flag] = {
             regex=r"^[a-z0-9._]+=.*$",
         ),
         Flag(
-        "max_record_bytes",
-        "Max record size",
-        "Records larger than this many bytes become dead letters instead of being decoded.",
-        type=_positive_int,
-        default=8 * 1024 * 1024,
-        regex=_POSITIVE_INT_RE,
-    ),
-    # --- event time ---------------------------------------------------------------------
+            "max_record_bytes",
+            "Max record size",
+            "Records larger than this many bytes become dead letters instead of being decoded.",
+            type=_positive_int,
+            default=8 * 1024 * 1024,
+            regex=_POSITIVE_INT_RE,
+        ),
+        # --- event time ---------------------------------------------------------------------
         Flag(
             "event_time_field",
             "Event-time field",

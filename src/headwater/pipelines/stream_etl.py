@@ -28,6 +28,7 @@ from headwater.io.fileio import WriteWindowedFiles
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
 from headwater.pipelines.windowed_metrics import LOCAL_FLAGS, SOURCE_FLAGS, late_folder
+from headwater.transforms.observe import RecordFreshness
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "AvroSchemaCheck", "Options", "Outputs", "build", "run"]
@@ -136,11 +137,12 @@ def build(
         _common.count_read_dead_letters(sourced),
         result.dead_letter,
     ) | "AllDeadLetters" >> beam.Flatten()
+    emitted = result.main | "Freshness" >> RecordFreshness()
     if sink is not None:
-        _ = result.main | "Sink" >> sink
+        _ = emitted | "Sink" >> sink
     else:
         avro_schema = schema if values["output_format"] == "avro" else None
-        _ = result.main | "WriteRecords" >> WriteWindowedFiles(
+        _ = emitted | "WriteRecords" >> WriteWindowedFiles(
             values["output"],
             format=values["output_format"],
             num_shards=values["output_shards"],

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from headwater.io.fileio import WriteWindowedFiles
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.transforms.observe import RecordFreshness
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -131,10 +132,11 @@ def build(
         _common.count_read_dead_letters(sourced),
         result.dead_letter,
     ) | "AllDeadLetters" >> beam.Flatten()
+    emitted = result.rows | "Freshness" >> RecordFreshness()
     if sink is not None:
-        _ = result.rows | "Sink" >> sink
+        _ = emitted | "Sink" >> sink
     else:
-        _ = result.rows | "WriteRows" >> WriteWindowedFiles(
+        _ = emitted | "WriteRows" >> WriteWindowedFiles(
             values["output"], format=values["output_format"], num_shards=values["output_shards"]
         )
     _ = dead | _common.dead_letter_sink(
