@@ -21,28 +21,32 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
-from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
+from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, match_files
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaio import ReadFromKafka
 from headwater.records import DecodedRecord, payload_of
 from headwater.testing.replay import replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
 from headwater.transforms.dedup import DeduplicateById
-from headwater.transforms.observe import ShowProgress
+from headwater.transforms.observe import RecordFreshness, ShowProgress
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
 __all__ = [
     "Sourced",
-    "dead_letter_sink",
+    "all_dead_letters",
     "decoder",
     "dedup_transform",
     "event_time_extractor",
+    "file_outputs",
     "kafka_config",
+    "late_folder",
+    "open_source",
     "read_source",
     "check_specs",
     "run_pipeline",
     "validate_source",
+    "write_outcomes",
 ]
 
 _LOG = logging.getLogger("headwater.pipelines")
@@ -248,18 +252,69 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
     return Sourced(records, p | "NoReadDeadLetters" >> beam.Create([]))
 
 
-def count_read_dead_letters(sourced: Sourced) -> beam.PCollection:
-    """Read-stage dead letters (a corrupt file) count as one record in and one dead letter."""
-    return (
+def open_source(
+    p: beam.Pipeline, values: Mapping[str, Any], source: beam.PTransform | None
+) -> Sourced:
+    """An injected ``source`` (tests, replays), else the one ``--source`` names."""
+    if source is not None:
+        return Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))
+    return read_source(p, values)
+
+
+def all_dead_letters(sourced: Sourced, *more: beam.PCollection) -> beam.PCollection:
+    """Every dead letter of a run in one collection.
+
+    Read-stage dead letters (a corrupt file) count as one record in and one dead letter here;
+    the others were counted by the steps that made them.
+    """
+    read = (
         sourced.dead_letter
         | "CountReadRecordsIn" >> CountAs("records_in")
         | "CountReadDeadLetters" >> CountAs("dead_letter")
     )
+    return (read, *more) | "AllDeadLetters" >> beam.Flatten()
 
 
-def dead_letter_sink(path: str, fmt: str, label: str) -> beam.PTransform:
-    """The sink for dead-letter envelopes (dead letters or late records) under ``path``."""
-    return label >> WriteDeadLetters(path, format=fmt)
+def late_folder(values: Mapping[str, Any]) -> str:
+    """Where late records go: ``--late_output`` or ``<dead_letter>/late``."""
+    if values.get("late_output"):
+        return str(values["late_output"])
+    return str(values.get("dead_letter") or ".").rstrip("/") + "/late"
+
+
+def file_outputs(values: Mapping[str, Any]) -> dict[str, str | None]:
+    """The folders a file-writing pipeline fills, for the run summary."""
+    return {
+        "output": values.get("output"),
+        "dead_letter": values.get("dead_letter"),
+        "late": late_folder(values),
+    }
+
+
+def write_outcomes(
+    emitted: beam.PCollection,
+    dead: beam.PCollection,
+    late: beam.PCollection,
+    values: Mapping[str, Any],
+    *,
+    sink: beam.PTransform | None,
+    label: str,
+    schema: Any = None,
+) -> None:
+    """Main output to ``sink`` or files per window; dead letters and late records to theirs."""
+    emitted = emitted | "Freshness" >> RecordFreshness()
+    if sink is not None:
+        _ = emitted | "Sink" >> sink
+    else:
+        _ = emitted | label >> WriteWindowedFiles(
+            values["output"],
+            format=values["output_format"],
+            num_shards=values["output_shards"],
+            schema=schema,
+        )
+    fmt = values["dead_letter_format"]
+    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
+    _ = late | "WriteLate" >> WriteDeadLetters(late_folder(values), format=fmt)
 
 
 # ------------------------------------------------------------------------------------------

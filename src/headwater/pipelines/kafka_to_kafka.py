@@ -117,15 +117,9 @@ def build(
         allowed_lateness=0,
         max_record_bytes=values.get("max_record_bytes"),
     )
-    if source is not None:
-        sourced = _common.Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))
-    else:
-        sourced = _common.read_source(p, values)
+    sourced = _common.open_source(p, values, source)
     result = sourced.records | "ProcessEvents" >> process
-    dead = (
-        _common.count_read_dead_letters(sourced),
-        result.dead_letter,
-    ) | "AllDeadLetters" >> beam.Flatten()
+    dead = _common.all_dead_letters(sourced, result.dead_letter)
     if sink is not None:
         _ = result.main | "Sink" >> sink
     else:

@@ -130,15 +130,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = PipelineOptions(argv)
     values = flag_values(options, Options)
     validate(values)
-    outputs = (
-        {}
-        if values["target"] == "topic"
-        else {
-            "output": values["output"],
-            "dead_letter": values["dead_letter"],
-            "late": windowed_metrics.late_folder(values),
-        }
-    )
+    outputs = {} if values["target"] == "topic" else _common.file_outputs(values)
     return _common.run_pipeline(
         name="replay_dead_letters",
         options=options,

@@ -24,11 +24,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from fastavro.validation import validate as avro_validate
 
-from headwater.io.fileio import WriteWindowedFiles
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.pipelines.windowed_metrics import LOCAL_FLAGS, SOURCE_FLAGS, late_folder
-from headwater.transforms.observe import RecordFreshness
+from headwater.pipelines.windowed_metrics import LOCAL_FLAGS, SOURCE_FLAGS
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "AvroSchemaCheck", "Options", "Outputs", "build", "run"]
@@ -128,31 +126,12 @@ def build(
     values = flag_values(options, Options)
     validate(values, source=source, sink=sink)
     process, schema = _process(values)
-    if source is not None:
-        sourced = _common.Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))
-    else:
-        sourced = _common.read_source(p, values)
+    sourced = _common.open_source(p, values, source)
     result = sourced.records | "ProcessEvents" >> process
-    dead = (
-        _common.count_read_dead_letters(sourced),
-        result.dead_letter,
-    ) | "AllDeadLetters" >> beam.Flatten()
-    emitted = result.main | "Freshness" >> RecordFreshness()
-    if sink is not None:
-        _ = emitted | "Sink" >> sink
-    else:
-        avro_schema = schema if values["output_format"] == "avro" else None
-        _ = emitted | "WriteRecords" >> WriteWindowedFiles(
-            values["output"],
-            format=values["output_format"],
-            num_shards=values["output_shards"],
-            schema=avro_schema,
-        )
-    _ = dead | _common.dead_letter_sink(
-        values["dead_letter"], values["dead_letter_format"], "WriteDeadLetters"
-    )
-    _ = result.late | _common.dead_letter_sink(
-        late_folder(values), values["dead_letter_format"], "WriteLate"
+    dead = _common.all_dead_letters(sourced, result.dead_letter)
+    avro_schema = schema if values["output_format"] == "avro" else None
+    _common.write_outcomes(
+        result.main, dead, result.late, values, sink=sink, label="WriteRecords", schema=avro_schema
     )
     return Outputs(result.main, result.late, result.duplicate, dead)
 
@@ -167,10 +146,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options=options,
         values=values,
         build=lambda p, o: build(p, o),
-        outputs={
-            "output": values["output"],
-            "dead_letter": values["dead_letter"],
-            "late": late_folder(values),
-        },
+        outputs=_common.file_outputs(values),
         streaming=bool(values.get("replay_as_stream")),
     )

@@ -20,10 +20,8 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from headwater.io.fileio import WriteWindowedFiles
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.transforms.observe import RecordFreshness
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -84,13 +82,6 @@ class Outputs(NamedTuple):
     dead_letter: beam.PCollection
 
 
-def late_folder(values: dict[str, Any]) -> str:
-    """Where late records go: ``--late_output`` or ``<dead_letter>/late``."""
-    if values.get("late_output"):
-        return str(values["late_output"])
-    return str(values.get("dead_letter") or ".").rstrip("/") + "/late"
-
-
 def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
@@ -123,28 +114,10 @@ def build(
     values = flag_values(options, Options)
     validate(values, source=source, sink=sink)
     compute = _metrics(values)
-    if source is not None:
-        sourced = _common.Sourced(p | "Source" >> source, p | "NoReadErrors" >> beam.Create([]))
-    else:
-        sourced = _common.read_source(p, values)
+    sourced = _common.open_source(p, values, source)
     result = sourced.records | "WindowedMetrics" >> compute
-    dead = (
-        _common.count_read_dead_letters(sourced),
-        result.dead_letter,
-    ) | "AllDeadLetters" >> beam.Flatten()
-    emitted = result.rows | "Freshness" >> RecordFreshness()
-    if sink is not None:
-        _ = emitted | "Sink" >> sink
-    else:
-        _ = emitted | "WriteRows" >> WriteWindowedFiles(
-            values["output"], format=values["output_format"], num_shards=values["output_shards"]
-        )
-    _ = dead | _common.dead_letter_sink(
-        values["dead_letter"], values["dead_letter_format"], "WriteDeadLetters"
-    )
-    _ = result.late | _common.dead_letter_sink(
-        late_folder(values), values["dead_letter_format"], "WriteLate"
-    )
+    dead = _common.all_dead_letters(sourced, result.dead_letter)
+    _common.write_outcomes(result.rows, dead, result.late, values, sink=sink, label="WriteRows")
     return Outputs(result.rows, result.late, result.duplicate, dead)
 
 
@@ -158,10 +131,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options=options,
         values=values,
         build=lambda p, opts: build(p, opts),
-        outputs={
-            "output": values["output"],
-            "dead_letter": values["dead_letter"],
-            "late": late_folder(values),
-        },
+        outputs=_common.file_outputs(values),
         streaming=bool(values.get("replay_as_stream")),
     )
