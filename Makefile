@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format typecheck bench clean
+.PHONY: help install demo test test-fast lint format bench template clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP) ## measure throughput and memory against plain Python and plain Beam
 	$(PY) -m headwater.bench --workdir bench-output
+
+template: $(STAMP) ## write the Flex Template folders (metadata.json, Dockerfile) to build/templates
+	for p in windowed_metrics stream_etl kafka_to_kafka replay_dead_letters; do \
+	  $(PY) -m headwater template build $$p --folder build/templates/$$p || exit 1; done
 
 clean: ## remove the environment and generated output
 	rm -rf $(VENV) build *.egg-info src/*.egg-info demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

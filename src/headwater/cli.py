@@ -5,6 +5,8 @@
 ``headwater generate``              sample events like the reference workload, to a file or topic
 ``headwater dev-broker``            start the embedded Kafka-compatible broker for local runs
 ``headwater demo``                  broker + sample events + windowed_metrics, end to end
+``headwater template ...``          Flex Templates (spec, build, launch) from the same flags
+``headwater jobs ...``              Dataflow jobs: list, show, cancel, drain
 
 Bad flags exit with status 2 and one line naming the flag; a failed run exits with status 1.
 """
@@ -243,6 +245,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_workload_args(demo, n=20_000, malformed=0.01)
     demo.set_defaults(func=_cmd_demo)
+
+    from headwater.templates.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -63,6 +63,7 @@ class Flag:
     required: bool = False
     repeated: bool = False
     boolean: bool = False
+    local_only: bool = False  # a local-run convenience, never a Flex Template parameter
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """Registers the flag (once) with an argparse parser.
@@ -350,6 +351,7 @@ FLAGS: dict[str, Flag] = {
             "Run a file source as a stream on the local "
             "runner (TestStream): file order, watermark = max event time - max_out_of_orderness.",
             boolean=True,
+            local_only=True,
         ),
         Flag(
             "max_out_of_orderness",
@@ -359,9 +361,17 @@ FLAGS: dict[str, Flag] = {
             default="5s",
             regex=_DURATION_RE,
         ),
-        Flag("summary_json", "Summary JSON", "Write the run's accounting summary to this file."),
         Flag(
-            "report", "HTML report", "Write a self-contained HTML report of the run to this file."
+            "summary_json",
+            "Summary JSON",
+            "Write the run's accounting summary to this file.",
+            local_only=True,
+        ),
+        Flag(
+            "report",
+            "HTML report",
+            "Write a self-contained HTML report of the run to this file.",
+            local_only=True,
         ),
         # --- kafka sink ---------------------------------------------------------------------
         Flag("output_topic", "Output topic", "Kafka topic for the output records.", required=True),
