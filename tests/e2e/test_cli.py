@@ -304,11 +304,16 @@ def test_dev_broker_serves_kafka_until_stopped(tmp_path):
 
     process = subprocess.Popen(
         [sys.executable, "-m", "headwater", "dev-broker", "--topic=demo", "--partitions=2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         info = json.loads(process.stdout.readline())
         metadata = AdminClient({"bootstrap.servers": info["bootstrap_servers"]}).list_topics(
-            timeout=10)
+            timeout=10
+        )
         assert len(metadata.topics["demo"].partitions) == 2
     finally:
         process.send_signal(signal.SIGINT)

@@ -14,11 +14,17 @@ from headwater.transforms.observe import RecordFreshness, ShowProgress
 def test_freshness_distribution_measures_now_minus_window_end():
     """Windows that ended at the epoch are decades old: freshness_ms says so."""
     p = TestPipeline(runner="FnApiRunner", blocking=True)
-    _ = (p | beam.Create([1, 2, 3]) | beam.Map(lambda x: TimestampedValue(x, 10))
-         | beam.WindowInto(FixedWindows(60)) | RecordFreshness())
+    _ = (
+        p
+        | beam.Create([1, 2, 3])
+        | beam.Map(lambda x: TimestampedValue(x, 10))
+        | beam.WindowInto(FixedWindows(60))
+        | RecordFreshness()
+    )
     result = p.run()
     [dist] = result.metrics().query(
-        MetricsFilter().with_namespace("headwater").with_name("freshness_ms"))["distributions"]
+        MetricsFilter().with_namespace("headwater").with_name("freshness_ms")
+    )["distributions"]
     value = dist.committed or dist.attempted
     assert value.count == 3
     assert value.min > 50 * 365 * 86_400_000  # the window ended in 1970
