@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
@@ -168,6 +168,20 @@ def check_specs(values: Mapping[str, Any]) -> None:
                 parse(values[flag])
             except ValueError as exc:
                 raise ValueError(f"--{flag}: {exc}") from None
+
+
+def check_streaming(values: Mapping[str, Any]) -> None:
+    """Refuses flag combinations that would route most records late in a streaming run."""
+    from headwater.windowing.durations import parse_duration
+
+    if values.get("id_field") and values.get("dedup_keep") == "last" and values.get("window"):
+        horizon = parse_duration(values.get("dedup_horizon") or "10m")
+        lateness = parse_duration(values.get("allowed_lateness") or "0s")
+        if lateness < horizon:
+            raise ValueError(
+                "--dedup_keep=last holds each record for --dedup_horizon before emitting it; in "
+                "a streaming run set --allowed_lateness to at least the horizon "
+                f"({values.get('dedup_horizon')}), or those records arrive late")
 
 
 def _kafka_start(text: str) -> Any:
@@ -399,6 +413,8 @@ def run_pipeline(
     """
     runner = runners.prepare(options, streaming=streaming)
     local = runners.is_local(runner)
+    if options.view_as(StandardOptions).streaming:
+        check_streaming(values)
     if (
         local
         and values.get("source") == "kafka"
