@@ -257,6 +257,18 @@ def test_stream_replay_routes_late_events_and_matches_reference(tmp_path):
                 "--input=x.jsonl",
                 "--output=o",
                 "--dead_letter=d",
+                "--replay_as_stream",
+                "--dedup_keep=last",
+            ],
+            "--allowed_lateness",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
                 "--allowed_lateness=-5s",
             ],
             "allowed_lateness",
