@@ -1,17 +1,74 @@
 """Which runner a pipeline runs on, and the runner-specific options headwater sets.
 
-Local runs never wait on Beam's Prism download: ``DirectRunner`` (or no runner) maps to the
-``FnApiRunner`` for batch and the ``BundleBasedDirectRunner`` for streaming (``TestStream``).
-Remote runners (Dataflow, Flink, the portable runner) are passed through unchanged.
+Input: the parsed ``PipelineOptions`` of a pipeline run and whether the pipeline itself needs
+streaming (stream replay). Output: the options, completed and checked for the runner, and the
+runner's canonical name. Nothing here builds a graph, uploads or submits anything: every check
+runs before Beam stages a single file, and a ``ValueError`` names the flag to fix.
+
+* Local: ``DirectRunner`` (or no runner) maps to the ``FnApiRunner`` for batch and the
+  ``BundleBasedDirectRunner`` for streaming (``TestStream``), so a run never waits on Beam's
+  Prism download.
+* ``DataflowRunner``: ``--project``, ``--region`` and a ``gs://`` ``--temp_location`` (or
+  ``--staging_location``) are required; ``--setup_file`` defaults to headwater's own
+  ``setup.py`` (found next to the source checkout) unless ``--sdk_container_image``,
+  ``--requirements_file`` or ``--extra_package`` says how workers get their code; streaming jobs
+  run on the Streaming Engine; ``--update`` needs ``--job_name`` and ``--streaming`` and
+  ``--transform_name_mapping`` needs ``--update``.
+* ``FlinkRunner`` / ``PortableRunner`` (the portable Job API): ``PortableRunner`` needs
+  ``--job_endpoint``; workers outside this process (any ``--environment_type`` but
+  ``LOOPBACK``) get ``--setup_file`` like Dataflow's.
+* On every remote runner a Kafka source without ``--stop_at_end``/``--max_records`` is an
+  unbounded read, so the job is submitted with ``--streaming`` (logged), never as a batch job
+  that would never finish.
+
+Remote runners are not waited on by default; :func:`waits_for_result` says when a run can be
+waited for and summarized from the runner's metrics (local runs and batch portable runs).
+
+>>> from apache_beam.options.pipeline_options import PipelineOptions
+>>> prepare(PipelineOptions([]), streaming=False)
+'FnApiRunner'
 """
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+import logging
+import os
+from pathlib import Path
+from typing import Any
 
-__all__ = ["LOCAL_RUNNERS", "is_local", "prepare"]
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+__all__ = [
+    "DATAFLOW_RUNNER",
+    "LOCAL_RUNNERS",
+    "PORTABLE_RUNNERS",
+    "SETUP_FILE_ENV",
+    "find_setup_file",
+    "is_local",
+    "is_portable",
+    "prepare",
+    "unbounded_source",
+    "waits_for_result",
+]
+
+_LOG = logging.getLogger("headwater.runners")
 
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+PORTABLE_RUNNERS = ("FlinkRunner", "PortableRunner")
+DATAFLOW_RUNNER = "DataflowRunner"
+
+SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
+"""Environment variable naming the ``setup.py`` to stage when the package has no checkout."""
+
+_CANONICAL = {name.lower(): name for name in (*LOCAL_RUNNERS, *PORTABLE_RUNNERS, DATAFLOW_RUNNER)}
 
 
 def is_local(runner: str) -> bool:
@@ -19,14 +76,176 @@ def is_local(runner: str) -> bool:
     return runner in LOCAL_RUNNERS
 
 
+def is_portable(runner: str) -> bool:
+    """Whether ``runner`` submits through the portable Job API (Flink's job server, Beam's)."""
+    return runner in PORTABLE_RUNNERS
+
+
+def waits_for_result(runner: str, options: PipelineOptions) -> bool:
+    """Whether a run on ``runner`` should be waited for and summarized from its metrics.
+
+    Local runs always; batch runs on the portable runners too (their job service reports the
+    ``headwater`` counters through ``result.metrics()``). Dataflow jobs and streaming portable
+    jobs are submitted and left running: the caller prints the job id.
+    """
+    if is_local(runner):
+        return True
+    return is_portable(runner) and not options.view_as(StandardOptions).streaming
+
+
+def find_setup_file() -> str | None:
+    """headwater's ``setup.py``: ``$HEADWATER_SETUP_FILE``, else the source checkout's; or None.
+
+    The checkout is found from the package itself (``<repo>/src/headwater`` ->
+    ``<repo>/setup.py``) and must declare ``name="headwater"``; an installed wheel has no
+    ``setup.py`` next to it, so this returns ``None`` there.
+    """
+    explicit = os.environ.get(SETUP_FILE_ENV)
+    if explicit:
+        return str(Path(explicit).resolve())
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent, package.parent.parent):
+        candidate = folder / "setup.py"
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if 'name="headwater"' in text or "name='headwater'" in text:
+            return str(candidate)
+    return None
+
+
+def _canonical(runner: Any) -> Any:
+    if not isinstance(runner, str) or "." in runner:
+        return runner
+    key = runner.lower()
+    return _CANONICAL.get(key, _CANONICAL.get(key + "runner", runner))
+
+
+def _raw_flag(options: PipelineOptions, name: str) -> Any:
+    return options.get_all_options(retain_unknown_options=True).get(name)
+
+
+def unbounded_source(options: PipelineOptions) -> bool:
+    """Whether the pipeline's flags read Kafka with no end (no --stop_at_end/--max_records)."""
+    from headwater.pipelines.options import FLAGS  # registers the flags with Beam's parser
+
+    if _raw_flag(options, "source") != "kafka":
+        return False
+    stop = FLAGS["stop_at_end"].convert(_raw_flag(options, "stop_at_end"))
+    return not (stop or _raw_flag(options, "max_records"))
+
+
 def prepare(options: PipelineOptions, *, streaming: bool) -> str:
-    """Sets the runner (and its options) on ``options``; returns the runner's name."""
+    """Sets the runner (and its options) on ``options``; returns the runner's name.
+
+    ``ValueError`` names the missing or bad flag; it is raised before anything is staged.
+    """
     standard = options.view_as(StandardOptions)
     streaming = streaming or bool(standard.streaming)
-    runner = standard.runner
+    runner = _canonical(standard.runner)
     if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
         runner = "BundleBasedDirectRunner" if streaming else "FnApiRunner"
+    elif not is_local(str(runner)) and not streaming and unbounded_source(options):
+        _LOG.info(
+            "--source=kafka without --stop_at_end or --max_records is an unbounded read: "
+            "submitting a streaming job (--streaming)"
+        )
+        streaming = True
     standard.runner = runner
     if streaming:
         standard.streaming = True
+    if runner == DATAFLOW_RUNNER:
+        _prepare_dataflow(options, streaming=streaming)
+    elif runner in PORTABLE_RUNNERS:
+        _prepare_portable(options, runner=str(runner))
     return str(runner)
+
+
+# ------------------------------------------------------------------------------------------
+# Dataflow
+
+
+def _prepare_dataflow(options: PipelineOptions, *, streaming: bool) -> None:
+    gcp = options.view_as(GoogleCloudOptions)
+    where = "with --runner=DataflowRunner"
+    if not gcp.project:
+        raise ValueError(f"--project is required {where} (the Google Cloud project of the job)")
+    if not gcp.region:
+        raise ValueError(f"--region is required {where} (e.g. --region=europe-west1)")
+    if not gcp.temp_location and not gcp.staging_location:
+        raise ValueError(f"--temp_location is required {where} (a gs://bucket/folder)")
+    for flag in ("temp_location", "staging_location"):
+        value = getattr(gcp, flag)
+        if value and not str(value).startswith("gs://"):
+            raise ValueError(f"--{flag}={value!r} must be a gs:// path {where}")
+    if not gcp.temp_location:
+        gcp.temp_location = gcp.staging_location
+    if not gcp.staging_location:
+        gcp.staging_location = str(gcp.temp_location).rstrip("/") + "/staging"
+    _check_update(gcp, streaming=streaming)
+    _default_setup_file(options, where)
+    if streaming:
+        gcp.enable_streaming_engine = True
+        options.view_as(DebugOptions).add_experiment("enable_streaming_engine")
+
+
+def _check_update(gcp: GoogleCloudOptions, *, streaming: bool) -> None:
+    mapping = gcp.transform_name_mapping
+    if mapping is not None:
+        if not gcp.update:
+            raise ValueError("--transform_name_mapping only applies with --update")
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise ValueError(
+                f"--transform_name_mapping={mapping!r} must be a JSON object of "
+                '"old step label": "new step label"'
+            )
+    if not gcp.update:
+        return
+    if not gcp.job_name:
+        raise ValueError("--update needs --job_name: the name of the running job to replace")
+    if not streaming:
+        raise ValueError("--update replaces a running streaming job; add --streaming")
+
+
+def _default_setup_file(options: PipelineOptions, where: str) -> None:
+    """``--setup_file`` := headwater's setup.py unless workers get their code another way."""
+    setup = options.view_as(SetupOptions)
+    worker = options.view_as(WorkerOptions)
+    if setup.setup_file:
+        if not os.path.isfile(setup.setup_file):
+            raise ValueError(f"--setup_file={setup.setup_file!r} does not exist")
+        return
+    if setup.requirements_file or setup.extra_packages or worker.sdk_container_image:
+        return
+    found = find_setup_file()
+    if found is None:
+        raise ValueError(
+            f"--setup_file is required {where}: this headwater is installed without its "
+            f"source checkout, so workers cannot build it from setup.py; pass "
+            f"--sdk_container_image=IMAGE (an image with headwater installed), "
+            f"--extra_package=headwater-*.whl, --setup_file=PATH or set ${SETUP_FILE_ENV}"
+        )
+    _LOG.info("staging headwater for the workers from %s", found)
+    setup.setup_file = found
+
+
+# ------------------------------------------------------------------------------------------
+# Flink and the portable runner
+
+
+def _prepare_portable(options: PipelineOptions, *, runner: str) -> None:
+    portable = options.view_as(PortableOptions)
+    if runner == "PortableRunner" and not portable.job_endpoint:
+        raise ValueError(
+            "--job_endpoint is required with --runner=PortableRunner "
+            "(HOST:PORT of a Beam job server, e.g. Flink's on port 8099)"
+        )
+    environment = (portable.environment_type or "DOCKER").upper()
+    if environment == "LOOPBACK":
+        return  # the SDK harness is this process: headwater is already importable
+    if portable.environment_config or options.view_as(WorkerOptions).sdk_container_image:
+        return
+    _default_setup_file(options, f"with --runner={runner} --environment_type={environment}")

@@ -407,12 +407,14 @@ def run_pipeline(
     streaming: bool,
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Builds and runs a pipeline; for local runners waits and reports the accounting.
+    """Builds and runs a pipeline; waits and reports the accounting where the runner allows.
 
-    Returns the summary dict (local runs) or ``{"job_id": ...}`` for remote runners.
+    Returns the summary dict (local runs, batch jobs on Flink or the portable runner) or
+    ``{"job_id": ...}`` for jobs that go on running remotely (Dataflow, streaming portable).
     """
     runner = runners.prepare(options, streaming=streaming)
     local = runners.is_local(runner)
+    waits = runners.waits_for_result(runner, options)
     if options.view_as(StandardOptions).streaming:
         check_streaming(values)
     if (
@@ -428,11 +430,13 @@ def run_pipeline(
     p = beam.Pipeline(options=options)
     build(p, options)
     result = p.run()
-    if not local:
+    if not waits:
         job_id = getattr(result, "job_id", lambda: None)()
         print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
         return {"job_id": job_id}
-    result.wait_until_finish()
+    state = result.wait_until_finish()
+    if runners.is_portable(runner) and str(state) != "DONE":
+        raise RuntimeError(f"{runner} job ended in state {state}")
     summary = summarize(
         name, runner, Accounting.from_result(result), time.monotonic() - started, outputs
     )

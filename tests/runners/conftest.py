@@ -1,0 +1,115 @@
+"""Fixtures for runner tests: Beam's local job service and a small, known event file.
+
+``job_endpoint`` starts ``python -m apache_beam.runners.portability.local_job_service_main`` on
+a free port once per session (the same portable Job API Flink's job server speaks) and stops it
+by its own PID. ``events`` writes a deterministic JSON-lines file whose expected outcome is
+computed here in plain Python, independently of the pipelines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BASE_MS = 1_699_999_980_000  # a minute boundary: 2023-11-14T22:13:00Z
+UNIQUE = 120
+DUPLICATES = 10
+USERS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def job_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``localhost:PORT`` of Beam's local job service, running for the whole session."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("job_service") / "job_service.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "apache_beam.runners.portability.local_job_service_main",
+            f"--port={port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local job service did not start (see {log.name})")
+            time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@dataclass
+class Events:
+    """The event file and what a correct run makes of it."""
+
+    path: Path
+    records_in: int
+    unique_ids: set[str]
+    dead_letters: int
+    metrics: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    """(window_start ISO, user) -> (count, sum of amount) over unique events."""
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> Events:
+    """120 events over two 1-minute windows, 10 re-sent copies and one line that is not JSON."""
+    lines = []
+    metrics: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    for i in range(UNIQUE):
+        event = {
+            "event_id": f"e{i}",
+            "event_time": BASE_MS + i * 1_000,
+            "user_id": f"u{i % USERS}",
+            "amount": float(i),
+        }
+        lines.append(json.dumps(event))
+        start = (BASE_MS + i * 1_000) // 60_000 * 60
+        window = dt.datetime.fromtimestamp(start, tz=dt.timezone.utc).isoformat()
+        metrics[(window, event["user_id"])][0] += 1
+        metrics[(window, event["user_id"])][1] += event["amount"]
+    lines.extend(lines[:DUPLICATES])
+    lines.append("not json {")
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Events(
+        path=path,
+        records_in=len(lines),
+        unique_ids={f"e{i}" for i in range(UNIQUE)},
+        dead_letters=1,
+        metrics={key: (int(v[0]), float(v[1])) for key, v in metrics.items()},
+    )
