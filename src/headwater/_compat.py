@@ -9,6 +9,15 @@ whose value was already committed, so metrics stop counting after the first bund
 sampler build a new scoped state whenever a caller passes a container, which is what the direct
 runner means. Other runners do not go through this path. Applied once, at import of
 :mod:`headwater.transforms.accounting`; a no-op if Beam's internals change shape.
+
+``skip_embedded_state_cache``: the FnApiRunner's in-process worker caches user state in a
+cache of ``worker_handlers.STATE_CACHE_SIZE_MB`` (a module constant, 100) and weighs every cached
+value with ``objsize``, which dominated stateful steps (dedup, late routing) here: with the cache
+off the record path ran 5x faster with identical output (20k events: 677 -> 3,404 events/s).
+Beam's supported option ``--max_cache_memory_usage_mb`` only reaches SDK workers in separate
+processes (measured: 1.2x with two of them), and the embedded worker reads no option, so
+:func:`headwater.runners.prepare` sets the constant to 0 for local FnApiRunner runs. State is then
+read from the runner on each access: the same values, no cache.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["fix_direct_runner_metrics"]
+__all__ = ["fix_direct_runner_metrics", "skip_embedded_state_cache"]
 
 _APPLIED = False
 
@@ -48,4 +57,16 @@ def fix_direct_runner_metrics() -> bool:
 
     statesampler.StateSampler.scoped_state = scoped_state  # type: ignore[method-assign]
     _APPLIED = True
+    return True
+
+
+def skip_embedded_state_cache() -> bool:
+    """Turns off the FnApiRunner's embedded-worker state cache; returns whether it is off."""
+    try:
+        from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    except ImportError:  # pragma: no cover - Beam always ships it
+        return False
+    if not hasattr(worker_handlers, "STATE_CACHE_SIZE_MB"):
+        return False
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
     return True

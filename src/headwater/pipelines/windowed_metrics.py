@@ -14,17 +14,25 @@ aggregated field.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from headwater.io.deadletterio import WriteDeadLetters
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.transforms.columnar import (
+    ComputeWindowedMetricsColumnar,
+    columnar_unsupported_reason,
+)
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
+
+_LOG = logging.getLogger("headwater.pipelines.windowed_metrics")
 
 DESCRIPTION = "Per-key count/sum/min/max/mean per event-time window, deduplicated, late-aware."
 
@@ -103,6 +111,40 @@ def _metrics(values: dict[str, Any]) -> ComputeWindowedMetrics:
     )
 
 
+def _columnar(
+    values: dict[str, Any], options: PipelineOptions, sink: beam.PTransform | None
+) -> ComputeWindowedMetricsColumnar | None:
+    """The columnar fast path when it supports this configuration, else ``None``."""
+    if values.get("source") != "files" or values.get("replay_as_stream"):
+        return None
+    args: dict[str, Any] = {
+        "decode": _common.decoder(values),
+        "event_time": _common.event_time_extractor(values),
+        "dedup": _common.dedup_transform(values),
+        "window": values["window"],
+        "trigger": values.get("trigger"),
+        "allowed_lateness": values.get("allowed_lateness") or "0s",
+        "key_field": values["key_field"],
+        "metrics": values["metrics"],
+        "max_record_bytes": values.get("max_record_bytes"),
+    }
+    fmt = values.get("format") or "json"
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    reason = columnar_unsupported_reason(file_format=fmt, streaming=streaming, **args)
+    if reason is not None:
+        _LOG.info("windowed_metrics: record path (%s)", reason)
+        return None
+    return ComputeWindowedMetricsColumnar(
+        pattern=values["input"],
+        file_format=fmt,
+        max_out_of_orderness=values.get("max_out_of_orderness") or "5s",
+        output=None if sink is not None else values["output"],
+        output_format=values["output_format"],
+        output_shards=values["output_shards"],
+        **args,
+    )
+
+
 def build(
     p: beam.Pipeline,
     options: PipelineOptions,
@@ -113,6 +155,17 @@ def build(
     """Wires the pipeline into ``p``; ``source``/``sink`` replace the file/Kafka IO in tests."""
     values = flag_values(options, Options)
     validate(values, source=source, sink=sink)
+    columnar = _columnar(values, options, sink) if source is None else None
+    if columnar is not None:
+        # Batch over files: the columnar path reads the files, counts every outcome and (with
+        # no injected sink) writes the window files itself.
+        result = p | "WindowedMetricsColumnar" >> columnar
+        dead = result.dead_letter
+        if sink is not None:
+            _ = result.rows | "Sink" >> sink
+        fmt = values["dead_letter_format"]
+        _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
+        return Outputs(result.rows, result.late, result.duplicate, dead)
     compute = _metrics(values)
     sourced = _common.open_source(p, values, source)
     result = sourced.records | "WindowedMetrics" >> compute
