@@ -586,9 +586,10 @@ class _WriteGroupFn(beam.DoFn):
     ) -> Iterator[str]:
         shard, rows = element
         keyed = sorted(((canonical_json(row), row) for row in rows), key=lambda item: item[0])
-        if not keyed:
-            return  # an empty pane writes no file
-        ordered = [row for _, row in keyed]
+        if keyed:  # an empty pane writes no file
+            yield self._write(shard, [row for _, row in keyed], window, pane)
+
+    def _write(self, shard: int, ordered: list[Any], window: Any, pane: Any) -> str:
         pane_index = pane.index if pane is not None else 0
         relative = posixpath.join(
             window_directory(window, merging=self._merging),
@@ -602,7 +603,7 @@ class _WriteGroupFn(beam.DoFn):
         write_atomically(path, data)
         self._files.inc()
         self._rows.inc(len(ordered))
-        yield path
+        return path
 
 
 class WriteWindowedFiles(beam.PTransform):
