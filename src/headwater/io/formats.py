@@ -129,6 +129,10 @@ class JsonFormat(Format):
             ) from None
         except ValueError as exc:  # json.JSONDecodeError names the position, never the text
             raise DecodeError(f"invalid JSON: {exc}") from None
+        except RecursionError:  # e.g. 100k nested lists: a bad record, not a crash
+            raise DecodeError(
+                "invalid JSON: nested too deeply for the decoder (RecursionError)"
+            ) from None
         if type(record) is not dict:
             raise DecodeError(f"expected a JSON object, got a JSON {_json_kind(record)}")
         return record
