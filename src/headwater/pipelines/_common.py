@@ -181,7 +181,8 @@ def check_streaming(values: Mapping[str, Any]) -> None:
             raise ValueError(
                 "--dedup_keep=last holds each record for --dedup_horizon before emitting it; in "
                 "a streaming run set --allowed_lateness to at least the horizon "
-                f"({values.get('dedup_horizon')}), or those records arrive late")
+                f"({values.get('dedup_horizon')}), or those records arrive late"
+            )
 
 
 def _kafka_start(text: str) -> Any:

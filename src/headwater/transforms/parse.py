@@ -70,7 +70,8 @@ class _ParseFn(beam.DoFn):
                 if self._max_bytes is not None and len(payload) > self._max_bytes:
                     raise RecordTooLargeError(
                         f"record of {len(payload)} bytes is larger than max_record_bytes="
-                        f"{self._max_bytes}")
+                        f"{self._max_bytes}"
+                    )
                 record = self._decode(payload)
             stage = "event_time"
             if self._event_time is None:
