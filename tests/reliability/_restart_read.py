@@ -129,6 +129,7 @@ def main(n: int) -> None:
                     topics=["events"],
                     stop_at_end=True,
                     config=SMALL_FETCHES,
+                    stall_timeout=5,
                 )
                 | beam.ParDo(_StopBrokerFn())
                 | beam.combiners.Count.Globally()

@@ -81,11 +81,6 @@ def test_unreachable_broker_fails_fast_with_one_error_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="kafkaio: a bounded read whose broker restarts empty (or stays down) polls forever; "
-    "it needs a no-progress timeout that fails the bundle with KafkaConsumeError",
-)
 def test_broker_restart_during_bounded_read_completes_or_fails_clearly():
     """Broker stopped and restarted empty mid-read: the full count or a clear failure."""
     n = 200_000
@@ -174,12 +169,6 @@ def _committed(bootstrap: str, topic: str, group: str) -> list[int]:
         consumer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kafkaio commits at the read bundle's finalization, which on the FnApiRunner happens "
-    "when the read stage ends, before the sink stage runs; a batch run that then fails has "
-    "already moved the group's offsets (the next --start=committed run skips those records)",
-)
 def test_offsets_are_committed_only_after_the_output_is_durable(
     tmp_path, kafka_bootstrap, kafka_topic
 ):

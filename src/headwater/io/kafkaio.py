@@ -497,6 +497,7 @@ class _ReadPartitionFn(beam.DoFn):
         value_format: Format | None,
         commit_on_finalize: bool,
         poll_interval: float,
+        stall_timeout: float = 60.0,
         bounded: bool,
         clock: Callable[[], float] | None = None,
     ):
@@ -508,6 +509,7 @@ class _ReadPartitionFn(beam.DoFn):
         self._value_format = value_format
         self._commit_on_finalize = commit_on_finalize
         self._poll_interval = poll_interval
+        self._stall_timeout = stall_timeout
         self._bounded = bounded
         self._consumer: Any = None
         self._assigned: tuple[str, int, int] | None = None
@@ -596,6 +598,7 @@ class _ReadPartitionFn(beam.DoFn):
         failed = False
         resume_at: int | None = None  # set when the consumer's queue holds nothing past next_offset
         began = time.monotonic()
+        progressed = began  # the last time a record (or the end of the range) came in
         deadline = restriction.deadline
         try:
             while True:
@@ -646,9 +649,24 @@ class _ReadPartitionFn(beam.DoFn):
                     yield TimestampedValue(record, self._timestamp(record))
                 if next_offset >= stop:
                     return
-                if not messages:
+                if messages:
+                    progressed = time.monotonic()
+                    if not self._bounded and progressed - began >= _MAX_BUNDLE_SECONDS:
+                        # Let the runner commit (and finalize) what was read so far.
+                        resume_at = next_offset
+                        tracker.defer_remainder()
+                        return
+                else:
                     if self._caught_up_to_stop(consumer, tp, next_offset, stop, tracker):
                         return
+                    stalled = time.monotonic() - progressed
+                    if self._bounded and stop < UNBOUNDED_STOP and stalled > self._stall_timeout:
+                        raise KafkaConsumeError(
+                            f"bounded read of {topic}[{partition}] made no progress for "
+                            f"{stalled:.0f} s at offset {next_offset} of {stop} (stall_timeout="
+                            f"{self._stall_timeout:g}s): the broker is unreachable or lost the "
+                            "records; failing the bundle rather than returning a short read"
+                        )
                     if deadline is not None and time.time() >= deadline:
                         tracker.try_claim(next_offset)  # past the deadline: ends the range here
                         return
@@ -656,11 +674,6 @@ class _ReadPartitionFn(beam.DoFn):
                         resume_at = next_offset
                         tracker.defer_remainder(Duration.of(self._poll_interval))
                         return
-                elif not self._bounded and time.monotonic() - began >= _MAX_BUNDLE_SECONDS:
-                    # Let the runner commit (and finalize) what was read so far.
-                    resume_at = next_offset
-                    tracker.defer_remainder()
-                    return
         except BaseException:
             failed = True
             raise
@@ -707,6 +720,35 @@ class _ReadPartitionFn(beam.DoFn):
             _LOG.warning("%s (the next run from start='committed' re-reads these records)", error)
 
 
+class _CommitOffsetsFn(beam.DoFn):
+    """(topic, partition, offset) -> committed to the group; side inputs only order the step."""
+
+    def __init__(self, connection: KafkaConnection, group_id: str | None):
+        self._connection = connection
+        self._group_id = group_id
+
+    def process(self, element, *args, **kwargs):  # (unannotated: Beam reads hints from them)
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        topic, partition, offset = element  # (args, kwargs: side inputs that only order it)
+        consumer = Consumer(
+            self._connection.client_config(
+                {"group.id": self._group_id, "enable.auto.commit": False}
+            )
+        )
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        except KafkaException as exc:
+            raise wrap_kafka_error(
+                exc,
+                action=f"committing offset {offset} of {topic}[{partition}]",
+                connection=self._connection,
+                cls=KafkaCommitError,
+            ) from None
+        finally:
+            consumer.close()
+
+
 @beam.DoFn.unbounded_per_element()
 class _ReadPartitionUnboundedFn(_ReadPartitionFn):
     """The unbounded variant: the runner knows the output never ends."""
@@ -728,7 +770,13 @@ class ReadFromKafka(beam.PTransform):
       of them the read is unbounded.
     * ``event_time`` (an ``EventTimeExtractor``; decodes values with ``value_format``, default
       JSON) or ``None`` for the Kafka timestamp; ``watermark`` (a ``BoundedOutOfOrderness``).
-    * ``commit_on_finalize`` commits offsets to ``group_id`` after each bundle is finalized.
+    * ``commit_on_finalize`` commits offsets to ``group_id`` after each bundle is finalized
+      (streaming); ``commit_after_sinks`` (a ``stop_at_end`` read) resolves the end offsets in
+      the driver and commits them through :meth:`commit_after` once the given sinks are
+      written -- what the pipelines use for bounded reads.
+    * ``stall_timeout``: a bounded read that gets no record for this long before its stop
+      offset fails with :class:`~headwater.io.kafkaconfig.KafkaConsumeError` (broker gone or
+      restarted empty) instead of polling forever or returning a short result.
     * ``connect_timeout``: how long to wait for the broker at pipeline start before failing
       with :class:`~headwater.io.kafkaconfig.KafkaConnectError`; ``poll_interval``: the wait of
       one poll, and the resume delay of a caught-up unbounded read.
@@ -758,6 +806,8 @@ class ReadFromKafka(beam.PTransform):
         group_id: str | None = None,
         connect_timeout: DurationLike = 10.0,
         poll_interval: DurationLike = 1.0,
+        stall_timeout: DurationLike = 60.0,
+        commit_after_sinks: bool = False,
     ):
         super().__init__()
         self.connection = KafkaConnection(bootstrap_servers, config)
@@ -779,8 +829,22 @@ class ReadFromKafka(beam.PTransform):
             )
         self.group_id = group_id or config_group
         self.start = _validate_start(start, self.topics)
-        if (start == "committed" or commit_on_finalize) and not self.group_id:
-            what = "start='committed'" if start == "committed" else "commit_on_finalize=True"
+        if commit_on_finalize and commit_after_sinks:
+            raise ValueError("commit_on_finalize=True and commit_after_sinks=True: choose one")
+        if commit_after_sinks and (not stop_at_end or max_duration is not None):
+            raise ValueError(
+                f"commit_after_sinks=True needs stop_at_end=True and no max_duration (got "
+                f"stop_at_end={stop_at_end!r}, max_duration={max_duration!r}): the end offsets "
+                "must be known before the run"
+            )
+        if (start == "committed" or commit_on_finalize or commit_after_sinks) and not self.group_id:
+            what = (
+                "start='committed'"
+                if start == "committed"
+                else "commit_on_finalize=True"
+                if commit_on_finalize
+                else "commit_after_sinks=True"
+            )
             raise ValueError(f"{what} needs group_id=... (the consumer group), got group_id=None")
         if not isinstance(stop_at_end, bool):
             raise ValueError(f"stop_at_end={stop_at_end!r} must be True or False")
@@ -814,10 +878,13 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"watermark={watermark!r} must be a BoundedOutOfOrderness or None")
         self.watermark = watermark or BoundedOutOfOrderness(max_delay=0)
         self.commit_on_finalize = commit_on_finalize
+        self.commit_after_sinks = commit_after_sinks
         self.connect_timeout = parse_duration(
             connect_timeout, name="connect_timeout", allow_zero=False
         )
         self.poll_interval = parse_duration(poll_interval, name="poll_interval", allow_zero=False)
+        self.stall_timeout = parse_duration(stall_timeout, name="stall_timeout", allow_zero=False)
+        self.partitions: list[PartitionRead] | None = None  # resolved in the driver (see expand)
 
     @property
     def bounded(self) -> bool:
@@ -836,15 +903,59 @@ class ReadFromKafka(beam.PTransform):
             commit_on_finalize=self.commit_on_finalize,
             poll_interval=self.poll_interval,
             bounded=self.bounded,
+            stall_timeout=self.stall_timeout,
         )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self.commit_after_sinks:
+            # The ranges are fixed in the driver, so what to commit is known before the run.
+            self.partitions = read_partitions(
+                self.connection,
+                self.topics,
+                start=self.start,
+                stop_at_end=self.stop_at_end,
+                max_records=self.max_records,
+                group_id=self.group_id,
+                timeout=self.connect_timeout,
+            )
+            listed = pbegin | "Partitions" >> beam.Create(self.partitions, reshuffle=False)
+        else:
+            listed = (
+                pbegin
+                | "Impulse" >> beam.Impulse()
+                | "ListPartitions" >> beam.ParDo(_ListPartitionsFn(self))
+            )
         return (
-            pbegin
-            | "Impulse" >> beam.Impulse()
-            | "ListPartitions" >> beam.ParDo(_ListPartitionsFn(self))
+            listed
             | "SpreadPartitions" >> beam.Reshuffle()
             | "ReadPartitions" >> beam.ParDo(self.reader_fn())
+        )
+
+    def commit_after(self, pipeline: beam.Pipeline, *sinks: beam.PCollection) -> None:
+        """Commits the read's end offsets once every ``sinks`` collection is complete.
+
+        For ``commit_after_sinks=True`` (a ``stop_at_end`` read): the commit step takes the
+        sinks' outputs as side inputs, so the runner runs it only after they are fully written
+        -- a run whose sink fails commits nothing, and a successful one commits exactly the end
+        of what it read. (``commit_on_finalize`` commits when the read's own bundles are
+        finalized, which in batch is when the read stage ends, before later stages have written
+        anything.) Without ``commit_after_sinks`` this is a no-op.
+        """
+        if not self.commit_after_sinks or self.partitions is None:
+            return
+        waits = {f"wait{i}": beam.pvalue.AsList(sink) for i, sink in enumerate(sinks)}
+        _ = (
+            pipeline
+            | "OffsetsToCommit"
+            >> beam.Create(
+                [
+                    (p.topic, p.partition, p.stop)
+                    for p in self.partitions
+                    if p.stop is not None and p.stop > p.start
+                ]
+            )
+            | "CommitOffsets"
+            >> beam.ParDo(_CommitOffsetsFn(self.connection, self.group_id), **waits)
         )
 
     def __repr__(self) -> str:

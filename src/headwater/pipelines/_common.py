@@ -57,6 +57,12 @@ class Sourced(NamedTuple):
 
     records: beam.PCollection
     dead_letter: beam.PCollection
+    kafka: ReadFromKafka | None = None  # commits its offsets once the sinks are written
+
+    def commit_after(self, *sinks: beam.PCollection) -> None:
+        """Commits a bounded Kafka read's offsets after ``sinks`` are complete (if asked)."""
+        if self.kafka is not None:
+            self.kafka.commit_after(self.records.pipeline, *sinks)
 
 
 def _flag_error(flag: str, exc: Exception) -> ValueError:
@@ -251,7 +257,8 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         )
         return Sourced(read.main | "Progress" >> ShowProgress(), read.dead_letter)
     extractor = event_time_extractor(values)
-    records = p | "ReadKafka" >> ReadFromKafka(
+    bounded = bool(values.get("stop_at_end"))
+    read = ReadFromKafka(
         bootstrap_servers=values["bootstrap_servers"],
         topics=[t.strip() for t in values["topic"].split(",") if t.strip()],
         config=kafka_config(values),
@@ -261,10 +268,12 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         event_time=extractor,
         value_format=decoder(values) if extractor is not None else None,
         watermark=BoundedOutOfOrderness(max_delay=values.get("max_out_of_orderness") or "5s"),
-        commit_on_finalize=bool(values.get("commit_offsets")),
+        commit_on_finalize=bool(values.get("commit_offsets")) and not bounded,
+        commit_after_sinks=bool(values.get("commit_offsets")) and bounded,
         group_id=values.get("group_id"),
     )
-    return Sourced(records, p | "NoReadDeadLetters" >> beam.Create([]))
+    records = p | "ReadKafka" >> read
+    return Sourced(records, p | "NoReadDeadLetters" >> beam.Create([]), read)
 
 
 def open_source(
@@ -315,21 +324,25 @@ def write_outcomes(
     sink: beam.PTransform | None,
     label: str,
     schema: Any = None,
-) -> None:
-    """Main output to ``sink`` or files per window; dead letters and late records to theirs."""
+) -> list[beam.PCollection]:
+    """Main output to ``sink`` or files per window; dead letters and late records to theirs.
+
+    Returns the sinks' outputs (what a Kafka offset commit waits for).
+    """
     emitted = emitted | "Freshness" >> RecordFreshness()
     if sink is not None:
-        _ = emitted | "Sink" >> sink
+        written = emitted | "Sink" >> sink
     else:
-        _ = emitted | label >> WriteWindowedFiles(
+        written = emitted | label >> WriteWindowedFiles(
             values["output"],
             format=values["output_format"],
             num_shards=values["output_shards"],
             schema=schema,
         )
     fmt = values["dead_letter_format"]
-    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
-    _ = late | "WriteLate" >> WriteDeadLetters(late_folder(values), format=fmt)
+    dead_written = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
+    late_written = late | "WriteLate" >> WriteDeadLetters(late_folder(values), format=fmt)
+    return [w for w in (written, dead_written, late_written) if isinstance(w, beam.PCollection)]
 
 
 # ------------------------------------------------------------------------------------------

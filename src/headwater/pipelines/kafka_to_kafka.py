@@ -121,23 +121,29 @@ def build(
     result = sourced.records | "ProcessEvents" >> process
     dead = _common.all_dead_letters(sourced, result.dead_letter)
     if sink is not None:
-        _ = result.main | "Sink" >> sink
+        written = result.main | "Sink" >> sink
     else:
-        _ = result.main | "WriteOutputTopic" >> WriteToKafka(
+        written = result.main | "WriteOutputTopic" >> WriteToKafka(
             bootstrap_servers=values["bootstrap_servers"],
             topic=values["output_topic"],
             config=_common.kafka_config(values),
             key_fn=_KeyOf(values.get("key_field")),
             format=output_format(values),
         )
+    sinks = [written]
     if values.get("dlq_topic") and values.get("bootstrap_servers"):
-        _ = dead | "WriteDlqTopic" >> WriteToKafka(
-            bootstrap_servers=values["bootstrap_servers"],
-            topic=values["dlq_topic"],
-            config=_common.kafka_config(values),
-            key_fn=_dead_letter_key,
-            value_fn=_dead_letter_value,
+        sinks.append(
+            dead
+            | "WriteDlqTopic"
+            >> WriteToKafka(
+                bootstrap_servers=values["bootstrap_servers"],
+                topic=values["dlq_topic"],
+                config=_common.kafka_config(values),
+                key_fn=_dead_letter_key,
+                value_fn=_dead_letter_value,
+            )
         )
+    sourced.commit_after(*(s for s in sinks if isinstance(s, beam.PCollection)))
     return Outputs(result.main, result.duplicate, dead)
 
 

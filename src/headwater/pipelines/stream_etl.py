@@ -130,9 +130,10 @@ def build(
     result = sourced.records | "ProcessEvents" >> process
     dead = _common.all_dead_letters(sourced, result.dead_letter)
     avro_schema = schema if values["output_format"] == "avro" else None
-    _common.write_outcomes(
+    sinks = _common.write_outcomes(
         result.main, dead, result.late, values, sink=sink, label="WriteRecords", schema=avro_schema
     )
+    sourced.commit_after(*sinks)
     return Outputs(result.main, result.late, result.duplicate, dead)
 
 

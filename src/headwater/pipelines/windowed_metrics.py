@@ -170,7 +170,10 @@ def build(
     sourced = _common.open_source(p, values, source)
     result = sourced.records | "WindowedMetrics" >> compute
     dead = _common.all_dead_letters(sourced, result.dead_letter)
-    _common.write_outcomes(result.rows, dead, result.late, values, sink=sink, label="WriteRows")
+    sinks = _common.write_outcomes(
+        result.rows, dead, result.late, values, sink=sink, label="WriteRows"
+    )
+    sourced.commit_after(*sinks)
     return Outputs(result.rows, result.late, result.duplicate, dead)
 
 
