@@ -349,22 +349,16 @@ def test_write_validation_names_the_bad_value(options, bad):
 
 def test_stall_timeout_is_validated():
     """stall_timeout must be a positive duration; the error names it."""
-    import pytest as _pytest
-
-    from headwater.io.kafkaio import ReadFromKafka as _Read
-
-    with _pytest.raises(ValueError, match="stall_timeout"):
-        _Read(bootstrap_servers="localhost:9092", topics="t", stop_at_end=True, stall_timeout=0)
+    with pytest.raises(ValueError, match="stall_timeout"):
+        ReadFromKafka(
+            bootstrap_servers="localhost:9092", topics="t", stop_at_end=True, stall_timeout=0
+        )
 
 
 def test_commit_after_sinks_needs_stop_at_end_and_excludes_finalize_commits():
     """commit_after_sinks is for stop_at_end reads and cannot be combined with finalize."""
-    import pytest as _pytest
-
-    from headwater.io.kafkaio import ReadFromKafka as _Read
-
     base = {"bootstrap_servers": "localhost:9092", "topics": "t", "group_id": "g"}
-    with _pytest.raises(ValueError, match="stop_at_end=True"):
-        _Read(**base, max_records=5, commit_after_sinks=True)
-    with _pytest.raises(ValueError, match="choose one"):
-        _Read(**base, stop_at_end=True, commit_after_sinks=True, commit_on_finalize=True)
+    with pytest.raises(ValueError, match="stop_at_end=True"):
+        ReadFromKafka(**base, max_records=5, commit_after_sinks=True)
+    with pytest.raises(ValueError, match="choose one"):
+        ReadFromKafka(**base, stop_at_end=True, commit_after_sinks=True, commit_on_finalize=True)
