@@ -256,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    if not args.verbose:
+        # Beam logs a failed bundle's whole traceback at ERROR before the run fails; the CLI
+        # prints one line instead (-v shows everything).
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

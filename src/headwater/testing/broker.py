@@ -166,6 +166,7 @@ def start_broker(
     if port is not None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart
                 sock.bind((host, port))
             except OSError as exc:
                 raise BrokerError(f"cannot start the broker on {host}:{port}: {exc}") from None

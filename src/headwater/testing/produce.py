@@ -46,6 +46,24 @@ def partition_of(key: bytes, partitions: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % partitions
 
 
+def _produce(
+    producer: Producer,
+    topic: str,
+    item: tuple[bytes | None, bytes],
+    partition: int,
+    delivered: Any,
+) -> None:
+    while True:
+        try:
+            producer.produce(
+                topic, value=item[1], key=item[0], partition=partition, on_delivery=delivered
+            )
+            break
+        except BufferError:  # the local queue is full: let deliveries drain, then retry
+            producer.poll(0.5)
+    producer.poll(0)
+
+
 def produce_lines(
     bootstrap_servers: str,
     topic: str,
@@ -75,19 +93,12 @@ def produce_lines(
         partition = partition_of(key or value, partitions)
         previous = held.get(partition)
         if previous is not None:
-            producer.produce(
-                topic,
-                value=previous[1],
-                key=previous[0],
-                partition=partition,
-                on_delivery=delivered,
-            )
-            producer.poll(0)
+            _produce(producer, topic, previous, partition, delivered)
         held[partition] = (key, value)
         counts[partition] = counts.get(partition, 0) + 1
     producer.flush(timeout)
-    for partition, (key, value) in sorted(held.items()):
-        producer.produce(topic, value=value, key=key, partition=partition, on_delivery=delivered)
+    for partition, item in sorted(held.items()):
+        _produce(producer, topic, item, partition, delivered)
         producer.flush(timeout)
     if failures or len(producer):
         raise KafkaDeliveryError(
