@@ -617,6 +617,11 @@ class _ReadPartitionFn(beam.DoFn):
                         cls=KafkaConsumeError,
                     ) from None
                 stop = tracker.current_restriction().stop  # a runner split may have moved it
+                # One claim covers the batch: its last offset (inside the range) is claimed
+                # first, and the batch's records are all at or before it.
+                batch_last = max((m.offset() for m in messages if m.error() is None), default=-1)
+                claimed_to = -1
+                emitted = 0
                 for msg in messages:
                     error = msg.error()
                     if error is not None:
@@ -631,8 +636,15 @@ class _ReadPartitionFn(beam.DoFn):
                     offset = msg.offset()
                     if offset < next_offset or msg.partition() != partition or msg.topic() != topic:
                         continue  # left over from an earlier assignment
-                    if not tracker.try_claim(offset):
-                        return
+                    if offset > claimed_to:
+                        target = min(batch_last, stop - 1)
+                        if target > offset and tracker.try_claim(target):
+                            claimed_to = target
+                        elif tracker.try_claim(offset):
+                            claimed_to = offset
+                        else:
+                            self._records.inc(emitted)
+                            return
                     claimed_any = True
                     next_offset = offset + 1
                     ts_type, ts_ms = msg.timestamp()
@@ -645,8 +657,9 @@ class _ReadPartitionFn(beam.DoFn):
                         ts_ms if ts_type else None,
                         tuple(msg.headers() or ()),
                     )
-                    self._records.inc()
+                    emitted += 1
                     yield TimestampedValue(record, self._timestamp(record))
+                self._records.inc(emitted)
                 if next_offset >= stop:
                     return
                 if messages:
