@@ -239,6 +239,21 @@ class _Accepted:
     positions: np.ndarray  # position of each row in the block (for emit_duplicates)
 
 
+def _invalid_utf8_lines(block: bytes, ranges: Any) -> list[int]:
+    """Indexes of the lines of ``block`` that are not valid UTF-8 (usually none)."""
+    bad: list[int] = []
+    position = 0
+    while position < len(block):
+        try:
+            block[position:].decode("utf-8")
+            break
+        except UnicodeDecodeError as exc:
+            line = int(np.searchsorted(ranges.starts, position + exc.start, side="right")) - 1
+            bad.append(line)
+            position = int(ranges.next_starts[line])
+    return bad
+
+
 class _Ranges:
     """Line boundaries of a JSON block: starts, ends (no newline, no ``\\r``), next starts."""
 
@@ -747,16 +762,19 @@ class _ComputeColumnarFn(beam.DoFn):
             return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
 
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
-        slow_lines: list[int] = []
-        valid_utf8 = True
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError:
-            valid_utf8 = False
-        if odd.any() or not valid_utf8 or (too_large is not None and too_large.any()):
-            slow_lines = records.tolist()
-        else:
-            self._parse_range(state, block, ranges, records, pieces, slow_lines)
+        # Lines pyarrow must not see (not an object, invalid UTF-8, over the size limit) take
+        # the record path one by one; the runs of lines between them stay vectorized.
+        slow = odd.copy()
+        if too_large is not None:
+            slow |= too_large & ~blank
+        for line_index in _invalid_utf8_lines(block, ranges):
+            slow[line_index] = True
+        slow_lines: list[int] = np.flatnonzero(slow).tolist()
+        fast = records[~slow[records]]
+        if len(fast):
+            breaks = np.flatnonzero(np.diff(np.cumsum(slow)[fast])) + 1
+            for run in np.split(fast, breaks):
+                self._parse_range(state, block, ranges, run, pieces, slow_lines)
         slow_rows = []
         for piece_positions, mask, _ in pieces:
             slow_lines.extend(piece_positions[~mask].tolist())
