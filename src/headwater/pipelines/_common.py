@@ -24,6 +24,7 @@ from headwater.io.deadletterio import WriteDeadLetters
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, match_files
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaio import ReadFromKafka
+from headwater.pipelines.options import HeadwaterOptions, flag_values
 from headwater.records import DecodedRecord, payload_of
 from headwater.testing.replay import replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
@@ -44,6 +45,7 @@ __all__ = [
     "open_source",
     "read_source",
     "check_specs",
+    "run_file_pipeline",
     "run_pipeline",
     "validate_source",
     "write_outcomes",
@@ -471,3 +473,24 @@ def run_pipeline(
         )
         print(f"  report       -> {values['report']}")
     return summary
+
+
+def run_file_pipeline(
+    name: str,
+    options_cls: type[HeadwaterOptions],
+    validate: Callable[[dict[str, Any]], None],
+    build: Callable[[beam.Pipeline, PipelineOptions], Any],
+    argv: Sequence[str] | None,
+) -> dict[str, Any]:
+    """``run()`` of a pipeline that writes files: parse, validate, run, summarize."""
+    options = PipelineOptions(argv)
+    values = flag_values(options, options_cls)
+    validate(values)
+    return run_pipeline(
+        name=name,
+        options=options,
+        values=values,
+        build=build,
+        outputs=file_outputs(values),
+        streaming=bool(values.get("replay_as_stream")),
+    )

@@ -139,14 +139,4 @@ def build(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
-    options = PipelineOptions(argv)
-    values = flag_values(options, Options)
-    validate(values)
-    return _common.run_pipeline(
-        name="stream_etl",
-        options=options,
-        values=values,
-        build=lambda p, o: build(p, o),
-        outputs=_common.file_outputs(values),
-        streaming=bool(values.get("replay_as_stream")),
-    )
+    return _common.run_file_pipeline("stream_etl", Options, validate, build, argv)

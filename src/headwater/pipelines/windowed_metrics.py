@@ -179,14 +179,4 @@ def build(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
-    options = PipelineOptions(argv)
-    values = flag_values(options, Options)
-    validate(values)
-    return _common.run_pipeline(
-        name="windowed_metrics",
-        options=options,
-        values=values,
-        build=lambda p, opts: build(p, opts),
-        outputs=_common.file_outputs(values),
-        streaming=bool(values.get("replay_as_stream")),
-    )
+    return _common.run_file_pipeline("windowed_metrics", Options, validate, build, argv)

@@ -329,35 +329,23 @@ def launch(
         jobs_client = jobs_client or made[1]
         messages_client = messages_client or made[2]
     extra = {"validate_only": validate_only, "update": update}
+    job = None
     if not (update or validate_only):
         existing = _active_job(jobs_client, project, region, job_name)
         if existing is not None:
             extra["launched"] = False
             job = existing
-            if wait:
-                job = _wait(
-                    job,
-                    wait=wait,
-                    project=project,
-                    region=region,
-                    jobs_client=jobs_client,
-                    messages_client=messages_client,
-                    poll_interval=poll_interval,
-                    timeout=timeout,
-                    sleep=sleep,
-                    extra=extra,
-                )
-            return job_summary(job, **extra)
-    response = client.launch_flex_template(
-        LaunchFlexTemplateRequest(
-            project_id=project,
-            location=region,
-            launch_parameter=parameter,
-            validate_only=validate_only,
+    if job is None:
+        response = client.launch_flex_template(
+            LaunchFlexTemplateRequest(
+                project_id=project,
+                location=region,
+                launch_parameter=parameter,
+                validate_only=validate_only,
+            )
         )
-    )
-    extra["launched"] = not validate_only
-    job = response.job
+        extra["launched"] = not validate_only
+        job = response.job
     if wait and not validate_only:
         job = _wait(
             job,
