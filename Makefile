@@ -29,13 +29,13 @@ test-fast: $(STAMP) ## the suite without the slow and integration tests
 	$(PY) -m pytest tests -m 'not slow and not integration and not e2e'
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests main.py examples
+	$(VENV)/bin/ruff format --check src tests main.py examples
 	$(VENV)/bin/mypy
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests main.py examples
+	$(VENV)/bin/ruff check --fix src tests main.py examples
 
 bench: $(STAMP) ## measure throughput and memory against plain Python and plain Beam
 	$(PY) -m headwater.bench --workdir bench-output
