@@ -68,6 +68,18 @@ _ARGV_COMMON = (
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set, in MB.
+
+    Linux's ``VmHWM`` starts afresh at ``exec``; ``ru_maxrss`` does not (a child started from a
+    large parent reports the parent's size), so ``VmHWM`` is read where it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -535,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam-events", type=int, default=100_000, help="plain Beam prefix")
     parser.add_argument("--record-events", type=int, default=20_000, help="record-path prefix")
     parser.add_argument("--replay-events", type=int, default=20_000, help="stream replay prefix")
-    parser.add_argument("--kafka-records", type=int, default=200_000, help="Kafka records")
+    parser.add_argument("--kafka-records", type=int, default=1_000_000, help="Kafka records")
     parser.add_argument(
         "--memory-events", type=int, default=1_000_000, help="dedup memory: N vs 5*N"
     )
