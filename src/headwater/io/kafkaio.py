@@ -922,15 +922,7 @@ class ReadFromKafka(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         if self.commit_after_sinks:
             # The ranges are fixed in the driver, so what to commit is known before the run.
-            self.partitions = read_partitions(
-                self.connection,
-                self.topics,
-                start=self.start,
-                stop_at_end=self.stop_at_end,
-                max_records=self.max_records,
-                group_id=self.group_id,
-                timeout=self.connect_timeout,
-            )
+            self.partitions = list(_ListPartitionsFn(self).process(None))
             listed = pbegin | "Partitions" >> beam.Create(self.partitions, reshuffle=False)
         else:
             listed = (

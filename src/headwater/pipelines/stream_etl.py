@@ -26,7 +26,7 @@ from fastavro.validation import validate as avro_validate
 
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.pipelines.windowed_metrics import LOCAL_FLAGS, SOURCE_FLAGS
+from headwater.pipelines.windowed_metrics import FILE_OUTPUT_FLAGS, LOCAL_FLAGS, SOURCE_FLAGS
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "AvroSchemaCheck", "Options", "Outputs", "build", "run"]
@@ -39,12 +39,7 @@ class Options(HeadwaterOptions):
 
     FLAG_NAMES = (
         *SOURCE_FLAGS,
-        "output",
-        "output_format",
-        "output_shards",
-        "dead_letter",
-        "dead_letter_format",
-        "late_output",
+        *FILE_OUTPUT_FLAGS,
         *LOCAL_FLAGS,
     )
 

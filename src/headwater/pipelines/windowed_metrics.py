@@ -61,6 +61,14 @@ SOURCE_FLAGS = (
     "trigger",
     "allowed_lateness",
 )
+FILE_OUTPUT_FLAGS = (
+    "output",
+    "output_format",
+    "output_shards",
+    "dead_letter",
+    "dead_letter_format",
+    "late_output",
+)
 LOCAL_FLAGS = ("replay_as_stream", "max_out_of_orderness", "summary_json", "report")
 
 
@@ -71,12 +79,7 @@ class Options(HeadwaterOptions):
         *SOURCE_FLAGS,
         "key_field",
         "metrics",
-        "output",
-        "output_format",
-        "output_shards",
-        "dead_letter",
-        "dead_letter_format",
-        "late_output",
+        *FILE_OUTPUT_FLAGS,
         *LOCAL_FLAGS,
     )
 
