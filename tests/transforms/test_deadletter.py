@@ -82,3 +82,13 @@ def test_apply_or_dead_letter_validates_arguments(fn, stage, match):
     """Bad arguments raise ValueError naming them."""
     with pytest.raises(ValueError, match=match):
         ApplyOrDeadLetter(fn, stage=stage)
+
+
+def test_utc_iso_formats_any_beam_timestamp():
+    """Epoch micros become ISO-8601 UTC; Beam's MIN/MAX fall back to Beam's own form."""
+    from apache_beam.utils.timestamp import MAX_TIMESTAMP
+
+    from headwater.transforms.deadletter import utc_iso
+
+    assert utc_iso(60_000_000) == "1970-01-01T00:01:00Z"
+    assert utc_iso(MAX_TIMESTAMP.micros) == str(MAX_TIMESTAMP)

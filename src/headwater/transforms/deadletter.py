@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils.timestamp import Timestamp
 
 from headwater.records import origin_of, payload_of
 
-__all__ = ["DeadLetter", "ApplyOrDeadLetter", "Routed", "dead_letter_for"]
+__all__ = ["DeadLetter", "ApplyOrDeadLetter", "Routed", "dead_letter_for", "utc_iso"]
 
 _MAX_MESSAGE_CHARS = 2_000
 
@@ -75,12 +76,19 @@ class DeadLetter:
             raise ValueError(f"not a dead-letter row ({exc!s}): keys {sorted(row)!r}") from None
 
 
-def _utc_iso(micros: int) -> str:
-    return (
-        (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros))
-        .isoformat()
-        .replace("+00:00", "Z")
-    )
+def utc_iso(micros: int) -> str:
+    """Epoch microseconds as ISO-8601 UTC (``...Z``); Beam's own form beyond year 1..9999.
+
+    >>> utc_iso(1_500_000)
+    '1970-01-01T00:00:01.500000Z'
+    """
+    try:
+        instant = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+            microseconds=micros
+        )
+    except OverflowError:  # near Beam's MIN/MAX timestamps, outside what datetime can show
+        return str(Timestamp(micros=micros))
+    return instant.isoformat().replace("+00:00", "Z")
 
 
 def now_iso() -> str:
@@ -100,7 +108,7 @@ def event_time_iso(timestamp: Any) -> str | None:
             return None
     if not -62_135_596_800_000_000 <= micros <= 253_402_300_799_000_000:
         return None  # outside what datetime can show (Beam's MIN/MAX timestamps)
-    return _utc_iso(micros)
+    return utc_iso(micros)
 
 
 def dead_letter_for(

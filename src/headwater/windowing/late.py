@@ -75,7 +75,6 @@ State
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -88,7 +87,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from headwater.transforms.deadletter import DeadLetter, dead_letter_for
+from headwater.transforms.deadletter import DeadLetter, dead_letter_for, utc_iso
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 
 __all__ = ["LATE_ERROR_TYPE", "LATE_STAGE", "LateRouted", "RouteLateData", "WindowWithLateRouting"]
@@ -107,18 +106,8 @@ class LateRouted(NamedTuple):
     late: beam.PCollection
 
 
-def _iso(micros: int) -> str:
-    try:
-        instant = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
-            microseconds=micros
-        )
-    except OverflowError:  # near Beam's MIN/MAX timestamps, outside what datetime can show
-        return str(Timestamp(micros=micros))
-    return instant.isoformat().replace("+00:00", "Z")
-
-
 def _window_str(window: Any) -> str:
-    return f"{_iso(window.start.micros)}/{_iso(window.end.micros)}"
+    return f"{utc_iso(window.start.micros)}/{utc_iso(window.end.micros)}"
 
 
 class _Clock:
@@ -236,8 +225,8 @@ class _RouteLateFn(beam.DoFn):
         lateness_ms = (known_wm - timestamp.micros) // 1000
         window_str = _window_str(window)
         reason = (
-            f"event time {_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
-            f"watermark (>= {_iso(known_wm)}); window {window_str} closed at {_iso(close)} "
+            f"event time {utc_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
+            f"watermark (>= {utc_iso(known_wm)}); window {window_str} closed at {utc_iso(close)} "
             f"(window end + allowed lateness {format_duration(self._lateness_micros / 1e6)})"
         )
         envelope = dead_letter_for(
