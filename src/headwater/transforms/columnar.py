@@ -571,6 +571,36 @@ class _Columnar:
                 if acc[slot + 2] is None or value > acc[slot + 2]:
                     acc[slot + 2] = value
 
+    def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
+        """The merged groups of windows ending at or before ``limit_micros``, removed from state.
+
+        Windows are the fixed or sliding windows of the options (``start + size`` is the end).
+        The replay (:mod:`headwater.transforms.columnar_replay`) calls it as the watermark passes
+        window ends; batch calls :meth:`final` once.
+        """
+        size = self.options.window_fn.size.micros  # type: ignore[attr-defined]
+        last_start = limit_micros - size
+        closed: dict[str, list[pa.Table]] = {}
+        for kind, tables in list(self._partials.items()):
+            table = pa.concat_tables(tables, promote_options="permissive")
+            ended = pc.less_equal(table.column("w"), last_start)
+            closed[kind] = [table.filter(ended)]
+            rest = table.filter(pc.invert(ended))
+            if rest.num_rows:
+                self._partials[kind] = [rest]
+            else:
+                del self._partials[kind]
+            self._compacted[kind] = rest.num_rows
+        closed_acc = {g: acc for g, acc in self._python_acc.items() if g[0] <= last_start}
+        for group in closed_acc:
+            del self._python_acc[group]
+        held = (self._partials, self._python_acc)
+        self._partials, self._python_acc = closed, closed_acc
+        try:
+            return list(self.final())
+        finally:
+            self._partials, self._python_acc = held
+
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
         width = len(self.fields)
@@ -695,9 +725,9 @@ class _ComputeColumnarFn(beam.DoFn):
                 yield from self._flush(state)
         yield from self._flush(state)
         if self._options.output is None:
-            yield from self._rows(state)
+            yield from self._rows(state.final())
             return
-        for path in self._write(state):
+        for path in self._write(state.final()):
             yield beam.pvalue.TaggedOutput("written", path)
 
     def _flush(self, state: _Columnar) -> Iterator[Any]:
@@ -743,7 +773,6 @@ class _ComputeColumnarFn(beam.DoFn):
 
     def _json_block(self, state: _Columnar, path: str, first_line: int, block: bytes) -> None:
         ranges = _Ranges(block)
-        n = len(ranges.starts)
         blank = ranges.lengths == 0
         candidate = ranges.first == ord("{")
         odd = ~(blank | candidate)
@@ -784,7 +813,7 @@ class _ComputeColumnarFn(beam.DoFn):
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
         self._slow.inc(len(slow_lines))
-        self._finish_block(state, n, pieces, slow_rows, element)
+        self._finish_block(state, records, pieces, slow_rows, element)
 
     def _parse_range(self, state, block, ranges, lines, pieces, slow_lines) -> None:
         """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, bisecting."""
@@ -811,7 +840,9 @@ class _ComputeColumnarFn(beam.DoFn):
         mask, columns = state.fast(table)
         pieces.append((lines, mask, columns))
 
-    def _finish_block(self, state, n, pieces, slow_rows, element) -> None:
+    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+        """Dedups and aggregates a block's accepted rows (``elements``: record positions)."""
+        del elements  # arrival positions matter to the replay (columnar_replay), not to batch
         rows = state.accepted(pieces, slow_rows)
         if rows is None:
             return
@@ -872,12 +903,14 @@ class _ComputeColumnarFn(beam.DoFn):
             if accepted is not None:
                 slow_rows.append((i, accepted))
         self._slow.inc(len(slow_lines))
-        self._finish_block(state, n, pieces, slow_rows, element)
+        self._finish_block(state, positions, pieces, slow_rows, element)
 
     # --- rows ----------------------------------------------------------------------------
 
-    def _rows(self, state: _Columnar) -> Iterator[Any]:
-        slot = {name: 3 + 3 * i for i, name in enumerate(state.fields)}
+    def _rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """``(window start, key, count, sum, min, max, ...)`` groups as windowed metric rows."""
+        fields = self._options.fields
+        slot = {name: 3 + 3 * i for i, name in enumerate(fields)}
         columns = []
         for metric in self._options.metrics:
             if metric.field is None:
@@ -886,7 +919,7 @@ class _ComputeColumnarFn(beam.DoFn):
                 offset = {"sum": 0, "min": 1, "max": 2, "mean": 0}[metric.kind]
                 columns.append((metric.column, slot[metric.field] + offset, metric.kind))
         windows: dict[int, tuple[Any, dt.datetime, dt.datetime, Timestamp]] = {}
-        for group in state.final():
+        for group in groups:
             start = group[0]
             bounds = windows.get(start)
             if bounds is None:
@@ -911,11 +944,11 @@ class _ComputeColumnarFn(beam.DoFn):
                     row[column] = float(group[index])
             yield WindowedValue(row, bounds[3], (bounds[0],))
 
-    def _write(self, state: _Columnar) -> Iterator[str]:
+    def _write(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
         """Writes each window's rows as :class:`WriteWindowedFiles` would, byte for byte."""
         options = self._options
         per_window: dict[Any, list[dict[str, Any]]] = {}
-        for rows in self._rows(state):
+        for rows in self._rows(groups):
             per_window.setdefault(rows.windows[0], []).append(rows.value)
         for window, rows in sorted(per_window.items(), key=lambda item: item[0].start):
             shards: dict[int, list[tuple[str, dict[str, Any]]]] = {}
