@@ -175,8 +175,12 @@ def test_bounded_kafka_read_matches_plain_python(tmp_path, kafka_bootstrap, kafk
     assert _rows(tmp_path / "out") == _expected(reference)
 
 
-def test_stream_replay_routes_late_events_and_matches_reference(tmp_path):
-    """--replay_as_stream: late events go to the late output; rows equal the reference."""
+@pytest.mark.parametrize(
+    ("engine", "runner"),
+    [("auto", "FnApiRunner"), ("teststream", "BundleBasedDirectRunner")],
+)
+def test_stream_replay_routes_late_events_and_matches_reference(tmp_path, engine, runner):
+    """--replay_as_stream, both engines: late events go to late; rows equal the reference."""
     events = list(generate(N, seed=13, malformed_frac=0.01, late_frac=0.02))
     (tmp_path / "events.jsonl").write_bytes(b"".join(e.line + b"\n" for e in events))
     late = [e.line for i, e in enumerate(events) if e.tag == "late" and i >= 1_000]
@@ -190,6 +194,7 @@ def test_stream_replay_routes_late_events_and_matches_reference(tmp_path):
             "--source=files",
             "--input=events.jsonl",
             "--replay_as_stream",
+            f"--replay_engine={engine}",
             "--max_out_of_orderness=5s",
         ),
         cwd=tmp_path,
@@ -197,7 +202,7 @@ def test_stream_replay_routes_late_events_and_matches_reference(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _summary(tmp_path)
     assert summary["late"] == len(late)
-    assert summary["runner"] == "BundleBasedDirectRunner"
+    assert summary["runner"] == runner
     late_rows = [
         json.loads(x)
         for p in (tmp_path / "dlq" / "late").rglob("*.jsonl")

@@ -25,8 +25,7 @@ from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, 
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaio import ReadFromKafka
 from headwater.pipelines.options import HeadwaterOptions, flag_values
-from headwater.records import DecodedRecord, payload_of
-from headwater.testing.replay import replay_stream
+from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.observe import RecordFreshness, ShowProgress
@@ -220,24 +219,6 @@ def _local_records(pattern: str, fmt: str) -> tuple[list[Any], list[Any]]:
     return records, dead
 
 
-class _ReplayEventTime:
-    """Event time of a raw record for replay: decode it, extract; None when unusable."""
-
-    def __init__(self, fmt: Format, extractor: EventTimeExtractor | None):
-        self._format = fmt
-        self._extractor = extractor
-
-    def __call__(self, element: Any) -> Any:
-        if self._extractor is None:
-            return None
-        record = (
-            element.record
-            if isinstance(element, DecodedRecord)
-            else self._format.decode(payload_of(element))
-        )
-        return self._extractor.extract(record)
-
-
 def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
     """Raw records from ``--source`` (files, files replayed as a stream, or Kafka)."""
     source = values.get("source")
@@ -246,7 +227,7 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         records, dead = _local_records(values["input"], fmt)
         stream = replay_stream(
             records,
-            event_time=_ReplayEventTime(decoder(values), event_time_extractor(values)),
+            event_time=RecordEventTime(decoder(values), event_time_extractor(values)),
             max_out_of_orderness=values.get("max_out_of_orderness") or "5s",
         )
         return Sourced(
@@ -488,16 +469,22 @@ def run_file_pipeline(
     validate: Callable[[dict[str, Any]], None],
     build: Callable[[beam.Pipeline, PipelineOptions], Any],
     argv: Sequence[str] | None,
+    *,
+    streaming: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """``run()`` of a pipeline that writes files: parse, validate, run, summarize."""
+    """``run()`` of a pipeline that writes files: parse, validate, run, summarize.
+
+    ``streaming(values)`` says whether the run streams (default: ``--replay_as_stream``).
+    """
     options = PipelineOptions(argv)
     values = flag_values(options, options_cls)
     validate(values)
+    streams = streaming(values) if streaming else bool(values.get("replay_as_stream"))
     return run_pipeline(
         name=name,
         options=options,
         values=values,
         build=build,
         outputs=file_outputs(values),
-        streaming=bool(values.get("replay_as_stream")),
+        streaming=streams,
     )

@@ -28,6 +28,10 @@ from headwater.transforms.columnar import (
     ComputeWindowedMetricsColumnar,
     columnar_unsupported_reason,
 )
+from headwater.transforms.columnar_replay import (
+    ReplayWindowedMetricsColumnar,
+    replay_unsupported_reason,
+)
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -69,7 +73,13 @@ FILE_OUTPUT_FLAGS = (
     "dead_letter_format",
     "late_output",
 )
-LOCAL_FLAGS = ("replay_as_stream", "max_out_of_orderness", "summary_json", "report")
+LOCAL_FLAGS = (
+    "replay_as_stream",
+    "replay_engine",
+    "max_out_of_orderness",
+    "summary_json",
+    "report",
+)
 
 
 class Options(HeadwaterOptions):
@@ -98,6 +108,8 @@ def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) ->
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
     _common.validate_source(values, injected=source is not None)
     _common.check_specs(values)
+    if (values.get("replay_engine") or "auto") != "auto" and not values.get("replay_as_stream"):
+        raise ValueError(f"--replay_engine={values['replay_engine']} needs --replay_as_stream")
 
 
 def _metrics(values: dict[str, Any]) -> ComputeWindowedMetrics:
@@ -114,13 +126,8 @@ def _metrics(values: dict[str, Any]) -> ComputeWindowedMetrics:
     )
 
 
-def _columnar(
-    values: dict[str, Any], options: PipelineOptions, sink: beam.PTransform | None
-) -> ComputeWindowedMetricsColumnar | None:
-    """The columnar fast path when it supports this configuration, else ``None``."""
-    if values.get("source") != "files" or values.get("replay_as_stream"):
-        return None
-    args: dict[str, Any] = {
+def _columnar_args(values: dict[str, Any]) -> dict[str, Any]:
+    return {
         "decode": _common.decoder(values),
         "event_time": _common.event_time_extractor(values),
         "dedup": _common.dedup_transform(values),
@@ -131,21 +138,54 @@ def _columnar(
         "metrics": values["metrics"],
         "max_record_bytes": values.get("max_record_bytes"),
     }
+
+
+def replays_columnar(values: dict[str, Any]) -> bool:
+    """Whether ``--replay_as_stream`` runs on the columnar replay (a batch run) here.
+
+    ``--replay_engine=columnar`` raises ``ValueError`` with the reason when it cannot.
+    """
+    engine = values.get("replay_engine") or "auto"
+    if not values.get("replay_as_stream") or values.get("source") != "files":
+        return False
+    if engine == "teststream":
+        return False
     fmt = values.get("format") or "json"
+    reason = replay_unsupported_reason(file_format=fmt, **_columnar_args(values))
+    if reason is None:
+        return True
+    if engine == "columnar":
+        raise ValueError(f"--replay_engine=columnar cannot replay this configuration: {reason}")
+    _LOG.info("windowed_metrics: stream replay on the TestStream record path (%s)", reason)
+    return False
+
+
+def _columnar(
+    values: dict[str, Any], options: PipelineOptions, sink: beam.PTransform | None
+) -> ComputeWindowedMetricsColumnar | None:
+    """The columnar fast path (batch, or stream replay) when it supports this configuration."""
+    if values.get("source") != "files":
+        return None
+    args = _columnar_args(values)
+    fmt = values.get("format") or "json"
+    outputs: dict[str, Any] = {
+        "pattern": values["input"],
+        "file_format": fmt,
+        "max_out_of_orderness": values.get("max_out_of_orderness") or "5s",
+        "output": None if sink is not None else values["output"],
+        "output_format": values["output_format"],
+        "output_shards": values["output_shards"],
+    }
+    if values.get("replay_as_stream"):
+        if not replays_columnar(values):
+            return None
+        return ReplayWindowedMetricsColumnar(**outputs, **args)
     streaming = bool(options.view_as(StandardOptions).streaming)
     reason = columnar_unsupported_reason(file_format=fmt, streaming=streaming, **args)
     if reason is not None:
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None
-    return ComputeWindowedMetricsColumnar(
-        pattern=values["input"],
-        file_format=fmt,
-        max_out_of_orderness=values.get("max_out_of_orderness") or "5s",
-        output=None if sink is not None else values["output"],
-        output_format=values["output_format"],
-        output_shards=values["output_shards"],
-        **args,
-    )
+    return ComputeWindowedMetricsColumnar(**outputs, **args)
 
 
 def build(
@@ -168,6 +208,9 @@ def build(
             _ = result.rows | "Sink" >> sink
         fmt = values["dead_letter_format"]
         _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
+        if values.get("replay_as_stream"):
+            late_folder = _common.late_folder(values)
+            _ = result.late | "WriteLate" >> WriteDeadLetters(late_folder, format=fmt)
         return Outputs(result.rows, result.late, result.duplicate, dead)
     compute = _metrics(values)
     sourced = _common.open_source(p, values, source)
@@ -182,4 +225,13 @@ def build(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
-    return _common.run_file_pipeline("windowed_metrics", Options, validate, build, argv)
+    return _common.run_file_pipeline(
+        "windowed_metrics",
+        Options,
+        validate,
+        build,
+        argv,
+        streaming=lambda values: (
+            bool(values.get("replay_as_stream")) and not replays_columnar(values)
+        ),
+    )

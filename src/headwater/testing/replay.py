@@ -35,11 +35,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from headwater.records import SourceRecord
+from headwater.records import DecodedRecord, SourceRecord, payload_of
 from headwater.windowing.durations import DurationLike
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
-__all__ = ["replay_stream", "read_lines"]
+__all__ = ["RecordEventTime", "read_lines", "replay_stream"]
 
 MAX_WATERMARK_EVERY = 1_000_000
 
@@ -106,6 +106,28 @@ def replay_stream(
     flush()
     stream.advance_watermark_to_infinity()
     return stream
+
+
+class RecordEventTime:
+    """The event time a replay stamps a raw record with: decode it, extract; ``None`` if unusable.
+
+    ``fmt`` is the value format (``decode(bytes) -> dict``); a :class:`DecodedRecord` (Avro or
+    Parquet files) is used as it is. ``extractor`` ``None`` means no event time (``None``).
+    """
+
+    def __init__(self, fmt: Any, extractor: Callable[[Any], Timestamp] | None):
+        self._format = fmt
+        self._extractor = extractor
+
+    def __call__(self, element: Any) -> Timestamp | None:
+        if self._extractor is None:
+            return None
+        record = (
+            element.record
+            if isinstance(element, DecodedRecord)
+            else self._format.decode(payload_of(element))
+        )
+        return self._extractor(record)
 
 
 def read_lines(path: str | Path) -> Iterable[SourceRecord]:

@@ -90,7 +90,13 @@ from headwater.transforms.accounting import NAMESPACE
 from headwater.transforms.deadletter import dead_letter_for
 from headwater.windowing.durations import DurationLike, to_beam_duration
 
-__all__ = ["DeduplicateById", "Deduplicated", "MissingIdError", "InvalidIdError"]
+__all__ = [
+    "DeduplicateById",
+    "Deduplicated",
+    "InvalidIdError",
+    "MissingIdError",
+    "expiry_micros",
+]
 
 _STAGE = "dedup"
 _KEEPS = ("first", "last")
@@ -269,6 +275,18 @@ _PROCESSING_EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 _END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
 
 
+def expiry_micros(anchor: int, horizon_micros: int) -> int:
+    """When an id with ``anchor`` (micros) is forgotten in event time: its timer's firing time.
+
+    Timers carry milliseconds: ``anchor + horizon`` is rounded up, so the timer never fires
+    before it and a firing can be compared exactly with the expiry it was set for. An event-time
+    timer fires once the watermark is at or past this time (the columnar replay applies the same
+    rule to the replayed watermark).
+    """
+    expiry_ms = -(-(anchor + horizon_micros) // 1000)
+    return min(expiry_ms * 1000, _MAX_TIMER_MICROS)
+
+
 def _processing_now() -> Timestamp:
     """The worker's processing time (the seam tests use to follow a TestStream's clock)."""
     return Timestamp.now()
@@ -283,10 +301,7 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         self._duplicates = Metrics.counter(NAMESPACE, f"{_STAGE}.duplicate")
 
     def _expiry(self, anchor: int) -> Timestamp:
-        # Timers carry milliseconds: round up, so the timer never fires before anchor + horizon
-        # and a firing can be compared exactly with the expiry it was set for.
-        expiry_ms = -(-(anchor + self._horizon) // 1000)
-        return Timestamp(micros=min(expiry_ms * 1000, _MAX_TIMER_MICROS))
+        return Timestamp(micros=expiry_micros(anchor, self._horizon))
 
     def process(
         self,

@@ -90,7 +90,14 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from headwater.transforms.deadletter import DeadLetter, dead_letter_for, utc_iso
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 
-__all__ = ["LATE_ERROR_TYPE", "LATE_STAGE", "LateRouted", "RouteLateData", "WindowWithLateRouting"]
+__all__ = [
+    "LATE_ERROR_TYPE",
+    "LATE_STAGE",
+    "LateRouted",
+    "RouteLateData",
+    "WindowWithLateRouting",
+    "late_dead_letter",
+]
 
 LATE_STAGE = "late"
 LATE_ERROR_TYPE = "LateData"
@@ -108,6 +115,39 @@ class LateRouted(NamedTuple):
 
 def _window_str(window: Any) -> str:
     return f"{utc_iso(window.start.micros)}/{utc_iso(window.end.micros)}"
+
+
+def late_dead_letter(
+    record: Any,
+    *,
+    timestamp: Timestamp,
+    known_wm: int,
+    window: Any,
+    close: int,
+    lateness_micros: int,
+) -> DeadLetter:
+    """The ``late`` envelope of ``record``: its window closed at ``close`` (micros) before it came.
+
+    ``known_wm`` (micros) is the watermark as the router knew it; ``lateness_ms`` is how far
+    (whole milliseconds, rounded down) the record's event time is behind it. Shared by the record
+    path's router and the columnar replay, so both write the same envelope.
+    """
+    lateness_ms = (known_wm - timestamp.micros) // 1000
+    window_str = _window_str(window)
+    reason = (
+        f"event time {utc_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
+        f"watermark (>= {utc_iso(known_wm)}); window {window_str} closed at {utc_iso(close)} "
+        f"(window end + allowed lateness {format_duration(lateness_micros / 1e6)})"
+    )
+    envelope = dead_letter_for(
+        record,
+        stage=LATE_STAGE,
+        error=reason,
+        event_time=timestamp,
+        window=window_str,
+        lateness_ms=lateness_ms,
+    )
+    return dataclasses.replace(envelope, error_type=LATE_ERROR_TYPE)
 
 
 class _Clock:
@@ -222,22 +262,14 @@ class _RouteLateFn(beam.DoFn):
         self, record: Any, timestamp: Timestamp, known_wm: int, closes: list[tuple[int, Any]]
     ) -> DeadLetter:
         close, window = max(closes, key=lambda pair: (pair[0], pair[1].start.micros))
-        lateness_ms = (known_wm - timestamp.micros) // 1000
-        window_str = _window_str(window)
-        reason = (
-            f"event time {utc_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
-            f"watermark (>= {utc_iso(known_wm)}); window {window_str} closed at {utc_iso(close)} "
-            f"(window end + allowed lateness {format_duration(self._lateness_micros / 1e6)})"
-        )
-        envelope = dead_letter_for(
+        return late_dead_letter(
             record,
-            stage=LATE_STAGE,
-            error=reason,
-            event_time=timestamp,
-            window=window_str,
-            lateness_ms=lateness_ms,
+            timestamp=timestamp,
+            known_wm=known_wm,
+            window=window,
+            close=close,
+            lateness_micros=self._lateness_micros,
         )
-        return dataclasses.replace(envelope, error_type=LATE_ERROR_TYPE)
 
 
 def _key_by_clock(element: Any) -> tuple[int, Any]:

@@ -1,0 +1,391 @@
+"""Stream replay on the columnar path: what a streaming run of ``windowed_metrics`` outputs, fast.
+
+``--replay_as_stream`` replays files as a stream: records arrive in file order, and every
+``watermark_every`` records the watermark advances to ``max event time seen -
+max_out_of_orderness`` (:func:`headwater.testing.replay.replay_stream`, the bounded-out-of-
+orderness policy). The record path runs that stream through Beam's streaming DirectRunner
+(``TestStream``), one record at a time: under a thousand events per second. For the
+configurations below, :class:`ReplayWindowedMetricsColumnar` computes the same outcome over Arrow
+blocks in one DoFn on the batch runner, replaying the stream's watermark itself:
+
+``rows``         one row per (window, key) with every record that reached the window while it was
+                 open -- the on-time pane, emitted (and, with ``output=``, written to that window's
+                 files, named and laid out as :class:`~headwater.io.fileio.WriteWindowedFiles`
+                 names them) as soon as the replayed watermark passes the window's end;
+``late``         each record whose window had closed when it arrived: the record path's envelope
+                 (``stage="late"``, ``LateData``, ``window``, ``lateness_ms``), built by the same
+                 code (:func:`headwater.windowing.late.late_dead_letter`);
+``duplicate``    duplicates (with ``emit_duplicates=True``; always counted);
+``dead_letter``  the record path's dead letters, built by its own parse code.
+
+The rules, record by record in arrival order, with ``W`` the watermark the stream had emitted
+before the record's group of ``watermark_every`` records (``-inf`` for the first group):
+
+- dedup (``keep="first"``, event time): an id is forgotten once ``W`` reaches its expiry
+  (:func:`headwater.transforms.dedup.expiry_micros` of its anchor: ``anchor + horizon`` rounded
+  up to the millisecond -- when the record path's timer fires); otherwise a copy with
+  ``event time <= anchor + horizon`` is a duplicate, and the anchor is the newest event time of
+  the id's copies. Duplicates are decided before lateness, as on the record path.
+- lateness: a kept record whose window ends at or before ``W`` is late (allowed lateness is 0 on
+  this path); ``lateness_ms`` is measured from the last window end at or before ``W`` -- the
+  record path's router learns the watermark from a timer at each window end and reports the same
+  lower bound.
+- a window's row is final when ``W`` passes its end: no later record can enter it.
+
+These are the record path's rules on the streaming DirectRunner, where every timer due at a
+watermark fires before the next records arrive; the tests replay generated and adversarial
+streams through both and compare rows, late envelopes and counters. Where the two differ the
+record path loses data: its router starts its clock ``clock_horizon`` before the first windows
+and stops it after ``clock_horizon`` of silence, and a record judged without a running clock goes
+to the windowing step, whose GroupByKey drops it when its window has expired. This path knows
+the watermark exactly, so such a record goes to ``late``.
+
+Accounting: ``records_in == output + duplicate + dead_letter + late``, counted in bulk per
+block under the ``headwater`` namespace, like the record path.
+
+Supported (:func:`replay_unsupported_reason`; the pipeline falls back to the ``TestStream``
+replay otherwise): what :func:`~headwater.transforms.columnar.columnar_supported` accepts, with
+fixed windows and ``allowed_lateness=0`` (late panes and overlapping windows depend on how the
+streaming runner bundles records, which a replay cannot reproduce faithfully).
+
+State is bounded as in a streaming run: ids are dropped from the dedup table once their expiry
+is behind ``W``, and each window's partial aggregates are released when the window is emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms import window as beam_window
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
+from headwater.io.formats import JsonFormat
+from headwater.testing.replay import MAX_WATERMARK_EVERY, RecordEventTime
+from headwater.transforms.columnar import (
+    _NONE,
+    ComputeWindowedMetricsColumnar,
+    _AssignedWindows,
+    _Columnar,
+    _ComputeColumnarFn,
+    _Options,
+    columnar_unsupported_reason,
+)
+from headwater.transforms.deadletter import DeadLetter
+from headwater.transforms.dedup import expiry_micros
+from headwater.transforms.process import MetricsResult, _window_fn
+from headwater.windowing.durations import DurationLike, format_duration, parse_duration
+from headwater.windowing.late import late_dead_letter
+
+__all__ = ["ReplayWindowedMetricsColumnar", "replay_supported", "replay_unsupported_reason"]
+
+_MIN_MICROS = MIN_TIMESTAMP.micros
+_END_MICROS = MAX_TIMESTAMP.micros
+_PRUNE_AT_LEAST = 1 << 16  # ids held before the dedup table is first pruned
+
+
+def replay_unsupported_reason(**options: Any) -> str | None:
+    """Why :class:`ReplayWindowedMetricsColumnar` cannot replay this configuration, or ``None``.
+
+    Takes the arguments of :func:`~headwater.transforms.columnar.columnar_unsupported_reason`.
+
+    >>> from headwater.io.formats import JsonFormat
+    >>> from headwater.windowing.eventtime import EventTimeExtractor
+    >>> common = dict(file_format="json", decode=JsonFormat(), key_field="u", metrics="count",
+    ...               event_time=EventTimeExtractor(field="t", unit="ms"))
+    >>> replay_unsupported_reason(window="fixed:60s", allowed_lateness=0, **common) is None
+    True
+    >>> replay_unsupported_reason(window="fixed:60s", allowed_lateness="1m", **common)
+    "allowed lateness 1m: late panes follow the streaming runner's bundles (record path)"
+    """
+    options = dict(options)
+    options.pop("streaming", None)
+    reason = columnar_unsupported_reason(**options)
+    if reason is not None:
+        return reason
+    if not isinstance(_window_fn(options["window"]), beam_window.FixedWindows):
+        return f"window={options['window']!r} is not fixed (overlapping windows: record path)"
+    lateness = parse_duration(options.get("allowed_lateness", 0), name="allowed_lateness")
+    if lateness:
+        return (
+            f"allowed lateness {format_duration(lateness)}: late panes follow the streaming "
+            "runner's bundles (record path)"
+        )
+    return None
+
+
+def replay_supported(**options: Any) -> bool:
+    """Whether :class:`ReplayWindowedMetricsColumnar` can replay this configuration."""
+    return replay_unsupported_reason(**options) is None
+
+
+class _ReplayState(_Columnar):
+    """A run's state plus the replayed stream: element count, newest event time, watermark."""
+
+    def __init__(self, options: _Options, watermark_every: int):
+        super().__init__(options)
+        self.every = watermark_every
+        self.elements = 0  # records that entered the stream so far (the replay's ordinal)
+        self.max_seen = _NONE  # newest event time observed, micros
+        self.watermark = _MIN_MICROS  # the last watermark the stream emitted, micros
+        self.late: list[DeadLetter] = []
+        self.late_count = 0
+        self._pruned_at = 0
+        fn: Any = options.window_fn
+        self.size, self.offset = fn.size.micros, fn.offset.micros
+
+    def watermarks_before(self, event_times: np.ndarray) -> np.ndarray:
+        """Per element of a block (event time or ``_NONE``): the watermark before its group.
+
+        Advances the stream past the block: the element count, the newest event time and the
+        emitted watermark (only at group ends, monotone, floored to the millisecond).
+        """
+        n = len(event_times)
+        running = np.maximum.accumulate(np.maximum(event_times, self.max_seen)) if n else None
+        ordinals = self.elements + np.arange(n, dtype=np.int64)
+        ends = np.flatnonzero((ordinals + 1) % self.every == 0)
+        if len(ends):
+            seen = running[ends]  # type: ignore[index]
+            emitted = np.where(
+                seen == _NONE, _MIN_MICROS, (seen - self.options.out_of_order_micros) // 1000 * 1000
+            )
+            emitted = np.maximum.accumulate(np.maximum(emitted, self.watermark))
+        else:
+            emitted = np.empty(0, dtype=np.int64)
+        groups_before = np.searchsorted(ends, np.arange(n), side="left")
+        before = np.where(
+            groups_before == 0,
+            self.watermark,
+            emitted[np.maximum(groups_before - 1, 0)] if len(ends) else self.watermark,
+        )
+        if n:
+            self.max_seen = int(running[-1])  # type: ignore[index]
+        if len(ends):
+            self.watermark = int(emitted[-1])
+        self.elements += n
+        return before
+
+    def deduplicate_replayed(self, ids: list[str], ts: list[int], watermarks: list[int]) -> Any:
+        """Keep mask over rows in arrival order: the record path's dedup with a replayed clock."""
+        horizon = self.options.horizon_micros
+        anchors = self._anchors
+        keep = np.ones(len(ids), dtype=bool)
+        for i, (ident, t, watermark) in enumerate(zip(ids, ts, watermarks, strict=True)):
+            anchor = anchors.get(ident)
+            if anchor is not None and expiry_micros(anchor, horizon) <= watermark:
+                anchor = None  # its timer fired before this copy arrived: forgotten
+            if anchor is not None and t <= anchor + horizon:
+                keep[i] = False
+                if t > anchor:
+                    anchors[ident] = t
+            else:
+                anchors[ident] = t
+        self._prune()
+        return keep
+
+    def _prune(self) -> None:
+        if len(self._anchors) < max(2 * self._pruned_at, _PRUNE_AT_LEAST):
+            return
+        horizon, watermark = self.options.horizon_micros, self.watermark
+        self._anchors = {
+            k: a for k, a in self._anchors.items() if expiry_micros(a, horizon) > watermark
+        }
+        self._pruned_at = len(self._anchors)
+
+    def known_watermark(self, watermark: int) -> int:
+        """The last window end at or before ``watermark``: what the record path's router knows."""
+        return watermark - (watermark - self.offset) % self.size
+
+
+class _ReplayColumnarFn(_ComputeColumnarFn):
+    """A glob -> rows as windows close, late envelopes, dead letters, duplicates, file paths."""
+
+    def __init__(self, options: _Options, watermark_every: int):
+        super().__init__(options)
+        self._every = watermark_every
+        self._event_time = RecordEventTime(
+            JsonFormat() if options.file_format == "json" else None, options.event_time
+        )
+
+    def process(self, pattern: str) -> Iterator[Any]:
+        from headwater.io.fileio import match_files
+
+        state = _ReplayState(self._options, self._every)
+        for path in match_files(pattern):
+            if self._options.file_format == "json":
+                blocks = self._json_blocks(state, path)
+            else:
+                blocks = self._parquet_blocks(state, path)
+            for _ in blocks:
+                self._blocks.inc()
+                yield from self._flush(state)
+                yield from self._emit(state.take_closed(state.watermark))
+        yield from self._flush(state)
+        # The end of the stream: the watermark goes to +infinity and closes every window.
+        yield from self._emit(state.take_closed(_END_MICROS))
+
+    def _emit(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        if self._options.output is None:
+            yield from self._rows(groups)
+            return
+        for path in self._write(groups):
+            yield beam.pvalue.TaggedOutput("written", path)
+
+    def _flush(self, state: _Columnar) -> Iterator[Any]:
+        assert isinstance(state, _ReplayState)
+        yield from super()._flush(state)
+        if state.late_count:
+            self._counters["late"].inc(state.late_count)
+            state.late_count = 0
+        for letter in state.late:
+            yield beam.pvalue.TaggedOutput("late", letter)
+        state.late.clear()
+
+    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+        assert isinstance(state, _ReplayState)
+        rows = state.accepted(pieces, slow_rows)
+        # The stream's watermark: every record that has an event time moves it, including the
+        # ones that become dead letters later (the replay stamps records before parsing them).
+        event_times = np.full(len(elements), _NONE, dtype=np.int64)
+        accepted = np.zeros(len(elements), dtype=bool)
+        if rows is not None:
+            where = np.searchsorted(elements, rows.positions)
+            event_times[where] = rows.ts
+            accepted[where] = True
+        for i in np.flatnonzero(~accepted).tolist():
+            stamp = self._replay_time(element(int(elements[i])))
+            if stamp is not None:
+                event_times[i] = stamp
+        before = state.watermarks_before(event_times)
+        if rows is None:
+            return
+        row_watermarks = before[where]
+        if state._id_of is not None:
+            keep = state.deduplicate_replayed(
+                rows.ids.to_pylist(),  # type: ignore[union-attr]
+                rows.ts.tolist(),
+                row_watermarks.tolist(),
+            )
+        else:
+            keep = np.ones(len(rows.ts), dtype=bool)
+        ends = rows.ts - np.mod(rows.ts - state.offset, state.size) + state.size
+        late = keep & (ends <= row_watermarks)
+        main = keep & ~late
+        kept, n_late = int(keep.sum()), int(late.sum())
+        state.counts["output"] += kept - n_late
+        state.counts["duplicate"] += len(keep) - kept
+        state.late_count += n_late
+        for i in np.flatnonzero(late).tolist():
+            state.late.append(
+                self._late_letter(state, element(int(rows.positions[i])), row_watermarks[i])
+            )
+        if self._options.emit_duplicates and kept < len(keep):
+            for position in rows.positions[~keep].tolist():
+                state.duplicates.append(self._decoded(element(position)))
+        state.aggregate(rows, main)
+
+    def _replay_time(self, element: Any) -> int | None:
+        try:
+            stamp = self._event_time(element)
+        except Exception:  # no usable event time: the stream does not observe it
+            return None
+        return None if stamp is None else int(stamp.micros)
+
+    def _late_letter(self, state: _ReplayState, element: Any, watermark: int) -> DeadLetter:
+        """The record path's late envelope (parse first: the router gets the parsed record)."""
+        parsed = next(
+            out
+            for out in state._parse.process(element)
+            if not isinstance(out, beam.pvalue.TaggedOutput)
+        )
+        timestamp: Timestamp = parsed.timestamp
+        start = timestamp.micros - (timestamp.micros - state.offset) % state.size
+        window = beam_window.IntervalWindow(
+            Timestamp(micros=start), Timestamp(micros=start + state.size)
+        )
+        return late_dead_letter(
+            parsed.value,
+            timestamp=timestamp,
+            known_wm=state.known_watermark(int(watermark)),
+            window=window,
+            close=start + state.size,
+            lateness_micros=0,
+        )
+
+
+class ReplayWindowedMetricsColumnar(ComputeWindowedMetricsColumnar):
+    """``windowed_metrics`` over files replayed as a stream, on the columnar path (batch runner).
+
+    Takes the arguments of :class:`~headwater.transforms.columnar.ComputeWindowedMetricsColumnar`
+    plus ``watermark_every`` (records between two watermark advances, as
+    :func:`~headwater.testing.replay.replay_stream`); ``max_out_of_orderness`` is the replayed
+    watermark's delay. Returns :class:`~headwater.transforms.process.MetricsResult` with
+    ``late`` filled. Raises ``ValueError`` naming the reason when the configuration needs the
+    ``TestStream`` replay (:func:`replay_unsupported_reason`). Ordering: rows come out window by
+    window as the watermark passes them; delivery is the files' (written once per window).
+
+    >>> import tempfile, pathlib
+    >>> from headwater.io.formats import JsonFormat
+    >>> from headwater.windowing.eventtime import EventTimeExtractor
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.jsonl").write_bytes(
+    ...     b'{"t":1000,"u":"x"}\\n{"t":70000,"u":"x"}\\n{"t":2000,"u":"y"}\\n')
+    >>> with beam.Pipeline("FnApiRunner") as p:
+    ...     out = p | ReplayWindowedMetricsColumnar(
+    ...         pattern=str(folder / "*.jsonl"), file_format="json", decode=JsonFormat(),
+    ...         event_time=EventTimeExtractor(field="t", unit="ms"), window="fixed:60s",
+    ...         allowed_lateness=0, key_field="u", metrics="count", max_out_of_orderness="5s",
+    ...         watermark_every=1)
+    ...     _ = out.rows | beam.Map(lambda r: print(r["key"], r["count"]))
+    ...     _ = out.late | beam.Map(lambda d: print("late", d.lateness_ms))
+    late 58000
+    x 1
+    x 1
+    """
+
+    def __init__(
+        self,
+        *,
+        watermark_every: int = 1_000,
+        max_out_of_orderness: DurationLike = "5s",
+        **options: Any,
+    ):
+        reason = replay_unsupported_reason(
+            **{
+                k: v
+                for k, v in options.items()
+                if k
+                not in ("pattern", "emit_duplicates", "output", "output_format", "output_shards")
+            }
+        )
+        if reason is not None:
+            raise ValueError(f"the columnar replay cannot run this configuration: {reason}")
+        if (
+            isinstance(watermark_every, bool)
+            or not isinstance(watermark_every, int)
+            or not 1 <= watermark_every <= MAX_WATERMARK_EVERY
+        ):
+            raise ValueError(
+                f"watermark_every={watermark_every!r} must be an integer in "
+                f"1..{MAX_WATERMARK_EVERY}"
+            )
+        super().__init__(max_out_of_orderness=max_out_of_orderness, **options)
+        self._watermark_every = watermark_every
+
+    def expand(self, pbegin):
+        from headwater.io.fileio import match_files
+
+        if not self._pattern.startswith(("gs://", "s3://")):
+            match_files(self._pattern)  # fail at construction for local patterns
+        results = (
+            pbegin
+            | "Pattern" >> beam.Create([self._pattern])
+            | "Replay"
+            >> beam.ParDo(_ReplayColumnarFn(self._options, self._watermark_every)).with_outputs(
+                "dead_letter", "duplicate", "written", "late", main="rows"
+            )
+        )
+        rows = results.rows | "Windows" >> beam.WindowInto(_AssignedWindows(self._window_fn))
+        return MetricsResult(rows, results.late, results.duplicate, results.dead_letter)
