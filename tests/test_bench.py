@@ -13,18 +13,32 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
     bench.main(
         [
             "--workdir", str(tmp_path), "--quick", "--events", "1500", "--beam-events", "500",
-            "--replay-events", "300", "--skip-kafka", "--skip-memory", "--skip-record-path",
+            "--replay-events", "300", "--beam-stream-events", "300", "--skip-kafka",
+            "--skip-memory", "--skip-record-path",
         ]
     )  # fmt: skip
     results = json.loads((tmp_path / "bench.json").read_text())
-    for name in ("plain_python", "pyarrow", "plain_beam", "headwater_batch", "headwater_replay"):
+    names = (
+        "plain_python",
+        "pyarrow",
+        "plain_beam",
+        "plain_beam_streaming",
+        "headwater_batch",
+        "headwater_replay",
+        "headwater_replay_teststream",
+    )
+    for name in names:
         assert "error" not in results[name], results[name]
         assert results[name]["events_per_s"] > 0
     batch = results["headwater_batch"]
     assert batch["equal_to_plain_python"] is True
     assert batch["records_in"] == 1500
     assert {"x_plain_python", "x_plain_beam", "x_pyarrow"} <= batch.keys()
-    assert results["headwater_replay"]["records_in"] == 300
+    replay, teststream = results["headwater_replay"], results["headwater_replay_teststream"]
+    assert (replay["records_in"], replay["runner"]) == (1500, "FnApiRunner")
+    assert (teststream["records_in"], teststream["runner"]) == (300, "BundleBasedDirectRunner")
+    assert teststream["columnar_replay_equal"] is True
+    assert "x_plain_beam_streaming" in replay
     assert "events/s" in capsys.readouterr().out
 
 

@@ -185,6 +185,47 @@ def plain_beam(path: Path) -> None:
         )
 
 
+def _timestamped_lines(path: Path, every: int, delay_ms: int) -> Any:
+    """A plain ``TestStream`` over the file: lines at their event times, watermark max - delay."""
+    from apache_beam.testing.test_stream import TestStream
+
+    stream = TestStream(coder=beam.coders.BytesCoder())
+    newest, batch, emitted = None, [], None
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            millis = json.loads(line)["event_time"]
+            newest = millis if newest is None else max(newest, millis)
+            batch.append(TimestampedValue(line.rstrip(b"\n"), millis / 1000.0))
+            if number % every == 0:
+                stream.add_elements(batch)
+                batch = []
+                if emitted is None or newest - delay_ms > emitted:
+                    emitted = newest - delay_ms
+                    stream.advance_watermark_to(emitted / 1000.0)
+    if batch:
+        stream.add_elements(batch)
+    return stream.advance_watermark_to_infinity()
+
+
+def plain_beam_streaming(path: Path) -> None:
+    """Plain Beam streaming: TestStream, ``DeduplicatePerKey``, fixed windows, CombinePerKey."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms.deduplicate import DeduplicatePerKey
+
+    options = PipelineOptions(streaming=True)
+    with beam.Pipeline("BundleBasedDirectRunner", options=options) as p:
+        _ = (
+            p
+            | _timestamped_lines(path, every=1_000, delay_ms=5_000)
+            | beam.Map(_ParseFn())
+            | DeduplicatePerKey(event_time_duration=_HORIZON_S)
+            | beam.Map(lambda kv: (kv[1][1], kv[1][2]))
+            | beam.WindowInto(FixedWindows(_WINDOW_S))
+            | beam.CombinePerKey(_CountAndSumFn())
+            | beam.combiners.Count.Globally().without_defaults()
+        )
+
+
 class _CountAndSumFn(beam.CombineFn):
     """count and sum as a Beam CombineFn (plain Beam baseline)."""
 
@@ -317,16 +358,30 @@ def record_path(path: Path, out: Path, mode: str) -> dict[str, Any]:
         worker_handlers.STATE_CACHE_SIZE_MB = saved
 
 
-def headwater_replay(path: Path, out: Path) -> dict[str, Any]:
-    """windowed_metrics --replay_as_stream over ``path``; returns the summary's counters."""
+def headwater_replay(path: Path, out: Path, engine: str) -> dict[str, Any]:
+    """windowed_metrics --replay_as_stream over ``path`` on ``engine``; the summary's counters."""
     from headwater.pipelines import windowed_metrics
 
     shutil.rmtree(out, ignore_errors=True)
     with contextlib.redirect_stdout(sys.stderr):
         summary = windowed_metrics.run(
-            [*_argv(path, out), "--replay_as_stream", "--max_out_of_orderness=5s"]
+            [
+                *_argv(path, out),
+                "--replay_as_stream",
+                f"--replay_engine={engine}",
+                "--max_out_of_orderness=5s",
+            ]
         )
-    return {k: summary[k] for k in _COUNTERS}
+    return {"runner": summary["runner"], **{k: summary[k] for k in _COUNTERS}}
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path (the replay engines' outputs compared)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +466,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {
             k: getattr(args, k)
-            for k in ("events", "beam_events", "record_events", "replay_events", "kafka_records")
+            for k in (
+                "events",
+                "beam_events",
+                "beam_stream_events",
+                "record_events",
+                "replay_events",
+                "kafka_records",
+            )
         },
     }
     began = time.perf_counter()
@@ -451,10 +513,27 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         return step
 
+    def step_plain_beam_streaming(entry: dict[str, Any]) -> None:
+        prefix = _prefix(events_file, workdir / "stream-prefix.jsonl", args.beam_stream_events)
+        with _timed(entry, min(args.beam_stream_events, args.events)):
+            plain_beam_streaming(prefix)
+
     def step_replay(entry: dict[str, Any]) -> None:
+        with _timed(entry, args.events):
+            entry.update(headwater_replay(events_file, workdir / "replay", "columnar"))
+
+    def step_replay_teststream(entry: dict[str, Any]) -> None:
         prefix = _prefix(events_file, workdir / "replay-prefix.jsonl", args.replay_events)
+        out = workdir / "replay-teststream"
         with _timed(entry, min(args.replay_events, args.events)):
-            entry.update(headwater_replay(prefix, workdir / "replay"))
+            entry.update(headwater_replay(prefix, out, "teststream"))
+        # The same prefix on the columnar replay: counters and files must be the same.
+        columnar = headwater_replay(prefix, workdir / "replay-prefix-columnar", "columnar")
+        same_counters = all(columnar[k] == entry[k] for k in _COUNTERS)
+        same_rows = files_under(out / "rows") == files_under(
+            workdir / "replay-prefix-columnar" / "rows"
+        )
+        entry["columnar_replay_equal"] = same_counters and same_rows
 
     def step_kafka(entry: dict[str, Any]) -> None:
         from headwater.testing.broker import bench_kafka_read
@@ -476,7 +555,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_record_path:
         for mode in ("in_process", "in_process_state_cache_constant_0", "2_workers_cache_0"):
             _step(results, f"record_path_{mode}", step_record(mode))
+    _step(results, "plain_beam_streaming", step_plain_beam_streaming)
     _step(results, "headwater_replay", step_replay)
+    _step(results, "headwater_replay_teststream", step_replay_teststream)
     if not args.skip_kafka:
         _step(results, "kafka", step_kafka)
     if not args.skip_memory:
@@ -494,6 +575,11 @@ def _ratios(results: dict[str, Any]) -> None:
                 entry["x_plain_python"] = round(entry["events_per_s"] / python, 3)
             if beam:
                 entry["x_plain_beam"] = round(entry["events_per_s"] / beam, 2)
+    streaming = results.get("plain_beam_streaming", {}).get("events_per_s")
+    for name in ("headwater_replay", "headwater_replay_teststream"):
+        replay = results.get(name, {}).get("events_per_s")
+        if replay and streaming:
+            results[name]["x_plain_beam_streaming"] = round(replay / streaming, 1)
     batch = results.get("headwater_batch", {}).get("events_per_s")
     arrow = results.get("pyarrow", {}).get("events_per_s")
     if batch and arrow:
@@ -517,6 +603,15 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
         print(
             f"headwater batch vs pyarrow: {batch.get('x_pyarrow')}x; output equal to plain "
             f"Python: {batch.get('equal_to_plain_python')}",
+            file=out,
+        )
+    replay = results.get("headwater_replay", {})
+    if replay.get("events_per_s"):
+        teststream = results.get("headwater_replay_teststream", {})
+        print(
+            f"stream replay (columnar): {replay.get('x_plain_beam_streaming')}x plain Beam "
+            f"streaming; same counters and files as the TestStream replay on the prefix: "
+            f"{teststream.get('columnar_replay_equal')}",
             file=out,
         )
     kafka = results.get("kafka", {})
@@ -546,7 +641,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the workload")
     parser.add_argument("--beam-events", type=int, default=100_000, help="plain Beam prefix")
     parser.add_argument("--record-events", type=int, default=20_000, help="record-path prefix")
-    parser.add_argument("--replay-events", type=int, default=20_000, help="stream replay prefix")
+    parser.add_argument(
+        "--replay-events", type=int, default=20_000, help="TestStream replay prefix"
+    )
+    parser.add_argument(
+        "--beam-stream-events", type=int, default=10_000, help="plain Beam streaming prefix"
+    )
     parser.add_argument("--kafka-records", type=int, default=1_000_000, help="Kafka records")
     parser.add_argument(
         "--memory-events", type=int, default=1_000_000, help="dedup memory: N vs 5*N"
@@ -574,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.beam_events = min(args.beam_events, 10_000)
         args.record_events = min(args.record_events, 2_000)
         args.replay_events = min(args.replay_events, 2_000)
+        args.beam_stream_events = min(args.beam_stream_events, 2_000)
         args.kafka_records = min(args.kafka_records, 20_000)
         args.memory_events = min(args.memory_events, 50_000)
     results = run_bench(args)
