@@ -456,6 +456,15 @@ def _encode_parquet(rows: list[Mapping[str, Any]], schema: pa.Schema | None) -> 
             for c in columns
         ]
         table = pa.Table.from_arrays(arrays, schema=arrow_schema)
+    return _parquet_bytes(table)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as one Parquet file's bytes, with :class:`WriteWindowedFiles`' write options.
+
+    The columnar path (:mod:`headwater.transforms.columnar`) builds its tables column-wise and
+    encodes them here, so that its files equal the writer's byte for byte.
+    """
     buffer = io.BytesIO()
     pq.write_table(
         table,

@@ -25,9 +25,10 @@ record path's for the same input. Read dead letters (corrupt files) are counted 
 
 How it works
     One DoFn reads the matched files in sorted order (arrival order = file order, line order), in
-    blocks of a few MiB. A JSON block is parsed with ``pyarrow.json`` (multi-threaded); when the
-    parser refuses a block (one malformed line refuses all of it), the block is bisected down to
-    small pieces and the pieces that still fail are handled line by line. Event time, id, key and
+    blocks of a few MiB. A JSON block is cut into pieces of about 1 MiB that ``pyarrow.json``
+    parses side by side on a few threads (each piece on its own, types inferred over the piece);
+    when the parser refuses a piece (one malformed line refuses all of it), the piece is bisected
+    down to small pieces and those that still fail are handled line by line. Event time, id, key and
     aggregated fields are then checked with vectorized kernels; every row the fast checks do not
     accept (a missing or odd-typed field, a float event time, a non-finite amount, a blank-padded
     key, invalid UTF-8 ...) goes through the record path's own parse/check/id code, which either
@@ -35,13 +36,21 @@ How it works
 
     Dedup (keep-first, event time) is vectorized with numpy: within a block, a copy's anchor is the
     running maximum of the earlier copies' event times (plus the anchor carried over from earlier
-    blocks in a dict), and the copy is a duplicate iff ``event_time <= anchor + horizon`` -- the
-    record path's rule, exactly. Windows (fixed or sliding) are assigned with integer arithmetic,
-    each block is pre-aggregated with ``pyarrow`` ``group_by`` into partials, and the partials are
-    merged at the end into one row per (window, key).
+    blocks), and the copy is a duplicate iff ``event_time <= anchor + horizon`` -- the record
+    path's rule, exactly. The carried ``id -> anchor`` map is a numpy open-addressing table keyed
+    by a 64-bit hash of each id's bytes; every hit is confirmed by comparing the ids themselves
+    (ids whose hash another id holds go to a plain dict), so two different ids never share an
+    anchor. Windows (fixed or sliding) are assigned with integer arithmetic, each block is
+    pre-aggregated with ``pyarrow`` ``group_by`` into partials, and the partials are merged at the
+    end into one row per (window, key), single-threaded so that float sums are the same every run.
+
+    With ``output=`` the rows are written as :class:`~headwater.io.fileio.WriteWindowedFiles`
+    writes them, byte for byte, but column-wise: each row's canonical JSON (which shards and orders
+    the rows) is assembled from its values' own JSON, and the Arrow table gets the schema the
+    writer would infer (a file with unusual key types takes the writer's row-dict code).
 
 Bounded dedup state
-    The carried ``id -> anchor`` dict forgets an id once ``anchor + horizon`` is behind the
+    The carried ``id -> anchor`` table forgets an id once ``anchor + horizon`` is behind the
     watermark a streaming run would have -- the newest event time seen before the block minus
     ``max_out_of_orderness`` -- so the state is bounded by the horizon, not by the input. A copy
     that arrives *after* that point is kept as a new first copy, as a streaming run would keep it
@@ -58,18 +67,21 @@ field; dedup ``None`` or :class:`~headwater.transforms.dedup.DeduplicateById` by
 ``id_field``, ``keep="first"``, ``time_domain="event"``; fixed or sliding windows; the on-time
 trigger; no extra checks; top-level key and metric fields; count/sum/min/max/mean.
 
-Parallelism: the files are read by one worker, in order (dedup needs the arrival order); pyarrow's
-JSON reader and kernels use several threads. Float sums are added per block, then across blocks,
-so they may differ from a sequential sum in the last bits (as the record path's may).
+Parallelism: the files are read by one worker, in order (dedup needs the arrival order); the JSON
+pieces of a block are parsed on several threads. Float sums are added per block, then across
+blocks, so they may differ from a sequential sum in the last bits (as the record path's may); they
+do not depend on how blocks are cut into parse pieces.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import io
-import itertools
+import json
 import logging
+import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -92,6 +104,7 @@ from headwater.io.fileio import (
     _encode_avro,
     _encode_parquet,
     _file_name,
+    _parquet_bytes,
     canonical_json,
     match_files,
     stable_shard,
@@ -123,11 +136,15 @@ COLUMNAR_FORMATS = ("json", "parquet")
 
 _UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 _READ_CHUNK = 8 << 20  # bytes read from a file at a time
-_BLOCK_BYTES = 4 << 20  # JSON bytes parsed per pyarrow call
+_BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time
+_PARSE_BYTES = 1 << 20  # JSON bytes per pyarrow call (a block's pieces are parsed in parallel)
 _MIN_BISECT_LINES = 256  # below this a refused piece is parsed line by line
 _PARQUET_BATCH_ROWS = 65_536
+_ID_SLOTS = 1 << 16  # initial slots of the dedup id table (a power of two)
 _NONE = np.iinfo(np.int64).min  # "no anchor" in int64 arrays
+_INT64_MAX = int(np.iinfo(np.int64).max)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
 _INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 
 
@@ -275,6 +292,217 @@ class _Ranges:
         self.first = first
 
 
+_HASH_WORDS = np.random.default_rng(0x68656164).integers(
+    1, 2**64 - 1, size=64, dtype=np.uint64, endpoint=True
+) | np.uint64(1)  # one odd multiplier per 8-byte word of an id (more are derived as needed)
+
+
+def _word_weights(words: int) -> np.ndarray:
+    """``words`` odd 64-bit multipliers, the same prefix for every call."""
+    global _HASH_WORDS
+    if words > len(_HASH_WORDS):
+        more = np.random.default_rng(len(_HASH_WORDS)).integers(
+            1, 2**64 - 1, size=words, dtype=np.uint64, endpoint=True
+        )
+        _HASH_WORDS = np.concatenate([_HASH_WORDS, more | np.uint64(1)])
+    return _HASH_WORDS[:words]
+
+
+def _hash_ids(ids: pa.Array) -> np.ndarray:
+    """A 64-bit hash per id of a string array (no nulls), from its UTF-8 bytes.
+
+    The bytes are read as zero-padded little-endian 64-bit words ``w_j``; the hash mixes
+    ``sum(w_j * m_j) + length`` (mod 2**64, ``m_j`` fixed random odd multipliers). Equal ids
+    always hash equal; different ids rarely do, and hits are always confirmed on the ids.
+    """
+    n = len(ids)
+    if n == 0:
+        return np.empty(0, dtype=np.uint64)
+    _, offset_buffer, data_buffer = ids.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32, count=n + 1, offset=4 * ids.offset)
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(data_buffer or b"", dtype=np.uint8)
+    lengths = np.diff(offsets)
+    width = int(lengths.max())
+    words = (width + 7) // 8
+    weights = _word_weights(max(words, 1))
+    with np.errstate(over="ignore"):
+        if width > 0 and int(lengths.min()) == width:  # one length: a matrix of words
+            rows = data[offsets[0] : offsets[0] + n * width].reshape(n, width)
+            if width % 8:
+                padded = np.zeros((n, words * 8), dtype=np.uint8)
+                padded[:, :width] = rows
+                rows = padded
+            matrix = np.ascontiguousarray(rows).view("<u8")
+            total = (matrix * weights).sum(axis=1, dtype=np.uint64)
+        else:  # byte b at position p in its id weighs m_{p // 8} << 8 * (p % 8)
+            first, last = int(offsets[0]), int(offsets[-1])
+            chunk = data[first:last].astype(np.uint64)
+            position = np.arange(last - first, dtype=np.int64) - np.repeat(
+                offsets[:-1] - first, lengths
+            )
+            byte_weights = weights[position // 8] << ((position % 8) * 8).astype(np.uint64)
+            sums = np.zeros(len(chunk) + 1, dtype=np.uint64)
+            np.cumsum(chunk * byte_weights, dtype=np.uint64, out=sums[1:])
+            total = sums[offsets[1:] - first] - sums[offsets[:-1] - first]
+        h = total + lengths.astype(np.uint64)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
+    return h
+
+
+class _IdAnchors(dict):
+    """The carried ``id -> anchor`` map of the batch dedup, exact, mostly held in numpy arrays.
+
+    :meth:`lookup` and :meth:`store` work on a whole block of ids: they are found through an
+    open-addressing (linear probing) table keyed by a 64-bit hash of their bytes, and every hit is
+    confirmed by comparing the ids themselves, so two different ids never share an anchor. The
+    table holds at most one id per hash; an id whose hash another id already holds lives in the
+    object itself, a plain ``dict`` (practically never). Subclasses of :class:`_Columnar` that
+    dedup record by record use it as that plain dict. ``len()`` counts the ids held either way.
+    Entries whose anchor is below the cutoff passed to :meth:`store` are dropped when the table
+    fills up.
+    """
+
+    def __init__(self, held: Mapping[str, int] | None = None) -> None:
+        super().__init__(held or {})
+        self._slots = np.full(_ID_SLOTS, -1, dtype=np.int64)  # entry per slot, -1: empty
+        self._hashes = np.empty(_ID_SLOTS // 2, dtype=np.uint64)  # per entry
+        self._values = np.empty(_ID_SLOTS // 2, dtype=np.int64)  # per entry: the anchor
+        self._size = 0
+        self._ids: list[pa.Array] = []  # the entries' ids, in entry order
+
+    def __len__(self) -> int:
+        return self._size + dict.__len__(self)
+
+    def _overflowing(self) -> bool:
+        return dict.__len__(self) > 0
+
+    def _stored(self) -> pa.ChunkedArray:
+        if len(self._ids) > 32:
+            self._ids = [pa.chunked_array(self._ids).combine_chunks()]
+        return pa.chunked_array(self._ids, type=pa.string())
+
+    def _probe(self, hashes: np.ndarray) -> np.ndarray:
+        """The entry holding each hash, or -1."""
+        mask = np.uint64(len(self._slots) - 1)
+        position = (hashes & mask).astype(np.int64)
+        entries = np.full(len(hashes), -1, dtype=np.int64)
+        pending = np.arange(len(hashes))
+        while len(pending):
+            occupant = self._slots[position[pending]]
+            filled = occupant >= 0
+            pending, occupant = pending[filled], occupant[filled]
+            same = self._hashes[occupant] == hashes[pending]
+            entries[pending[same]] = occupant[same]
+            pending = pending[~same]
+            position[pending] = (position[pending] + 1) & (len(self._slots) - 1)
+        return entries
+
+    def lookup(self, ids: pa.Array) -> tuple[np.ndarray, Any]:
+        """Each id's anchor (``_NONE`` when not held), and a handle for :meth:`put`."""
+        hashes = _hash_ids(ids)
+        entries = self._probe(hashes)
+        hit = np.flatnonzero(entries >= 0)
+        if len(hit):
+            stored = self._stored().take(pa.array(entries[hit]))
+            same = pc.equal(ids.take(pa.array(hit)), stored).to_numpy(zero_copy_only=False)
+            entries[hit[~same]] = -2  # the hash belongs to another id
+        values = np.full(len(ids), _NONE, dtype=np.int64)
+        found = entries >= 0
+        values[found] = self._values[entries[found]]
+        if self._overflowing():
+            for i in np.flatnonzero(~found).tolist():
+                values[i] = dict.get(self, ids[i].as_py(), _NONE)
+        return values, (hashes, entries)
+
+    def store(self, ids: pa.Array, handle: Any, values: np.ndarray, cutoff: int) -> None:
+        """Sets the anchors of ``ids`` (the handle is :meth:`lookup`'s for the same ids)."""
+        hashes, entries = handle
+        found = entries >= 0
+        self._values[entries[found]] = values[found]
+        new = np.flatnonzero(~found)
+        if self._overflowing() and len(new):
+            held = [ids[i].as_py() in self for i in new.tolist()]
+            for i in new[np.array(held, dtype=bool)].tolist():
+                self[ids[i].as_py()] = int(values[i])
+            new = new[~np.array(held, dtype=bool)]
+        if len(new) == 0:
+            return
+        self._reserve(len(new), cutoff)
+        self._insert(ids, hashes, entries, values, new)
+
+    def _reserve(self, extra: int, cutoff: int) -> None:
+        """Room for ``extra`` more entries, at most half the slots used (drops stale entries)."""
+        if (self._size + extra) * 2 <= len(self._slots):
+            return
+        live = np.flatnonzero(self._values[: self._size] >= cutoff)
+        if len(live) < self._size:
+            self._ids = [self._stored().take(pa.array(live)).combine_chunks()] if len(live) else []
+            self._hashes[: len(live)] = self._hashes[live]
+            self._values[: len(live)] = self._values[live]
+            self._size = len(live)
+            for stale in [k for k, v in self.items() if v < cutoff]:
+                del self[stale]
+        capacity = len(self._slots)
+        while (self._size + extra) * 4 > capacity:  # grow to at most a quarter full
+            capacity *= 2
+        if capacity > len(self._hashes):
+            for name in ("_hashes", "_values"):
+                held = getattr(self, name)
+                grown = np.empty(capacity, dtype=held.dtype)
+                grown[: self._size] = held[: self._size]
+                setattr(self, name, grown)
+        self._slots = np.full(capacity, -1, dtype=np.int64)
+        hashes = self._hashes[: self._size]
+        position = (hashes & np.uint64(capacity - 1)).astype(np.int64)
+        self._place(position, np.arange(self._size, dtype=np.int64))
+
+    def _place(self, position: np.ndarray, entries: np.ndarray) -> None:
+        """Puts entries (distinct hashes, not in the table) into slots, probing linearly."""
+        mask = len(self._slots) - 1
+        pending = np.arange(len(entries))
+        while len(pending):
+            empty = self._slots[position[pending]] < 0
+            blocked = pending[~empty]
+            position[blocked] = (position[blocked] + 1) & mask
+            free = pending[empty]
+            # several may want one slot: one of them is written last; it is the one placed
+            self._slots[position[free]] = entries[free]
+            placed = self._slots[position[free]] == entries[free]
+            pending = np.concatenate([blocked, free[~placed]])
+
+    def _insert(self, ids: pa.Array, hashes, entries, values, new: np.ndarray) -> None:
+        """Adds the ids at ``new`` (not held); one whose hash is taken goes to the dict.
+
+        ``entries`` is :meth:`lookup`'s: -1 where no held id has the hash, -2 where another does
+        (that id may have been dropped since; keeping the newcomer in the dict is still exact).
+        """
+        own = hashes[new]
+        # one entry per hash: none whose hash another id holds (-2), the first of equal hashes
+        to_table = entries[new] == -1
+        ordered = np.sort(own)
+        if bool((ordered[1:] == ordered[:-1]).any()):
+            _, first = np.unique(own, return_index=True)
+            unique_new = np.zeros(len(new), dtype=bool)
+            unique_new[first] = True
+            to_table &= unique_new
+        for i in new[~to_table].tolist():
+            self[ids[i].as_py()] = int(values[i])
+        add = new[to_table]
+        start = self._size
+        entries = np.arange(start, start + len(add), dtype=np.int64)
+        self._hashes[entries] = hashes[add]
+        self._values[entries] = values[add]
+        self._size += len(add)
+        self._ids.append(ids.take(pa.array(add)))
+        mask = np.uint64(len(self._slots) - 1)
+        self._place((hashes[add] & mask).astype(np.int64), entries)
+
+
 class _Columnar:
     """The state of one run: dedup anchors, partial aggregates, counters, slow-path helpers."""
 
@@ -289,8 +517,8 @@ class _Columnar:
             options.max_record_bytes,
         )
         self._id_of = options.dedup._id_of if options.dedup is not None else None
-        self._anchors: dict[str, int] = {}
-        self._evicted_at = 0
+        # the carried id -> anchor (a dict too, for subclasses that dedup record by record)
+        self._anchors: dict[str, int] = _IdAnchors()
         self._max_seen = _NONE
         self._partials: dict[str, list[pa.Table]] = {}
         self._python_acc: dict[tuple[int, Any], list[Any]] = {}
@@ -465,28 +693,37 @@ class _Columnar:
         horizon = self.options.horizon_micros
         encoded = rows.ids.dictionary_encode()  # type: ignore[union-attr]
         group = encoded.indices.to_numpy().astype(np.int64)
-        unique = encoded.dictionary.to_pylist()
-        carried = np.fromiter(
-            map(self._anchors.get, unique, itertools.repeat(_NONE)),
-            dtype=np.int64,
-            count=len(unique),
-        )
+        unique = encoded.dictionary
+        anchors = self._anchors
+        if not isinstance(anchors, _IdAnchors):  # a subclass put a plain dict there: keep it
+            anchors = self._anchors = _IdAnchors(anchors)
+        carried, handle = anchors.lookup(unique)
         if self._max_seen != _NONE:
             watermark = self._max_seen - self.options.out_of_order_micros
             forgotten = (carried != _NONE) & (carried + horizon < watermark)
             carried[forgotten] = _NONE
-        order = np.argsort(group, kind="stable")
+        # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
+        narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
+        order = np.argsort(narrow, kind="stable")
         sorted_group = group[order]
         sorted_ts = rows.ts[order]
-        # running max of earlier copies within the block, per id: ranks keep the sums small
-        uniq_ts, rank = np.unique(sorted_ts, return_inverse=True)
-        composite = sorted_group * (len(uniq_ts) + 1) + rank
+        # running max of earlier copies within the block, per id: each id's composite values
+        # (id * span + time) lie above the previous id's, so one running max serves all ids
+        low = int(sorted_ts.min())
+        span = int(sorted_ts.max()) - low + 1
+        uniq_ts = None
+        if span * (len(unique) + 1) < 1 << 62:
+            times = sorted_ts - low
+        else:  # ranks keep the products small
+            uniq_ts, times = np.unique(sorted_ts, return_inverse=True)
+            span = len(uniq_ts)
+        composite = sorted_group * span + times
         running = np.maximum.accumulate(composite)
         previous = np.full(n, _NONE, dtype=np.int64)
         same = np.zeros(n, dtype=bool)
         same[1:] = sorted_group[1:] == sorted_group[:-1]
-        earlier = running[:-1][same[1:]] - sorted_group[1:][same[1:]] * (len(uniq_ts) + 1)
-        previous[1:][same[1:]] = uniq_ts[earlier]
+        earlier = running[:-1][same[1:]] - sorted_group[1:][same[1:]] * span
+        previous[1:][same[1:]] = earlier + low if uniq_ts is None else uniq_ts[earlier]
         anchor = np.maximum(previous, carried[sorted_group])
         duplicate_sorted = (anchor != _NONE) & (sorted_ts <= anchor + horizon)
         keep = np.ones(n, dtype=bool)
@@ -495,18 +732,11 @@ class _Columnar:
         starts = np.flatnonzero(np.concatenate(([True], ~same[1:])))
         block_max = np.maximum.reduceat(sorted_ts, starts)
         newest = np.maximum(block_max, carried[sorted_group[starts]])
-        self._anchors.update(zip(unique, newest.tolist(), strict=True))
         self._max_seen = max(self._max_seen, int(rows.ts.max()))
-        self._evict()
+        # an anchor below the cutoff is forgotten at every later lookup: the table may drop it
+        cutoff = self._max_seen - self.options.out_of_order_micros - horizon
+        anchors.store(unique, handle, newest, cutoff)
         return keep
-
-    def _evict(self) -> None:
-        size = len(self._anchors)
-        if size < max(2 * self._evicted_at, 1 << 18):
-            return
-        cutoff = self._max_seen - self.options.out_of_order_micros - self.options.horizon_micros
-        self._anchors = {k: v for k, v in self._anchors.items() if v >= cutoff}
-        self._evicted_at = len(self._anchors)
 
     def aggregate(self, rows: _Accepted, keep: np.ndarray) -> None:
         """Pre-aggregates the kept rows of a block per (window start, key)."""
@@ -547,7 +777,7 @@ class _Columnar:
         aggs: list[tuple[str, str]] = [("w_count", "sum")]
         for i in range(len(self.fields)):
             aggs += [(f"v{i}_sum", "sum"), (f"v{i}_min", "min"), (f"v{i}_max", "max")]
-        merged = table.group_by(["w", "k"]).aggregate(aggs)
+        merged = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
         names = ["w", "k", "w_count"]
         for i in range(len(self.fields)):
             names += [f"v{i}_sum", f"v{i}_min", f"v{i}_max"]
@@ -579,11 +809,13 @@ class _Columnar:
         window ends; batch calls :meth:`final` once.
         """
         size = self.options.window_fn.size.micros  # type: ignore[attr-defined]
-        last_start = limit_micros - size
+        last_start = int(limit_micros) - size
+        # window starts are int64: a limit past that range (the final watermark) closes them all
+        bounded = pa.scalar(max(min(last_start, _INT64_MAX), _NONE), pa.int64())
         closed: dict[str, list[pa.Table]] = {}
         for kind, tables in list(self._partials.items()):
             table = pa.concat_tables(tables, promote_options="permissive")
-            ended = pc.less_equal(table.column("w"), last_start)
+            ended = pc.less_equal(table.column("w"), bounded)
             closed[kind] = [table.filter(ended)]
             rest = table.filter(pc.invert(ended))
             if rest.num_rows:
@@ -601,20 +833,34 @@ class _Columnar:
         finally:
             self._partials, self._python_acc = held
 
+    def final_columns(self) -> list[list[Any]]:
+        """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
+        if not self._python_acc and len(self._partials) == 1:
+            [tables] = self._partials.values()
+            return [column.to_pylist() for column in self._final_table(tables).columns]
+        groups = list(self.final())
+        width = 3 + 3 * len(self.fields)
+        return [list(column) for column in zip(*groups, strict=True)] if groups else [[]] * width
+
+    def _final_table(self, tables: list[pa.Table]) -> pa.Table:
+        """Partials of one key type merged: columns w, k, count, then sum, min, max per field."""
+        width = len(self.fields)
+        table = pa.concat_tables(tables, promote_options="permissive")
+        aggs: list[tuple[str, str]] = [("w_count", "sum")]
+        for i in range(width):
+            aggs += [(f"v{i}_sum", "sum"), (f"v{i}_min", "min"), (f"v{i}_max", "max")]
+        table = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
+        names = ["w", "k", "w_count_sum"]
+        for i in range(width):
+            names += [f"v{i}_sum_sum", f"v{i}_min_min", f"v{i}_max_max"]
+        return table.select(names)
+
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
-        width = len(self.fields)
         merged: dict[tuple[int, Any], list[Any]] = {}
         for tables in self._partials.values():
-            table = pa.concat_tables(tables, promote_options="permissive")
-            aggs: list[tuple[str, str]] = [("w_count", "sum")]
-            for i in range(width):
-                aggs += [(f"v{i}_sum", "sum"), (f"v{i}_min", "min"), (f"v{i}_max", "max")]
-            table = table.group_by(["w", "k"]).aggregate(aggs)
-            names = ["w", "k", "w_count_sum"]
-            for i in range(width):
-                names += [f"v{i}_sum_sum", f"v{i}_min_min", f"v{i}_max_max"]
-            groups = zip(*(table.column(name).to_pylist() for name in names), strict=True)
+            table = self._final_table(tables)
+            groups = zip(*(column.to_pylist() for column in table.columns), strict=True)
             if not self._python_acc:
                 yield from groups
                 continue
@@ -727,7 +973,7 @@ class _ComputeColumnarFn(beam.DoFn):
         if self._options.output is None:
             yield from self._rows(state.final())
             return
-        for path in self._write(state.final()):
+        for path in self._write_columns(state.final_columns()):
             yield beam.pvalue.TaggedOutput("written", path)
 
     def _flush(self, state: _Columnar) -> Iterator[Any]:
@@ -802,8 +1048,20 @@ class _ComputeColumnarFn(beam.DoFn):
         fast = records[~slow[records]]
         if len(fast):
             breaks = np.flatnonzero(np.diff(np.cumsum(slow)[fast])) + 1
-            for run in np.split(fast, breaks):
-                self._parse_range(state, block, ranges, run, pieces, slow_lines)
+            runs = [
+                part
+                for run in np.split(fast, breaks)
+                for part in _parts(run, ranges.starts[run], _PARSE_BYTES)
+            ]
+            tables = _parse_pool().map(
+                _read_json,
+                [block[ranges.starts[run[0]] : ranges.next_starts[run[-1]]] for run in runs],
+            )
+            for run, table in zip(runs, tables, strict=True):
+                if table is None:
+                    self._bisect(state, block, ranges, run, pieces, slow_lines)
+                else:
+                    self._parsed(state, table, run, pieces, slow_lines)
         slow_rows = []
         for piece_positions, mask, _ in pieces:
             slow_lines.extend(piece_positions[~mask].tolist())
@@ -821,19 +1079,23 @@ class _ComputeColumnarFn(beam.DoFn):
             return
         start = int(ranges.starts[lines[0]])
         stop = int(ranges.next_starts[lines[-1]])
-        try:
-            table = pa_json.read_json(
-                io.BytesIO(block[start:stop]),
-                read_options=pa_json.ReadOptions(block_size=max(stop - start, 1 << 16)),
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            if len(lines) <= _MIN_BISECT_LINES:
-                slow_lines.extend(lines.tolist())
-                return
-            half = len(lines) // 2
-            self._parse_range(state, block, ranges, lines[:half], pieces, slow_lines)
-            self._parse_range(state, block, ranges, lines[half:], pieces, slow_lines)
+        table = _read_json(block[start:stop])
+        if table is None:
+            self._bisect(state, block, ranges, lines, pieces, slow_lines)
+        else:
+            self._parsed(state, table, lines, pieces, slow_lines)
+
+    def _bisect(self, state, block, ranges, lines, pieces, slow_lines) -> None:
+        """``lines`` that pyarrow refused as one piece: halves, or line by line when small."""
+        if len(lines) <= _MIN_BISECT_LINES:
+            slow_lines.extend(lines.tolist())
             return
+        half = len(lines) // 2
+        self._parse_range(state, block, ranges, lines[:half], pieces, slow_lines)
+        self._parse_range(state, block, ranges, lines[half:], pieces, slow_lines)
+
+    @staticmethod
+    def _parsed(state, table, lines, pieces, slow_lines) -> None:
         if table.num_rows != len(lines):  # never expected: be exact rather than fast
             slow_lines.extend(lines.tolist())
             return
@@ -945,7 +1207,105 @@ class _ComputeColumnarFn(beam.DoFn):
             yield WindowedValue(row, bounds[3], (bounds[0],))
 
     def _write(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
-        """Writes each window's rows as :class:`WriteWindowedFiles` would, byte for byte."""
+        """Writes each window's rows as :class:`WriteWindowedFiles` would, byte for byte.
+
+        Parquet files are built column-wise: the canonical JSON that orders and shards the rows
+        is assembled from each value's own JSON (exactly what ``canonical_json`` of the row dict
+        gives), and the Arrow table gets the schema the writer would infer. A file whose values
+        are not the usual kinds (keys other than all-``str`` or all-``int``) takes the writer's
+        row-dict code.
+        """
+        groups = groups if isinstance(groups, list) else list(groups)
+        if not groups:
+            return
+        if self._options.output_format != "parquet" or self._layout() is None:
+            yield from self._write_rows(groups)
+            return
+        yield from self._write_columns([list(column) for column in zip(*groups, strict=True)])
+
+    def _write_columns(self, columns: list[list[Any]]) -> Iterator[str]:
+        """:meth:`_write` for groups given as columns (:meth:`_Columnar.final_columns`)."""
+        options = self._options
+        layout = self._layout()
+        if not columns[0]:
+            return
+        if options.output_format != "parquet" or layout is None:
+            yield from self._write_rows(list(zip(*columns, strict=True)))
+            return
+        starts = np.array(columns[0], dtype=np.int64)
+        order = np.argsort(starts, kind="stable")
+        cuts = np.flatnonzero(np.diff(starts[order])) + 1
+        for idx in np.split(order, cuts):
+            start = int(starts[idx[0]])
+            window = options.window_for(start)
+            rows = idx.tolist()
+            values = {name: self._column(columns, source, rows) for name, source in layout.items()}
+            bounds = (
+                _EPOCH + dt.timedelta(microseconds=start),
+                _EPOCH + dt.timedelta(microseconds=window.end.micros),
+            )
+            texts = _canonical_texts(layout, values, bounds, len(rows))
+            shards: dict[int, list[int]] = {}
+            if options.output_shards == 1:
+                shards[0] = list(range(len(rows)))
+            else:
+                for position, text in enumerate(texts):
+                    shards.setdefault(stable_shard(text, options.output_shards), []).append(
+                        position
+                    )
+            for shard, positions in sorted(shards.items()):
+                positions.sort(key=texts.__getitem__)
+                relative = posixpath.join(
+                    window_directory(window),
+                    _file_name("part", shard, options.output_shards, 0, options.output_format),
+                )
+                table = _parquet_table(layout, values, window, positions)
+                if table is None:  # unusual kinds: the writer's own inference, row by row
+                    picked = [tuple(column[rows[p]] for column in columns) for p in positions]
+                    ordered = [wv.value for wv in self._rows(picked)]
+                    data = _encode_parquet(ordered, None)
+                else:
+                    data = _parquet_bytes(table)
+                path = FileSystems.join(str(options.output), *relative.split("/"))
+                write_atomically(path, data)
+                self._files.inc()
+                self._rows_written.inc(len(positions))
+                yield path
+
+    def _layout(self) -> dict[str, Any] | None:
+        """Row column -> where its value comes from, in the row dict's order (None: collisions)."""
+        fields = self._options.fields
+        slot = {name: 3 + 3 * i for i, name in enumerate(fields)}
+        layout: dict[str, Any] = {"window_start": "start", "window_end": "end", "key": 1}
+        for metric in self._options.metrics:
+            if metric.column in layout:
+                return None
+            if metric.field is None:
+                layout[metric.column] = ("count", 2)
+            else:
+                offset = {"sum": 0, "min": 1, "max": 2, "mean": 0}[metric.kind]
+                layout[metric.column] = (metric.kind, slot[metric.field] + offset)
+        return layout
+
+    @staticmethod
+    def _column(columns: list[list[Any]], source: Any, rows: list[int]) -> list[Any] | None:
+        """One row column's values for the groups ``rows``, as :meth:`_rows` computes them."""
+        if source in ("start", "end"):
+            return None
+        if source == 1:
+            keys = columns[1]
+            return [keys[i] for i in rows]
+        kind, index = source
+        data = columns[index]
+        if kind == "count":
+            return [data[i] for i in rows]
+        if kind == "mean":
+            counts = columns[2]
+            return [data[i] / counts[i] for i in rows]
+        return [float(data[i]) for i in rows]
+
+    def _write_rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
+        """:meth:`_write` through row dicts (Avro output, colliding column names)."""
         options = self._options
         per_window: dict[Any, list[dict[str, Any]]] = {}
         for rows in self._rows(groups):
@@ -971,6 +1331,117 @@ class _ComputeColumnarFn(beam.DoFn):
                 self._files.inc()
                 self._rows_written.inc(len(ordered))
                 yield path
+
+
+def _json_texts(values: list[Any]) -> list[str]:
+    """Each value's JSON as ``canonical_json`` writes it inside a row."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return list(map(int.__repr__, values))
+    if kinds == {str}:
+        return list(map(_encode_string, values))
+    if kinds == {float} and bool(np.isfinite(np.array(values, dtype=np.float64)).all()):
+        return list(map(float.__repr__, values))
+    return list(map(canonical_json, values))
+
+
+def _canonical_texts(
+    layout: dict[str, Any],
+    values: dict[str, list[Any] | None],
+    bounds: tuple[dt.datetime, dt.datetime],
+    n: int,
+) -> list[str]:
+    """``canonical_json(row)`` of each row of one window, built from the values' own JSON.
+
+    ``json.dumps(row, sort_keys=True, separators=(",", ":"))`` writes ``{``, then per key in
+    sorted order the key's JSON, ``:`` and the value's JSON, joined by ``,``, then ``}``; every
+    value is encoded on its own, so the concatenation equals the text of the whole row.
+    """
+    constant = {"window_start": canonical_json(bounds[0]), "window_end": canonical_json(bounds[1])}
+    parts: list[str] = []
+    encoded: list[list[str]] = []
+    for name in sorted(layout):
+        head = _encode_string(name) + ":"
+        column = values[name]
+        if column is None:
+            parts.append((head + constant[name]).replace("%", "%%"))
+        else:
+            parts.append(head.replace("%", "%%") + "%s")
+            encoded.append(_json_texts(column))
+    template = "{" + ",".join(parts) + "}"
+    if not encoded:
+        return [template.replace("%%", "%")] * n
+    return [template % texts for texts in zip(*encoded, strict=True)]
+
+
+def _parquet_table(
+    layout: dict[str, Any],
+    values: dict[str, list[Any] | None],
+    window: beam_window.IntervalWindow,
+    positions: list[int],
+) -> pa.Table | None:
+    """The Arrow table ``WriteWindowedFiles`` would infer for these rows, or None if unusual.
+
+    The writer infers, in the row dict's column order: timezone-aware datetimes ->
+    ``timestamp[us, UTC]``, ``int`` -> int64, ``float`` -> double, ``str`` -> string, nothing
+    nullable (no value is ever ``None``). Other kinds (mixed keys, ``bool``) return None.
+    """
+    fields = []
+    arrays = []
+    timestamp = pa.timestamp("us", tz="UTC")
+    for name in layout:
+        column = values[name]
+        if column is None:
+            micros = window.start.micros if name == "window_start" else window.end.micros
+            array = pa.array(np.full(len(positions), micros, dtype=np.int64)).view(timestamp)
+            kind = timestamp
+        else:
+            picked = [column[p] for p in positions]
+            kinds = set(map(type, picked))
+            if kinds == {str}:
+                kind = pa.string()
+            elif kinds == {float}:
+                kind = pa.float64()
+            elif kinds == {int} and all(-(2**63) <= v < 2**63 for v in picked):
+                kind = pa.int64()
+            else:
+                return None
+            array = pa.array(picked, type=kind)
+        fields.append(pa.field(name, kind, nullable=False))
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _read_json(data: bytes) -> pa.Table | None:
+    """JSON lines parsed by pyarrow as one block (types inferred over all of it), or None."""
+    try:
+        return pa_json.read_json(
+            io.BytesIO(data),
+            read_options=pa_json.ReadOptions(block_size=max(len(data), 1 << 16), use_threads=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _parse_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that parse the pieces of a block side by side (pyarrow releases the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="headwater-json"
+        )
+    return _POOL
+
+
+def _parts(lines: np.ndarray, starts: np.ndarray, size: int) -> list[np.ndarray]:
+    """``lines`` (with their byte ``starts``) cut into runs of about ``size`` bytes."""
+    if len(lines) == 0:
+        return []
+    part = (starts - starts[0]) // size
+    return np.split(lines, np.flatnonzero(np.diff(part)) + 1)
 
 
 def _split(block: bytes, size: int) -> Iterator[bytes]:
