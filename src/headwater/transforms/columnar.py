@@ -448,7 +448,9 @@ class _IdAnchors(dict):
             for stale in [k for k, v in self.items() if v < cutoff]:
                 del self[stale]
         capacity = len(self._slots)
-        while (self._size + extra) * 4 > capacity:  # grow to at most a quarter full
+        # Grow to at most a third full: room for a sixth of the slots before the next pruning,
+        # and no more (a table that quadrupled would hold ids long stale before pruning again).
+        while (self._size + extra) * 3 > capacity:
             capacity *= 2
         if capacity > len(self._hashes):
             for name in ("_hashes", "_values"):
