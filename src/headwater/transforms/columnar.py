@@ -994,32 +994,27 @@ class _ComputeColumnarFn(beam.DoFn):
     # --- JSON lines ----------------------------------------------------------------------
 
     def _json_blocks(self, state: _Columnar, path: str) -> Iterator[None]:
-        line = 1
-        rest = b""
-        first = True
-        with FileSystems.open(path) as handle:  # compression detected from the extension
-            while True:
-                chunk = handle.read(_READ_CHUNK)
-                data = rest + chunk
-                if first and data.startswith(b"\xef\xbb\xbf"):
-                    data = data[3:]
-                first = False
-                if not chunk:
-                    if data:
-                        self._json_block(state, path, line, data + b"\n")
-                        yield None
-                    return
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    rest = data
-                    continue
-                block, rest = data[:cut], data[cut:]
-                for piece in _split(block, _BLOCK_BYTES):
-                    self._json_block(state, path, line, piece)
-                    line += piece.count(b"\n")
-                    yield None
+        """Handles the file's blocks in order, yielding after each.
 
-    def _json_block(self, state: _Columnar, path: str, first_line: int, block: bytes) -> None:
+        Pipelined: block ``k + 1`` is handed to the parse pool before block ``k``'s parsed
+        pieces are checked, deduplicated and aggregated, so pyarrow parses (without the GIL)
+        while the Python steps run. Blocks still finish strictly in file order.
+        """
+        pending: _PendingBlock | None = None
+        for first_line, piece in _json_pieces(path):
+            started = self._start_json_block(state, path, first_line, piece)
+            if pending is not None:
+                self._end_json_block(state, pending)
+                yield None
+            pending = started
+        if pending is not None:
+            self._end_json_block(state, pending)
+            yield None
+
+    def _start_json_block(
+        self, state: _Columnar, path: str, first_line: int, block: bytes
+    ) -> _PendingBlock:
+        """Finds the block's lines, sets aside the ones pyarrow must not see, starts parsing."""
         ranges = _Ranges(block)
         blank = ranges.lengths == 0
         candidate = ranges.first == ord("{")
@@ -1033,12 +1028,6 @@ class _ComputeColumnarFn(beam.DoFn):
         too_large = (ranges.lengths > max_bytes) if max_bytes is not None else None
         records = np.flatnonzero(~blank)
         state.counts["records_in"] += len(records)
-
-        def element(i: int) -> SourceRecord:
-            payload = block[ranges.starts[i] : ranges.ends[i]]
-            return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
-
-        pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         # Lines pyarrow must not see (not an object, invalid UTF-8, over the size limit) take
         # the record path one by one; the runs of lines between them stay vectorized.
         slow = odd.copy()
@@ -1048,6 +1037,7 @@ class _ComputeColumnarFn(beam.DoFn):
             slow[line_index] = True
         slow_lines: list[int] = np.flatnonzero(slow).tolist()
         fast = records[~slow[records]]
+        runs: list[np.ndarray] = []
         if len(fast):
             breaks = np.flatnonzero(np.diff(np.cumsum(slow)[fast])) + 1
             runs = [
@@ -1055,15 +1045,29 @@ class _ComputeColumnarFn(beam.DoFn):
                 for run in np.split(fast, breaks)
                 for part in _parts(run, ranges.starts[run], _PARSE_BYTES)
             ]
-            tables = _parse_pool().map(
-                _read_json,
-                [block[ranges.starts[run[0]] : ranges.next_starts[run[-1]]] for run in runs],
-            )
-            for run, table in zip(runs, tables, strict=True):
-                if table is None:
-                    self._bisect(state, block, ranges, run, pieces, slow_lines)
-                else:
-                    self._parsed(state, table, run, pieces, slow_lines)
+        pool = _parse_pool()
+        tables = [
+            pool.submit(_read_json, block[ranges.starts[run[0]] : ranges.next_starts[run[-1]]])
+            for run in runs
+        ]
+        return _PendingBlock(path, first_line, block, ranges, records, slow_lines, runs, tables)
+
+    def _end_json_block(self, state: _Columnar, pending: _PendingBlock) -> None:
+        """Checks the parsed pieces, runs the odd lines through the record path, finishes."""
+        block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
+        path, first_line = pending.path, pending.first_line
+
+        def element(i: int) -> SourceRecord:
+            payload = block[ranges.starts[i] : ranges.ends[i]]
+            return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
+
+        pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
+        for run, future in zip(pending.runs, pending.tables, strict=True):
+            table = future.result()
+            if table is None:
+                self._bisect(state, block, ranges, run, pieces, slow_lines)
+            else:
+                self._parsed(state, table, run, pieces, slow_lines)
         slow_rows = []
         for piece_positions, mask, _ in pieces:
             slow_lines.extend(piece_positions[~mask].tolist())
@@ -1073,7 +1077,7 @@ class _ComputeColumnarFn(beam.DoFn):
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
         self._slow.inc(len(slow_lines))
-        self._finish_block(state, records, pieces, slow_rows, element)
+        self._finish_block(state, pending.records, pieces, slow_rows, element)
 
     def _parse_range(self, state, block, ranges, lines, pieces, slow_lines) -> None:
         """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, bisecting."""
@@ -1426,6 +1430,50 @@ def _read_json(data: bytes) -> pa.Table | None:
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+@dataclasses.dataclass
+class _PendingBlock:
+    """A JSON block whose pieces are being parsed (see ``_json_blocks``)."""
+
+    path: str
+    first_line: int
+    block: bytes
+    ranges: _Ranges
+    records: np.ndarray  # positions of the non-blank lines
+    slow_lines: list[int]  # lines that go through the record path
+    runs: list[np.ndarray]  # line runs handed to pyarrow
+    tables: list[concurrent.futures.Future]  # their parsed tables (None: refused)
+
+
+def _json_pieces(path: str) -> Iterator[tuple[int, bytes]]:
+    """``(first line number, bytes)`` pieces of a JSON-lines file, each ending at a newline.
+
+    Compression is detected from the extension; a leading BOM is dropped; a last line without a
+    newline gets one. Pieces are about ``_BLOCK_BYTES``.
+    """
+    line = 1
+    rest = b""
+    first = True
+    with FileSystems.open(path) as handle:
+        while True:
+            chunk = handle.read(_READ_CHUNK)
+            data = rest + chunk
+            if first and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            first = False
+            if not chunk:
+                if data:
+                    yield line, data + b"\n"
+                return
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            for piece in _split(block, _BLOCK_BYTES):
+                yield line, piece
+                line += piece.count(b"\n")
 
 
 def _parse_pool() -> concurrent.futures.ThreadPoolExecutor:
