@@ -11,8 +11,9 @@ Phases:
 
 ``batch``   ``headwater run windowed_metrics --source=files`` (FnApiRunner) over ``--batch``
             generated events (10 % duplicates, 1 % late, 1 % malformed);
-``replay``  the same pipeline with ``--replay_as_stream`` (TestStream on the
-            BundleBasedDirectRunner, watermark = max event time - 5 s) over ``--replay`` events.
+``replay``  the same pipeline with ``--replay_as_stream`` (watermark = max event time - 5 s)
+            over ``--replay`` events, on ``--replay-engine`` (``auto``: the columnar replay;
+            ``teststream``: TestStream on the BundleBasedDirectRunner, record by record).
 
 Each phase runs the CLI in a subprocess; its peak memory is that child's ``ru_maxrss``
 (``os.wait4``). A phase
@@ -49,7 +50,7 @@ _FLAGS = (
 )
 
 
-def _phase(name: str, n: int, folder: Path, *, replay: bool) -> dict:
+def _phase(name: str, n: int, folder: Path, *, replay: bool, engine: str = "auto") -> dict:
     data = folder / f"{name}-{n}.jsonl"
     started = time.monotonic()
     write_jsonl(data, n, seed=11, malformed_frac=0.01, late_frac=0.01, dup_frac=0.10)
@@ -67,7 +68,11 @@ def _phase(name: str, n: int, folder: Path, *, replay: bool) -> dict:
         f"--output={folder / f'{name}-{n}-out'}",
         f"--dead_letter={folder / f'{name}-{n}-dlq'}",
         f"--summary_json={summary_path}",
-        *(["--replay_as_stream", "--max_out_of_orderness=5s"] if replay else []),
+        *(
+            ["--replay_as_stream", f"--replay_engine={engine}", "--max_out_of_orderness=5s"]
+            if replay
+            else []
+        ),
     ]
     log_path = folder / f"{name}-{n}.log"
     started = time.monotonic()
@@ -108,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=5_000_000, help="events for the batch path")
     parser.add_argument("--replay", type=int, default=1_000_000, help="events for stream replay")
+    parser.add_argument(
+        "--replay-engine",
+        default="auto",
+        choices=("auto", "columnar", "teststream"),
+        help="how the replay phase runs (windowed_metrics --replay_engine)",
+    )
     parser.add_argument("--folder", default=None, help="work folder (default: a temp folder)")
     args = parser.parse_args(argv)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="headwater-soak-"))
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         ("replay", max(args.replay // 10, 1), True),
         ("replay", args.replay, True),
     ):
-        figures = _phase(name, n, folder, replay=replay)
+        figures = _phase(name, n, folder, replay=replay, engine=args.replay_engine)
         lost += figures["lost"]
         print(json.dumps(figures), flush=True)
     return 1 if lost else 0

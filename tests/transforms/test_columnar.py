@@ -563,3 +563,11 @@ def test_dedup_keeps_anchors_a_subclass_set_in_a_plain_dict():
     )
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
     assert len(state._anchors) == 2
+
+
+def test_a_refused_piece_names_the_row_to_cut_at():
+    """pyarrow's refusal names the odd row (0-based), which is where the piece is cut."""
+    good = b'{"id":"a","t":1,"k":"x","amount":1.5}\n'
+    odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
+    assert columnar._read_json(good * 5 + odd + good * 3) == 5
+    assert isinstance(columnar._read_json(good * 3), pa.Table)

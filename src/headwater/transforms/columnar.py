@@ -83,6 +83,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -287,9 +288,12 @@ class _Ranges:
         self.ends = ends
         self.lengths = ends - self.starts
         first = np.zeros(len(ends), dtype=np.uint8)
+        last = np.zeros(len(ends), dtype=np.uint8)
         has = self.lengths > 0
         first[has] = buf[self.starts[has]]
+        last[has] = buf[ends[has] - 1]
         self.first = first
+        self.last = last
 
 
 _HASH_WORDS = np.random.default_rng(0x68656164).integers(
@@ -1017,7 +1021,9 @@ class _ComputeColumnarFn(beam.DoFn):
         """Finds the block's lines, sets aside the ones pyarrow must not see, starts parsing."""
         ranges = _Ranges(block)
         blank = ranges.lengths == 0
-        candidate = ranges.first == ord("{")
+        # A line pyarrow may see starts with "{" and ends with "}": a truncated line would make
+        # pyarrow refuse its whole piece (or read on into the next line), so it goes line by line.
+        candidate = (ranges.first == ord("{")) & (ranges.last == ord("}"))
         odd = ~(blank | candidate)
         if odd.any():  # whitespace-only lines count as blank, like the file reader
             for i in np.flatnonzero(odd):
@@ -1063,11 +1069,11 @@ class _ComputeColumnarFn(beam.DoFn):
 
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         for run, future in zip(pending.runs, pending.tables, strict=True):
-            table = future.result()
-            if table is None:
-                self._bisect(state, block, ranges, run, pieces, slow_lines)
+            parsed = future.result()
+            if isinstance(parsed, pa.Table):
+                self._parsed(state, parsed, run, pieces, slow_lines)
             else:
-                self._parsed(state, table, run, pieces, slow_lines)
+                self._refused(state, block, ranges, run, parsed, pieces, slow_lines)
         slow_rows = []
         for piece_positions, mask, _ in pieces:
             slow_lines.extend(piece_positions[~mask].tolist())
@@ -1080,19 +1086,38 @@ class _ComputeColumnarFn(beam.DoFn):
         self._finish_block(state, pending.records, pieces, slow_rows, element)
 
     def _parse_range(self, state, block, ranges, lines, pieces, slow_lines) -> None:
-        """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, bisecting."""
+        """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, cutting refusals."""
         if len(lines) == 0:
             return
         start = int(ranges.starts[lines[0]])
         stop = int(ranges.next_starts[lines[-1]])
-        table = _read_json(block[start:stop])
-        if table is None:
-            self._bisect(state, block, ranges, lines, pieces, slow_lines)
+        parsed = _read_json(block[start:stop])
+        if isinstance(parsed, pa.Table):
+            self._parsed(state, parsed, lines, pieces, slow_lines)
         else:
-            self._parsed(state, table, lines, pieces, slow_lines)
+            self._refused(state, block, ranges, lines, parsed, pieces, slow_lines)
 
-    def _bisect(self, state, block, ranges, lines, pieces, slow_lines) -> None:
-        """``lines`` that pyarrow refused as one piece: halves, or line by line when small."""
+    def _refused(self, state, block, ranges, lines, row, pieces, slow_lines) -> None:
+        """``lines`` that pyarrow refused as one piece, its error naming ``row`` (or None).
+
+        With a row: the lines before it are parsed on their own, the line goes line by line, and
+        the rest is parsed again (each refusal costs a parse up to the row it names, so a piece
+        with k odd lines costs about two parses and k small ones). Without: halves, and line by
+        line below ``_MIN_BISECT_LINES``.
+        """
+        while row is not None and 0 <= row < len(lines):
+            self._parse_range(state, block, ranges, lines[:row], pieces, slow_lines)
+            slow_lines.append(int(lines[row]))
+            lines = lines[row + 1 :]
+            if len(lines) == 0:
+                return
+            start = int(ranges.starts[lines[0]])
+            stop = int(ranges.next_starts[lines[-1]])
+            parsed = _read_json(block[start:stop])
+            if isinstance(parsed, pa.Table):
+                self._parsed(state, parsed, lines, pieces, slow_lines)
+                return
+            row = parsed
         if len(lines) <= _MIN_BISECT_LINES:
             slow_lines.extend(lines.tolist())
             return
@@ -1418,15 +1443,24 @@ def _parquet_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _read_json(data: bytes) -> pa.Table | None:
-    """JSON lines parsed by pyarrow as one block (types inferred over all of it), or None."""
+_ERROR_ROW = re.compile(r" in row (\d+)$")
+
+
+def _read_json(data: bytes) -> pa.Table | int | None:
+    """JSON lines parsed by pyarrow as one block (types inferred over all of it).
+
+    When pyarrow refuses the block: the row its error names (0-based; a type that changed, a
+    parse error), or None when the error names none. The row only guides where the block is cut
+    next; every cut is exact whichever line is set aside.
+    """
     try:
         return pa_json.read_json(
             io.BytesIO(data),
             read_options=pa_json.ReadOptions(block_size=max(len(data), 1 << 16), use_threads=False),
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        row = _ERROR_ROW.search(str(exc))
+        return int(row.group(1)) if row else None
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
