@@ -1,4 +1,4 @@
-"""The DirectRunner metrics fix: counters count every bundle of a streaming run."""
+"""Fixes for Beam behaviour: metrics counted in every bundle; local state sampling period."""
 
 from __future__ import annotations
 
@@ -38,3 +38,16 @@ def test_fix_is_idempotent():
     before = statesampler.StateSampler.scoped_state
     assert fix_direct_runner_metrics()
     assert statesampler.StateSampler.scoped_state is before
+
+
+def test_local_fnapi_runs_sample_state_every_20_ms_at_most():
+    """prepare() for the FnApiRunner makes new state samplers sleep at most 20 ms."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from headwater import runners
+    from headwater._compat import LOCAL_SAMPLING_PERIOD_MS
+
+    runners.prepare(PipelineOptions(["--runner=DirectRunner"]), streaming=False)
+    sampler = statesampler.StateSampler("step", CounterFactory())
+    assert sampler.sampling_period_ms == LOCAL_SAMPLING_PERIOD_MS == 20

@@ -18,6 +18,15 @@ Beam's supported option ``--max_cache_memory_usage_mb`` only reaches SDK workers
 processes (measured: 1.2x with two of them), and the embedded worker reads no option, so
 :func:`headwater.runners.prepare` sets the constant to 0 for local FnApiRunner runs. State is then
 read from the runner on each access: the same values, no cache.
+
+``shorten_state_sampling``: every bundle the FnApiRunner's worker runs is watched by a state
+sampler thread (execution-time counters, stuck-bundle logging) whose sleep grows to
+``DEFAULT_SAMPLING_PERIOD_MS`` (200 ms); at the end of the bundle the worker joins that thread and
+waits out its current sleep. A local run of a few long bundles (the columnar paths: one bundle
+does all the work) spent 0.15-0.19 s of ~1.1 s there, idle (cProfile, 1M events). Beam passes no
+option for the period, so :func:`headwater.runners.prepare` lowers the sampler's default period
+to 20 ms for local FnApiRunner runs: the thread wakes 50 times a second instead of 5 (negligible
+CPU), and a bundle's end waits at most 20 ms. Counters and outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["fix_direct_runner_metrics", "skip_embedded_state_cache"]
+__all__ = ["fix_direct_runner_metrics", "shorten_state_sampling", "skip_embedded_state_cache"]
+
+LOCAL_SAMPLING_PERIOD_MS = 20
 
 _APPLIED = False
 
@@ -69,4 +80,19 @@ def skip_embedded_state_cache() -> bool:
     if not hasattr(worker_handlers, "STATE_CACHE_SIZE_MB"):
         return False
     worker_handlers.STATE_CACHE_SIZE_MB = 0
+    return True
+
+
+def shorten_state_sampling(period_ms: int = LOCAL_SAMPLING_PERIOD_MS) -> bool:
+    """Makes new state samplers sleep at most ``period_ms``; returns whether it is in place."""
+    try:
+        from apache_beam.runners.worker import statesampler
+    except ImportError:  # pragma: no cover - Beam always ships it
+        return False
+    init = statesampler.StateSampler.__init__
+    defaults = getattr(init, "__defaults__", None)
+    names = init.__code__.co_varnames[: init.__code__.co_argcount]
+    if not defaults or names[-1] != "sampling_period_ms" or not isinstance(defaults[-1], int):
+        return False  # Beam's internals changed shape: leave them alone
+    init.__defaults__ = (*defaults[:-1], period_ms)
     return True

@@ -1052,10 +1052,7 @@ class _ComputeColumnarFn(beam.DoFn):
                 for part in _parts(run, ranges.starts[run], _PARSE_BYTES)
             ]
         pool = _parse_pool()
-        tables = [
-            pool.submit(_read_json, block[ranges.starts[run[0]] : ranges.next_starts[run[-1]]])
-            for run in runs
-        ]
+        tables = [pool.submit(_read_json, _span(block, ranges, run)) for run in runs]
         return _PendingBlock(path, first_line, block, ranges, records, slow_lines, runs, tables)
 
     def _end_json_block(self, state: _Columnar, pending: _PendingBlock) -> None:
@@ -1089,9 +1086,7 @@ class _ComputeColumnarFn(beam.DoFn):
         """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, cutting refusals."""
         if len(lines) == 0:
             return
-        start = int(ranges.starts[lines[0]])
-        stop = int(ranges.next_starts[lines[-1]])
-        parsed = _read_json(block[start:stop])
+        parsed = _read_json(_span(block, ranges, lines))
         if isinstance(parsed, pa.Table):
             self._parsed(state, parsed, lines, pieces, slow_lines)
         else:
@@ -1111,9 +1106,7 @@ class _ComputeColumnarFn(beam.DoFn):
             lines = lines[row + 1 :]
             if len(lines) == 0:
                 return
-            start = int(ranges.starts[lines[0]])
-            stop = int(ranges.next_starts[lines[-1]])
-            parsed = _read_json(block[start:stop])
+            parsed = _read_json(_span(block, ranges, lines))
             if isinstance(parsed, pa.Table):
                 self._parsed(state, parsed, lines, pieces, slow_lines)
                 return
@@ -1441,6 +1434,11 @@ def _parquet_table(
         fields.append(pa.field(name, kind, nullable=False))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _span(block: bytes, ranges: _Ranges, lines: np.ndarray) -> bytes:
+    """The bytes of consecutive ``lines`` of ``block``, newlines included."""
+    return block[int(ranges.starts[lines[0]]) : int(ranges.next_starts[lines[-1]])]
 
 
 _ERROR_ROW = re.compile(r" in row (\d+)$")
