@@ -26,9 +26,12 @@ record path's for the same input. Read dead letters (corrupt files) are counted 
 How it works
     One DoFn reads the matched files in sorted order (arrival order = file order, line order), in
     blocks of a few MiB. A JSON block is cut into pieces of about 1 MiB that ``pyarrow.json``
-    parses side by side on a few threads (each piece on its own, types inferred over the piece);
-    when the parser refuses a piece (one malformed line refuses all of it), the piece is bisected
-    down to small pieces and those that still fail are handled line by line. Event time, id, key and
+    parses side by side on a few threads (each piece on its own, types inferred over the piece),
+    while the previous block is checked, deduplicated and aggregated. Lines that do not start
+    with ``{`` and end with ``}`` never reach pyarrow. When the parser refuses a piece (one odd
+    value refuses all of it), the piece is cut at the row pyarrow's error names (the rows before
+    it are parsed on their own, the row goes line by line, the rest is parsed again), or bisected
+    when the error names none; what still fails is handled line by line. Event time, id, key and
     aggregated fields are then checked with vectorized kernels; every row the fast checks do not
     accept (a missing or odd-typed field, a float event time, a non-finite amount, a blank-padded
     key, invalid UTF-8 ...) goes through the record path's own parse/check/id code, which either
@@ -68,9 +71,10 @@ field; dedup ``None`` or :class:`~headwater.transforms.dedup.DeduplicateById` by
 trigger; no extra checks; top-level key and metric fields; count/sum/min/max/mean.
 
 Parallelism: the files are read by one worker, in order (dedup needs the arrival order); the JSON
-pieces of a block are parsed on several threads. Float sums are added per block, then across
-blocks, so they may differ from a sequential sum in the last bits (as the record path's may); they
-do not depend on how blocks are cut into parse pieces.
+pieces of a block are parsed on several threads, overlapping the previous block's Python steps.
+Float sums are added per block, then across blocks, so they may differ from a sequential sum in
+the last bits (as the record path's may); they do not depend on how blocks are cut into parse
+pieces.
 """
 
 from __future__ import annotations
