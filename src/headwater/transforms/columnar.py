@@ -643,6 +643,15 @@ class _Columnar:
         for where, mask, columns in pieces:
             if not mask.any():
                 continue
+            if mask.all():  # the usual case: every row of the piece passed the fast checks
+                positions.append(where)
+                ts.append(columns["ts"])
+                if self._id_of is not None:
+                    ids.append(columns["ids"])
+                keys.append(columns["keys"])
+                values.append(columns["values"])
+                ints.append(list(columns["ints"]))
+                continue
             take = np.flatnonzero(mask)
             positions.append(where[take])
             ts.append(columns["ts"][take])
@@ -675,12 +684,16 @@ class _Columnar:
         if not positions:
             return None
         all_positions = np.concatenate(positions)
-        order = np.argsort(all_positions, kind="stable")
+        in_order = bool((all_positions[1:] > all_positions[:-1]).all())
+        order: Any = slice(None) if in_order else np.argsort(all_positions, kind="stable")
         merged_keys = _merge_keys(keys)
         if isinstance(merged_keys, list):
-            merged_keys = [merged_keys[i] for i in order]
-        else:
+            merged_keys = merged_keys if in_order else [merged_keys[i] for i in order]
+        elif not in_order:
             merged_keys = merged_keys.take(pa.array(order))
+        merged_ids = pa.concat_arrays(ids) if ids else None
+        if merged_ids is not None and not in_order:
+            merged_ids = merged_ids.take(pa.array(order))
         merged_ints: list[np.ndarray | None] = []
         for i in range(len(self.fields)):
             parts: list[Any] = [part[i] for part in ints]
@@ -688,7 +701,7 @@ class _Columnar:
             merged_ints.append(whole)
         return _Accepted(
             ts=np.concatenate(ts)[order],
-            ids=pa.concat_arrays(ids).take(pa.array(order)) if ids else None,
+            ids=merged_ids,
             keys=merged_keys,
             values=np.concatenate(values)[order],
             int_values=merged_ints,
