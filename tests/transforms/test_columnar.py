@@ -144,8 +144,39 @@ def test_sliding_windows_give_the_record_path_rows(tmp_path):
     assert len({r["window_start"] for r in _SEEN["sliding"]}) > 1
 
 
-def test_parquet_input_gives_the_record_path_rows_and_dead_letters(tmp_path):
-    """Parquet rows with a null key or event time become the record path's dead letters."""
+def _write_decoded(path, rows, file_format):
+    """Writes dict rows as Parquet, or as Avro with nullable fields (event_id, user_id, ...)."""
+    if file_format == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return
+    import fastavro
+
+    schema = {
+        "type": "record",
+        "name": "Event",
+        "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "user_id", "type": ["null", "string"]},
+            {"name": "event_time", "type": ["null", "long"]},
+            {"name": "amount", "type": ["null", "double", "string"]},
+        ],
+    }
+    with open(path, "wb") as out:
+        fastavro.writer(out, fastavro.parse_schema(schema), rows)
+
+
+def _slow_rows(result) -> int:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counters = result.metrics().query(MetricsFilter().with_name("columnar.slow_rows"))["counters"]
+    return sum(c.committed for c in counters)
+
+
+@pytest.mark.parametrize(
+    ("file_format", "mixed"), [("parquet", False), ("avro", False), ("avro", True)]
+)
+def test_decoded_input_gives_the_record_path_rows_and_dead_letters(tmp_path, file_format, mixed):
+    """Parquet/Avro rows with a null key or event time become the record path's dead letters."""
     rows = [
         {
             "event_id": f"e{i}",
@@ -156,9 +187,11 @@ def test_parquet_input_gives_the_record_path_rows_and_dead_letters(tmp_path):
         for i in range(200)
     ]
     rows += [dict(rows[5]), dict(rows[6])]  # two re-deliveries
-    path = tmp_path / "events.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    record_p, record, columnar_p, fast = _run_both(path, file_format="parquet")
+    if mixed:  # a string amount among doubles: the whole batch goes the record path's way
+        rows[20]["amount"] = "12 EUR"
+    path = tmp_path / f"events.{file_format}"
+    _write_decoded(path, rows, file_format)
+    record_p, record, columnar_p, fast = _run_both(path, file_format=file_format)
     assert_that(record.rows, partial(_collect, "parquet_rows"), label="RecordRows")
     assert_that(record.dead_letter, partial(_collect, "parquet_dead"), label="RecordDeadLetters")
     record_result = record_p.run()
@@ -174,6 +207,8 @@ def test_parquet_input_gives_the_record_path_rows_and_dead_letters(tmp_path):
         == Accounting.from_result(record_result).to_dict()
     )
     assert Accounting.from_result(columnar_result).duplicate == 2
+    odd = sum(1 for r in rows if r["user_id"] is None or r["event_time"] is None)
+    assert _slow_rows(columnar_result) == (len(rows) if mixed else odd)
 
 
 def test_blank_lines_bom_and_crlf_keep_line_numbers(tmp_path):

@@ -264,7 +264,7 @@ def _letters(folder) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("file_format", ["json", "parquet"])
+@pytest.mark.parametrize("file_format", ["json", "parquet", "avro"])
 def test_windowed_metrics_replay_engines_write_the_same_files(tmp_path, file_format):
     """`windowed_metrics --replay_as_stream`: both engines write the same rows and late letters."""
     import pyarrow as pa
@@ -277,9 +277,22 @@ def test_windowed_metrics_replay_engines_write_the_same_files(tmp_path, file_for
     if file_format == "json":
         source = tmp_path / "events.jsonl"
         source.write_bytes(b"".join(e.line + b"\n" for e in events))
-    else:
+    elif file_format == "parquet":
         source = tmp_path / "events.parquet"
         pq.write_table(pa.Table.from_pylist([json.loads(e.line) for e in events]), source)
+    else:
+        import fastavro
+
+        source = tmp_path / "events.avro"
+        fields = [("event_id", "string"), ("user_id", "string"), ("event_time", "long")]
+        fields += [("amount", "double"), ("kind", "string")]
+        schema = {
+            "type": "record",
+            "name": "Event",
+            "fields": [{"name": name, "type": kind} for name, kind in fields],
+        }
+        with open(source, "wb") as out:
+            fastavro.writer(out, schema, [json.loads(e.line) for e in events])
     summaries = {}
     for engine in ("columnar", "teststream"):
         out = tmp_path / engine

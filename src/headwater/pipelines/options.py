@@ -359,7 +359,7 @@ FLAGS: dict[str, Flag] = {
             "How --replay_as_stream runs: columnar (Arrow blocks in one step on the batch runner, "
             "same rows, late records and counters as the streaming runner), teststream (Beam's "
             "streaming DirectRunner, record by record), or auto (columnar when the configuration "
-            "allows it: JSON or Parquet files, fixed windows, on-time trigger, no allowed "
+            "allows it: JSON, Parquet or Avro files, fixed windows, on-time trigger, no allowed "
             "lateness, keep-first dedup by a top-level field).",
             choices=("auto", "columnar", "teststream"),
             default="auto",

@@ -2,7 +2,7 @@
 
 :class:`ComputeWindowedMetricsColumnar` is
 :class:`~headwater.transforms.process.ComputeWindowedMetrics` for the case that dominates
-backfills -- JSON-lines or Parquet *files* read in *batch* -- computed over blocks of records
+backfills -- JSON-lines, Parquet or Avro *files* read in *batch* -- computed over blocks of records
 instead of one record at a time. It is applied to the pipeline itself
 (it reads the files) and returns the same :class:`~headwater.transforms.process.MetricsResult`:
 
@@ -64,7 +64,7 @@ Bounded dedup state
 
 What it supports (:func:`columnar_supported` says whether a configuration qualifies; the
 pipelines fall back to the record path otherwise): JSON lines (decoded with
-:class:`~headwater.io.formats.JsonFormat`) or Parquet files, batch; an
+:class:`~headwater.io.formats.JsonFormat`), Parquet or Avro (fastavro) files, batch; an
 :class:`~headwater.windowing.eventtime.EventTimeExtractor` in ``s``/``ms``/``us`` on a top-level
 field; dedup ``None`` or :class:`~headwater.transforms.dedup.DeduplicateById` by a top-level
 ``id_field``, ``keep="first"``, ``time_domain="event"``; fixed or sliding windows; the on-time
@@ -92,6 +92,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import fastavro
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -137,7 +138,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 #: File formats the columnar path reads.
-COLUMNAR_FORMATS = ("json", "parquet")
+COLUMNAR_FORMATS = ("json", "parquet", "avro")
 
 _UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 _READ_CHUNK = 8 << 20  # bytes read from a file at a time
@@ -145,6 +146,7 @@ _BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time
 _PARSE_BYTES = 1 << 20  # JSON bytes per pyarrow call (a block's pieces are parsed in parallel)
 _MIN_BISECT_LINES = 256  # below this a refused piece is parsed line by line
 _PARQUET_BATCH_ROWS = 65_536
+_AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar step
 _ID_SLOTS = 1 << 16  # initial slots of the dedup id table (a power of two)
 _NONE = np.iinfo(np.int64).min  # "no anchor" in int64 arrays
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -985,11 +987,7 @@ class _ComputeColumnarFn(beam.DoFn):
     def process(self, pattern: str) -> Iterator[Any]:
         state = _Columnar(self._options)
         for path in match_files(pattern):
-            if self._options.file_format == "json":
-                blocks = self._json_blocks(state, path)
-            else:
-                blocks = self._parquet_blocks(state, path)
-            for _ in blocks:
+            for _ in self._blocks_of(state, path):
                 self._blocks.inc()
                 yield from self._flush(state)
         yield from self._flush(state)
@@ -1165,6 +1163,14 @@ class _ComputeColumnarFn(beam.DoFn):
 
     # --- Parquet -------------------------------------------------------------------------
 
+    def _blocks_of(self, state: _Columnar, path: str) -> Iterator[None]:
+        """The file's blocks, handled in order (a generator: one step per block)."""
+        if self._options.file_format == "json":
+            return self._json_blocks(state, path)
+        if self._options.file_format == "avro":
+            return self._avro_blocks(state, path)
+        return self._parquet_blocks(state, path)
+
     def _parquet_blocks(self, state: _Columnar, path: str) -> Iterator[None]:
         index = 0
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -1174,29 +1180,78 @@ class _ComputeColumnarFn(beam.DoFn):
                     self._parquet_batch(state, path, index, batch)
                     index += batch.num_rows
                     yield None
-            except (FileNotFoundError, PermissionError, ConnectionError, TimeoutError):
+            except _STORAGE_ERRORS:
                 raise
             except Exception as exc:  # the file is corrupt: one read dead letter, as ReadFromFiles
-                letter = dead_letter_for(
-                    SourceRecord(b"", {"file": path, "record": index}), stage="read", error=exc
-                )
-                message = f"cannot read parquet file {path} at record {index}: "
-                state.dead.append(
-                    dataclasses.replace(letter, error_message=message + letter.error_message)
-                )
-                state.counts["records_in"] += 1
+                _unreadable(state, "parquet", path, index, exc)
                 yield None
 
-    def _parquet_batch(self, state: _Columnar, path: str, first: int, batch: Any) -> None:
-        n = batch.num_rows
-        state.counts["records_in"] += n
-        mask, columns = state.fast(batch)
-        positions = np.arange(n, dtype=np.int64)
+    def _avro_blocks(self, state: _Columnar, path: str) -> Iterator[None]:
+        """Avro records decoded by fastavro, in batches; a corrupt file ends in one dead letter.
 
+        The records read before a decoding failure are handled first, as ``ReadFromFiles``
+        yields them before its ``read`` dead letter.
+        """
+        index = 0
+        records: list[dict[str, Any]] = []
+        failure: Exception | None = None
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            try:
+                for record in fastavro.reader(handle):
+                    records.append(record if isinstance(record, dict) else {"value": record})
+                    if len(records) == _AVRO_BATCH_ROWS:
+                        self._records_batch(state, path, index, records)
+                        index += len(records)
+                        records = []
+                        yield None
+            except _STORAGE_ERRORS:
+                raise
+            except Exception as exc:  # the file is corrupt from here on
+                failure = exc
+        if records:
+            self._records_batch(state, path, index, records)
+            index += len(records)
+            yield None
+        if failure is not None:
+            _unreadable(state, "avro", path, index, failure)
+            yield None
+
+    def _records_batch(
+        self, state: _Columnar, path: str, first: int, records: list[dict[str, Any]]
+    ) -> None:
+        """Decoded records (dicts) through the columnar steps: the fields it reads as Arrow."""
+        options = self._options
+        names = [options.event_time.field, options.key_field, *options.fields]
+        if options.dedup is not None:
+            names.append(_dedup_field(options.dedup))  # type: ignore[arg-type]
+        arrays: dict[str, Any] = {}
+        for name in dict.fromkeys(names):
+            try:
+                arrays[name] = pa.array([r.get(name) for r in records])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+                arrays = {}  # mixed or odd values: every record takes the record path
+                break
+        table = pa.table(arrays) if arrays else pa.table({"_": pa.nulls(len(records))})
+
+        def element(i: int) -> DecodedRecord:
+            return DecodedRecord(records[i], {"file": path, "record": first + i})
+
+        self._decoded_batch(state, table, element)
+
+    def _parquet_batch(self, state: _Columnar, path: str, first: int, batch: Any) -> None:
         def element(i: int) -> DecodedRecord:
             return DecodedRecord(
                 batch.slice(i, 1).to_pylist()[0], {"file": path, "record": first + i}
             )
+
+        self._decoded_batch(state, batch, element)
+
+    def _decoded_batch(self, state: _Columnar, batch: Any, element: Any) -> None:
+        """A table of decoded records: fast checks, the rest through the record path, finish."""
+        n = batch.num_rows
+        state.counts["records_in"] += n
+        mask, columns = state.fast(batch)
+        positions = np.arange(n, dtype=np.int64)
 
         slow_lines = np.flatnonzero(~mask).tolist() if columns else list(range(n))
         pieces = [(positions, mask, columns)] if columns and mask.any() else []
@@ -1451,6 +1506,19 @@ def _parquet_table(
         fields.append(pa.field(name, kind, nullable=False))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+_STORAGE_ERRORS = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
+
+
+def _unreadable(state: _Columnar, file_format: str, path: str, index: int, exc: Exception) -> None:
+    """A corrupt file: one ``read`` dead letter (counted as one record), as ``ReadFromFiles``."""
+    letter = dead_letter_for(
+        SourceRecord(b"", {"file": path, "record": index}), stage="read", error=exc
+    )
+    message = f"cannot read {file_format} file {path} at record {index}: "
+    state.dead.append(dataclasses.replace(letter, error_message=message + letter.error_message))
+    state.counts["records_in"] += 1
 
 
 def _span(block: bytes, ranges: _Ranges, lines: np.ndarray) -> bytes:

@@ -214,11 +214,7 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
 
         state = _ReplayState(self._options, self._every)
         for path in match_files(pattern):
-            if self._options.file_format == "json":
-                blocks = self._json_blocks(state, path)
-            else:
-                blocks = self._parquet_blocks(state, path)
-            for _ in blocks:
+            for _ in self._blocks_of(state, path):
                 self._blocks.inc()
                 yield from self._flush(state)
                 yield from self._emit(state.take_closed(state.watermark))
