@@ -320,7 +320,7 @@ def test_emit_duplicates_outputs_the_decoded_copies(tmp_path):
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"file_format": "avro"}, "format 'avro'"),
+        ({"file_format": "csv"}, "format 'csv'"),
         ({"streaming": True}, "streaming"),
         ({"window": "session:5m"}, "not fixed or sliding"),
         ({"trigger": "early:10s"}, "early panes"),
