@@ -79,18 +79,20 @@ from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
 from headwater.records import DecodedRecord, SourceRecord
-from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.transforms.deadletter import DeadLetter, Routed, dead_letter_for
 
 __all__ = [
     "ReadFromFiles",
     "WriteWindowedFiles",
     "NoFilesMatchedError",
     "READ_FORMATS",
+    "STORAGE_ERRORS",
     "WRITE_FORMATS",
     "canonical_json",
     "encode_avro",
     "match_files",
     "stable_shard",
+    "unreadable_file_letter",
     "window_directory",
     "write_atomically",
 ]
@@ -107,7 +109,23 @@ _PARQUET_BATCH_ROWS = 10_000
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
 _AVRO_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Storage errors are retried by the runner, never turned into dead letters.
-_STORAGE_ERRORS = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
+#: Errors of the storage itself (retried or failed by the runner), not of a file's content.
+STORAGE_ERRORS = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
+
+
+def unreadable_file_letter(file_format: str, path: str, index: int, exc: Exception) -> DeadLetter:
+    """The ``read`` dead letter of a corrupt Avro/Parquet file, unreadable from record ``index``.
+
+    The file counts as one record in (and this one dead letter); the records before ``index``
+    were read as usual.
+    """
+    letter = dead_letter_for(
+        SourceRecord(b"", {"file": path, "record": index}), stage="read", error=exc
+    )
+    message = f"cannot read {file_format} file {path} at record {index}: "
+    return dataclasses.replace(letter, error_message=message + letter.error_message)
+
+
 _METRICS_NAMESPACE = "headwater.io"
 
 
@@ -246,18 +264,13 @@ class _ReadFileFn(beam.DoFn):
                 for record in read(handle):
                     yield DecodedRecord(record, {"file": path, "record": index})
                     index += 1
-            except _STORAGE_ERRORS:
+            except STORAGE_ERRORS:
                 raise
             except Exception as exc:  # any decoding failure: the file is corrupt
                 self._corrupt.inc()
                 _LOG.info("%s file %s is unreadable after %d records", self._format, path, index)
-                letter = dead_letter_for(
-                    SourceRecord(b"", {"file": path, "record": index}), stage="read", error=exc
-                )
-                message = f"cannot read {self._format} file {path} at record {index}: "
                 yield beam.pvalue.TaggedOutput(
-                    "dead_letter",
-                    dataclasses.replace(letter, error_message=message + letter.error_message),
+                    "dead_letter", unreadable_file_letter(self._format, path, index, exc)
                 )
         self._records.inc(index)
 

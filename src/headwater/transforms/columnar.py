@@ -106,6 +106,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from headwater.io.fileio import (
+    READ_FORMATS,
+    STORAGE_ERRORS,
     WRITE_FORMATS,
     _encode_avro,
     _encode_parquet,
@@ -114,6 +116,7 @@ from headwater.io.fileio import (
     canonical_json,
     match_files,
     stable_shard,
+    unreadable_file_letter,
     window_directory,
     write_atomically,
 )
@@ -137,8 +140,8 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: File formats the columnar path reads.
-COLUMNAR_FORMATS = ("json", "parquet", "avro")
+#: File formats the columnar path reads: all that ``ReadFromFiles`` reads.
+COLUMNAR_FORMATS = READ_FORMATS
 
 _UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 _READ_CHUNK = 8 << 20  # bytes read from a file at a time
@@ -1180,10 +1183,11 @@ class _ComputeColumnarFn(beam.DoFn):
                     self._parquet_batch(state, path, index, batch)
                     index += batch.num_rows
                     yield None
-            except _STORAGE_ERRORS:
+            except STORAGE_ERRORS:
                 raise
             except Exception as exc:  # the file is corrupt: one read dead letter, as ReadFromFiles
-                _unreadable(state, "parquet", path, index, exc)
+                state.dead.append(unreadable_file_letter("parquet", path, index, exc))
+                state.counts["records_in"] += 1
                 yield None
 
     def _avro_blocks(self, state: _Columnar, path: str) -> Iterator[None]:
@@ -1204,7 +1208,7 @@ class _ComputeColumnarFn(beam.DoFn):
                         index += len(records)
                         records = []
                         yield None
-            except _STORAGE_ERRORS:
+            except STORAGE_ERRORS:
                 raise
             except Exception as exc:  # the file is corrupt from here on
                 failure = exc
@@ -1213,7 +1217,8 @@ class _ComputeColumnarFn(beam.DoFn):
             index += len(records)
             yield None
         if failure is not None:
-            _unreadable(state, "avro", path, index, failure)
+            state.dead.append(unreadable_file_letter("avro", path, index, failure))
+            state.counts["records_in"] += 1
             yield None
 
     def _records_batch(
@@ -1506,19 +1511,6 @@ def _parquet_table(
         fields.append(pa.field(name, kind, nullable=False))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-_STORAGE_ERRORS = (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)
-
-
-def _unreadable(state: _Columnar, file_format: str, path: str, index: int, exc: Exception) -> None:
-    """A corrupt file: one ``read`` dead letter (counted as one record), as ``ReadFromFiles``."""
-    letter = dead_letter_for(
-        SourceRecord(b"", {"file": path, "record": index}), stage="read", error=exc
-    )
-    message = f"cannot read {file_format} file {path} at record {index}: "
-    state.dead.append(dataclasses.replace(letter, error_message=message + letter.error_message))
-    state.counts["records_in"] += 1
 
 
 def _span(block: bytes, ranges: _Ranges, lines: np.ndarray) -> bytes:
