@@ -581,21 +581,23 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
     assert written["pieces"] == written["whole"]
 
 
-def test_dedup_keeps_anchors_a_subclass_set_in_a_plain_dict():
-    """Anchors a record-by-record subclass left in a plain dict still make later copies dups."""
+def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
+    """An id seen in one block is a duplicate in the next within the horizon, not past it."""
     import numpy as np
 
+    def block(ids, times):
+        return columnar._Accepted(
+            ts=np.array(times, dtype=np.int64),
+            ids=pa.array(ids, type=pa.string()),
+            keys=pa.array(["k"] * len(ids)),
+            values=np.zeros((len(ids), 0)),
+            int_values=[],
+            positions=np.arange(len(ids)),
+        )
+
     state = columnar._Columnar(_dedup_options(out_of_order_micros=0))
-    state._anchors = {"a": 1_000}
-    ids = ["a", "b", "a", "b"]
-    rows = columnar._Accepted(
-        ts=np.array([2_000, 3_000, 30_000_000, 4_000], dtype=np.int64),
-        ids=pa.array(ids, type=pa.string()),
-        keys=pa.array(["k"] * 4),
-        values=np.zeros((4, 0)),
-        int_values=[],
-        positions=np.arange(4),
-    )
+    assert state.deduplicate(block(["a"], [1_000])).tolist() == [True]
+    rows = block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
     assert len(state._anchors) == 2
 

@@ -374,14 +374,13 @@ class _IdAnchors(dict):
     open-addressing (linear probing) table keyed by a 64-bit hash of their bytes, and every hit is
     confirmed by comparing the ids themselves, so two different ids never share an anchor. The
     table holds at most one id per hash; an id whose hash another id already holds lives in the
-    object itself, a plain ``dict`` (practically never). Subclasses of :class:`_Columnar` that
-    dedup record by record use it as that plain dict. ``len()`` counts the ids held either way.
+    object itself, a plain ``dict`` (practically never). ``len()`` counts the ids held either way.
     Entries whose anchor is below the cutoff passed to :meth:`store` are dropped when the table
     fills up.
     """
 
-    def __init__(self, held: Mapping[str, int] | None = None) -> None:
-        super().__init__(held or {})
+    def __init__(self) -> None:
+        super().__init__()
         self._slots = np.full(_ID_SLOTS, -1, dtype=np.int64)  # entry per slot, -1: empty
         self._hashes = np.empty(_ID_SLOTS // 2, dtype=np.uint64)  # per entry
         self._values = np.empty(_ID_SLOTS // 2, dtype=np.int64)  # per entry: the anchor
@@ -532,8 +531,7 @@ class _Columnar:
             options.max_record_bytes,
         )
         self._id_of = options.dedup._id_of if options.dedup is not None else None
-        # the carried id -> anchor (a dict too, for subclasses that dedup record by record)
-        self._anchors: dict[str, int] = _IdAnchors()
+        self._anchors = _IdAnchors()  # the carried id -> anchor
         self._max_seen = _NONE
         self._partials: dict[str, list[pa.Table]] = {}
         self._python_acc: dict[tuple[int, Any], list[Any]] = {}
@@ -723,8 +721,6 @@ class _Columnar:
         group = encoded.indices.to_numpy().astype(np.int64)
         unique = encoded.dictionary
         anchors = self._anchors
-        if not isinstance(anchors, _IdAnchors):  # a subclass put a plain dict there: keep it
-            anchors = self._anchors = _IdAnchors(anchors)
         carried, handle = anchors.lookup(unique)
         if self._max_seen != _NONE:
             watermark = self._max_seen - self.options.out_of_order_micros

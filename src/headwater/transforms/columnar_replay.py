@@ -132,6 +132,8 @@ class _ReplayState(_Columnar):
         self.watermark = _MIN_MICROS  # the last watermark the stream emitted, micros
         self.late: list[DeadLetter] = []
         self.late_count = 0
+        # id -> anchor, record by record (the batch path's id table works block by block)
+        self._seen: dict[str, int] = {}
         self._pruned_at = 0
         fn: Any = options.window_fn
         self.size, self.offset = fn.size.micros, fn.offset.micros
@@ -170,7 +172,7 @@ class _ReplayState(_Columnar):
     def deduplicate_replayed(self, ids: list[str], ts: list[int], watermarks: list[int]) -> Any:
         """Keep mask over rows in arrival order: the record path's dedup with a replayed clock."""
         horizon = self.options.horizon_micros
-        anchors = self._anchors
+        anchors = self._seen
         keep = np.ones(len(ids), dtype=bool)
         for i, (ident, t, watermark) in enumerate(zip(ids, ts, watermarks, strict=True)):
             anchor = anchors.get(ident)
@@ -186,13 +188,11 @@ class _ReplayState(_Columnar):
         return keep
 
     def _prune(self) -> None:
-        if len(self._anchors) < max(2 * self._pruned_at, _PRUNE_AT_LEAST):
+        if len(self._seen) < max(2 * self._pruned_at, _PRUNE_AT_LEAST):
             return
         horizon, watermark = self.options.horizon_micros, self.watermark
-        self._anchors = {
-            k: a for k, a in self._anchors.items() if expiry_micros(a, horizon) > watermark
-        }
-        self._pruned_at = len(self._anchors)
+        self._seen = {k: a for k, a in self._seen.items() if expiry_micros(a, horizon) > watermark}
+        self._pruned_at = len(self._seen)
 
     def known_watermark(self, watermark: int) -> int:
         """The last window end at or before ``watermark``: what the record path's router knows."""
