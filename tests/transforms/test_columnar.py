@@ -388,6 +388,20 @@ def _dedup_options(*, out_of_order_micros: int):
     )
 
 
+def _id_block(ids, times):
+    """Accepted rows with only ids and event times (what the dedup reads)."""
+    import numpy as np
+
+    return columnar._Accepted(
+        ts=np.array(times, dtype=np.int64),
+        ids=pa.array(ids, type=pa.string()),
+        keys=pa.array(["k"] * len(ids)),
+        values=np.zeros((len(ids), 0)),
+        int_values=[],
+        positions=np.arange(len(ids)),
+    )
+
+
 def _reference_dedup(blocks, horizon, out_of_order):
     """Keep masks of the batch dedup rule, with a plain dict (what the numpy table replaces)."""
     anchors, max_seen, masks = {}, None, []
@@ -445,15 +459,7 @@ def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_has
     blocks = _random_blocks(seed)
     want = _reference_dedup(blocks, 20_000_000, 5_000_000)
     for (ids, times), expected in zip(blocks, want, strict=True):
-        rows = columnar._Accepted(
-            ts=np.array(times, dtype=np.int64),
-            ids=pa.array(ids, type=pa.string()),
-            keys=pa.array(["k"] * len(ids)),
-            values=np.zeros((len(ids), 0)),
-            int_values=[],
-            positions=np.arange(len(ids)),
-        )
-        assert state.deduplicate(rows).tolist() == expected
+        assert state.deduplicate(_id_block(ids, times)).tolist() == expected
     assert 0 < len(state._anchors) <= 3005
 
 
@@ -583,21 +589,9 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
 
 def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
     """An id seen in one block is a duplicate in the next within the horizon, not past it."""
-    import numpy as np
-
-    def block(ids, times):
-        return columnar._Accepted(
-            ts=np.array(times, dtype=np.int64),
-            ids=pa.array(ids, type=pa.string()),
-            keys=pa.array(["k"] * len(ids)),
-            values=np.zeros((len(ids), 0)),
-            int_values=[],
-            positions=np.arange(len(ids)),
-        )
-
     state = columnar._Columnar(_dedup_options(out_of_order_micros=0))
-    assert state.deduplicate(block(["a"], [1_000])).tolist() == [True]
-    rows = block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
+    assert state.deduplicate(_id_block(["a"], [1_000])).tolist() == [True]
+    rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
     assert len(state._anchors) == 2
 
