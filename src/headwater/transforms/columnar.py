@@ -850,12 +850,7 @@ class _Columnar:
         closed_acc = {g: acc for g, acc in self._python_acc.items() if g[0] <= last_start}
         for group in closed_acc:
             del self._python_acc[group]
-        held = (self._partials, self._python_acc)
-        self._partials, self._python_acc = closed, closed_acc
-        try:
-            return list(self.final())
-        finally:
-            self._partials, self._python_acc = held
+        return list(self._merged(closed, closed_acc))
 
     def final_columns(self) -> list[list[Any]]:
         """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
@@ -881,16 +876,22 @@ class _Columnar:
 
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
+        return self._merged(self._partials, self._python_acc)
+
+    def _merged(
+        self, partials: dict[str, list[pa.Table]], python_acc: dict[tuple[int, Any], list[Any]]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Arrow partials (per key type) and Python accumulators merged into final groups."""
         merged: dict[tuple[int, Any], list[Any]] = {}
-        for tables in self._partials.values():
+        for tables in partials.values():
             table = self._final_table(tables)
             groups = zip(*(column.to_pylist() for column in table.columns), strict=True)
-            if not self._python_acc:
+            if not python_acc:
                 yield from groups
                 continue
             for group in groups:
                 merged[(group[0], group[1])] = list(group[2:])
-        for group, acc in self._python_acc.items():
+        for group, acc in python_acc.items():
             into = merged.get(group)
             if into is None:
                 merged[group] = acc
