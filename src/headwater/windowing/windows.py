@@ -55,10 +55,8 @@ runner (FnApiRunner, the DirectRunner, Dataflow, Flink) can group by them.
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 import datetime as dt
-import functools
 import re
 import zoneinfo
 from typing import ClassVar
@@ -68,6 +66,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.windowing.durations import format_duration, parse_duration, to_beam_duration
+from headwater.windowing.rules import CALENDAR_UNITS, calendar_window
 
 __all__ = [
     "CALENDAR_UNITS",
@@ -81,11 +80,7 @@ __all__ = [
     "parse_window_spec",
 ]
 
-CALENDAR_UNITS = ("day", "week", "month")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_ONE_DAY = dt.timedelta(days=1)
 
 
 def _zone_key(timezone: object) -> str:
@@ -120,62 +115,6 @@ def _zone_key(timezone: object) -> str:
             "(e.g. 'Europe/Berlin', 'America/New_York', 'UTC')"
         ) from error
     return key
-
-
-def _micros_of(instant: dt.datetime) -> int:
-    """Microseconds since the epoch of an aware datetime (honouring ``fold``)."""
-    delta = instant - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _local_at(micros: int, zone: zoneinfo.ZoneInfo) -> dt.datetime:
-    """The zone's wall clock at an instant; ``OverflowError`` outside the years 1..9999."""
-    return (_EPOCH + dt.timedelta(microseconds=micros)).astimezone(zone)
-
-
-def _first_instant(day: dt.date, zone: zoneinfo.ZoneInfo) -> int:
-    """``B(day)``: the first instant at which the zone's wall clock shows ``day`` or later."""
-    midnight = dt.datetime.combine(day, dt.time(), tzinfo=zone)
-    before = _micros_of(midnight.replace(fold=0))
-    after = _micros_of(midnight.replace(fold=1))
-    low, high = min(before, after), max(before, after)
-    if _local_at(low, zone).replace(tzinfo=None) == midnight.replace(tzinfo=None):
-        # Midnight exists: once (low == high) or twice (take the first occurrence).
-        return low
-    # Midnight falls in a gap. The wall clock is before ``day`` at ``low`` and at or after it at
-    # ``high``, with exactly one forward jump in between: find the jump to the microsecond.
-    while high - low > 1:
-        middle = (low + high) // 2
-        if _local_at(middle, zone).date() >= day:
-            high = middle
-        else:
-            low = middle
-    return high
-
-
-def _unit_start(day: dt.date, unit: str, week_start: int) -> dt.date:
-    if unit == "day":
-        return day
-    if unit == "week":
-        return day - dt.timedelta(days=(day.weekday() - week_start) % 7)
-    return day.replace(day=1)
-
-
-def _next_start(start: dt.date, unit: str) -> dt.date:
-    if unit == "day":
-        return start + _ONE_DAY
-    if unit == "week":
-        return start + dt.timedelta(days=7)
-    return (start + dt.timedelta(days=calendar.monthrange(start.year, start.month)[1])).replace(
-        day=1
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _bounds(zone_key: str, unit: str, start: dt.date) -> tuple[int, int]:
-    """``(B(start), B(next start))`` in microseconds; cached, since a window holds many elements."""
-    zone = zoneinfo.ZoneInfo(zone_key)
-    return _first_instant(start, zone), _first_instant(_next_start(start, unit), zone)
 
 
 class CalendarWindows(beam_window.NonMergingWindowFn):
@@ -218,17 +157,8 @@ class CalendarWindows(beam_window.NonMergingWindowFn):
     ) -> list[beam_window.IntervalWindow]:
         micros = Timestamp.of(context.timestamp).micros
         try:
-            local_day = _local_at(micros, self._zone).date()
-            start_day = _unit_start(local_day, self.unit, self._week_start_index)
-            start, end = _bounds(self.timezone, self.unit, start_day)
-            # ``start <= micros`` always holds, since B(start_day) is the first instant showing
-            # start_day or later. But a fall-back across midnight steps the wall clock back into
-            # the previous date after the next window has begun: move to the window that
-            # contains the instant, so that windows partition time.
-            while micros >= end:
-                start_day = _next_start(start_day, self.unit)
-                start, end = _bounds(self.timezone, self.unit, start_day)
-        except (OverflowError, ValueError) as error:
+            start, end = calendar_window(micros, self.unit, self.timezone, self._week_start_index)
+        except ValueError as error:
             raise ValueError(
                 f"timestamp {Timestamp(micros=micros)} has no calendar {self.unit} in "
                 f"{self.timezone}: calendar windows cover the years 1..9999 only; give elements "
