@@ -18,6 +18,7 @@ from headwater.io.kafkaconfig import (
     check_reachable,
     is_secret_key,
     mask_config,
+    mask_setting,
     wrap_kafka_error,
 )
 from headwater.io.kafkaio import ReadFromKafka, WriteToKafka
@@ -56,6 +57,37 @@ def test_repr_masks_every_secret():
     assert all(value not in text for value in SECRETS.values())
     assert "alice" in text
     assert mask_config(SECRETS) == dict.fromkeys(SECRETS, "***")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "sasl.password:pw-typo-1234",
+        "sasl.password pw-typo-1234",
+        "sasl.password=pw-typo-1234",
+        "my.custom.password.thing:pw-typo-1234",
+        "client.id;pw-typo-1234",
+    ],
+)
+def test_mask_setting_never_shows_a_secret_or_a_malformed_value(item):
+    """A secret's value, and anything after the key of a malformed item, is never shown."""
+    shown = mask_setting(item)
+    assert "pw-typo-1234" not in shown
+    assert shown.startswith(item[:8])
+
+
+def test_mask_setting_shows_plain_settings():
+    """A well-formed non-secret setting is shown as it is."""
+    assert mask_setting("security.protocol=SASL_SSL") == "security.protocol=SASL_SSL"
+
+
+def test_malformed_kafka_config_flag_does_not_echo_the_value():
+    """--kafka_config=sasl.password:VALUE (a typo for =) is refused without the value."""
+    from headwater.pipelines._common import kafka_config
+
+    with pytest.raises(ValueError, match=r"sasl\.password") as caught:
+        kafka_config({"kafka_config": ["sasl.password:pw-typo-1234"]})
+    assert "pw-typo-1234" not in str(caught.value)
 
 
 def test_transform_reprs_mask_secrets():

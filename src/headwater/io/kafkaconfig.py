@@ -33,6 +33,7 @@ __all__ = [
     "check_reachable",
     "is_secret_key",
     "mask_config",
+    "mask_setting",
     "wrap_kafka_error",
 ]
 
@@ -73,6 +74,29 @@ def is_secret_key(key: str) -> bool:
 def mask_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with every secret value replaced by ``***``."""
     return {key: (MASK if is_secret_key(key) else value) for key, value in config.items()}
+
+
+_SETTING_RE = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*([=:]|\s)?(.*)", re.DOTALL)
+
+
+def mask_setting(item: str) -> str:
+    """``KEY=VALUE`` as it may be shown: a secret key's value, and anything after the key of a
+    malformed item (``sasl.password:hunter2``, a typo for ``=``), become ``***``.
+
+    >>> mask_setting("sasl.password=hunter2"), mask_setting("sasl.password:hunter2")
+    ('sasl.password=***', 'sasl.password:***')
+    >>> mask_setting("client.id=etl")
+    'client.id=etl'
+    """
+    match = _SETTING_RE.fullmatch(item)
+    if match is None:
+        return MASK
+    key, sep, rest = match.groups()
+    if sep == "=" and not is_secret_key(key):
+        return item
+    if not sep and not rest:
+        return key
+    return f"{key}{sep or ''}{MASK}"
 
 
 def _secret_values(config: Mapping[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, match_files
 from headwater.io.formats import Format, JsonFormat, make_format
+from headwater.io.kafkaconfig import mask_setting
 from headwater.io.kafkaio import ReadFromKafka
 from headwater.pipelines.options import HeadwaterOptions, flag_values
 from headwater.testing.replay import RecordEventTime, replay_stream
@@ -76,7 +77,11 @@ def kafka_config(values: Mapping[str, Any]) -> dict[str, str]:
     for item in values.get("kafka_config") or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--kafka_config: {item.split('=')[0]!r} is not KEY=VALUE")
+            # Never the value: a typo such as sasl.password:VALUE must not print the password.
+            raise ValueError(
+                f"--kafka_config={mask_setting(item)!r} is not KEY=VALUE "
+                "(e.g. --kafka_config=security.protocol=SASL_SSL)"
+            )
         config[key.strip()] = value
     return config
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from headwater import pipelines
+from headwater.io.kafkaconfig import mask_setting
 
 __all__ = ["add_commands", "run_command"]
 
@@ -44,7 +45,7 @@ def _pairs(items: Sequence[str] | None, *, what: str, repeatable: frozenset[str]
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--{what} {item.split('=')[0]!r} is not KEY=VALUE")
+            raise ValueError(f"--{what} {mask_setting(item)!r} is not KEY=VALUE")
         key = key.strip()
         if key in repeatable:
             values.setdefault(key, []).append(value)

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from headwater import pipelines
+from headwater.io.kafkaconfig import mask_setting
 from headwater.pipelines.options import FLAGS, Flag
 
 __all__ = [
@@ -173,11 +174,6 @@ def decode_repeated(value: str, *, name: str) -> list[str]:
     return items
 
 
-def _masked(item: str) -> str:
-    key = item.partition("=")[0]
-    return f"{key}=***"
-
-
 def _as_text(name: str, value: Any, flag: Flag) -> str:
     if flag.repeated:
         if isinstance(value, (list, tuple)):
@@ -226,8 +222,9 @@ def check_parameters(name: str, params: Mapping[str, Any]) -> dict[str, str]:
         if flag.repeated:
             for item in decode_repeated(text, name=key):
                 if flag.regex and not re.match(flag.regex, item):
+                    shown = mask_setting(item)
                     raise ValueError(
-                        f"parameter {key!r}: item {_masked(item)!r} does not match {flag.regex}"
+                        f"parameter {key!r}: item {shown!r} does not match {flag.regex}"
                     )
             result[key] = encode_repeated(decode_repeated(text, name=key))
             continue
