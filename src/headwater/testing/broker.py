@@ -4,6 +4,8 @@
 127.0.0.1 port with in-memory storage, waits until it answers Kafka metadata requests, and
 returns a :class:`LocalBroker`; use it as a context manager so the broker is stopped (by its own
 process id, never by name) when the block ends. :func:`create_topic` works against any broker.
+:class:`LocalBroker`, :func:`free_port`, :func:`stop_process` and :func:`start_until_answering`
+also serve :mod:`headwater.testing.kafka_server`, which starts Apache Kafka the same way.
 
 Tansu reports a partition's high watermark as (base offset of its last record batch + 1)
 rather than (last offset + 1): tests that read "up to the end" should send each partition's last
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,7 +34,10 @@ __all__ = [
     "LocalBroker",
     "bench_kafka_read",
     "create_topic",
+    "free_port",
     "start_broker",
+    "start_until_answering",
+    "stop_process",
     "tansu_path",
 ]
 
@@ -63,20 +69,47 @@ def tansu_path() -> Path:
     return path
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-class LocalBroker:
-    """A running Tansu broker process; stop it with :meth:`stop` or by leaving the ``with``."""
+def stop_process(process: subprocess.Popen, *, grace: float = _STOP_GRACE_S) -> None:
+    """Stops ``process`` by its PID: SIGTERM, then SIGKILL if it is alive after ``grace`` s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
 
-    def __init__(self, process: subprocess.Popen, host: str, port: int, log_path: Path):
+
+class LocalBroker:
+    """A running broker process; stop it with :meth:`stop` or by leaving the ``with``.
+
+    ``workdir``, when given, is a folder the broker owns (its data and log): :meth:`stop`
+    removes it. ``name`` says which broker it is in messages (``Tansu``, ``Apache Kafka``).
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        host: str,
+        port: int,
+        log_path: Path,
+        *,
+        workdir: Path | None = None,
+        name: str = "Tansu",
+    ):
         self.process = process
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.workdir = workdir
+        self.name = name
 
     @property
     def bootstrap_servers(self) -> str:
@@ -106,13 +139,10 @@ class LocalBroker:
 
     def stop(self) -> None:
         """Stops the broker: SIGTERM to its PID, SIGKILL after a grace period."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=_STOP_GRACE_S)
+        stop_process(self.process)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return
         with contextlib.suppress(OSError):
             self.log_path.unlink()
         with contextlib.suppress(OSError):
@@ -131,7 +161,7 @@ class LocalBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"
-        return f"LocalBroker({self.bootstrap_servers}, pid={self.pid}, {state})"
+        return f"LocalBroker({self.name}, {self.bootstrap_servers}, pid={self.pid}, {state})"
 
 
 def _answers(bootstrap: str, timeout: float) -> bool:
@@ -170,10 +200,9 @@ def start_broker(
                 sock.bind((host, port))
             except OSError as exc:
                 raise BrokerError(f"cannot start the broker on {host}:{port}: {exc}") from None
-    attempts = 1 if port is not None else 3
-    last_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else _free_port(host)
+
+    def launch() -> LocalBroker:
+        chosen = port if port is not None else free_port(host)
         url = f"tcp://{host}:{chosen}"
         log_dir = Path(tempfile.mkdtemp(prefix="headwater-tansu-"))
         log_path = log_dir / "tansu.log"
@@ -194,15 +223,37 @@ def start_broker(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in a terminal does not kill it mid-test
             )
-        broker = LocalBroker(process, host, chosen, log_path)
+        return LocalBroker(process, host, chosen, log_path)
+
+    return start_until_answering(
+        launch, attempts=1 if port is not None else 3, startup_timeout=startup_timeout
+    )
+
+
+def start_until_answering(
+    launch: Callable[[], LocalBroker], *, attempts: int, startup_timeout: float
+) -> LocalBroker:
+    """Calls ``launch`` until the broker it starts answers Kafka metadata requests.
+
+    A broker that exits at start (a port taken between choosing and binding it) is launched
+    again, up to ``attempts`` times; one that runs but does not answer within
+    ``startup_timeout`` seconds is stopped and reported. Raises :class:`BrokerError` with the
+    broker's last log lines.
+    """
+    last_error = ""
+    name = "broker"
+    for _ in range(attempts):
+        broker = launch()
+        name = broker.name
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline and broker.running():
             try:
-                socket.create_connection((host, chosen), timeout=0.5).close()
+                socket.create_connection((broker.host, broker.port), timeout=0.5).close()
             except OSError:
                 time.sleep(0.05)
                 continue
-            if _answers(broker.bootstrap_servers, timeout=min(5.0, startup_timeout)):
+            remaining = max(0.5, deadline - time.monotonic())
+            if _answers(broker.bootstrap_servers, timeout=min(5.0, remaining)):
                 if broker.running():  # not some other process answering on that port
                     return broker
                 break
@@ -211,10 +262,10 @@ def start_broker(
         broker.stop()
         if not exited:
             raise BrokerError(
-                f"the Tansu broker at {url} did not answer within {startup_timeout:g}s; "
-                f"its log ends:\n{last_error}"
+                f"the {name} broker at {broker.bootstrap_servers} did not answer within "
+                f"{startup_timeout:g}s; its log ends:\n{last_error}"
             )
-    raise BrokerError(f"the Tansu broker exited at start; its log ends:\n{last_error}")
+    raise BrokerError(f"the {name} broker exited at start; its log ends:\n{last_error}")
 
 
 def create_topic(
