@@ -23,7 +23,6 @@ from headwater.windowing.durations import (
         ("10m", 600.0),
         ("1h", 3600.0),
         ("1d", 86400.0),
-        ("15", 15.0),
         (2, 2.0),
         (1.5, 1.5),
         (dt.timedelta(minutes=2), 120.0),
@@ -40,6 +39,20 @@ def test_parse_duration_rejects_bad_values_naming_them(value):
     """A bad duration raises ValueError naming the option and the value."""
     with pytest.raises(ValueError, match=r"horizon="):
         parse_duration(value, name="horizon")
+
+
+@pytest.mark.parametrize("value", ["10", "60", " 1.5 ", "0"])
+def test_a_string_without_a_unit_is_refused_showing_the_accepted_forms(value):
+    """'10' could mean seconds, minutes or milliseconds: refused, naming the forms accepted."""
+    with pytest.raises(ValueError, match=r"horizon=.* has no unit .*'60s'.*'10m'") as caught:
+        parse_duration(value, name="horizon")
+    assert f"'{value.strip()}s'" in str(caught.value)
+
+
+def test_bare_numbers_in_python_are_seconds():
+    """In Python, an int or float is seconds (only strings must carry a unit)."""
+    assert parse_duration(15) == 15.0
+    assert parse_duration(0.25) == 0.25
 
 
 def test_zero_is_refused_when_not_allowed():

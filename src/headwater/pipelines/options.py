@@ -24,7 +24,7 @@ from headwater.windowing.durations import parse_duration
 
 __all__ = ["FLAGS", "Flag", "HeadwaterOptions", "check_required", "flag_values"]
 
-_DURATION_RE = r"^\d+(\.\d+)?(us|ms|s|m|h|d)?$"
+_DURATION_RE = r"^\d+(\.\d+)?(us|ms|s|m|h|d)$"
 _POSITIVE_INT_RE = r"^[1-9]\d*$"
 
 

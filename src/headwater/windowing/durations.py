@@ -1,7 +1,9 @@
 """Durations and instants as headwater options accept them.
 
 A duration is given as seconds (``int``/``float``), a :class:`datetime.timedelta`, or a compact
-string: ``500ms``, ``60s``, ``10m``, ``1h``, ``1d`` (a bare number in a string means seconds).
+string with a unit: ``500ms``, ``60s``, ``10m``, ``1h``, ``1d``. A string without a unit
+(``"60"``, as in ``--dedup_horizon=10`` or ``fixed:60``) is refused, not guessed: on the command
+line it is as likely to mean minutes or milliseconds as seconds.
 Instants are timezone-aware :class:`datetime.datetime` values; naive datetimes are refused
 because their meaning depends on the machine that runs the pipeline.
 """
@@ -18,10 +20,13 @@ __all__ = [
     "to_beam_duration",
     "to_beam_timestamp",
     "format_duration",
+    "ACCEPTED_FORMS",
 ]
 
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)\s*$")
+_BARE_NUMBER_RE = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
+ACCEPTED_FORMS = "a number with a unit (us, ms, s, m, h, d), e.g. '500ms', '60s', '10m', '1h', '1d'"
 
 DurationLike = int | float | str | dt.timedelta
 
@@ -47,11 +52,13 @@ def parse_duration(
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if not match:
-            raise ValueError(
-                f"{name}={value!r} is not a duration; expected a number with a unit "
-                "(us, ms, s, m, h, d), e.g. '500ms', '60s', '10m', '1h', '1d'"
-            )
-        seconds = float(match.group(1)) * _UNITS_S[match.group(2) or "s"]
+            if _BARE_NUMBER_RE.match(value):
+                raise ValueError(
+                    f"{name}={value!r} has no unit (for seconds write '{value.strip()}s'); "
+                    f"expected {ACCEPTED_FORMS}"
+                )
+            raise ValueError(f"{name}={value!r} is not a duration; expected {ACCEPTED_FORMS}")
+        seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
     else:
         raise ValueError(
             f"{name}={value!r} is not a duration; expected seconds, a timedelta or e.g. '60s'"
