@@ -1,4 +1,5 @@
-"""ReadFromKafka / WriteToKafka against a real broker (Tansu, or $HEADWATER_TEST_BOOTSTRAP).
+"""ReadFromKafka / WriteToKafka against Apache Kafka (or $HEADWATER_TEST_BOOTSTRAP); a smoke set
+(``ON_BOTH_BROKERS``) also runs on Tansu, the broker of ``make demo``.
 
 Tansu reports a partition's end offset as (base offset of its last batch + 1), so every helper
 here sends each partition's last record in a batch of its own (a flush before it).
@@ -25,6 +26,9 @@ from headwater.windowing.eventtime import EventTimeExtractor
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
+ON_BOTH_BROKERS = pytest.mark.parametrize(
+    "kafka_bootstrap", ["apache-kafka", "tansu"], indirect=True
+)
 
 
 def produce(bootstrap, topic, rows, *, partitions=PARTITIONS):
@@ -55,6 +59,7 @@ def coordinates(record):
     return (record.partition, record.key, record.value)
 
 
+@ON_BOTH_BROKERS
 def test_bounded_read_outputs_exactly_the_produced_records(kafka_bootstrap, kafka_topic):
     """60 events over 3 partitions come back once each: no loss, no extra."""
     rows = events(60)
@@ -104,6 +109,7 @@ def test_event_time_field_sets_element_timestamp(kafka_bootstrap, kafka_topic):
         assert_that(stamped, equal_to([5_000, 5_001, 5_002]), label="event times")
 
 
+@ON_BOTH_BROKERS
 def test_second_run_from_committed_reads_only_new_records(kafka_bootstrap, kafka_topic):
     """commit_on_finalize commits after the run; start='committed' then reads only what is new."""
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -145,6 +151,7 @@ def test_without_commit_on_finalize_nothing_is_committed(kafka_bootstrap, kafka_
     assert committed[0].offset < 0
 
 
+@ON_BOTH_BROKERS
 def test_poison_message_yields_one_dead_letter_with_coordinates(kafka_bootstrap, kafka_topic):
     """Undecodable bytes become one dead letter with topic/partition/offset; the rest decode."""
     rows = events(8)
@@ -247,6 +254,7 @@ def _assert_subset(got, produced):
     assert set(got) <= produced, got
 
 
+@ON_BOTH_BROKERS
 def test_write_then_read_preserves_key_value_headers_timestamp(kafka_bootstrap, make_kafka_topic):
     """WriteToKafka -> ReadFromKafka keeps key, value, headers and timestamp of every record."""
     topic = make_kafka_topic(1)

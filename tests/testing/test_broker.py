@@ -42,6 +42,7 @@ def test_create_topic_validates_partitions(kafka_bootstrap):
         create_topic(kafka_bootstrap, "x", partitions=0)
 
 
+@pytest.mark.parametrize("kafka_bootstrap", ["apache-kafka", "tansu"], indirect=True)
 def test_start_broker_on_busy_port_reports_the_log(kafka_bootstrap):
     """A port already in use gives a BrokerError instead of a hang."""
     host, port = kafka_bootstrap.rsplit(":", 1)
