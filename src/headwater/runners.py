@@ -7,7 +7,11 @@ runs before Beam stages a single file, and a ``ValueError`` names the flag to fi
 
 * Local: ``DirectRunner`` (or no runner) maps to the ``FnApiRunner`` for batch and the
   ``BundleBasedDirectRunner`` for streaming (``TestStream``), so a run never waits on Beam's
-  Prism download.
+  Prism download. An unbounded Kafka read, which neither can run, goes to Prism.
+* ``PrismRunner``: Beam's portable local runner (Go), for real streaming on this machine. The
+  binary is the one ``make tools`` builds, found by :func:`find_prism`; Beam never downloads
+  one. Its SDK harness runs in this process (``LOOPBACK``), so the run is waited for and
+  summarized like a local one.
 * ``DataflowRunner``: ``--project``, ``--region`` and a ``gs://`` ``--temp_location`` (or
   ``--staging_location``) are required; ``--setup_file`` defaults to headwater's own
   ``setup.py`` (found next to the source checkout) unless ``--sdk_container_image``,
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
     PortableOptions,
+    PrismRunnerOptions,
     SetupOptions,
     StandardOptions,
     WorkerOptions,
@@ -52,12 +59,16 @@ __all__ = [
     "DATAFLOW_RUNNER",
     "LOCAL_RUNNERS",
     "PORTABLE_RUNNERS",
+    "PRISM_ENV",
+    "PRISM_RUNNER",
     "SETUP_FILE_ENV",
+    "find_prism",
     "find_setup_file",
     "is_local",
     "is_portable",
     "prepare",
     "unbounded_source",
+    "wait_for",
     "waits_for_result",
 ]
 
@@ -66,11 +77,18 @@ _LOG = logging.getLogger("headwater.runners")
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 PORTABLE_RUNNERS = ("FlinkRunner", "PortableRunner")
 DATAFLOW_RUNNER = "DataflowRunner"
+PRISM_RUNNER = "PrismRunner"
 
 SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
 """Environment variable naming the ``setup.py`` to stage when the package has no checkout."""
 
-_CANONICAL = {name.lower(): name for name in (*LOCAL_RUNNERS, *PORTABLE_RUNNERS, DATAFLOW_RUNNER)}
+PRISM_ENV = "HEADWATER_PRISM"
+"""Environment variable naming the Prism binary (when ``--prism_location`` is not given)."""
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (*LOCAL_RUNNERS, *PORTABLE_RUNNERS, DATAFLOW_RUNNER, PRISM_RUNNER)
+}
 
 
 def is_local(runner: str) -> bool:
@@ -86,13 +104,32 @@ def is_portable(runner: str) -> bool:
 def waits_for_result(runner: str, options: PipelineOptions) -> bool:
     """Whether a run on ``runner`` should be waited for and summarized from its metrics.
 
-    Local runs always; batch runs on the portable runners too (their job service reports the
-    ``headwater`` counters through ``result.metrics()``). Dataflow jobs and streaming portable
-    jobs are submitted and left running: the caller prints the job id.
+    Local runs and Prism runs (streaming too: they end at ``--max_duration`` or when the user
+    interrupts them) always; batch runs on the portable runners too (their job service reports
+    the ``headwater`` counters through ``result.metrics()``). Dataflow jobs and streaming
+    portable jobs are submitted and left running: the caller prints the job id.
     """
-    if is_local(runner):
+    if is_local(runner) or runner == PRISM_RUNNER:
         return True
     return is_portable(runner) and not options.view_as(StandardOptions).streaming
+
+
+def wait_for(result: Any, runner: str) -> str:
+    """Waits for a run to end and returns its final state (``"DONE"``, ``"CANCELLED"`` ...).
+
+    Ctrl-C (SIGINT) during a Prism run cancels the job instead of leaving it running in the
+    background: the records already read stay counted, windows not yet closed are not written
+    (a run bounded by ``--max_duration`` drains instead: every window is written).
+    """
+    try:
+        state = result.wait_until_finish()
+    except KeyboardInterrupt:
+        if runner != PRISM_RUNNER:
+            raise
+        _LOG.warning("interrupted: cancelling the %s job", runner)
+        result.cancel()
+        state = result.state
+    return str(getattr(state, "value", state))
 
 
 def find_setup_file() -> str | None:
@@ -115,6 +152,37 @@ def find_setup_file() -> str | None:
         if 'name="headwater"' in text or "name='headwater'" in text:
             return str(candidate)
     return None
+
+
+def find_prism(location: str | None = None) -> str:
+    """The Prism binary: ``location`` (``--prism_location``), ``$HEADWATER_PRISM``, ``prism``
+    next to this Python (the venv's ``bin``, where ``make tools`` links it), or on ``PATH``.
+
+    ``ValueError`` (one line, how to build it) when none exists: Beam's own fallback, a
+    download from GitHub, is never tried.
+    """
+    from apache_beam.version import __version__ as beam_version
+
+    build = (
+        f"run `make tools` (go install github.com/apache/beam/sdks/v2/go/cmd/prism@v{beam_version})"
+    )
+    for where, candidate in (
+        ("--prism_location", location),
+        (f"${PRISM_ENV}", os.environ.get(PRISM_ENV)),
+    ):
+        if candidate:
+            if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
+                raise ValueError(
+                    f"{where}={candidate!r} is not an executable Prism binary: {build}"
+                )
+            return str(Path(candidate).resolve())
+    beside = Path(sys.executable).parent / "prism"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside.resolve())
+    found = shutil.which("prism")
+    if found:
+        return str(Path(found).resolve())
+    raise ValueError(f"Prism is not built: {build}")
 
 
 def _canonical(runner: Any) -> Any:
@@ -147,7 +215,12 @@ def prepare(options: PipelineOptions, *, streaming: bool) -> str:
     streaming = streaming or bool(standard.streaming)
     runner = _canonical(standard.runner)
     if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        runner = "BundleBasedDirectRunner" if streaming else "FnApiRunner"
+        if unbounded_source(options):
+            _LOG.info("an unbounded Kafka read runs on Prism: --runner=%s", PRISM_RUNNER)
+            runner = PRISM_RUNNER
+            streaming = True
+        else:
+            runner = "BundleBasedDirectRunner" if streaming else "FnApiRunner"
     elif not is_local(str(runner)) and not streaming and unbounded_source(options):
         _LOG.info(
             "--source=kafka without --stop_at_end or --max_records is an unbounded read: "
@@ -164,6 +237,9 @@ def prepare(options: PipelineOptions, *, streaming: bool) -> str:
         _prepare_dataflow(options, streaming=streaming)
     elif runner in PORTABLE_RUNNERS:
         _prepare_portable(options, runner=str(runner))
+    elif runner == PRISM_RUNNER:
+        prism = options.view_as(PrismRunnerOptions)
+        prism.prism_location = find_prism(prism.prism_location)
     return str(runner)
 
 

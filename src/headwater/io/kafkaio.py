@@ -61,6 +61,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -578,6 +579,7 @@ class _ReadPartitionFn(beam.DoFn):
         restriction = tracker.current_restriction()
         topic, partition = element.topic, element.partition
         if restriction.start >= restriction.stop:
+            bundle_finalizer.register(_nothing_to_commit)
             return
         consumer = self._get_consumer()
         tp = TopicPartition(topic, partition, restriction.start)
@@ -695,9 +697,14 @@ class _ReadPartitionFn(beam.DoFn):
                 self._assigned = (topic, partition, resume_at)
             else:
                 self._assigned = None
-            if self._commit_on_finalize and claimed_any and not failed:
+            if not failed:
+                # Every bundle registers a callback: Prism finalizes every bundle of a step
+                # that can ask for finalization, and the Python SDK fails (and logs at ERROR)
+                # a finalization of a bundle that registered none.
                 bundle_finalizer.register(
                     functools.partial(self._commit, topic, partition, next_offset)
+                    if self._commit_on_finalize and claimed_any
+                    else _nothing_to_commit
                 )
 
     def _caught_up_to_stop(
@@ -731,6 +738,10 @@ class _ReadPartitionFn(beam.DoFn):
                 cls=KafkaCommitError,
             )
             _LOG.warning("%s (the next run from start='committed' re-reads these records)", error)
+
+
+def _nothing_to_commit() -> None:
+    """The finalization callback of a bundle that has no offset to commit."""
 
 
 class _CommitOffsetsFn(beam.DoFn):
@@ -904,9 +915,16 @@ class ReadFromKafka(beam.PTransform):
         """Whether the read ends by itself (``stop_at_end``, ``max_records``, ``max_duration``)."""
         return self.stop_at_end or self.max_records is not None or self.max_duration is not None
 
-    def reader_fn(self) -> _ReadPartitionFn:
-        """The splittable DoFn that reads :class:`PartitionRead` elements (for tests, runners)."""
-        cls = _ReadPartitionFn if self.bounded else _ReadPartitionUnboundedFn
+    def reader_fn(self, *, streaming: bool = False) -> _ReadPartitionFn:
+        """The splittable DoFn that reads :class:`PartitionRead` elements (for tests, runners).
+
+        In a ``streaming`` job a read bounded only by ``max_duration`` is read live like an
+        unbounded one (checkpointing at the tail, so the watermark and the windows advance
+        while it runs) and ends at its deadline, which drains the job.
+        """
+        live = streaming and not self.stop_at_end and self.max_records is None
+        bounded = self.bounded and not live
+        cls = _ReadPartitionFn if bounded else _ReadPartitionUnboundedFn
         return cls(
             self.connection,
             group_id=self.group_id,
@@ -915,7 +933,7 @@ class ReadFromKafka(beam.PTransform):
             value_format=self.value_format,
             commit_on_finalize=self.commit_on_finalize,
             poll_interval=self.poll_interval,
-            bounded=self.bounded,
+            bounded=bounded,
             stall_timeout=self.stall_timeout,
         )
 
@@ -933,7 +951,12 @@ class ReadFromKafka(beam.PTransform):
         return (
             listed
             | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartitions" >> beam.ParDo(self.reader_fn())
+            | "ReadPartitions"
+            >> beam.ParDo(
+                self.reader_fn(
+                    streaming=bool(pbegin.pipeline.options.view_as(StandardOptions).streaming)
+                )
+            )
         )
 
     def commit_after(self, pipeline: beam.Pipeline, *sinks: beam.PCollection) -> None:

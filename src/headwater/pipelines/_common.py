@@ -260,9 +260,13 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         start=_kafka_start(values.get("start") or "earliest"),
         stop_at_end=bool(values.get("stop_at_end")),
         max_records=values.get("max_records"),
+        max_duration=values.get("max_duration"),
         event_time=source_time,
         value_format=decoder(values) if source_time is not None else None,
-        watermark=BoundedOutOfOrderness(max_delay=values.get("max_out_of_orderness") or "5s"),
+        watermark=BoundedOutOfOrderness(
+            max_delay=values.get("max_out_of_orderness") or "5s",
+            idle_timeout=values.get("idle_timeout"),
+        ),
         commit_on_finalize=bool(values.get("commit_offsets")) and not bounded,
         commit_after_sinks=bool(values.get("commit_offsets")) and bounded,
         group_id=values.get("group_id"),
@@ -426,14 +430,10 @@ def run_pipeline(
     waits = runners.waits_for_result(runner, options)
     if options.view_as(StandardOptions).streaming:
         check_streaming(values)
-    if (
-        local
-        and values.get("source") == "kafka"
-        and not (values.get("stop_at_end") or values.get("max_records"))
-    ):
+    if local and runners.unbounded_source(options):
         raise ValueError(
             "--source=kafka without --stop_at_end or --max_records is an unbounded "
-            "read: run it on Dataflow or Flink; locally add --stop_at_end"
+            f"read, which {runner} cannot run: use --runner=PrismRunner (or add --stop_at_end)"
         )
     started = time.monotonic()
     p = beam.Pipeline(options=options)
@@ -443,12 +443,16 @@ def run_pipeline(
         job_id = getattr(result, "job_id", lambda: None)()
         print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
         return {"job_id": job_id}
-    state = result.wait_until_finish()
-    if runners.is_portable(runner) and str(state) != "DONE":
+    state = runners.wait_for(result, runner)
+    if (runners.is_portable(runner) or runner == runners.PRISM_RUNNER) and state not in (
+        "DONE",
+        "CANCELLED",
+    ):
         raise RuntimeError(f"{runner} job ended in state {state}")
     summary = summarize(
         name, runner, Accounting.from_result(result), time.monotonic() - started, outputs
     )
+    summary["state"] = state
     print_summary(summary)
     if values.get("summary_json"):
         with open(values["summary_json"], "w", encoding="utf-8") as handle:

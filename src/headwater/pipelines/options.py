@@ -200,6 +200,23 @@ FLAGS: dict[str, Flag] = {
             boolean=True,
         ),
         Flag(
+            "max_duration",
+            "Max duration",
+            "Kafka read: stop claiming records this long after the job starts, e.g. 10m. In "
+            "a streaming run the job then drains: open windows close and are written, and the "
+            "run ends with its summary.",
+            type=_duration,
+            regex=_DURATION_RE,
+        ),
+        Flag(
+            "idle_timeout",
+            "Idle timeout",
+            "Kafka read: a partition with no new record for this long stops holding the "
+            "watermark back (it advances with the clock), e.g. 30s. Default: never idle.",
+            type=_duration,
+            regex=_DURATION_RE,
+        ),
+        Flag(
             "kafka_config",
             "librdkafka setting",
             "A librdkafka setting as KEY=VALUE passed "

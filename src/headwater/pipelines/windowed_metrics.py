@@ -51,6 +51,8 @@ SOURCE_FLAGS = (
     "start",
     "stop_at_end",
     "max_records",
+    "max_duration",
+    "idle_timeout",
     "group_id",
     "commit_offsets",
     "kafka_config",

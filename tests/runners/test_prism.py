@@ -1,0 +1,110 @@
+"""PrismRunner as a runner users pick: the binary found, never downloaded, unbounded reads sent to it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    PrismRunnerOptions,
+    StandardOptions,
+)
+
+from headwater import runners
+from headwater.pipelines import windowed_metrics
+
+KAFKA = ["--source=kafka", "--bootstrap_servers=127.0.0.1:1", "--topic=events"]
+
+
+def _binary(folder: Path, name: str = "prism") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def no_prism(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No Prism anywhere: no $HEADWATER_PRISM, none beside this Python, none on PATH."""
+    monkeypatch.delenv(runners.PRISM_ENV, raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    return tmp_path
+
+
+def test_prism_location_flag_wins_over_the_environment(
+    no_prism: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--prism_location is used before $HEADWATER_PRISM."""
+    flag = _binary(no_prism / "flag")
+    monkeypatch.setenv(runners.PRISM_ENV, str(_binary(no_prism / "env")))
+    options = PipelineOptions(["--runner=PrismRunner", f"--prism_location={flag}"])
+    assert runners.prepare(options, streaming=False) == "PrismRunner"
+    assert options.view_as(PrismRunnerOptions).prism_location == str(flag.resolve())
+
+
+def test_prism_found_by_environment_then_venv_then_path(
+    no_prism: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$HEADWATER_PRISM, then prism beside sys.executable, then prism on PATH."""
+    on_path = _binary(no_prism / "empty")
+    assert runners.find_prism() == str(on_path.resolve())
+    beside = _binary(no_prism / "venv" / "bin")
+    assert runners.find_prism() == str(beside.resolve())
+    env = _binary(no_prism / "env")
+    monkeypatch.setenv(runners.PRISM_ENV, str(env))
+    assert runners.find_prism() == str(env.resolve())
+
+
+def test_missing_prism_says_how_to_build_it(no_prism: Path) -> None:
+    """No binary anywhere: a one-line ValueError naming `make tools` and the go install."""
+    with pytest.raises(ValueError, match=r"^Prism is not built: run `make tools` \(go install "):
+        runners.prepare(PipelineOptions(["--runner=PrismRunner"]), streaming=True)
+
+
+def test_bad_prism_location_is_refused_not_downloaded(no_prism: Path) -> None:
+    """A --prism_location that is not a local executable is refused by name (no download)."""
+    url = "https://github.com/apache/beam/releases/tag/v2.77.0"
+    with pytest.raises(ValueError, match=r"^--prism_location='https://github.com/.*make tools"):
+        runners.prepare(
+            PipelineOptions(["--runner=prism", f"--prism_location={url}"]), streaming=True
+        )
+
+
+def test_unbounded_kafka_read_on_the_direct_runner_goes_to_prism(no_prism: Path) -> None:
+    """DirectRunner (or no runner) with an unbounded Kafka read runs on Prism, streaming."""
+    binary = _binary(no_prism / "venv" / "bin")
+    for argv in (KAFKA, ["--runner=DirectRunner", *KAFKA], [*KAFKA, "--max_duration=1m"]):
+        options = PipelineOptions(argv)
+        assert runners.prepare(options, streaming=False) == "PrismRunner"
+        assert options.view_as(StandardOptions).streaming
+        assert options.view_as(PrismRunnerOptions).prism_location == str(binary.resolve())
+    bounded = PipelineOptions([*KAFKA, "--stop_at_end"])
+    assert runners.prepare(bounded, streaming=False) == "FnApiRunner"
+
+
+def test_prism_runs_are_waited_for_and_summarized() -> None:
+    """waits_for_result holds for Prism, streaming or not."""
+    options = PipelineOptions(["--streaming"])
+    assert runners.waits_for_result("PrismRunner", options)
+
+
+def test_unbounded_read_on_fnapi_runner_points_to_prism(tmp_path: Path) -> None:
+    """The runner that cannot run an unbounded read names --runner=PrismRunner."""
+    argv = [
+        "--runner=FnApiRunner",
+        *KAFKA,
+        "--key_field=user_id",
+        "--window=fixed:60s",
+        "--metrics=count",
+        f"--output={tmp_path / 'out'}",
+        f"--dead_letter={tmp_path / 'dlq'}",
+    ]
+    with pytest.raises(ValueError, match=r"FnApiRunner cannot run: use --runner=PrismRunner"):
+        windowed_metrics.run(argv)
+    assert not os.path.exists(tmp_path / "out")
