@@ -59,7 +59,7 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	@command -v mvn >/dev/null && command -v java >/dev/null || { echo 'make tools: Apache Kafka needs Java 17+ and Maven on PATH (apt-get install -y openjdk-17-jre-headless maven); then run make tools' >&2; exit 1; }
 	@echo 'fetching Apache Kafka ($(KAFKA_POM)) from Maven Central into $(KAFKA_LIBS)'
 	@rm -rf $(KAFKA_LIBS) $(KAFKA_LIBS).partial
-	@mvn -B -q -Dstyle.color=never -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory='$(abspath $(KAFKA_LIBS)).partial' \
+	@mvn -B -q -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory='$(abspath $(KAFKA_LIBS)).partial' \
 	  || { echo 'make tools: fetching Apache Kafka with Maven failed (output above); fix that, then run make tools' >&2; exit 1; }
 	@mv $(KAFKA_LIBS).partial $(KAFKA_LIBS)
 	@touch $@
