@@ -13,6 +13,7 @@ import time
 import uuid
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -346,3 +347,82 @@ def test_secrets_never_reach_logs_during_a_read(kafka_bootstrap, kafka_topic, ca
         assert_that(out | beam.combiners.Count.Globally(), equal_to([3]), label="count")
     assert caplog.records, "the read should log its rare events"
     assert secret not in caplog.text
+
+
+class _SinkDownError(RuntimeError):
+    """The output could not be made durable."""
+
+
+def _fail_sink(_row):
+    raise _SinkDownError("disk full (simulated)")
+
+
+def _committed(bootstrap, topic, group):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return [tp.offset for tp in consumer.committed(parts, timeout=10)]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize(
+    ("bound", "end"),
+    [
+        ("--stop_at_end", [3, 3, 3]),
+        ("--max_records=4", [3, 2, 2]),
+        ("--max_duration=4s", None),
+    ],
+)
+def test_bounded_pipeline_read_commits_only_after_its_sinks_succeed(
+    kafka_bootstrap, kafka_topic, tmp_path, bound, end
+):
+    """--commit_offsets with any bound: a failing sink leaves the group's offsets where they were."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from headwater.pipelines import windowed_metrics
+
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    produce(kafka_bootstrap, kafka_topic, events(9))
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    consumer.commit(
+        offsets=[TopicPartition(kafka_topic, p, 1) for p in range(PARTITIONS)], asynchronous=False
+    )
+    consumer.close()
+    flags = [
+        "--source=kafka",
+        f"--bootstrap_servers={kafka_bootstrap}",
+        f"--topic={kafka_topic}",
+        bound,
+        "--start=committed",
+        "--commit_offsets",
+        f"--group_id={group}",
+        "--event_time_field=event_time",
+        "--id_field=id",
+        "--key_field=id",
+        "--metrics=count",
+        "--window=fixed:60s",
+        f"--output={tmp_path / 'out'}",
+        f"--dead_letter={tmp_path / 'dlq'}",
+    ]
+
+    def run(sink):
+        p = beam.Pipeline("FnApiRunner", options=PipelineOptions(flags))
+        windowed_metrics.build(p, p.options, sink=sink)
+        p.run().wait_until_finish()
+
+    with pytest.raises(Exception, match="disk full"):
+        run(beam.Map(_fail_sink))
+    assert _committed(kafka_bootstrap, kafka_topic, group) == [1, 1, 1]
+    run(None)
+    if end is None:  # where a timed read ends depends on the clock: the end of what was written
+        keys = [
+            k
+            for f in (tmp_path / "out").rglob("*.parquet")
+            for k in pq.read_table(f)["key"].to_pylist()
+        ]
+        end = [
+            max([int(k) // PARTITIONS + 1 for k in keys if int(k) % PARTITIONS == part], default=1)
+            for part in range(PARTITIONS)
+        ]
+    assert _committed(kafka_bootstrap, kafka_topic, group) == end

@@ -355,10 +355,12 @@ def test_stall_timeout_is_validated():
         )
 
 
-def test_commit_after_sinks_needs_stop_at_end_and_excludes_finalize_commits():
-    """commit_after_sinks is for stop_at_end reads and cannot be combined with finalize."""
+def test_commit_after_sinks_needs_a_bounded_read_and_excludes_finalize_commits():
+    """commit_after_sinks takes every bounded read, not an unbounded one or finalize commits."""
     base = {"bootstrap_servers": "localhost:9092", "topics": "t", "group_id": "g"}
-    with pytest.raises(ValueError, match="stop_at_end=True"):
-        ReadFromKafka(**base, max_records=5, commit_after_sinks=True)
+    for bound in ({"stop_at_end": True}, {"max_records": 5}, {"max_duration": 60}):
+        assert ReadFromKafka(**base, **bound, commit_after_sinks=True).commit_after_sinks
+    with pytest.raises(ValueError, match="needs a bounded read"):
+        ReadFromKafka(**base, commit_after_sinks=True)
     with pytest.raises(ValueError, match="choose one"):
         ReadFromKafka(**base, stop_at_end=True, commit_after_sinks=True, commit_on_finalize=True)

@@ -795,9 +795,9 @@ class ReadFromKafka(beam.PTransform):
     * ``event_time`` (an ``EventTimeExtractor``; decodes values with ``value_format``, default
       JSON) or ``None`` for the Kafka timestamp; ``watermark`` (a ``BoundedOutOfOrderness``).
     * ``commit_on_finalize`` commits offsets to ``group_id`` after each bundle is finalized
-      (streaming); ``commit_after_sinks`` (a ``stop_at_end`` read) resolves the end offsets in
-      the driver and commits them through :meth:`commit_after` once the given sinks are
-      written -- what the pipelines use for bounded reads.
+      (streaming); ``commit_after_sinks`` (a bounded read) commits the offsets read through
+      :meth:`commit_after` once the given sinks are written -- what the pipelines use for every
+      bounded read.
     * ``stall_timeout``: a bounded read that gets no record for this long before its stop
       offset fails with :class:`~headwater.io.kafkaconfig.KafkaConsumeError` (broker gone or
       restarted empty) instead of polling forever or returning a short result.
@@ -855,11 +855,12 @@ class ReadFromKafka(beam.PTransform):
         self.start = _validate_start(start, self.topics)
         if commit_on_finalize and commit_after_sinks:
             raise ValueError("commit_on_finalize=True and commit_after_sinks=True: choose one")
-        if commit_after_sinks and (not stop_at_end or max_duration is not None):
+        if commit_after_sinks and not (
+            stop_at_end or max_records is not None or max_duration is not None
+        ):
             raise ValueError(
-                f"commit_after_sinks=True needs stop_at_end=True and no max_duration (got "
-                f"stop_at_end={stop_at_end!r}, max_duration={max_duration!r}): the end offsets "
-                "must be known before the run"
+                "commit_after_sinks=True needs a bounded read (stop_at_end=True, max_records or "
+                "max_duration); an unbounded read commits with commit_on_finalize=True"
             )
         if (start == "committed" or commit_on_finalize or commit_after_sinks) and not self.group_id:
             what = (
@@ -909,6 +910,7 @@ class ReadFromKafka(beam.PTransform):
         self.poll_interval = parse_duration(poll_interval, name="poll_interval", allow_zero=False)
         self.stall_timeout = parse_duration(stall_timeout, name="stall_timeout", allow_zero=False)
         self.partitions: list[PartitionRead] | None = None  # resolved in the driver (see expand)
+        self._records: beam.PCollection | None = None
 
     @property
     def bounded(self) -> bool:
@@ -938,7 +940,7 @@ class ReadFromKafka(beam.PTransform):
         )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        if self.commit_after_sinks:
+        if self.commit_after_sinks and self.max_duration is None:
             # The ranges are fixed in the driver, so what to commit is known before the run.
             self.partitions = list(_ListPartitionsFn(self).process(None))
             listed = pbegin | "Partitions" >> beam.Create(self.partitions, reshuffle=False)
@@ -948,7 +950,7 @@ class ReadFromKafka(beam.PTransform):
                 | "Impulse" >> beam.Impulse()
                 | "ListPartitions" >> beam.ParDo(_ListPartitionsFn(self))
             )
-        return (
+        self._records = (
             listed
             | "SpreadPartitions" >> beam.Reshuffle()
             | "ReadPartitions"
@@ -958,32 +960,41 @@ class ReadFromKafka(beam.PTransform):
                 )
             )
         )
+        return self._records
 
     def commit_after(self, pipeline: beam.Pipeline, *sinks: beam.PCollection) -> None:
         """Commits the read's end offsets once every ``sinks`` collection is complete.
 
-        For ``commit_after_sinks=True`` (a ``stop_at_end`` read): the commit step takes the
-        sinks' outputs as side inputs, so the runner runs it only after they are fully written
-        -- a run whose sink fails commits nothing, and a successful one commits exactly the end
-        of what it read. (``commit_on_finalize`` commits when the read's own bundles are
+        For ``commit_after_sinks=True`` (a bounded read): the commit step takes the sinks'
+        outputs as side inputs, so the runner runs it only after they are fully written -- a run
+        whose sink fails commits nothing, and a successful one commits exactly the end of what
+        it read: the stop offsets resolved in the driver (``stop_at_end``, ``max_records``), or
+        with ``max_duration`` (where the read ends is known only once it has) each partition's
+        last offset read + 1. (``commit_on_finalize`` commits when the read's own bundles are
         finalized, which in batch is when the read stage ends, before later stages have written
         anything.) Without ``commit_after_sinks`` this is a no-op.
         """
-        if not self.commit_after_sinks or self.partitions is None:
+        if not self.commit_after_sinks or self._records is None:
             return
         waits = {f"wait{i}": beam.pvalue.AsList(sink) for i, sink in enumerate(sinks)}
-        _ = (
-            pipeline
-            | "OffsetsToCommit"
-            >> beam.Create(
+        if self.partitions is not None:
+            offsets = pipeline | "OffsetsToCommit" >> beam.Create(
                 [
                     (p.topic, p.partition, p.stop)
                     for p in self.partitions
                     if p.stop is not None and p.stop > p.start
                 ]
             )
-            | "CommitOffsets"
-            >> beam.ParDo(_CommitOffsetsFn(self.connection, self.group_id), **waits)
+        else:
+            offsets = (
+                self._records
+                | "NextOffsets" >> beam.Map(lambda r: ((r.topic, r.partition), r.offset + 1))
+                | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "EndOfRead" >> beam.CombinePerKey(max)
+                | "OffsetsToCommit" >> beam.Map(lambda kv: (*kv[0], kv[1]))
+            )
+        _ = offsets | "CommitOffsets" >> beam.ParDo(
+            _CommitOffsetsFn(self.connection, self.group_id), **waits
         )
 
     def __repr__(self) -> str:

@@ -245,13 +245,13 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         )
         return Sourced(read.main | "Progress" >> ShowProgress(), read.dead_letter)
     extractor = event_time_extractor(values)
-    bounded = bool(values.get("stop_at_end"))
+    # Every bounded read (--stop_at_end, --max_records, --max_duration) commits only once every
+    # sink is written.
+    bounded = any(values.get(f) for f in ("stop_at_end", "max_records", "max_duration"))
     # The source's event times only drive its watermark. A batch run (a read that ends by
     # itself, not --streaming) has no use for them: the parse step stamps every record with
     # its event time anyway, so the source does not decode each value a second time.
-    batch = (bounded or bool(values.get("max_records"))) and not p.options.view_as(
-        StandardOptions
-    ).streaming
+    batch = bounded and not p.options.view_as(StandardOptions).streaming
     source_time = None if batch else extractor
     read = ReadFromKafka(
         bootstrap_servers=values["bootstrap_servers"],
