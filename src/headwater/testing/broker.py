@@ -18,6 +18,7 @@ record in a batch of its own (flush the producer before it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 _STOP_GRACE_S = 5.0
+_LOG = logging.getLogger(__name__)
 
 
 class BrokerError(RuntimeError):
@@ -139,6 +141,10 @@ class LocalBroker:
 
     def stop(self) -> None:
         """Stops the broker: SIGTERM to its PID, SIGKILL after a grace period."""
+        if self.process.poll() is None:
+            _LOG.info(
+                "stopping the %s broker at %s (pid %d)", self.name, self.bootstrap_servers, self.pid
+            )
         stop_process(self.process)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -255,6 +261,12 @@ def start_until_answering(
             remaining = max(0.5, deadline - time.monotonic())
             if _answers(broker.bootstrap_servers, timeout=min(5.0, remaining)):
                 if broker.running():  # not some other process answering on that port
+                    _LOG.info(
+                        "the %s broker answers at %s (pid %d)",
+                        broker.name,
+                        broker.bootstrap_servers,
+                        broker.pid,
+                    )
                     return broker
                 break
         last_error = broker.log_tail()
