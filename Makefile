@@ -44,7 +44,7 @@ $(PRISM_VERSION_FILE): FORCE
 $(PRISM): $(PRISM_VERSION_FILE)
 	@test -n '$(BEAM_VERSION)' || { echo 'make tools: cannot read the apache-beam==X pin from setup.py' >&2; exit 1; }
 	@command -v go >/dev/null || { echo 'make tools: Prism needs Go (https://go.dev/dl/) on PATH; install it, then run make tools' >&2; exit 1; }
-	@echo 'building Prism v$(BEAM_VERSION) with go install (a cold Go cache takes about 2 minutes)'
+	@echo 'building Prism v$(BEAM_VERSION) with go install (2-4 minutes with cold Go caches)'
 	@GOBIN='$(abspath $(@D))' go install 'github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)' \
 	  || { echo 'make tools: building Prism v$(BEAM_VERSION) failed (output above); fix that, then run make tools' >&2; exit 1; }
 	@touch $@
