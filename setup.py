@@ -45,5 +45,9 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["headwater = headwater.cli:main"]},
+    entry_points={
+        "console_scripts": ["headwater = headwater.cli:main"],
+        # headwater_broker / headwater_topic fixtures in users' own test sessions
+        "pytest11": ["headwater = headwater.testing.pytest_plugin"],
+    },
 )

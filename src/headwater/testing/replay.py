@@ -21,7 +21,7 @@ letters. Elements behind the watermark are late exactly as they would be in prod
 >>> stream = replay_stream([{"t": 1_000}, {"t": 7_000}], event_time=EventTimeExtractor(field="t"),
 ...                        max_out_of_orderness="5s", watermark_every=1)
 >>> [type(e).__name__ for e in stream._events][:3]
-['ElementEvent', 'WatermarkEvent', 'ProcessingTimeEvent']
+['ElementEvent', 'WatermarkEvent', 'ElementEvent']
 """
 
 from __future__ import annotations
@@ -32,20 +32,14 @@ from typing import Any
 
 from apache_beam import coders
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from headwater.records import DecodedRecord, SourceRecord, payload_of
+from headwater.testing.timeline import MAX_WATERMARK_EVERY as MAX_WATERMARK_EVERY  # re-exported
+from headwater.testing.timeline import build_stream
 from headwater.windowing.durations import DurationLike
-from headwater.windowing.watermark import BoundedOutOfOrderness
 
 __all__ = ["RecordEventTime", "read_lines", "replay_stream"]
-
-MAX_WATERMARK_EVERY = 1_000_000
-
-
-def _frozen_clock() -> float:
-    return 0.0  # replay has no wall clock: idleness never applies
 
 
 def replay_stream(
@@ -66,46 +60,14 @@ def replay_stream(
       watermark_every: how many elements at most between two watermark advances.
       advance_processing_time: advance processing time with the watermark (early panes).
     """
-    if not isinstance(watermark_every, int) or not 1 <= watermark_every <= MAX_WATERMARK_EVERY:
-        raise ValueError(
-            f"watermark_every={watermark_every!r} must be an integer in 1..{MAX_WATERMARK_EVERY}"
-        )
-    tracker = BoundedOutOfOrderness(max_delay=max_out_of_orderness).tracker(clock=_frozen_clock)
-    stream = TestStream(coder=coder or coders.FastPrimitivesCoder())
-    batch: list[TimestampedValue] = []
-    emitted_wm = MIN_TIMESTAMP
-    fallback = Timestamp(0)
-
-    def flush() -> None:
-        nonlocal emitted_wm
-        if batch:
-            stream.add_elements(list(batch))
-            batch.clear()
-        watermark = tracker.watermark()
-        if watermark > MIN_TIMESTAMP:
-            # TestStream carries watermarks and processing time in whole milliseconds.
-            watermark = Timestamp(micros=watermark.micros // 1000 * 1000)
-        if watermark > emitted_wm:
-            stream.advance_watermark_to(watermark)
-            if advance_processing_time and emitted_wm > MIN_TIMESTAMP:
-                stream.advance_processing_time(Duration(micros=(watermark - emitted_wm).micros))
-            emitted_wm = watermark
-
-    for element in elements:
-        try:
-            timestamp = event_time(element)
-        except Exception:  # the parse step downstream turns it into a dead letter
-            timestamp = None
-        if timestamp is None:
-            timestamp = emitted_wm if emitted_wm > MIN_TIMESTAMP else fallback
-        else:
-            tracker.observe(timestamp)
-        batch.append(TimestampedValue(element, timestamp))
-        if len(batch) >= watermark_every:
-            flush()
-    flush()
-    stream.advance_watermark_to_infinity()
-    return stream
+    return build_stream(
+        elements,
+        event_time=event_time,
+        max_out_of_orderness=max_out_of_orderness,
+        watermark_every=watermark_every,
+        advance_processing_time=advance_processing_time,
+        coder=coder,
+    ).stream
 
 
 class RecordEventTime:
