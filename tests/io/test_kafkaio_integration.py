@@ -377,7 +377,7 @@ def _committed(bootstrap, topic, group):
 def test_bounded_pipeline_read_commits_only_after_its_sinks_succeed(
     kafka_bootstrap, kafka_topic, tmp_path, bound, end
 ):
-    """--commit_offsets with any bound: a failing sink leaves the group's offsets where they were."""
+    """--commit_offsets with any bound: a failing sink leaves the group's offsets unmoved."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from headwater.pipelines import windowed_metrics
@@ -426,3 +426,38 @@ def test_bounded_pipeline_read_commits_only_after_its_sinks_succeed(
             for part in range(PARTITIONS)
         ]
     assert _committed(kafka_bootstrap, kafka_topic, group) == end
+
+
+def _one_batch(bootstrap, topic, values):
+    """Sends ``values`` to partition 0 as one multi-record batch, as a user's producer would."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000})
+    for value in values:
+        producer.produce(topic, value=value, partition=0)
+    assert producer.flush(10) == 0
+
+
+@ON_BOTH_BROKERS
+def test_stop_at_end_reads_a_multi_record_batch_whole_or_refuses_the_broker(
+    kafka_bootstrap, make_kafka_topic
+):
+    """A batch of 200 is read whole on Kafka; a broker whose end offset is behind it is refused."""
+    topic = make_kafka_topic(1)
+    values = [json.dumps({"id": i}).encode() for i in range(200)]
+    _one_batch(kafka_bootstrap, topic, values)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe"})
+    _low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.close()
+
+    def read():
+        with beam.Pipeline("FnApiRunner") as p:
+            out = p | ReadFromKafka(
+                bootstrap_servers=kafka_bootstrap, topics=topic, stop_at_end=True
+            )
+            assert_that(out | beam.Map(lambda r: r.value), equal_to(values), label="all")
+
+    if high == len(values):  # a broker that reports Kafka's end offset
+        read()
+    else:  # Tansu: the base offset of the last batch + 1
+        assert high < len(values)
+        with pytest.raises(Exception, match=r"reports the partition's end offset .* as 1\b"):
+            read()

@@ -127,7 +127,9 @@ class PartitionRead(NamedTuple):
     """One partition to read, resolved at pipeline start: the element of the reading DoFn.
 
     ``stop`` is exclusive, ``None`` for an unbounded read; ``deadline`` (epoch seconds) ends the
-    read early when ``max_duration`` is set.
+    read early when ``max_duration`` is set. ``end`` is the partition's end offset (high
+    watermark) seen at start when the read stops there (``stop_at_end``): a record at or past it
+    makes the reader check that end against the broker (see :func:`_check_end_offset`).
     """
 
     topic: str
@@ -135,6 +137,7 @@ class PartitionRead(NamedTuple):
     start: int
     stop: int | None = None
     deadline: float | None = None
+    end: int | None = None
 
 
 class _PartitionRange(OffsetRange):
@@ -382,8 +385,8 @@ def read_partitions(
         stops = [None] * len(partitions)
     deadline = None if max_duration is None else now() + max_duration
     reads = [
-        PartitionRead(topic, p, s, stop, deadline)
-        for (topic, p), s, stop in zip(partitions, starts, stops, strict=True)
+        PartitionRead(topic, p, s, stop, deadline, high if stop_at_end else None)
+        for (topic, p), s, stop, high in zip(partitions, starts, stops, highs, strict=True)
     ]
     _LOG.info(
         "kafka read of %s from %s: %d partitions%s",
@@ -453,6 +456,50 @@ def _resolve_starts(
         raise wrap_kafka_error(
             exc, action=f"resolving start={_start_label(start)}", connection=connection
         ) from None
+
+
+def _check_end_offset(
+    consumer: Any, tp: Any, messages: Sequence[Any], connection: KafkaConnection
+) -> None:
+    """Refuses a broker whose end offset (high watermark) is behind the records it returned.
+
+    Kafka never returns a record at or past a partition's high watermark, so a record there
+    proves the broker reports a wrong end offset (Tansu, ``headwater dev-broker``, reports the
+    base offset of the last record batch + 1 once a producer batches records): a read that
+    stops at that end would silently return part of the partition. Called when a bounded read
+    sees records at or past the end offset it was given at start (records written since then
+    are normal), it asks the broker again and raises
+    :class:`~headwater.io.kafkaconfig.KafkaConsumeError` if a record is at or past the answer.
+    """
+    from confluent_kafka import KafkaException
+
+    last = max(
+        (
+            m.offset()
+            for m in messages
+            if m.error() is None and m.topic() == tp.topic and m.partition() == tp.partition
+        ),
+        default=-1,
+    )
+    try:
+        _low, high = consumer.get_watermark_offsets(tp, timeout=10.0, cached=False)
+    except KafkaException as exc:
+        raise wrap_kafka_error(
+            exc,
+            action=f"reading the end offset of {tp.topic}[{tp.partition}]",
+            connection=connection,
+            cls=KafkaConsumeError,
+        ) from None
+    if last >= high:
+        raise KafkaConsumeError(
+            f"{tp.topic}[{tp.partition}]: the broker returned a record at offset {last} but "
+            f"reports the partition's end offset (high watermark) as {high}; Kafka never returns "
+            "records at or past its end offset, so this broker's end offsets are wrong and a "
+            "read that stops at the end would silently miss records. (Tansu, which `headwater "
+            "dev-broker` runs, reports the base offset of the last record batch + 1 when a "
+            "producer batches records.) Read from Apache Kafka, or bound the read with "
+            "max_records/max_duration instead of stop_at_end"
+        )
 
 
 class _ListPartitionsFn(beam.DoFn):
@@ -622,6 +669,8 @@ class _ReadPartitionFn(beam.DoFn):
                 # One claim covers the batch: its last offset (inside the range) is claimed
                 # first, and the batch's records are all at or before it.
                 batch_last = max((m.offset() for m in messages if m.error() is None), default=-1)
+                if element.end is not None and batch_last >= element.end:
+                    _check_end_offset(consumer, tp, messages, self._connection)
                 claimed_to = -1
                 emitted = 0
                 for msg in messages:
