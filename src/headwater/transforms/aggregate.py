@@ -33,9 +33,13 @@ Metrics
     strings, ``None``, NaN and infinities are rejected.
 
 Keys
-    The value at ``key_field`` (a dotted path), kept as-is when it is a ``str`` or an ``int``:
-    ``"1"`` and ``1`` are different keys. A missing key, ``None``, an empty or blank string, and
-    any other type (``bool``, ``float``, containers) make the record invalid.
+    Text, in every row and every output file (the ``key`` column is a string): the value at
+    ``key_field`` (a dotted path) spelt by :func:`headwater.transforms.keys.key_text`, the rule
+    every engine and the dedup ids share. ``"1"``, ``1`` and ``1.0`` are one key, ``1``; ``1.5``
+    is ``1.5``. A missing key, ``None``, an empty or blank string, a ``bool``, NaN, a list or dict,
+    and text that is not Unicode (a lone surrogate such as ``"\\ud800"``) make the record a dead
+    letter (:class:`~headwater.transforms.keys.MissingKeyError` or
+    :class:`~headwater.transforms.keys.InvalidKeyError`).
 
 Panes and ordering
     All metrics are computed by a single ``CombineFn`` applied with ``CombinePerKey``, so runners
@@ -69,6 +73,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.transforms.keys import MissingKeyError, key_text
 
 __all__ = [
     "METRIC_KINDS",
@@ -218,20 +223,16 @@ class _RecordCheck:
         self._paths = tuple(tuple(name.split(".")) for name in self.fields)
         self._needed_by = {name: ", ".join(users) for name, users in fields.items()}
 
-    def key_and_values(self, record: Any) -> tuple[str | int, tuple[int | float, ...]]:
-        """``(key, values)`` with one value per distinct field; ``ValueError`` when invalid."""
+    def key_and_values(self, record: Any) -> tuple[str, tuple[int | float, ...]]:
+        """``(key text, values)`` with one value per distinct field; ``ValueError`` when invalid."""
         if not isinstance(record, Mapping):
             raise ValueError(f"record is a {type(record).__name__}, not a dict")
         key = _lookup(record, self._key_path)
         if key is _MISSING:
-            raise ValueError(f"key field {self.key_field!r} is missing")
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise ValueError(
-                f"key field {self.key_field!r}={_short_repr(key)} is a {type(key).__name__}; "
-                "keys must be a non-empty str or an int"
-            )
-        if isinstance(key, str) and not key.strip():
-            raise ValueError(f"key field {self.key_field!r}={key!r} is empty")
+            raise MissingKeyError(f"key field {self.key_field!r} is missing")
+        key = key_text(key, f"key field {self.key_field!r}")
+        if not key.strip():
+            raise MissingKeyError(f"key field {self.key_field!r}={key!r} is blank")
         values = tuple(
             self._number(name, _lookup(record, path))
             for name, path in zip(self.fields, self._paths, strict=True)

@@ -18,12 +18,13 @@ The id
     callable ``record -> id``) or ``content_hash=True`` (SHA-256 of the record's bytes -- the
     payload of a raw :class:`~headwater.records.SourceRecord`/Kafka record, the bytes themselves,
     or the UTF-8 of a str -- or of the canonical JSON of a decoded record). Ids are compared as
-    *strings*, so the same id spelt by two producers matches: ``1``, ``1.0``, ``"1"`` and ``b"1"``
+    *text*, spelt by :func:`headwater.transforms.keys.key_text` -- the rule aggregation keys follow
+    too -- so the same id spelt by two producers matches: ``1``, ``1.0``, ``"1"`` and ``b"1"``
     are one id; bytes that are not UTF-8 become ``"0x<hex>"``; a ``uuid.UUID`` its canonical text;
-    a tuple (a composite id) the JSON list of its parts' strings. A missing, ``None`` or empty id
+    a tuple (a composite id) the JSON list of its parts' texts. A missing, ``None`` or empty id
     (``""``, ``b""``, a ``None`` part) is a :class:`MissingIdError` dead letter; a bool, NaN, dict
-    or list id an :class:`InvalidIdError` one; an exception raised by ``id_fn`` a dead letter of
-    that exception's type.
+    or list id, or text that is not Unicode (a lone surrogate), an :class:`InvalidIdError` one; an
+    exception raised by ``id_fn`` a dead letter of that exception's type.
 
 Event time (``time_domain="event"``, the default)
     Per id the state keeps ``anchor``, the largest event time among the copies seen. A copy whose
@@ -73,7 +74,6 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
@@ -88,6 +88,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from headwater.transforms.accounting import NAMESPACE
 from headwater.transforms.deadletter import dead_letter_for
+from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing.durations import DurationLike, to_beam_duration
 
 __all__ = [
@@ -104,12 +105,12 @@ _TIME_DOMAINS = ("event", "processing")
 _MIN_MICROS = -(2**62)  # below this a timestamp means "none was set" (Beam's MIN_TIMESTAMP)
 
 
-class MissingIdError(ValueError):
+class MissingIdError(MissingKeyError):
     """A record has no id: the field is absent, ``None`` or empty (the dead letter's type)."""
 
 
-class InvalidIdError(ValueError):
-    """A record's id cannot be compared as a string (a bool, NaN, dict, list ...)."""
+class InvalidIdError(InvalidKeyError):
+    """A record's id has no text form (a bool, NaN, dict, list, a lone surrogate ...)."""
 
 
 class Deduplicated(NamedTuple):
@@ -124,39 +125,8 @@ class Deduplicated(NamedTuple):
 
 
 def _normalise_id(value: Any, what: str = "id") -> str:
-    """The string an id is compared as; raises MissingIdError/InvalidIdError."""
-    if value is None:
-        raise MissingIdError(f"{what} is None")
-    if isinstance(value, bool):
-        raise InvalidIdError(f"{what} is a bool, not an id")
-    if isinstance(value, str):
-        if not value:
-            raise MissingIdError(f"{what} is empty")
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        if not value:
-            raise MissingIdError(f"{what} is empty")
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return "0x" + bytes(value).hex()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidIdError(f"{what} is {value!r}, not an id")
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, tuple):
-        if not value:
-            raise MissingIdError(f"{what} is an empty tuple")
-        parts = [_normalise_id(part, f"{what} part {i}") for i, part in enumerate(value)]
-        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    raise InvalidIdError(
-        f"{what} is a {type(value).__name__}; ids must be str, int, float, bytes, UUID "
-        "or a tuple of them"
-    )
+    """The string an id is compared as (:func:`~headwater.transforms.keys.key_text`)."""
+    return key_text(value, what, missing=MissingIdError, invalid=InvalidIdError)
 
 
 class _FieldId:
