@@ -7,6 +7,7 @@ import json
 import math
 from functools import partial
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -21,6 +22,7 @@ from headwater.testing.workload import generate
 from headwater.transforms import columnar
 from headwater.transforms.accounting import Accounting
 from headwater.transforms.columnar import ComputeWindowedMetricsColumnar, columnar_supported
+from headwater.transforms.columnar_replay import ReplayWindowedMetricsColumnar
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor
@@ -602,3 +604,188 @@ def test_a_refused_piece_names_the_row_to_cut_at():
     odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
     assert columnar._read_json(good * 5 + odd + good * 3) == 5
     assert isinstance(columnar._read_json(good * 3), pa.Table)
+
+
+# --- hostile values: sums beyond int64, keys of every JSON type, lone surrogates (issue 11) --
+
+_BIG = 6 * 10**18  # three of them overflow int64
+
+
+def _hostile_files(folder, lone_surrogates=True):
+    """Two JSON-lines files: big sums, keys and ids of mixed JSON types, lone surrogates.
+
+    ``b.jsonl`` has only int keys (a window whose keys all arrive as ints). Lines 14-16 of
+    ``a.jsonl`` hold a lone surrogate (unless ``lone_surrogates=False``), line 17 an escaped pair.
+    """
+    records = [
+        *(
+            {"event_id": f"b{i}", "user_id": "big", "event_time": i, "amount": _BIG}
+            for i in (1, 2, 3)
+        ),
+        *(
+            {"event_id": f"n{i}", "user_id": "neg", "event_time": i, "amount": -_BIG}
+            for i in (4, 5, 6)
+        ),
+        {"event_id": "n7", "user_id": "neg", "event_time": 7, "amount": 7},
+        {"event_id": 7, "user_id": 1, "event_time": 61, "amount": 1},
+        {"event_id": "7", "user_id": "1", "event_time": 62, "amount": 100},  # id 7 again: duplicate
+        {"event_id": 8, "user_id": "1", "event_time": 63, "amount": 2},
+        {"event_id": 9, "user_id": 1.0, "event_time": 64, "amount": 3},
+        {"event_id": 10, "user_id": 2.5, "event_time": 65, "amount": 4},
+        {"event_id": 11, "user_id": "x", "event_time": 66, "amount": 5},
+    ]
+    lines = [json.dumps(r).encode() for r in records]
+    if lone_surrogates:
+        lines += [
+            b'{"event_id":"s1","user_id":"\\ud800","event_time":8,"amount":1}',
+            b'{"event_id":"x\\udc00","user_id":"big","event_time":9,"amount":1}',
+            b'{"event_id":"s3","user_id":"big","event_time":10,"amount":1,"note":{"n":"\\udfff"}}',
+        ]
+    lines.append(
+        b'{"event_id":"s4","user_id":"big","event_time":11,"amount":1,"e":"\\ud83d\\ude00"}'
+    )
+    ints = [{"event_id": f"i{k}", "user_id": k, "event_time": 121, "amount": k} for k in (5, 6)]
+    (folder / "a.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    (folder / "b.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in ints))
+    return str(folder / "*.jsonl")
+
+
+def _hostile_options():
+    return _options(
+        event_time=EventTimeExtractor(field="event_time", unit="s"),
+        metrics="count,sum:amount,min:amount,max:amount,mean:amount",
+    )
+
+
+def _at(seconds):
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)
+
+
+_HOSTILE_ROWS = [  # (window start, key, count, sum, min, max, mean): int sums exact, then float
+    (_at(0), "big", 4, float(3 * _BIG + 1), 1.0, float(_BIG), (3 * _BIG + 1) / 4),
+    (_at(0), "neg", 4, float(-3 * _BIG + 7), float(-_BIG), 7.0, (-3 * _BIG + 7) / 4),
+    (_at(60), "1", 3, 6.0, 1.0, 3.0, 2.0),
+    (_at(60), "2.5", 1, 4.0, 4.0, 4.0, 4.0),
+    (_at(60), "x", 1, 5.0, 5.0, 5.0, 5.0),
+    (_at(120), "5", 1, 5.0, 5.0, 5.0, 5.0),
+    (_at(120), "6", 1, 6.0, 6.0, 6.0, 6.0),
+]
+
+
+def _hostile_row():
+    columns = ("window_start", "key", "count", "sum_amount", "min_amount", "max_amount")
+    return beam.Map(lambda r: (*(r[c] for c in columns), r["mean_amount"]))
+
+
+@pytest.mark.parametrize(("parse_bytes", "lone"), [(None, False), (None, True), (64, True)])
+def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engines(
+    tmp_path, monkeypatch, parse_bytes, lone
+):
+    """Int sums past int64 are exact, keys are text (1, "1", 1.0 one key), surrogates dead letters.
+
+    The record path and the columnar path give exactly these rows; each line holding a lone
+    surrogate (in the key, the id or any other field) is one ``decode`` dead letter naming it.
+    With ``parse_bytes`` every line is a piece of its own, so int key columns take the fast path.
+    """
+    if parse_bytes is not None:
+        monkeypatch.setattr(columnar, "_PARSE_BYTES", parse_bytes)
+    pattern = _hostile_files(tmp_path, lone_surrogates=lone)
+    record_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    read = record_p | ReadFromFiles(pattern, format="json")
+    record = read.main | ComputeWindowedMetrics(**_hostile_options())
+    assert_that(record.rows | _hostile_row(), equal_to(_HOSTILE_ROWS), label="RecordRows")
+    assert_that(record.dead_letter, partial(_collect, "hostile_record"), label="RecordDead")
+    record_result = record_p.run()
+    columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    fast = columnar_p | ComputeWindowedMetricsColumnar(
+        pattern=pattern, file_format="json", **_hostile_options()
+    )
+    assert_that(fast.rows | _hostile_row(), equal_to(_HOSTILE_ROWS), label="ColumnarRows")
+    assert_that(fast.dead_letter, partial(_collect, "hostile_columnar"), label="ColumnarDead")
+    columnar_result = columnar_p.run()
+
+    letters = sorted(map(_letter_key, _SEEN["hostile_columnar"]))
+    assert letters == sorted(map(_letter_key, _SEEN["hostile_record"]))
+    letters.sort(key=lambda letter: letter[4]["line"])
+    assert [(stage, kind, origin["line"]) for stage, kind, _, _, origin in letters] == [
+        ("decode", "InvalidTextError", line) for line in ((14, 15, 16) if lone else ())
+    ]
+    assert [message.split(" at ")[0] for _, _, message, _, _ in letters] == [
+        "field 'user_id' holds a lone surrogate '\\ud800'",
+        "field 'event_id' holds a lone surrogate '\\udc00'",
+        "field 'note.n' holds a lone surrogate '\\udfff'",
+    ][: 3 if lone else 0]
+    counts = Accounting.from_result(columnar_result).to_dict()
+    assert counts == Accounting.from_result(record_result).to_dict()
+    dead = 3 if lone else 0
+    assert (counts["records_in"], counts["duplicate"], counts["dead_letter"]) == (
+        16 + dead,
+        1,
+        dead,
+    )
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "avro"])
+def test_hostile_values_write_the_record_paths_bytes_and_a_string_key_column(
+    tmp_path, output_format
+):
+    """Window files of exact big sums and text keys: the record path's bytes; keys are strings."""
+    pattern = _hostile_files(tmp_path)
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(pattern, format="json")
+        record = read.main | ComputeWindowedMetrics(**_hostile_options())
+        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = p | ComputeWindowedMetricsColumnar(
+            pattern=pattern,
+            file_format="json",
+            output=str(tmp_path / "columnar"),
+            output_format=output_format,
+            **_hostile_options(),
+        )
+    files = {}
+    for engine in ("record", "columnar"):
+        root = tmp_path / engine
+        files[engine] = {
+            str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"*.{output_format}")
+        }
+    assert len(files["record"]) == 3
+    assert files["columnar"] == files["record"]
+    for name in files["record"]:
+        path = tmp_path / "record" / name
+        if output_format == "parquet":
+            table = pq.read_table(path)
+            assert table.schema.field("key").type == pa.string()
+            assert table.schema.field("sum_amount").type == pa.float64()
+            rows = table.to_pylist()
+        else:
+            import fastavro
+
+            with open(path, "rb") as handle:
+                reader = fastavro.reader(handle)
+                types = {f["name"]: f["type"] for f in reader.writer_schema["fields"]}
+                rows = list(reader)
+            assert (types["key"], types["sum_amount"]) == ("string", "double")
+        assert all(isinstance(row["key"], str) for row in rows)
+        if name.startswith("window_start=1970-01-01T00:00:00Z"):
+            assert {row["key"]: row["sum_amount"] for row in rows} == {
+                "big": float(3 * _BIG + 1),
+                "neg": float(-3 * _BIG + 7),
+            }
+
+
+@pytest.mark.parametrize("engine", [ComputeWindowedMetricsColumnar, ReplayWindowedMetricsColumnar])
+def test_int_sums_past_int64_do_not_wrap_around(tmp_path, engine):
+    """Three amounts of 6e18 for one key and window sum to 1.8e19 (int64 would wrap negative)."""
+    path = tmp_path / "big.jsonl"
+    lines = [
+        {"event_id": f"e{i}", "user_id": "u", "event_time": i, "amount": _BIG} for i in (1, 2, 3)
+    ]
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in lines))
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | engine(pattern=str(path), file_format="json", **_hostile_options())
+        assert_that(
+            out.rows | beam.Map(lambda r: (r["count"], r["sum_amount"], r["mean_amount"])),
+            equal_to([(3, 1.8e19, 6e18)]),
+            label="ExactSum",
+        )

@@ -373,3 +373,48 @@ def test_auto_replays_sliding_windows_on_the_teststream_engine(tmp_path):
     )
     assert summary["runner"] == "BundleBasedDirectRunner"
     assert summary["records_in"] == 300
+
+
+def test_hostile_values_replay_identically_and_a_lone_surrogate_is_one_dead_letter(tmp_path):
+    """Streamed, a lone surrogate is one dead letter (no poison pill); sums exact, keys text.
+
+    Both replay engines: the TestStream record path on the streaming runner and the columnar
+    replay give the same rows, dead letters and counters.
+    """
+    big = 6 * 10**18
+    records = [
+        *(
+            {"event_id": f"b{i}", "user_id": "big", "event_time": i, "amount": big}
+            for i in (1, 2, 3)
+        ),
+        {"event_id": 7, "user_id": 1, "event_time": 4, "amount": 1},
+        {"event_id": "7", "user_id": 1.0, "event_time": 5, "amount": 50},  # id 7 again
+        {"event_id": 8, "user_id": "1", "event_time": 6, "amount": 2},
+        {"event_id": 9, "user_id": 2.5, "event_time": 7, "amount": 3},
+    ]
+    lines = [json.dumps(r).encode() for r in records]
+    lines.insert(2, b'{"event_id":"s","user_id":"\\ud800","event_time":8,"amount":1}')
+    lines.insert(5, b'{"event_id":"\\udfffx","user_id":"big","event_time":9,"amount":1}')
+    lines.append(
+        json.dumps({"event_id": "z", "user_id": "big", "event_time": 20_000, "amount": 1}).encode()
+    )
+    record, columnar = _both(tmp_path, lines, every=2, ooo="1s", **_options("fixed:10s", "1m"))
+    assert columnar == record
+    assert [row[4:] for row in record["rows"] if row[0] == 0] == [
+        ("1", 2, 3.0, 2),
+        ("2.5", 1, 3.0, 3),
+        ("big", 3, 1.8e19, big),
+    ]
+    assert record["dead"] == [
+        (3, "decode", "InvalidTextError", record["dead"][0][3]),
+        (6, "decode", "InvalidTextError", record["dead"][1][3]),
+    ]
+    assert "field 'user_id' holds a lone surrogate '\\ud800'" in record["dead"][0][3]
+    assert "field 'event_id' holds a lone surrogate '\\udfff'" in record["dead"][1][3]
+    assert record["counters"] == {
+        "records_in": 10,
+        "output": 7,
+        "duplicate": 1,
+        "dead_letter": 2,
+        "late": 0,
+    }

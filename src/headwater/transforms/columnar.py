@@ -46,11 +46,18 @@ How it works
     anchor. Windows (fixed or sliding) are assigned with integer arithmetic, each block is
     pre-aggregated with ``pyarrow`` ``group_by`` into partials, and the partials are merged at the
     end into one row per (window, key), single-threaded so that float sums are the same every run.
+    Integer sums are held in two int64 limbs (low 32 bits, the rest), so they never wrap around:
+    the exact sum is put together in Python, as the record path's, and converted to float once.
+
+    Keys are text, spelt by :func:`headwater.transforms.keys.key_text` as on the record path: a
+    string key column is taken as it is, an int column becomes its decimal digits (``1`` and
+    ``"1"`` are one key), and every other kind (floats, bools, mixed types ...) takes the record
+    path's code; the ``key`` column is a string in every file.
 
     With ``output=`` the rows are written as :class:`~headwater.io.fileio.WriteWindowedFiles`
     writes them, byte for byte, but column-wise: each row's canonical JSON (which shards and orders
     the rows) is assembled from its values' own JSON, and the Arrow table gets the schema the
-    writer would infer (a file with unusual key types takes the writer's row-dict code).
+    writer would infer (a file with unusual value types takes the writer's row-dict code).
 
 Bounded dedup state
     The carried ``id -> anchor`` table forgets an id once ``anchor + horizon`` is behind the
@@ -123,7 +130,7 @@ from headwater.io.fileio import (
 from headwater.io.formats import JsonFormat
 from headwater.records import DecodedRecord, SourceRecord
 from headwater.transforms.accounting import NAMESPACE
-from headwater.transforms.aggregate import MetricSpec, parse_metrics
+from headwater.transforms.aggregate import MetricSpec, _RecordCheck, parse_metrics
 from headwater.transforms.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.parse import _ParseFn
@@ -153,6 +160,8 @@ _AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar
 _ID_SLOTS = 1 << 16  # initial slots of the dedup id table (a power of two)
 _NONE = np.iinfo(np.int64).min  # "no anchor" in int64 arrays
 _INT64_MAX = int(np.iinfo(np.int64).max)
+_LOW_BITS = 32  # an int sum is kept as two int64 limbs: the low 32 bits and the rest
+_LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
 _INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
@@ -260,7 +269,7 @@ class _Accepted:
 
     ts: np.ndarray  # int64 event time, micros
     ids: pa.Array | None  # string ids (None without dedup)
-    keys: pa.Array | list[Any]  # Arrow keys, or Python keys when types are mixed
+    keys: pa.Array  # key texts (strings, :func:`headwater.transforms.keys.key_text`)
     values: np.ndarray  # float64 [rows, fields] (int sums stay exact in ``int_values``)
     int_values: list[np.ndarray | None]  # per field: the int64 values when all were ints
     positions: np.ndarray  # position of each row in the block (for emit_duplicates)
@@ -530,12 +539,12 @@ class _Columnar:
             (_MetricsCheck(options.key_field, options.metrics),),
             options.max_record_bytes,
         )
+        self._check = _RecordCheck(options.key_field, options.metrics)
         self._id_of = options.dedup._id_of if options.dedup is not None else None
         self._anchors = _IdAnchors()  # the carried id -> anchor
         self._max_seen = _NONE
-        self._partials: dict[str, list[pa.Table]] = {}
-        self._python_acc: dict[tuple[int, Any], list[Any]] = {}
-        self._compacted: dict[str, int] = {}
+        self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
+        self._compacted = 0  # rows of the partials after the last merge
         self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
         self.dead: list[DeadLetter] = []
         self.duplicates: list[Any] = []
@@ -556,8 +565,8 @@ class _Columnar:
             except Exception as exc:  # the record path's _KeyByIdFn makes it a dead letter
                 self.dead.append(dead_letter_for(element, stage="dedup", error=exc, event_time=ts))
                 return None
-        values = tuple(record[f] for f in self.fields)
-        return ts.micros, ident, record[self.options.key_field], values
+        key, values = self._check.key_and_values(record)  # passed at parse: the key text
+        return ts.micros, ident, key, values
 
     # --- fast checks over a parsed table -------------------------------------------------
 
@@ -606,9 +615,9 @@ class _Columnar:
             length = pc.utf8_length(key_col)
             accept(pc.greater(length, 0))
             accept(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(key_col)), length))
-        elif key_col.type in _INT_TYPES:
-            key_col = key_col.cast(pa.int64())
+        elif key_col.type in _INT_TYPES:  # an int's key text is its decimal digits (key_text)
             accept(pc.is_valid(key_col))
+            key_col = key_col.cast(pa.string())
         else:
             return np.zeros(n, dtype=bool), columns
         columns["keys"] = key_col
@@ -690,9 +699,7 @@ class _Columnar:
         in_order = bool((all_positions[1:] > all_positions[:-1]).all())
         order: Any = slice(None) if in_order else np.argsort(all_positions, kind="stable")
         merged_keys = _merge_keys(keys)
-        if isinstance(merged_keys, list):
-            merged_keys = merged_keys if in_order else [merged_keys[i] for i in order]
-        elif not in_order:
+        if not in_order:
             merged_keys = merged_keys.take(pa.array(order))
         merged_ids = pa.concat_arrays(ids) if ids else None
         if merged_ids is not None and not in_order:
@@ -763,7 +770,14 @@ class _Columnar:
         return keep
 
     def aggregate(self, rows: _Accepted, keep: np.ndarray) -> None:
-        """Pre-aggregates the kept rows of a block per (window start, key)."""
+        """Pre-aggregates the kept rows of a block per (window start, key).
+
+        An int field's sum is kept in two int64 limbs, the low 32 bits (each row's limb is in
+        ``[0, 2**32)``) and the rest (``value >> 32``), so that no partial or merged sum can wrap
+        around below ``2**31`` rows per group (:meth:`_groups` checks it); the exact sum is
+        ``high * 2**32 + low``, a Python int, converted to float once at output like the record
+        path's. A float field's sum is the low limb itself (its high limb is 0).
+        """
         take = np.flatnonzero(keep)
         if len(take) == 0:
             return
@@ -775,55 +789,60 @@ class _Columnar:
             values = values[repeat]
             ints = [None if a is None else a[repeat] for a in ints]
             take = take[repeat]
-        if isinstance(rows.keys, list):
-            self._aggregate_python(starts, [rows.keys[i] for i in take], values, ints)
-            return
-        keys = rows.keys.take(pa.array(take))
-        columns: dict[str, Any] = {"w": starts, "k": keys}
+        columns: dict[str, Any] = {"w": starts, "k": rows.keys.take(pa.array(take))}
+        for i, column in enumerate(ints):
+            if column is None:
+                columns[f"s{i}"] = columns[f"m{i}"] = values[:, i]
+                columns[f"h{i}"] = np.zeros(len(starts), dtype=np.int64)
+            else:
+                columns[f"s{i}"] = column & _LOW_MASK
+                columns[f"h{i}"] = column >> _LOW_BITS
+                columns[f"m{i}"] = column
         aggs: list[tuple[str, str]] = [("w", "count")]
         for i in range(len(self.fields)):
-            column = ints[i] if ints[i] is not None else values[:, i]
-            columns[f"v{i}"] = column
-            aggs += [(f"v{i}", "sum"), (f"v{i}", "min"), (f"v{i}", "max")]
-        table = pa.table(columns).group_by(["w", "k"], use_threads=False).aggregate(aggs)
-        partials = self._partials.setdefault(str(keys.type), [])
-        partials.append(table)
-        held = sum(t.num_rows for t in partials)
-        if len(partials) > 1 and held > 2 * self._compacted.get(str(keys.type), 0) + (1 << 20):
+            aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"m{i}", "max")]
+        self._partials.append(self._partial(pa.table(columns), aggs))
+        held = sum(t.num_rows for t in self._partials)
+        if len(self._partials) > 1 and held > 2 * self._compacted + (1 << 20):
             # merge the partials so that memory follows the number of groups, not of blocks
-            merged = self._merge(partials)
-            self._partials[str(keys.type)] = [merged]
-            self._compacted[str(keys.type)] = merged.num_rows
+            self._partials = [self._merge(self._partials)]
+            self._compacted = self._partials[0].num_rows
+
+    def _partial(self, table: pa.Table, aggs: list[tuple[str, str]]) -> pa.Table:
+        """``table`` grouped by (w, k) with ``aggs``: w, k, n, then s h m x per field."""
+        grouped = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
+        names = ["w", "k", "n"]
+        for i in range(len(self.fields)):
+            names += [f"s{i}", f"h{i}", f"m{i}", f"x{i}"]
+        return grouped.select(["w", "k", *(f"{c}_{f}" for c, f in aggs)]).rename_columns(names)
 
     def _merge(self, tables: list[pa.Table]) -> pa.Table:
-        """Partials of one key type merged into one partial with the same columns."""
-        table = pa.concat_tables(tables, promote_options="permissive")
-        aggs: list[tuple[str, str]] = [("w_count", "sum")]
+        """Partials merged into one partial with the same columns."""
+        aggs: list[tuple[str, str]] = [("n", "sum")]
         for i in range(len(self.fields)):
-            aggs += [(f"v{i}_sum", "sum"), (f"v{i}_min", "min"), (f"v{i}_max", "max")]
-        merged = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
-        names = ["w", "k", "w_count"]
-        for i in range(len(self.fields)):
-            names += [f"v{i}_sum", f"v{i}_min", f"v{i}_max"]
-        return merged.select(
-            ["w", "k", *[n for n in merged.schema.names if n not in ("w", "k")]]
-        ).rename_columns(names)
+            aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"x{i}", "max")]
+        return self._partial(pa.concat_tables(tables, promote_options="permissive"), aggs)
 
-    def _aggregate_python(self, starts, keys, values, ints) -> None:
-        width = len(self.fields)
-        for row, (start, key) in enumerate(zip(starts.tolist(), keys, strict=True)):
-            acc = self._python_acc.get((start, key))
-            if acc is None:
-                acc = self._python_acc[(start, key)] = [0, *([0, None, None] * width)]
-            acc[0] += 1
-            for i in range(width):
-                value = int(ints[i][row]) if ints[i] is not None else float(values[row, i])
-                slot = 1 + 3 * i
-                acc[slot] += value
-                if acc[slot + 1] is None or value < acc[slot + 1]:
-                    acc[slot + 1] = value
-                if acc[slot + 2] is None or value > acc[slot + 2]:
-                    acc[slot + 2] = value
+    def _groups(self, tables: list[pa.Table]) -> list[list[Any]]:
+        """Partials merged into columns: window start, key, count, then sum, min, max per field.
+
+        Sums are the limbs put together: exact Python ints for int fields.
+        """
+        table = self._merge(tables)
+        counts = table.column("n")
+        if len(counts) and pc.max(counts).as_py() >= 1 << (63 - _LOW_BITS):
+            raise OverflowError(
+                "a (window, key) holds 2**31 records or more: its exact integer sums would need "
+                "more than 64-bit limbs"
+            )
+        columns = [table.column(name).to_pylist() for name in ("w", "k", "n")]
+        for i in range(len(self.fields)):
+            low, high = table.column(f"s{i}").to_pylist(), table.column(f"h{i}").to_pylist()
+            columns.append(
+                [lo + (hi << _LOW_BITS) if hi else lo for lo, hi in zip(low, high, strict=True)]
+            )
+            columns += [table.column(f"m{i}").to_pylist(), table.column(f"x{i}").to_pylist()]
+        return columns
 
     def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
         """The merged groups of windows ending at or before ``limit_micros``, removed from state.
@@ -832,95 +851,36 @@ class _Columnar:
         The replay (:mod:`headwater.transforms.columnar_replay`) calls it as the watermark passes
         window ends; batch calls :meth:`final` once.
         """
+        if not self._partials:
+            return []
         size = self.options.window_fn.size.micros  # type: ignore[attr-defined]
         last_start = int(limit_micros) - size
         # window starts are int64: a limit past that range (the final watermark) closes them all
         bounded = pa.scalar(max(min(last_start, _INT64_MAX), _NONE), pa.int64())
-        closed: dict[str, list[pa.Table]] = {}
-        for kind, tables in list(self._partials.items()):
-            table = pa.concat_tables(tables, promote_options="permissive")
-            ended = pc.less_equal(table.column("w"), bounded)
-            closed[kind] = [table.filter(ended)]
-            rest = table.filter(pc.invert(ended))
-            if rest.num_rows:
-                self._partials[kind] = [rest]
-            else:
-                del self._partials[kind]
-            self._compacted[kind] = rest.num_rows
-        closed_acc = {g: acc for g, acc in self._python_acc.items() if g[0] <= last_start}
-        for group in closed_acc:
-            del self._python_acc[group]
-        return list(self._merged(closed, closed_acc))
+        table = pa.concat_tables(self._partials, promote_options="permissive")
+        ended = pc.less_equal(table.column("w"), bounded)
+        closed = table.filter(ended)
+        rest = table.filter(pc.invert(ended))
+        self._partials = [rest] if rest.num_rows else []
+        self._compacted = rest.num_rows
+        return list(zip(*self._groups([closed]), strict=True)) if closed.num_rows else []
 
     def final_columns(self) -> list[list[Any]]:
         """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
-        if not self._python_acc and len(self._partials) == 1:
-            [tables] = self._partials.values()
-            return [column.to_pylist() for column in self._final_table(tables).columns]
-        groups = list(self.final())
-        width = 3 + 3 * len(self.fields)
-        return [list(column) for column in zip(*groups, strict=True)] if groups else [[]] * width
-
-    def _final_table(self, tables: list[pa.Table]) -> pa.Table:
-        """Partials of one key type merged: columns w, k, count, then sum, min, max per field."""
-        width = len(self.fields)
-        table = pa.concat_tables(tables, promote_options="permissive")
-        aggs: list[tuple[str, str]] = [("w_count", "sum")]
-        for i in range(width):
-            aggs += [(f"v{i}_sum", "sum"), (f"v{i}_min", "min"), (f"v{i}_max", "max")]
-        table = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
-        names = ["w", "k", "w_count_sum"]
-        for i in range(width):
-            names += [f"v{i}_sum_sum", f"v{i}_min_min", f"v{i}_max_max"]
-        return table.select(names)
+        if not self._partials:
+            return [[] for _ in range(3 + 3 * len(self.fields))]
+        return self._groups(self._partials)
 
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
-        return self._merged(self._partials, self._python_acc)
-
-    def _merged(
-        self, partials: dict[str, list[pa.Table]], python_acc: dict[tuple[int, Any], list[Any]]
-    ) -> Iterator[tuple[Any, ...]]:
-        """Arrow partials (per key type) and Python accumulators merged into final groups."""
-        merged: dict[tuple[int, Any], list[Any]] = {}
-        for tables in partials.values():
-            table = self._final_table(tables)
-            groups = zip(*(column.to_pylist() for column in table.columns), strict=True)
-            if not python_acc:
-                yield from groups
-                continue
-            for group in groups:
-                merged[(group[0], group[1])] = list(group[2:])
-        for group, acc in python_acc.items():
-            into = merged.get(group)
-            if into is None:
-                merged[group] = acc
-                continue
-            into[0] += acc[0]
-            for slot in range(1, len(into), 3):
-                into[slot] += acc[slot]
-                into[slot + 1] = min(into[slot + 1], acc[slot + 1])
-                into[slot + 2] = max(into[slot + 2], acc[slot + 2])
-        for (start, key), acc in merged.items():
-            yield (start, key, *acc)
+        return iter(list(zip(*self.final_columns(), strict=True)))
 
 
-def _merge_keys(keys: list[Any]) -> pa.Array | list[Any]:
-    """One Arrow array of keys when every part has one type, else a Python list."""
-    arrow_parts: list[pa.Array] = []
-    for part in keys:
-        if isinstance(part, list):
-            kinds = {type(k) for k in part}
-            if kinds == {str}:
-                part = pa.array(part, type=pa.string())
-            elif kinds == {int} and all(-(2**63) <= k < 2**63 for k in part):
-                part = pa.array(part, type=pa.int64())
-            else:
-                return [k for p in keys for k in (p if isinstance(p, list) else p.to_pylist())]
-        arrow_parts.append(part)
-    if len({str(p.type) for p in arrow_parts}) > 1:
-        return [k for p in arrow_parts for k in p.to_pylist()]
-    return pa.concat_arrays(arrow_parts)
+def _merge_keys(keys: list[pa.Array | list[str]]) -> pa.Array:
+    """The keys of a block's parts (Arrow string arrays, or key texts) as one string array."""
+    return pa.concat_arrays(
+        [part if isinstance(part, pa.Array) else pa.array(part, type=pa.string()) for part in keys]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1310,7 +1270,7 @@ class _ComputeColumnarFn(beam.DoFn):
         Parquet files are built column-wise: the canonical JSON that orders and shards the rows
         is assembled from each value's own JSON (exactly what ``canonical_json`` of the row dict
         gives), and the Arrow table gets the schema the writer would infer. A file whose values
-        are not the usual kinds (keys other than all-``str`` or all-``int``) takes the writer's
+        are not the usual kinds (a ``bool`` or mixed types in a column) takes the writer's
         row-dict code.
         """
         groups = groups if isinstance(groups, list) else list(groups)

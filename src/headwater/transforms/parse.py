@@ -7,7 +7,10 @@ Input: raw records from a source (:class:`~headwater.records.SourceRecord`,
 event time as the element timestamp; ``dead_letter`` holds one envelope per rejected record, with
 the record's *original* bytes and coordinates and the stage that rejected it:
 
-``decode``      the bytes are not a valid record in the format (bad UTF-8, bad JSON, bad Avro ...)
+``decode``      the bytes are not a valid record in the format (bad UTF-8, bad JSON, bad Avro
+                ...), or the decoded record holds a string that is not Unicode text: JSON can
+                escape a lone surrogate (``"\\ud800"``), but no UTF-8 output could hold it
+                (:class:`InvalidTextError`, naming the field)
 ``event_time``  the record has no usable event time
 ``validate``    a check failed (missing id or key, non-numeric aggregated field, schema ...)
 
@@ -18,6 +21,7 @@ them through the rest of the pipeline.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -28,8 +32,9 @@ from apache_beam.utils.timestamp import Timestamp
 
 from headwater.records import DecodedRecord, payload_of
 from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.transforms.keys import unicode_problem
 
-__all__ = ["ParseRecords", "RecordTooLargeError"]
+__all__ = ["InvalidTextError", "ParseRecords", "RecordTooLargeError"]
 
 Decoder = Callable[[bytes], Mapping[str, Any]]
 Check = Callable[[Mapping[str, Any]], None]
@@ -37,6 +42,34 @@ Check = Callable[[Mapping[str, Any]], None]
 
 class RecordTooLargeError(ValueError):
     """A record's bytes exceed the configured ``max_record_bytes``."""
+
+
+class InvalidTextError(ValueError):
+    """A decoded record holds a string that is not Unicode text (a lone surrogate)."""
+
+
+# A JSON escape of a surrogate code point (U+D800..U+DFFF). Bytes that are valid UTF-8 cannot
+# hold a surrogate, so only such an escape can put one into a decoded record; a proper pair
+# (an escaped emoji) matches too and is then found to be fine.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any, path: str = "") -> None:
+    """Raises :class:`InvalidTextError` naming the first string (key or value) UTF-8 cannot hold."""
+    if isinstance(value, str):
+        problem = unicode_problem(value)
+        if problem is not None:
+            where = f"field {path!r}" if path else "the record"
+            raise InvalidTextError(f"{where} holds {problem}")
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            inner = f"{path}.{name}" if path else str(name)
+            if isinstance(name, str) and unicode_problem(name) is not None:
+                raise InvalidTextError(f"field name {inner!a} holds {unicode_problem(name)}")
+            _refuse_lone_surrogates(item, inner)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_lone_surrogates(item, f"{path}[{index}]")
 
 
 def _source_timestamp(element: Any) -> Timestamp | None:
@@ -73,6 +106,8 @@ class _ParseFn(beam.DoFn):
                         f"{self._max_bytes}"
                     )
                 record = self._decode(payload)
+                if _SURROGATE_ESCAPE.search(payload):  # rare: only then walk the record
+                    _refuse_lone_surrogates(record)
             stage = "event_time"
             if self._event_time is None:
                 timestamp = _source_timestamp(element)
