@@ -227,3 +227,10 @@ def test_record_larger_than_the_limit_is_a_dead_letter_not_a_crash():
     )
     result = p.run()
     assert_accounting(result, records_in=2, output=1, dead_letter=1, duplicate=0, late=0)
+
+
+def test_early_trigger_on_bounded_input_in_batch_is_refused_naming_it():
+    """An early trigger in a batch pipeline is a ValueError naming the trigger, not a crash."""
+    p = TestPipeline(runner="FnApiRunner")
+    with pytest.raises(ValueError, match=r"trigger='early:10s,late' in a batch pipeline: early"):
+        _ = p | beam.Create([b'{"event_id":"a"}']) | _metrics(trigger="early:10s")

@@ -197,6 +197,15 @@ def check_streaming(values: Mapping[str, Any]) -> None:
             )
 
 
+def check_batch(values: Mapping[str, Any]) -> None:
+    """Refuses flags that have no meaning in a batch run: ``--trigger`` with early panes."""
+    from headwater.transforms.process import batch_trigger_problem
+
+    problem = batch_trigger_problem(values["trigger"]) if values.get("trigger") else None
+    if problem is not None:
+        raise ValueError(f"--trigger={values['trigger']} in a batch run: {problem}")
+
+
 def _kafka_start(text: str) -> Any:
     if text in ("earliest", "latest", "committed"):
         return text
@@ -430,6 +439,8 @@ def run_pipeline(
     waits = runners.waits_for_result(runner, options)
     if options.view_as(StandardOptions).streaming:
         check_streaming(values)
+    else:
+        check_batch(values)
     if local and runners.unbounded_source(options):
         raise ValueError(
             "--source=kafka without --stop_at_end or --max_records is an unbounded "

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import GlobalWindows, WindowFn
 from apache_beam.utils.timestamp import Timestamp
 
@@ -35,7 +36,13 @@ from headwater.windowing.late import WindowWithLateRouting
 from headwater.windowing.triggers import TriggerSpec, parse_trigger_spec
 from headwater.windowing.windows import WindowSpec, parse_window_spec
 
-__all__ = ["Processed", "ProcessEvents", "MetricsResult", "ComputeWindowedMetrics"]
+__all__ = [
+    "ComputeWindowedMetrics",
+    "MetricsResult",
+    "ProcessEvents",
+    "Processed",
+    "batch_trigger_problem",
+]
 
 
 class Processed(NamedTuple):
@@ -62,6 +69,27 @@ def _window_fn(window: str | WindowSpec | WindowFn) -> WindowFn:
     if isinstance(window, str):
         window = parse_window_spec(window)
     return window.window_fn()
+
+
+def batch_trigger_problem(trigger: str | TriggerSpec | None) -> str | None:
+    """Why ``trigger`` has no meaning in a batch run, or ``None`` when it has one.
+
+    Early panes fire on processing time while a window is open; a batch run over bounded input
+    has no processing time to fire them on (its panes all fire when the input ends), and Beam's
+    batch runners crash on the timer. The pipelines refuse the flag; :class:`ProcessEvents`
+    refuses the transform.
+
+    >>> batch_trigger_problem("early:10s,late") is None, batch_trigger_problem("late") is None
+    (False, True)
+    """
+    spec = _trigger_spec(trigger)
+    if spec.early_every is None:
+        return None
+    return (
+        "early panes fire on processing time while the input streams in, and a batch run has "
+        "none (all its panes fire when the input ends); use the on-time trigger in batch, or "
+        "run as a stream (--replay_as_stream for files, --streaming for Kafka)"
+    )
 
 
 def _trigger_spec(trigger: str | TriggerSpec | None) -> TriggerSpec:
@@ -98,6 +126,8 @@ class ProcessEvents(beam.PTransform):
       max_record_bytes: larger records become dead letters before decoding (``None``: no limit).
 
     Ordering: none is promised across records; the ``main`` output is windowed with the trigger.
+    An early trigger on bounded input in a batch pipeline is refused when the transform is
+    applied (``ValueError``, :func:`batch_trigger_problem`).
 
     >>> import json, apache_beam as beam
     >>> from headwater.windowing.eventtime import EventTimeExtractor
@@ -136,6 +166,11 @@ class ProcessEvents(beam.PTransform):
         )
 
     def expand(self, pcoll):
+        streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
+        if self._window_fn is not None and pcoll.is_bounded and not streaming:
+            problem = batch_trigger_problem(self._trigger)
+            if problem is not None:
+                raise ValueError(f"trigger={str(self._trigger)!r} in a batch pipeline: {problem}")
         raw = pcoll | "CountRecordsIn" >> CountAs("records_in")
         parsed = raw | "Parse" >> self._parse
         records = parsed.main
