@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import doctest
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.transforms import trigger
 from apache_beam.transforms.window import FixedWindows, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 
 from headwater import runners
 from headwater.io.formats import JsonFormat
@@ -279,6 +281,33 @@ def test_bad_control_steps_are_refused_when_written(make, message):
     """A control step that cannot mean one instant or duration fails where it is written."""
     with pytest.raises(ValueError, match=message):
         make()
+
+
+class _SplitLateFn(beam.DoFn):
+    """A user DoFn with a tagged output: records before 60 s go to ``early``."""
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        if timestamp < 60:
+            yield beam.pvalue.TaggedOutput("early", element)
+        else:
+            yield element
+
+
+def test_tagged_outputs_of_a_pardo_are_outputs_by_tag():
+    """A ParDo(...).with_outputs result gives ``main`` and one output per declared tag."""
+    split = beam.ParDo(_SplitLateFn()).with_outputs("early")
+    result = run_transform(split, [("a", 10), ("b", 70)], max_out_of_orderness=None)
+    assert (result.values(), result.values("early")) == (["b"], ["a"])
+
+
+def test_calendar_day_step_closes_the_local_day():
+    """A calendar spec resolves to the zone's local day, 23 h long on a spring-forward date."""
+    step = AdvanceWatermarkPast(
+        "calendar:day@Europe/Berlin", at=dt.datetime(2024, 3, 31, 12, tzinfo=dt.timezone.utc)
+    )
+    assert step.target() == Timestamp.of(
+        dt.datetime(2024, 3, 31, 22, tzinfo=dt.timezone.utc).timestamp()
+    )
 
 
 def test_transform_returning_a_list_is_refused():

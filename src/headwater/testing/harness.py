@@ -22,7 +22,8 @@ What goes in
 What comes out -- the contract
     The transform returns one ``PCollection`` (it becomes the output ``main``), a NamedTuple
     of them (headwater's own: ``Processed``, ``LateRouted``, ``MetricsResult``,
-    ``Deduplicated`` ...; fields become output names) or a ``dict`` name -> ``PCollection``.
+    ``Deduplicated`` ...; fields become output names), a ``dict`` name -> ``PCollection``, or
+    a ``ParDo(...).with_outputs(...)`` result (``main`` and the declared tags).
     The *main* output is the one called ``main``, else the first one. The names ``late``,
     ``dead_letter`` and ``duplicate`` have their headwater meaning: :attr:`HarnessResult.late`,
     :attr:`~HarnessResult.dead_letters` and :attr:`~HarnessResult.duplicates` read them (empty
@@ -274,7 +275,10 @@ def _check_timing(timing: str | None) -> str | None:
 def _outputs_of(returned: Any) -> dict[str, beam.PCollection]:
     if isinstance(returned, beam.PCollection):
         return {"main": returned}
-    if isinstance(returned, tuple) and hasattr(returned, "_asdict"):
+    if isinstance(returned, beam.pvalue.DoOutputsTuple):  # ParDo(...).with_outputs(...)
+        named = {"main": returned[None]}
+        named.update((pcoll.tag, pcoll) for pcoll in returned if pcoll.tag is not None)
+    elif isinstance(returned, tuple) and hasattr(returned, "_asdict"):
         named = dict(returned._asdict())
     elif isinstance(returned, Mapping):
         named = dict(returned)
