@@ -38,7 +38,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +119,41 @@ def waits_for_result(runner: str, options: PipelineOptions) -> bool:
 def wait_for(result: Any, runner: str) -> str:
     """Waits for a run to end and returns its final state (``"DONE"``, ``"CANCELLED"`` ...).
 
-    Ctrl-C (SIGINT) during a Prism run cancels the job instead of leaving it running in the
-    background: the records already read stay counted, windows not yet closed are not written
-    (a run bounded by ``--max_duration`` drains instead: every window is written).
+    During a Prism run the first Ctrl-C (SIGINT) drains the job
+    (:func:`headwater.io.kafkaio.request_drain`: the Kafka read stops, every open window is
+    closed and written, the job ends by itself); a second one cancels it (windows still open
+    are not written). Either way the job is not left running in the background.
     """
+    if runner != PRISM_RUNNER:
+        return _state_name(result.wait_until_finish())
+    from headwater.io.kafkaio import request_drain
+
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            raise KeyboardInterrupt
+        print("headwater: draining the job (Ctrl-C again cancels it)", file=sys.stderr)
+        request_drain()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         state = result.wait_until_finish()
     except KeyboardInterrupt:
-        if runner != PRISM_RUNNER:
-            raise
-        _LOG.warning("interrupted: cancelling the %s job", runner)
+        _LOG.warning("interrupted again: cancelling the %s job", runner)
         result.cancel()
         state = result.state
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return _state_name(state)
+
+
+def _state_name(state: Any) -> str:
     return str(getattr(state, "value", state))
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
@@ -23,6 +25,8 @@ from headwater.io.kafkaio import (
     _ReadPartitionFn,
     _ReadPartitionUnboundedFn,
     _resolve_starts,
+    request_drain,
+    reset_drain,
 )
 from headwater.records import origin_of, payload_of
 from headwater.windowing.eventtime import EventTimeExtractor
@@ -141,10 +145,11 @@ def test_idle_partition_watermark_advances_with_the_clock():
     """A partition idle for idle_timeout advances its watermark to now - max_delay."""
     fn = _reader(watermark=BoundedOutOfOrderness(max_delay="5s", idle_timeout="1m")).reader_fn()
     idle_since = time.time() - 120
-    state = WatermarkState(Timestamp(50), Timestamp(55), idle_since)
+    state = (("t", 0), WatermarkState(Timestamp(50), Timestamp(55), idle_since))
     watermark = fn.create_watermark_estimator(state).current_watermark()
     assert watermark >= Timestamp(idle_since + 120 - 5 - 1)
-    busy = fn.create_watermark_estimator(WatermarkState(Timestamp(50), Timestamp(55), time.time()))
+    busy_state = WatermarkState(Timestamp(50), Timestamp(55), time.time())
+    busy = fn.create_watermark_estimator((("t", 0), busy_state))
     assert busy.current_watermark() == Timestamp(50)
 
 
@@ -218,7 +223,9 @@ def _run(fn, consumer, restriction, element=None):
     fn._assigned = None
     view = RestrictionTrackerView(ThreadsafeRestrictionTracker(_PartitionTracker(restriction)))
     finalizer = _Finalizer()
-    out = list(fn.process(element or PartitionRead("t", 0, restriction.start), finalizer, view))
+    element = element or PartitionRead("t", 0, restriction.start)
+    estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
+    out = list(fn.process(element, finalizer, view, watermark_estimator=estimator))
     return out, view, finalizer
 
 
@@ -238,9 +245,63 @@ def test_process_emits_claimed_offsets_with_kafka_timestamps():
 def test_process_event_time_field_overrides_kafka_timestamp():
     """event_time reads the element timestamp from the decoded value."""
     fn = _reader(stop_at_end=True, event_time=EventTimeExtractor(field="at")).reader_fn()
-    consumer = _FakeConsumer([[_Msg(0, value=b'{"at": 42000}'), _Msg(1, value=b"junk", ts=9)]])
+    consumer = _FakeConsumer([[_Msg(0, value=b'{"at": 42000}'), _Msg(1, value=b"{}", ts=9)]])
     out, _, _ = _run(fn, consumer, _PartitionRange(0, 2))
-    assert [tv.timestamp.micros // 1000 for tv in out] == [42_000, 9]
+    assert out[0].timestamp.micros // 1000 == 42_000
+
+
+def test_record_without_event_time_never_moves_the_watermark():
+    """An unreadable record is stamped with the partition's watermark, not its Kafka time."""
+    policy = BoundedOutOfOrderness(max_delay="5s")
+    fn = _reader(event_time=EventTimeExtractor(field="at"), watermark=policy).reader_fn()
+    now_ms = int(time.time() * 1000)
+    consumer = _FakeConsumer([[_Msg(4, value=b'{"at": 42000}'), _Msg(5, value=b"junk", ts=now_ms)]])
+    restriction = _PartitionRange(4, UNBOUNDED_STOP)
+    element = PartitionRead("t", 0, 4)
+    estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
+    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(_PartitionTracker(restriction)))
+    fn._consumer, fn._assigned = consumer, None
+    out = []
+    for tv in fn.process(element, _Finalizer(), view, watermark_estimator=estimator):
+        estimator.observe_timestamp(tv.timestamp)  # what the SDK does with every output
+        out.append(tv)
+    assert out[1].timestamp == Timestamp(37)  # the watermark after the first record
+    assert estimator.current_watermark() == Timestamp(37)
+
+
+def test_unbounded_range_refuses_fractional_splits_but_checkpoints():
+    """Splitting [n, inf) at a fraction would start a residual near 2**62: refused."""
+    tracker = _PartitionTracker(_PartitionRange(5, UNBOUNDED_STOP))
+    assert tracker.try_claim(5)
+    assert tracker.try_split(0.5) is None
+    primary, residual = tracker.try_split(0)
+    assert (primary.stop, residual.start, residual.stop) == (6, 6, UNBOUNDED_STOP)
+    bounded = _PartitionTracker(_PartitionRange(0, 10))
+    assert bounded.try_split(0.5) is not None
+
+
+def test_drain_ends_unbounded_ranges_at_the_next_claim_only():
+    """request_drain: an unbounded range is cut at its next claim; a bounded one reads on."""
+    unbounded = _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP))
+    bounded = _PartitionTracker(_PartitionRange(0, 3))
+    assert unbounded.try_claim(0)
+    request_drain()
+    try:
+        assert unbounded.try_claim(1) is False
+        unbounded.check_done()
+        assert unbounded.current_restriction().stop == 1
+        assert all(bounded.try_claim(i) for i in range(3))
+    finally:
+        reset_drain()
+    assert _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP)).try_claim(0)
+
+
+def test_unbounded_read_output_is_marked_unbounded():
+    """The SDK marks an SDF's output bounded; an unbounded read corrects it (late routing)."""
+    options = PipelineOptions(["--streaming"])
+    p = beam.Pipeline(options=options)
+    assert (p | "Live" >> _reader()).is_bounded is False
+    assert (p | "Ends" >> _reader(stop_at_end=True)).is_bounded is True
 
 
 def test_process_unbounded_checkpoints_when_caught_up():
@@ -265,14 +326,14 @@ def test_process_finishes_when_position_passes_stop_without_records():
 
 
 def test_process_registers_commit_of_next_offset_only_when_asked():
-    """commit_on_finalize registers one finalization callback; without it, none."""
+    """commit_on_finalize registers the commit; without it, a no-op (Prism finalizes anyway)."""
     with_commit = _reader(stop_at_end=True, group_id="g", commit_on_finalize=True).reader_fn()
     _, _, finalizer = _run(with_commit, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
     assert len(finalizer.callbacks) == 1
     assert finalizer.callbacks[0].args == ("t", 0, 2)
     without = _reader(stop_at_end=True).reader_fn()
     _, _, finalizer = _run(without, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
-    assert finalizer.callbacks == []
+    assert [getattr(c, "func", c).__name__ for c in finalizer.callbacks] == ["_nothing_to_commit"]
 
 
 class _StartConsumer:

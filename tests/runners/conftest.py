@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,96 @@ def events(tmp_path: Path) -> Events:
         dead_letters=1,
         metrics={key: (int(v[0]), float(v[1])) for key, v in metrics.items()},
     )
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming jobs on Prism: started as `headwater run ...` subprocesses, drained or cancelled
+
+
+@dataclass
+class StreamJob:
+    """A ``headwater run PIPELINE --runner=PrismRunner`` process and where it writes."""
+
+    process: subprocess.Popen
+    log: Path
+    summary_path: Path
+
+    def running(self) -> bool:
+        """Whether the job's process is still alive."""
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines the job printed (for failure messages)."""
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def drain(self) -> None:
+        """Ctrl-C: the Kafka read stops, open windows are written, the job ends by itself."""
+        self.process.send_signal(signal.SIGINT)
+
+    def finish(self, timeout: float = 180.0) -> dict:
+        """Waits for the process to exit 0; returns the run summary it wrote."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the job did not end in {timeout:g} s:\n{self.log_tail()}"
+            ) from None
+        assert code == 0, f"the job exited {code}:\n{self.log_tail()}"
+        return json.loads(self.summary_path.read_text(encoding="utf-8"))
+
+    def stop(self) -> None:
+        """Kills the process if it is still running (test teardown)."""
+        if self.running():
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition, *, what: str, timeout: float = 120.0, job: StreamJob | None = None):
+    """Polls ``condition()`` until it returns a truthy value; fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if job is not None and not job.running():
+            raise AssertionError(f"the job ended before {what}:\n{job.log_tail()}")
+        if time.monotonic() > deadline:
+            tail = f":\n{job.log_tail()}" if job is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{tail}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def start_stream_job(tmp_path: Path) -> Iterator:
+    """``start_stream_job(pipeline, argv, name)`` runs a streaming job on Prism in a subprocess."""
+    jobs: list[StreamJob] = []
+
+    def start(pipeline: str, argv: list[str], name: str = "job") -> StreamJob:
+        log = tmp_path / f"{name}.log"
+        summary = tmp_path / f"{name}.summary.json"
+        command = [
+            sys.executable,
+            "-m",
+            "headwater",
+            "run",
+            pipeline,
+            "--runner=PrismRunner",
+            f"--summary_json={summary}",
+            *argv,
+        ]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        job = StreamJob(process, log, summary)
+        jobs.append(job)
+        return job
+
+    yield start
+    for job in jobs:
+        job.stop()
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    """:func:`wait_until`, for test modules (the tests folder is not a package)."""
+    return wait_until

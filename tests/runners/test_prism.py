@@ -1,4 +1,4 @@
-"""PrismRunner as a runner users pick: the binary found, never downloaded, unbounded reads sent to it."""
+"""PrismRunner: its binary found (never downloaded), unbounded Kafka reads sent to it."""
 
 from __future__ import annotations
 

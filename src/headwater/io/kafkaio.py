@@ -22,9 +22,10 @@ Bounded and unbounded
 Timestamps and watermark
     Each record's timestamp is its Kafka timestamp (``event_time=None``), or a field of its value
     read with an :class:`~headwater.windowing.eventtime.EventTimeExtractor` after decoding it with
-    ``value_format``. A record whose event time cannot be read keeps its Kafka timestamp (or the
-    read time if it has none) and is counted under ``kafka.event_time_fallback``; the decode and
-    event-time steps downstream route it to dead letters with the reason. Per partition the
+    ``value_format``. A record whose event time cannot be read is stamped with its partition's
+    current watermark, so it never moves the watermark, and is counted under
+    ``kafka.event_time_fallback``; the decode and event-time steps downstream route it to dead
+    letters with the reason. Per partition the
     watermark is :class:`~headwater.windowing.watermark.BoundedOutOfOrderness`: the largest
     timestamp read minus ``max_delay``, advancing with the clock once the partition has been idle
     for ``idle_timeout``; ``watermark=None`` means ``max_delay=0`` and no idle timeout. Beam takes
@@ -53,6 +54,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -77,6 +79,7 @@ from headwater.io.kafkaconfig import (
     check_reachable,
     wrap_kafka_error,
 )
+from headwater.io.partitionwatermarks import WATERMARKS, SharedWatermarkProvider
 from headwater.windowing.durations import DurationLike, parse_duration, to_beam_timestamp
 from headwater.windowing.eventtime import EventTimeExtractor, timestamp_from_millis
 from headwater.windowing.watermark import BoundedOutOfOrderness
@@ -87,6 +90,8 @@ __all__ = [
     "ReadFromKafka",
     "WriteToKafka",
     "read_partitions",
+    "request_drain",
+    "reset_drain",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -168,11 +173,40 @@ class _PartitionRange(OffsetRange):
         return (_PartitionRange, (self.start, self.stop, self.deadline))
 
 
+_DRAIN = threading.Event()
+
+
+def request_drain() -> None:
+    """Ends every unbounded Kafka read of this process at its next claim, with no residual.
+
+    A local streaming run (Prism with the SDK harness in this process, ``LOOPBACK``) then
+    drains: the read finishes, the watermark moves to the end of time, every open window closes
+    and is written, and the job ends by itself. ``headwater run`` calls it on the first Ctrl-C.
+    """
+    _LOG.info("drain requested: unbounded Kafka reads stop claiming records")
+    _DRAIN.set()
+
+
+def reset_drain() -> None:
+    """Clears :func:`request_drain` (before the next run in the same process)."""
+    _DRAIN.clear()
+
+
+def _read_ends(restriction: OffsetRange, clock: Callable[[], float] = time.time) -> bool:
+    """Whether a read of ``restriction`` stops now: its deadline passed, or a drain of an
+    unbounded range was requested."""
+    deadline = getattr(restriction, "deadline", None)
+    if deadline is not None and clock() >= deadline:
+        return True
+    return restriction.stop >= UNBOUNDED_STOP and _DRAIN.is_set()
+
+
 class _PartitionTracker(OffsetRestrictionTracker):
     """Claims offsets of one partition; ends the restriction at the deadline, with no residual.
 
-    After the deadline a claim fails and the range is cut at the refused offset, so the
-    restriction is done (nothing is handed back to the runner) and ``check_done`` holds.
+    After the deadline (or, for an unbounded range, after :func:`request_drain`) a claim fails
+    and the range is cut at the refused offset, so the restriction is done (nothing is handed
+    back to the runner) and ``check_done`` holds.
     """
 
     def __init__(self, offset_range: _PartitionRange, clock: Callable[[], float] = time.time):
@@ -182,10 +216,9 @@ class _PartitionTracker(OffsetRestrictionTracker):
     def try_claim(self, position: int) -> bool:
         deadline = getattr(self._range, "deadline", None)
         if (
-            deadline is not None
-            and self._range.start <= position < self._range.stop
+            self._range.start <= position < self._range.stop
             and (self._last_claim_attempt is None or position > self._last_claim_attempt)
-            and self._clock() >= deadline
+            and self.ends_now()
         ):
             self._range = _PartitionRange(self._range.start, position, deadline)
             self._last_claim_attempt = position  # type: ignore[assignment]
@@ -194,6 +227,19 @@ class _PartitionTracker(OffsetRestrictionTracker):
 
     def is_bounded(self) -> bool:
         return bool(self._range.stop < UNBOUNDED_STOP)
+
+    def try_split(self, fraction_of_remainder: float) -> Any:
+        # An unbounded range has no end to split toward: a split at a fraction of the
+        # remainder lands near offset 2**62, which no partition has (Prism asks for such
+        # splits; the residual then read from an offset out of range). Only a checkpoint
+        # (fraction 0: stop after the current offset) is allowed there.
+        if self._range.stop >= UNBOUNDED_STOP and fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+    def ends_now(self) -> bool:
+        """Whether the read stops here: past its deadline, or an unbounded range drained."""
+        return _read_ends(self._range, self._clock)
 
 
 class _PartitionRestrictions(RestrictionProvider):
@@ -548,11 +594,19 @@ class _ReadPartitionFn(beam.DoFn):
         stall_timeout: float = 60.0,
         bounded: bool,
         clock: Callable[[], float] | None = None,
+        read_id: str | None = None,
     ):
         self._connection = connection
         self._group_id = group_id
         self._policy = policy
-        self._provider = policy.estimator_provider(clock)
+        self._read_id = read_id
+        self._provider: Any = policy.estimator_provider(clock)
+        if read_id is not None:
+            # Partitions report the read's minimum watermark (Prism takes only the last
+            # bundle's): see headwater.io.partitionwatermarks.
+            self._provider = SharedWatermarkProvider(
+                self._provider, read_id=read_id, split_of=_split_of
+            )
         self._event_time = event_time
         self._value_format = value_format
         self._commit_on_finalize = commit_on_finalize
@@ -594,7 +648,14 @@ class _ReadPartitionFn(beam.DoFn):
             self._consumer = None
 
     # -- reading ---------------------------------------------------------------------------
-    def _timestamp(self, record: KafkaRecord) -> Timestamp:
+    def _timestamp(self, record: KafkaRecord, watermark: Callable[[], Timestamp]) -> Timestamp:
+        """The record's event time; for a record without one, the partition's watermark.
+
+        Such a record becomes a dead letter downstream and must not move the watermark: with
+        its Kafka timestamp (when it was produced, seen on Prism) one malformed record pushed
+        its partition's watermark to the present, and every later record of the stream was
+        dropped as too late by the windows.
+        """
         if self._event_time is not None and self._value_format is not None:
             try:
                 return self._event_time.extract(self._value_format.decode(record))
@@ -606,12 +667,7 @@ class _ReadPartitionFn(beam.DoFn):
             except ValueError:
                 pass
         self._fallbacks.inc()
-        if self._event_time is not None and record.timestamp_ms is not None:
-            try:
-                return timestamp_from_millis(record.timestamp_ms)
-            except ValueError:
-                pass
-        return Timestamp.of(time.time())
+        return watermark()
 
     def process(
         self,
@@ -648,7 +704,6 @@ class _ReadPartitionFn(beam.DoFn):
         resume_at: int | None = None  # set when the consumer's queue holds nothing past next_offset
         began = time.monotonic()
         progressed = began  # the last time a record (or the end of the range) came in
-        deadline = restriction.deadline
         try:
             while True:
                 try:
@@ -709,7 +764,9 @@ class _ReadPartitionFn(beam.DoFn):
                         tuple(msg.headers() or ()),
                     )
                     emitted += 1
-                    yield TimestampedValue(record, self._timestamp(record))
+                    yield TimestampedValue(
+                        record, self._timestamp(record, watermark_estimator.current_watermark)
+                    )
                 self._records.inc(emitted)
                 if next_offset >= stop:
                     return
@@ -731,8 +788,8 @@ class _ReadPartitionFn(beam.DoFn):
                             f"{self._stall_timeout:g}s): the broker is unreachable or lost the "
                             "records; failing the bundle rather than returning a short read"
                         )
-                    if deadline is not None and time.time() >= deadline:
-                        tracker.try_claim(next_offset)  # past the deadline: ends the range here
+                    if _read_ends(tracker.current_restriction()):
+                        tracker.try_claim(next_offset)  # deadline or drain: ends the range here
                         return
                     if not self._bounded:
                         resume_at = next_offset
@@ -746,6 +803,8 @@ class _ReadPartitionFn(beam.DoFn):
                 self._assigned = (topic, partition, resume_at)
             else:
                 self._assigned = None
+                if not failed and self._read_id is not None:
+                    WATERMARKS.finish(self._read_id, (topic, partition))
             if not failed:
                 # Every bundle registers a callback: Prism finalizes every bundle of a step
                 # that can ask for finalization, and the Python SDK fails (and logs at ERROR)
@@ -787,6 +846,10 @@ class _ReadPartitionFn(beam.DoFn):
                 cls=KafkaCommitError,
             )
             _LOG.warning("%s (the next run from start='committed' re-reads these records)", error)
+
+
+def _split_of(element: Any) -> Any:
+    return (element.topic, element.partition) if isinstance(element, PartitionRead) else element
 
 
 def _nothing_to_commit() -> None:
@@ -959,6 +1022,7 @@ class ReadFromKafka(beam.PTransform):
         self.poll_interval = parse_duration(poll_interval, name="poll_interval", allow_zero=False)
         self.stall_timeout = parse_duration(stall_timeout, name="stall_timeout", allow_zero=False)
         self.partitions: list[PartitionRead] | None = None  # resolved in the driver (see expand)
+        self._read_id = uuid.uuid4().hex  # tells this read's partitions from other reads'
         self._records: beam.PCollection | None = None
 
     @property
@@ -986,6 +1050,7 @@ class ReadFromKafka(beam.PTransform):
             poll_interval=self.poll_interval,
             bounded=bounded,
             stall_timeout=self.stall_timeout,
+            read_id=None if bounded else self._read_id,
         )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
@@ -999,16 +1064,15 @@ class ReadFromKafka(beam.PTransform):
                 | "Impulse" >> beam.Impulse()
                 | "ListPartitions" >> beam.ParDo(_ListPartitionsFn(self))
             )
+        streaming = bool(pbegin.pipeline.options.view_as(StandardOptions).streaming)
+        reader = self.reader_fn(streaming=streaming)
         self._records = (
-            listed
-            | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartitions"
-            >> beam.ParDo(
-                self.reader_fn(
-                    streaming=bool(pbegin.pipeline.options.view_as(StandardOptions).streaming)
-                )
-            )
+            listed | "SpreadPartitions" >> beam.Reshuffle() | "ReadPartitions" >> beam.ParDo(reader)
         )
+        # Beam's Python SDK marks a splittable DoFn's output bounded whatever the restriction;
+        # steps that act only on unbounded input (late-data routing) must see the truth, or on
+        # Prism they skip themselves and the windows silently drop late records.
+        self._records.is_bounded = not isinstance(reader, _ReadPartitionUnboundedFn)
         return self._records
 
     def commit_after(self, pipeline: beam.Pipeline, *sinks: beam.PCollection) -> None:

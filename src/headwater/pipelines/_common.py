@@ -24,7 +24,7 @@ from headwater.io.deadletterio import WriteDeadLetters
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, match_files
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaconfig import mask_setting
-from headwater.io.kafkaio import ReadFromKafka
+from headwater.io.kafkaio import ReadFromKafka, reset_drain
 from headwater.pipelines.options import HeadwaterOptions, flag_values
 from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
@@ -449,6 +449,7 @@ def run_pipeline(
     started = time.monotonic()
     p = beam.Pipeline(options=options)
     build(p, options)
+    reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
     result = p.run()
     if not waits:
         job_id = getattr(result, "job_id", lambda: None)()
