@@ -76,10 +76,10 @@ demo: install ## set up, then run the main job end to end on embedded defaults (
 	$(PY) -m headwater demo --workdir demo-output
 
 test: install ## set up, then run the whole suite (unit, integration with a real broker, e2e)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests examples
 
 test-fast: install ## the suite without the slow and integration tests
-	$(PY) -m pytest tests -m 'not slow and not integration and not e2e'
+	$(PY) -m pytest tests examples -m 'not slow and not integration and not e2e'
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check src tests main.py examples

@@ -5,7 +5,6 @@ Use inside ``TestPipeline`` blocks (``assert_late``, ``ReifyPanes``) and after a
 
 >>> import apache_beam as beam
 >>> from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import GlobalWindows
 >>> with beam.Pipeline("FnApiRunner") as p:
 ...     panes = p | beam.Create([1]) | ReifyPanes()
 ...     assert_that(panes, equal_to([("UNKNOWN", 1)]), label="panes")
