@@ -7,7 +7,8 @@ Use inside ``TestPipeline`` blocks (``assert_late``, ``ReifyPanes``) and after a
 >>> from apache_beam.testing.util import assert_that, equal_to
 >>> with beam.Pipeline("FnApiRunner") as p:
 ...     panes = p | beam.Create([1]) | ReifyPanes()
-...     assert_that(panes, equal_to([("UNKNOWN", 1)]), label="panes")
+...     assert_that(panes, equal_to([("UNKNOWN", 1)]), label="panes")  # doctest: +ELLIPSIS
+<PCollection...>
 """
 
 from __future__ import annotations
