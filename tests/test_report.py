@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import builtins
 import datetime as dt
+import html
 import http.server
 import json
 import os
@@ -315,6 +316,70 @@ def test_late_envelopes_in_the_dead_letter_folder_count_as_late(tmp_path):
     assert "39 dead letters, 3 reasons" in page
 
 
+def test_late_folder_inside_the_dead_letter_folder_is_counted_once(tmp_path):
+    """The default late folder (<dead_letter>/late) adds its envelopes once, not twice."""
+    dlq = tmp_path / "dlq"
+    _write_dead_letters_jsonl(dlq)
+    _write_late_avro(dlq / "late", [2_000, 3_000, 4_000])
+    page = _report(tmp_path, None, dlq, dlq / "late")
+    assert "3 late records" in page
+    assert "39 dead letters, 3 reasons" in page
+    assert "<td><code>late</code></td><td>7</td><td>3</td>" in page
+
+
+def test_header_shows_the_engine_and_the_run_configuration(tmp_path):
+    """The summary's engine and config (window, key, horizon, source) are on the page, escaped."""
+    config = {
+        "source": "files",
+        "input": "in/<x>*.jsonl",
+        "window": "fixed:60s",
+        "key_field": "user_id",
+        "dedup_horizon": "10m",
+    }
+    page = _report(tmp_path, None, None, None, engine="columnar", config=config)
+    assert "<b>engine</b> columnar" in page
+    assert "<h2>Configuration</h2>" in page
+    for flag, value in config.items():
+        assert f"<td><code>--{flag}</code></td><td>{html.escape(value)}</td>" in page
+
+
+def test_a_real_run_reports_its_engine_and_configuration(tmp_path):
+    """windowed_metrics --report: the summary and the page name the engine and the window."""
+    from headwater.pipelines import windowed_metrics
+
+    events = [
+        {"event_id": f"e{i}", "user_id": f"u{i % 3}", "event_time": 1_700_000_000_000 + i * 1000}
+        for i in range(50)
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    base = [
+        "--source=files",
+        f"--input={tmp_path / 'in.jsonl'}",
+        "--event_time_field=event_time",
+        "--id_field=event_id",
+        "--key_field=user_id",
+        "--window=fixed:60s",
+        "--metrics=count",
+    ]
+    for engine, extra in (("columnar", []), ("record", ["--dedup_keep=last"])):
+        run = tmp_path / engine
+        summary = windowed_metrics.run(
+            [
+                *base,
+                *extra,
+                f"--output={run / 'out'}",
+                f"--dead_letter={run / 'dlq'}",
+                f"--report={run / 'report.html'}",
+            ]
+        )
+        assert summary["engine"] == engine
+        assert summary["config"]["window"] == "fixed:60s"
+        assert "kafka_config" not in summary["config"]
+        page = (run / "report.html").read_text(encoding="utf-8")
+        assert f"<b>engine</b> {engine}" in page
+        assert "<td><code>--key_field</code></td><td>user_id</td>" in page
+
+
 def test_dead_letter_reasons_and_examples_are_shown(tmp_path, run_dirs):
     """Reasons are counted by stage and error type; examples list stage, type, message, origin."""
     page = _report(tmp_path, *run_dirs)
@@ -521,16 +586,35 @@ _CHROMIUM_OWN = re.compile(
 )
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def _chromium() -> str:
+    """Chromium's path; on CI (``CI=true``) a missing browser fails the test, elsewhere skips it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.access("/usr/bin/chromium", os.X_OK):
+        found = "/usr/bin/chromium"  # where make tools installs it (Debian's package)
+    if found is None:
+        message = "chromium is not installed: `make tools` installs it (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(message + "; CI must run the browser test, not skip it")
+        pytest.skip(message)
+    return found
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    """Without a browser the render test fails when CI=true (never a silent skip on CI)."""
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.setattr(os, "access", lambda *_args: False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser test"):
+        _chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="make tools"):
+        _chromium()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    _chromium() is None, reason="chromium is not on PATH (apt-get install chromium)"
-)
 def test_report_renders_in_headless_chromium_without_network(tmp_path, run_dirs):
     """Headless Chromium renders the page to a non-blank screenshot and requests nothing."""
+    chromium = _chromium()
     page = write_report(
         str(tmp_path / "run.html"),
         summary=_summary(),
@@ -546,7 +630,7 @@ def test_report_renders_in_headless_chromium_without_network(tmp_path, run_dirs)
     try:
         result = subprocess.run(
             [
-                _chromium() or "chromium",
+                chromium,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",

@@ -3,8 +3,9 @@
 Inputs, all read after the run has finished (plain Python, no Beam pipeline):
 
 * ``summary`` -- the run summary dict the pipelines produce (``pipeline``, ``runner``,
-  ``records_in``, ``output``, ``duplicate``, ``dead_letter``, ``late``, ``wall_s``, ...). Unknown
-  keys are ignored; missing ones are shown as "-".
+  ``engine``, ``records_in``, ``output``, ``duplicate``, ``dead_letter``, ``late``, ``wall_s``,
+  and ``config``: the flags that shape the result -- source, window, key, dedup horizon ...).
+  Unknown keys are ignored; missing ones are shown as "-".
 * ``rows_dir`` -- the output folder of
   :class:`~headwater.io.fileio.WriteWindowedFiles`: Parquet (``*.parquet``) or Avro (``*.avro``)
   files under ``window_start=<RFC 3339>/`` (plus ``window_end=...`` for merging windows, or
@@ -14,7 +15,9 @@ Inputs, all read after the run has finished (plain Python, no Beam pipeline):
   :class:`~headwater.io.deadletterio.WriteDeadLetters`: JSON lines (``*.jsonl``, one
   :meth:`DeadLetter.to_dict() <headwater.transforms.deadletter.DeadLetter.to_dict>` per line) or
   Avro (``*.avro``). Every envelope in ``late_dir``, and every envelope anywhere with
-  ``lateness_ms`` set, counts as late; the others are dead letters. The two may be one folder.
+  ``lateness_ms`` set, counts as late; the others are dead letters. The two may be one folder,
+  and the late folder may lie inside the dead-letter folder (the pipelines' default,
+  ``<dead_letter>/late``): each file is read once.
 
 Writers' temporary files and folders (``.tmp-*``) are skipped everywhere. A folder that is
 ``None``, missing or empty renders a short "none" note; a file that cannot be read is listed
@@ -119,10 +122,16 @@ class _Letters:
     files: int = 0
 
 
-def _walk(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
-    """Files under ``folder`` ending in ``suffixes``, sorted, skipping ``.tmp-*`` entries."""
+def _walk(folder: str, suffixes: tuple[str, ...], skip: tuple[str, ...] = ()) -> Iterator[str]:
+    """Files under ``folder`` ending in ``suffixes``, sorted, skipping ``.tmp-*`` entries and the
+    folders in ``skip`` (real paths)."""
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(_TEMP_PREFIX))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(_TEMP_PREFIX)
+            and os.path.realpath(os.path.join(root, d)) not in skip
+        )
         for name in sorted(names):
             if not name.startswith(_TEMP_PREFIX) and name.lower().endswith(suffixes):
                 yield os.path.join(root, name)
@@ -219,8 +228,12 @@ def _origin_text(origin: Any) -> str:
 
 def _read_letters(folders: list[tuple[str, bool]], problems: list[str]) -> _Letters:
     letters = _Letters()
+    real = [os.path.realpath(folder) for folder, _ in folders]
     for folder, all_late in folders:
-        for path in _walk(folder, (".jsonl", ".json", ".avro")):
+        # A folder nested in another (the default late folder, <dead_letter>/late) is read
+        # as itself only.
+        others = tuple(r for r in real if r != os.path.realpath(folder))
+        for path in _walk(folder, (".jsonl", ".json", ".avro"), skip=others):
             try:
                 for row in _read_letter_rows(path):
                     lateness = row.get("lateness_ms")
@@ -395,7 +408,12 @@ def _header(summary: Mapping[str, Any], title: str, found: Mapping[str, int | No
         for name in ("records_in", *_OUTCOMES)
     ]
     facts = []
-    for key, label in (("pipeline", "pipeline"), ("runner", "runner"), ("wall_s", "wall time")):
+    for key, label in (
+        ("pipeline", "pipeline"),
+        ("runner", "runner"),
+        ("engine", "engine"),
+        ("wall_s", "wall time"),
+    ):
         if summary.get(key) is not None:
             value = summary[key]
             text = f"{value:,.1f} s" if key == "wall_s" and _is_number(value) else _esc(value)
@@ -406,9 +424,16 @@ def _header(summary: Mapping[str, Any], title: str, found: Mapping[str, int | No
         + "<p class='hint'>&ldquo;found in files&rdquo; is what this page read back: output "
         "records (the <code>count</code> column of metric rows, else rows), dead-letter and "
         "late envelopes (blank: no such folder). Pane restatements of accumulating aggregates "
-        "are counted again.</p>"
-        "</header>"
+        "are counted again.</p>" + _config(summary.get("config")) + "</header>"
     )
+
+
+def _config(config: Any) -> str:
+    """The run's configuration (the summary's ``config``): what shaped these numbers."""
+    if not isinstance(config, Mapping) or not config:
+        return ""
+    rows = [[f"<code>--{_esc(key)}</code>", _esc(value)] for key, value in config.items()]
+    return "<h2>Configuration</h2>" + _table(["flag", "value"], rows, "config")
 
 
 def _is_number(value: Any) -> bool:

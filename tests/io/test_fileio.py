@@ -21,10 +21,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import trigger, window
 
 from headwater.io.fileio import (
+    SUCCESS_MARKER,
     NoFilesMatchedError,
+    OutputFolderNotEmptyError,
     ReadFromFiles,
     WriteWindowedFiles,
+    match_files,
+    prepare_output_folders,
     stable_shard,
+    write_success_marker,
 )
 
 UTC = dt.timezone.utc
@@ -435,3 +440,64 @@ def test_stable_shard_is_the_same_in_processes_with_different_hash_seeds():
     }
     assert len(outputs) == 1
     assert outputs == {str([stable_shard(f"row{i}", 5) for i in range(50)]) + "\n"}
+
+
+def _used_folder(folder: Path) -> Path:
+    (folder / "window_start=2023-11-14T22:13:00Z").mkdir(parents=True)
+    (folder / "window_start=2023-11-14T22:13:00Z" / "part-00000-of-00002.parquet").write_bytes(b"x")
+    (folder / ".tmp-part-00001-of-00002.parquet-abc").write_bytes(b"partial")
+    return folder
+
+
+def test_a_non_empty_output_folder_is_refused_naming_it_and_the_flag(tmp_path):
+    """A folder holding any file (even a writer's temp file) is refused; empty or missing pass."""
+    used = _used_folder(tmp_path / "out")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    prepare_output_folders([str(tmp_path / "empty"), str(tmp_path / "missing")], overwrite=False)
+    with pytest.raises(
+        OutputFolderNotEmptyError, match=r"'.*out' is not empty \(2 file.*--overwrite"
+    ):
+        prepare_output_folders([str(tmp_path / "empty"), str(used)], overwrite=False)
+    assert len(list(used.rglob("*.parquet"))) == 1
+
+
+def test_overwrite_deletes_every_file_of_the_folder_and_keeps_the_folder(tmp_path):
+    """overwrite=True leaves the folder empty: no shard, window folder or temp file survives."""
+    used = _used_folder(tmp_path / "out")
+    (used / SUCCESS_MARKER).write_text("{}")
+    prepare_output_folders([str(used), None, str(used)], overwrite=True)
+    assert used.is_dir()
+    assert list(used.iterdir()) == []
+
+
+def test_overwrite_refuses_a_folder_holding_the_input_or_the_current_directory(
+    tmp_path, monkeypatch
+):
+    """overwrite never deletes the run's input files or the folder the run is started from."""
+    used = _used_folder(tmp_path / "out")
+    (used / "in.jsonl").write_text("{}\n")
+    with pytest.raises(OutputFolderNotEmptyError, match=r"out/\*\.jsonl. \(an input"):
+        prepare_output_folders([str(used)], overwrite=True, keep=[str(used / "*.jsonl")])
+    monkeypatch.chdir(used / "window_start=2023-11-14T22:13:00Z")
+    with pytest.raises(OutputFolderNotEmptyError, match="current directory"):
+        prepare_output_folders([str(used)], overwrite=True)
+    assert (used / "in.jsonl").exists()
+
+
+def test_success_marker_lists_the_files_relative_and_is_not_read_as_input(tmp_path):
+    """_SUCCESS holds the summary and the folder's files; input globs never match it."""
+    folder = tmp_path / "out"
+    (folder / "w").mkdir(parents=True)
+    (folder / "w" / "part.jsonl").write_text("{}\n")
+    path = write_success_marker(
+        str(folder), {"records_in": 3, "output": 3}, [str(folder / "w" / "part.jsonl")]
+    )
+    assert Path(path) == folder / SUCCESS_MARKER
+    assert json.loads(Path(path).read_text()) == {
+        "records_in": 3,
+        "output": 3,
+        "files": ["w/part.jsonl"],
+    }
+    with pytest.raises(NoFilesMatchedError):
+        match_files(str(folder / "*"))
+    assert match_files(str(folder / "**")) == [str(folder / "w" / "part.jsonl")]

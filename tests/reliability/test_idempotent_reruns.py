@@ -5,12 +5,18 @@ rewrites the same file names with the same bytes. Replaying dead letters after t
 fixed (here: the metrics no longer need the ``amount`` field that some records had as a string)
 moves them into the output; the records still broken (invalid JSON) are dead letters again, and
 across the two runs every input record is counted exactly once.
+
+Output folders of ``headwater run``: a re-run into a used folder is refused unless ``--overwrite``,
+which replaces the folder's contents (no shard of the earlier run survives); a finished run
+leaves ``_SUCCESS`` (its counts and files) in each folder, and its summary counts only its files.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from _reliability import (
     METRICS_FLAGS,
     dead_letters,
@@ -22,6 +28,7 @@ from _reliability import (
     run_built,
 )
 
+from headwater.io.fileio import OutputFolderNotEmptyError
 from headwater.pipelines import replay_dead_letters, windowed_metrics
 from headwater.testing.assertions import assert_accounting
 
@@ -37,16 +44,21 @@ def _write_inputs(folder: Path) -> list[bytes]:
     return lines
 
 
-def test_backfill_rerun_over_the_same_files_is_byte_identical(tmp_path):
-    """Two backfills over the same files write the same files with the same bytes."""
+def _backfill_flags(tmp_path: Path) -> list[str]:
+    """Writes the inputs under ``tmp_path/in``; the flags of a backfill over them."""
     _write_inputs(tmp_path / "in")
-    flags = [
+    return [
         *METRICS_FLAGS,
         "--source=files",
         f"--input={tmp_path / 'in' / '*.jsonl'}",
         f"--output={tmp_path / 'out'}",
         f"--dead_letter={tmp_path / 'dlq'}",
     ]
+
+
+def test_backfill_rerun_over_the_same_files_is_byte_identical(tmp_path):
+    """Two backfills over the same files write the same files with the same bytes."""
+    flags = _backfill_flags(tmp_path)
     first = run_built(windowed_metrics, flags)
     # Per file: 100 good, 1 copy (duplicate), 1 invalid JSON and 1 'n/a' amount (dead letters).
     assert_accounting(first, records_in=309, output=300, duplicate=3, dead_letter=6, late=0)
@@ -93,3 +105,32 @@ def test_replaying_fixed_dead_letters_moves_them_into_output_and_totals_add_up(t
     replayed_rows = metric_rows(tmp_path / "out2")
     assert {r["key"] for r in replayed_rows} == {"u2"}
     assert sum(r["count"] for r in replayed_rows) == len(string_amounts)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_rerun_into_a_used_folder_is_refused_and_overwrite_leaves_no_stale_file(tmp_path):
+    """A second run needs --overwrite; with another shard count no old shard survives."""
+    flags = _backfill_flags(tmp_path)
+    first = windowed_metrics.run(flags)
+    rows = metric_rows(tmp_path / "out")
+    with pytest.raises(OutputFolderNotEmptyError, match=r"out' is not empty.*--overwrite"):
+        windowed_metrics.run([*flags, "--output_shards=3"])
+    assert metric_rows(tmp_path / "out") == rows
+    second = windowed_metrics.run([*flags, "--output_shards=3", "--overwrite"])
+    assert metric_rows(tmp_path / "out") == rows  # read back: no doubled counts
+    written = [f for f in _files(tmp_path / "out") if f != "_SUCCESS"]
+    assert written
+    assert all(f.endswith("-of-00003.parquet") for f in written)
+    assert second["outputs"]["output"]["files"] == len(written)
+    assert first["outputs"]["output"]["files"] < len(written)
+    marker = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert marker["files"] == written
+    assert (marker["records_in"], marker["output"], marker["dead_letter"]) == (309, 300, 6)
+    letters = json.loads((tmp_path / "dlq" / "_SUCCESS").read_text())
+    assert letters["files"] == [
+        f for f in _files(tmp_path / "dlq") if not f.endswith("_SUCCESS") and "late/" not in f
+    ]
+    assert second["outputs"]["dead_letter"]["files"] == len(letters["files"])

@@ -8,10 +8,12 @@ by event time: it re-windows into the global window first.
 
 * Batch (a bounded input and no ``--streaming``): one pane per shard, written when the input
   ends -- ``dead_letters-00000-of-00001.jsonl`` (``.avro``). Content and names are
-  deterministic, so re-running the same input rewrites the same files.
+  deterministic, so re-running the same input rewrites the same bytes: envelopes are written
+  with an empty ``failed_at`` (the wall-clock instant of a batch failure says nothing about the
+  record and would make every re-run's files differ; the run's time is the scheduler's).
 * Streaming: panes fire after ``max_records_per_file`` envelopes or ``max_delay`` of processing
   time, whichever comes first (``Repeatedly(AfterAny(AfterCount, AfterProcessingTime))``,
-  discarding), one file per (shard, pane):
+  discarding), one file per (shard, pane), each envelope with its wall-clock ``failed_at``:
   ``dead_letters-00000-of-00001-pane-003-<digest>.jsonl``. Pane indices restart when a job
   restarts, so the name also carries 8 hex digits of the content's hash: a new job never
   overwrites an earlier job's dead letters, and identical content maps to the same name.
@@ -129,16 +131,19 @@ class _KeyByShardFn(beam.DoFn):
 
 
 class _WriteShardPaneFn(beam.DoFn):
-    def __init__(self, output: str, file_format: str, num_shards: int):
+    def __init__(self, output: str, file_format: str, num_shards: int, *, batch: bool = False):
         self._output = output
         self._format = file_format
         self._num_shards = num_shards
+        self._batch = batch
         self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
 
     def process(
         self, element: tuple[int, Iterable[DeadLetter]], pane=beam.DoFn.PaneInfoParam
     ) -> Iterator[str]:
         shard, letters = element
+        if self._batch:  # deterministic files: no wall-clock instant in them
+            letters = [dataclasses.replace(letter, failed_at="") for letter in letters]
         ordered = sorted(letters, key=_sort_key)
         if not ordered:
             return
@@ -210,7 +215,8 @@ class WriteDeadLetters(beam.PTransform):
 
     def expand(self, pcoll):
         streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
-        if streaming or not pcoll.is_bounded:
+        batch = not (streaming or not pcoll.is_bounded)
+        if not batch:
             rewindow = beam.WindowInto(
                 beam_window.GlobalWindows(),
                 trigger=beam_trigger.Repeatedly(
@@ -233,7 +239,9 @@ class WriteDeadLetters(beam.PTransform):
             | "KeyByShard" >> beam.ParDo(_KeyByShardFn(self._num_shards))
             | "GroupPerShard" >> beam.GroupByKey()
             | "WriteFiles"
-            >> beam.ParDo(_WriteShardPaneFn(self._output, self._format, self._num_shards))
+            >> beam.ParDo(
+                _WriteShardPaneFn(self._output, self._format, self._num_shards, batch=batch)
+            )
         )
 
 

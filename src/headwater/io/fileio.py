@@ -43,6 +43,13 @@ restatement. Each file is written under ``.tmp-<name>-<uuid>`` in its directory 
 its final name, so a final name never shows a partial file; a retried bundle rewrites the same
 bytes. A pane with no rows writes no file. The output is the ``PCollection`` of final paths.
 
+**Output folders of a run** -- a run starts with empty folders: :func:`prepare_output_folders`
+refuses a folder that holds any file (:class:`OutputFolderNotEmptyError`), or with
+``overwrite=True`` deletes its contents first, so no file of an earlier run (another shard count,
+other windows) survives next to the new ones. A run that completes writes
+:func:`write_success_marker` -- ``_SUCCESS``, a small JSON of the run's files and counts -- into
+each folder last: a folder without it is half-written or still being written.
+
 Schema: a ``pyarrow.Schema`` (Parquet) or an Avro schema dict (Avro), or inferred per file from
 its rows: fields in order of first appearance; ``bool`` -> boolean, ``int`` -> int64/long,
 ``float`` or a mix of ``int`` and ``float`` -> double, ``str`` -> string, ``bytes`` ->
@@ -64,6 +71,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -85,16 +93,21 @@ __all__ = [
     "ReadFromFiles",
     "WriteWindowedFiles",
     "NoFilesMatchedError",
+    "OutputFolderNotEmptyError",
     "READ_FORMATS",
+    "SUCCESS_MARKER",
     "STORAGE_ERRORS",
     "WRITE_FORMATS",
     "canonical_json",
     "encode_avro",
+    "list_output_files",
     "match_files",
+    "prepare_output_folders",
     "stable_shard",
     "unreadable_file_letter",
     "window_directory",
     "write_atomically",
+    "write_success_marker",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -105,6 +118,8 @@ READ_FORMATS = ("json", "avro", "parquet")
 WRITE_FORMATS = ("parquet", "avro")
 
 _TEMP_PREFIX = ".tmp-"
+#: The completion marker a finished run writes into each of its output folders, last.
+SUCCESS_MARKER = "_SUCCESS"
 _PARQUET_BATCH_ROWS = 10_000
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
 _AVRO_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -179,6 +194,7 @@ def match_files(pattern: str) -> list[str]:
         m.path
         for m in metadata
         if not posixpath.basename(m.path.rstrip("/")).startswith(_TEMP_PREFIX)
+        and posixpath.basename(m.path) != SUCCESS_MARKER
         and not m.path.endswith("/")
         and not (_is_local(m.path) and os.path.isdir(m.path))
     )
@@ -206,6 +222,94 @@ def write_atomically(path: str, data: bytes, *, mime_type: str = "application/oc
         except Exception:  # the original failure is the one worth raising
             _LOG.info("could not remove temp file %s", temp)
         raise
+
+
+class OutputFolderNotEmptyError(ValueError):
+    """An output folder already holds files and the run was not asked to replace them."""
+
+
+def _folder(path: str) -> str:
+    return path.rstrip("/") + "/" if not _is_local(path) else os.path.abspath(path) + os.sep
+
+
+def list_output_files(folder: str | None, *, markers: bool = False) -> list[str]:
+    """Every file under ``folder`` (recursively, any ``FileSystems`` scheme), sorted.
+
+    Writers' temporary files (``.tmp-*``) count (a crashed run leaves them); the completion
+    marker only with ``markers=True``. A missing folder has no files.
+    """
+    if not folder:
+        return []
+    if _is_local(folder):
+        root = os.path.abspath(folder)
+        found = [
+            os.path.join(directory, name)
+            for directory, _subdirs, names in os.walk(root)
+            for name in names
+        ]
+    else:
+        try:
+            [result] = FileSystems.match([folder.rstrip("/") + "/**"])
+            found = [m.path for m in result.metadata_list if not m.path.endswith("/")]
+        except Exception:  # nothing there (Beam raises on some filesystems)
+            found = []
+    return sorted(f for f in found if markers or posixpath.basename(f) != SUCCESS_MARKER)
+
+
+def prepare_output_folders(
+    folders: Iterable[str | None], *, overwrite: bool, keep: Iterable[str] = ()
+) -> None:
+    """Makes sure a run starts with empty output ``folders`` (local or remote).
+
+    A folder holding any file (a completion marker, a temporary file) raises
+    :class:`OutputFolderNotEmptyError` naming it, unless ``overwrite``: then its whole contents
+    are deleted first. ``overwrite`` refuses a folder that holds the current directory, or any of
+    ``keep`` (the run's input files): deleting it would delete what the run reads.
+    """
+    names = list(dict.fromkeys(f for f in folders if f))
+    for folder in names:
+        files = list_output_files(folder, markers=True)
+        if not files:
+            continue
+        if not overwrite:
+            raise OutputFolderNotEmptyError(
+                f"output folder {folder!r} is not empty ({len(files)} file(s), e.g. "
+                f"{files[0]!r}): a run into it would mix its files with the earlier ones. Give "
+                "an empty or new folder, or --overwrite to delete its contents first"
+            )
+        root = _folder(folder)
+        inside = [k for k in keep if _folder(k).startswith(root) or k.startswith(root)]
+        if _is_local(folder) and _folder(os.getcwd()).startswith(root):
+            inside.append(os.getcwd())
+        if inside:
+            raise OutputFolderNotEmptyError(
+                f"--overwrite would delete {folder!r}, which holds {inside[0]!r} (an input of "
+                "this run or the current directory): choose another output folder"
+            )
+        _LOG.info("--overwrite: deleting %d file(s) under %s", len(files), folder)
+        if _is_local(folder):
+            for entry in os.scandir(root):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.remove(entry.path)
+        else:
+            FileSystems.delete(files)
+
+
+def write_success_marker(folder: str, summary: Mapping[str, Any], files: Sequence[str]) -> str:
+    """Writes ``_SUCCESS`` into ``folder``: ``summary`` plus ``files`` (relative), as JSON.
+
+    Written atomically and last, so a folder without it did not finish. Returns its path.
+    """
+    root = _folder(folder)
+    full = [_folder(f)[:-1] for f in files]
+    relative = sorted(f[len(root) :] if f.startswith(root) else f for f in full)
+    body = {**summary, "files": relative}
+    data = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    path = FileSystems.join(folder.rstrip("/") or folder, SUCCESS_MARKER)
+    write_atomically(path, data, mime_type="application/json")
+    return path
 
 
 def _window_bound(timestamp: Any) -> str:

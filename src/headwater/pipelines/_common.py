@@ -21,7 +21,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
-from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles, _ReadFileFn, match_files
+from headwater.io.fileio import (
+    SUCCESS_MARKER,
+    ReadFromFiles,
+    WriteWindowedFiles,
+    _ReadFileFn,
+    match_files,
+    prepare_output_folders,
+    write_success_marker,
+)
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaconfig import mask_setting
 from headwater.io.kafkaio import ReadFromKafka, reset_drain
@@ -365,7 +373,17 @@ def _list_files(folder: str | None) -> list[str]:
     except Exception:  # nothing written there
         return []
     names = sorted(m.path for m in matches)
-    return [n for n in names if "/.tmp-" not in n]
+    return [n for n in names if "/.tmp-" not in n and not n.endswith("/" + SUCCESS_MARKER)]
+
+
+def _output_files(outputs: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """Each output folder's files, without those of another output folder nested in it."""
+    folders = {name: folder.rstrip("/") + "/" for name, folder in outputs.items() if folder}
+    listed = {}
+    for name, folder in folders.items():
+        nested = [f for other, f in folders.items() if other != name and f.startswith(folder)]
+        listed[name] = [f for f in _list_files(folder) if not any(f.startswith(n) for n in nested)]
+    return listed
 
 
 def summarize(
@@ -390,16 +408,52 @@ def summarize(
         },
         "outputs": {},
     }
-    folders = {name: folder.rstrip("/") + "/" for name, folder in outputs.items() if folder}
+    listed = _output_files(outputs)
     for name, folder in outputs.items():
-        nested = [
-            f
-            for other, f in folders.items()
-            if other != name and folder and f.startswith(folder.rstrip("/") + "/")
-        ]
-        files = [f for f in _list_files(folder) if not any(f.startswith(n) for n in nested)]
-        summary["outputs"][name] = {"path": folder, "files": len(files)}
+        summary["outputs"][name] = {"path": folder, "files": len(listed.get(name, []))}
     return summary
+
+
+def _write_markers(outputs: Mapping[str, str | None], summary: Mapping[str, Any]) -> None:
+    """``_SUCCESS`` (the run's counts and that folder's files) into each output folder, last."""
+    counts = ("pipeline", "runner", "records_in", "output", "duplicate", "dead_letter", "late")
+    for name, files in _output_files(outputs).items():
+        folder = str(outputs[name])
+        body = {"folder": name, **{k: summary.get(k) for k in counts}}
+        write_success_marker(folder, body, files)
+
+
+#: The flags that shape a run's result, as the summary's ``config`` shows them (never secrets:
+#: no --kafka_config, no connection settings).
+CONFIG_FLAGS = (
+    "source",
+    "input",
+    "topic",
+    "format",
+    "event_time_field",
+    "event_time_unit",
+    "id_field",
+    "dedup_horizon",
+    "dedup_keep",
+    "window",
+    "trigger",
+    "allowed_lateness",
+    "key_field",
+    "metrics",
+    "replay_as_stream",
+    "max_out_of_orderness",
+)
+
+
+def run_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The set ones of :data:`CONFIG_FLAGS`, as given (text), for the summary and report."""
+    config = {}
+    for name in CONFIG_FLAGS:
+        value = values.get(name)
+        if value in (None, "", [], False):
+            continue
+        config[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return config
 
 
 def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
@@ -448,7 +502,13 @@ def run_pipeline(
         )
     started = time.monotonic()
     p = beam.Pipeline(options=options)
-    build(p, options)
+    built = build(p, options)
+    # Once, before anything is written (a streaming run then writes windows over time).
+    prepare_output_folders(
+        outputs.values(),
+        overwrite=bool(values.get("overwrite")),
+        keep=[str(values[k]) for k in ("input", "dead_letter_input") if values.get(k)],
+    )
     reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
     result = p.run()
     if not waits:
@@ -465,6 +525,8 @@ def run_pipeline(
         name, runner, Accounting.from_result(result), time.monotonic() - started, outputs
     )
     summary["state"] = state
+    summary["engine"] = getattr(built, "engine", "record")
+    summary["config"] = run_config(values)
     print_summary(summary)
     if values.get("summary_json"):
         with open(values["summary_json"], "w", encoding="utf-8") as handle:
@@ -481,6 +543,7 @@ def run_pipeline(
             late_dir=outputs.get("late"),
         )
         print(f"  report       -> {values['report']}")
+    _write_markers(outputs, summary)
     return summary
 
 

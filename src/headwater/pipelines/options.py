@@ -361,6 +361,14 @@ FLAGS: dict[str, Flag] = {
             "Folder for late records (with window and "
             "lateness_ms); defaults to <dead_letter>/late.",
         ),
+        Flag(
+            "overwrite",
+            "Overwrite outputs",
+            "Delete the contents of the output, dead-letter and late folders at start. Without "
+            "it a run into a folder that holds any file is refused, so files of an earlier run "
+            "never mix with this one's.",
+            boolean=True,
+        ),
         # --- local runs ---------------------------------------------------------------------
         Flag(
             "replay_as_stream",

@@ -74,6 +74,7 @@ FILE_OUTPUT_FLAGS = (
     "dead_letter",
     "dead_letter_format",
     "late_output",
+    "overwrite",
 )
 LOCAL_FLAGS = (
     "replay_as_stream",
@@ -103,6 +104,7 @@ class Outputs(NamedTuple):
     late: beam.PCollection
     duplicate: beam.PCollection
     dead_letter: beam.PCollection
+    engine: str = "record"  # or "columnar", "columnar-replay": the run summary's ``engine``
 
 
 def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
@@ -213,7 +215,8 @@ def build(
         if values.get("replay_as_stream"):
             late_folder = _common.late_folder(values)
             _ = result.late | "WriteLate" >> WriteDeadLetters(late_folder, format=fmt)
-        return Outputs(result.rows, result.late, result.duplicate, dead)
+        engine = "columnar-replay" if values.get("replay_as_stream") else "columnar"
+        return Outputs(result.rows, result.late, result.duplicate, dead, engine)
     compute = _metrics(values)
     sourced = _common.open_source(p, values, source)
     result = sourced.records | "WindowedMetrics" >> compute
