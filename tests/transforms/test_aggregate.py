@@ -229,6 +229,7 @@ def test_metric_spec_rejects_field_on_count_and_missing_field():
         ({"user": "a", "amount": float("nan")}, "field 'amount'=nan is not a finite number"),
         ({"user": "a", "amount": float("inf")}, "field 'amount'=inf is not a finite number"),
         ({"user": "a", "amount": -float("inf")}, "field 'amount'=-inf is not a finite number"),
+        ({"user": "a", "amount": -(10**400)}, "... is not a finite number"),  # past any float
         ({"user": "a", "amount": [1]}, "field 'amount'=[1] is not numeric"),
         ({"user": "a", "amount": 1}, "field 'stats.latency_ms' is missing"),
         ({"user": "a", "amount": 1, "stats": 3}, "field 'stats.latency_ms' is missing"),

@@ -609,13 +609,14 @@ def test_a_refused_piece_names_the_row_to_cut_at():
 # --- hostile values: sums beyond int64, keys of every JSON type, lone surrogates (issue 11) --
 
 _BIG = 6 * 10**18  # three of them overflow int64
+_HUGE = (2**64 + 1, -(2**64), 5)  # ints past int64 whose exact sum (6) floats would lose
 
 
 def _hostile_files(folder, lone_surrogates=True):
     """Two JSON-lines files: big sums, keys and ids of mixed JSON types, lone surrogates.
 
-    ``b.jsonl`` has only int keys (a window whose keys all arrive as ints). Lines 14-16 of
-    ``a.jsonl`` hold a lone surrogate (unless ``lone_surrogates=False``), line 17 an escaped pair.
+    ``b.jsonl`` has only int keys (a window whose keys all arrive as ints). Lines 17-19 of
+    ``a.jsonl`` hold a lone surrogate (unless ``lone_surrogates=False``), line 20 an escaped pair.
     """
     records = [
         *(
@@ -627,6 +628,8 @@ def _hostile_files(folder, lone_surrogates=True):
             for i in (4, 5, 6)
         ),
         {"event_id": "n7", "user_id": "neg", "event_time": 7, "amount": 7},
+        # past int64 (JSON allows it): pyarrow reads doubles, the sum is still exact
+        *({"event_id": f"h{v}", "user_id": "huge", "event_time": 8, "amount": v} for v in _HUGE),
         {"event_id": 7, "user_id": 1, "event_time": 61, "amount": 1},
         {"event_id": "7", "user_id": "1", "event_time": 62, "amount": 100},  # id 7 again: duplicate
         {"event_id": 8, "user_id": "1", "event_time": 63, "amount": 2},
@@ -664,6 +667,7 @@ def _at(seconds):
 _HOSTILE_ROWS = [  # (window start, key, count, sum, min, max, mean): int sums exact, then float
     (_at(0), "big", 4, float(3 * _BIG + 1), 1.0, float(_BIG), (3 * _BIG + 1) / 4),
     (_at(0), "neg", 4, float(-3 * _BIG + 7), float(-_BIG), 7.0, (-3 * _BIG + 7) / 4),
+    (_at(0), "huge", 3, 6.0, float(-(2**64)), float(2**64 + 1), 2.0),
     (_at(60), "1", 3, 6.0, 1.0, 3.0, 2.0),
     (_at(60), "2.5", 1, 4.0, 4.0, 4.0, 4.0),
     (_at(60), "x", 1, 5.0, 5.0, 5.0, 5.0),
@@ -708,7 +712,7 @@ def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engine
     assert letters == sorted(map(_letter_key, _SEEN["hostile_record"]))
     letters.sort(key=lambda letter: letter[4]["line"])
     assert [(stage, kind, origin["line"]) for stage, kind, _, _, origin in letters] == [
-        ("decode", "InvalidTextError", line) for line in ((14, 15, 16) if lone else ())
+        ("decode", "InvalidTextError", line) for line in ((17, 18, 19) if lone else ())
     ]
     assert [message.split(" at ")[0] for _, _, message, _, _ in letters] == [
         "field 'user_id' holds a lone surrogate '\\ud800'",
@@ -719,7 +723,7 @@ def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engine
     assert counts == Accounting.from_result(record_result).to_dict()
     dead = 3 if lone else 0
     assert (counts["records_in"], counts["duplicate"], counts["dead_letter"]) == (
-        16 + dead,
+        19 + dead,
         1,
         dead,
     )
@@ -771,6 +775,7 @@ def test_hostile_values_write_the_record_paths_bytes_and_a_string_key_column(
             assert {row["key"]: row["sum_amount"] for row in rows} == {
                 "big": float(3 * _BIG + 1),
                 "neg": float(-3 * _BIG + 7),
+                "huge": 6.0,
             }
 
 

@@ -247,9 +247,12 @@ class _RecordCheck:
                 f"field {name!r}={_short_repr(value)} is not numeric (needed by "
                 f"{self._needed_by[name]}); expected an int or a finite float"
             )
-        if isinstance(value, numbers.Integral):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past the float range: no sum or output could hold it
+            number = math.inf
+        if math.isfinite(number) and isinstance(value, numbers.Integral):
             return int(value)
-        number = float(value)
         if not math.isfinite(number):
             raise ValueError(
                 f"field {name!r}={_short_repr(value)} is not a finite number (needed by "

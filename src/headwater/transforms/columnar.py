@@ -162,6 +162,8 @@ _NONE = np.iinfo(np.int64).min  # "no anchor" in int64 arrays
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _LOW_BITS = 32  # an int sum is kept as two int64 limbs: the low 32 bits and the rest
 _LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
+_LIMB_RANGE = 1 << 94  # ints up to this size fit the limbs (a high limb below 2**62)
+_TWO_63 = float(2**63)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
 _INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
@@ -271,7 +273,7 @@ class _Accepted:
     ids: pa.Array | None  # string ids (None without dedup)
     keys: pa.Array  # key texts (strings, :func:`headwater.transforms.keys.key_text`)
     values: np.ndarray  # float64 [rows, fields] (int sums stay exact in ``int_values``)
-    int_values: list[np.ndarray | None]  # per field: the int64 values when all were ints
+    int_values: list[np.ndarray | None]  # per field, when all were ints: [rows, 2] int64 limbs
     positions: np.ndarray  # position of each row in the block (for emit_duplicates)
 
 
@@ -630,11 +632,15 @@ class _Columnar:
             if col.type in _INT_TYPES:
                 accept(pc.is_valid(col))
                 as_int = pc.fill_null(col.cast(pa.int64()), 0).to_numpy()
-                ints.append(as_int)
+                ints.append(_limbs(as_int))
                 values[:, index] = as_int
             elif pa.types.is_floating(col.type):
                 accept(pc.is_finite(col))
-                values[:, index] = pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy()
+                as_float = pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy()
+                if bool((np.abs(as_float) >= _TWO_63).any()):
+                    # JSON ints past int64 arrive as doubles: the record path's exact ints
+                    return np.zeros(n, dtype=bool), columns
+                values[:, index] = as_float
                 ints.append(None)
             else:
                 return np.zeros(n, dtype=bool), columns
@@ -686,12 +692,7 @@ class _Columnar:
                 )
             )
             ints.append(
-                [
-                    np.array([r[3][i] for _, r in slow_rows], dtype=np.int64)
-                    if all(type(r[3][i]) is int and abs(r[3][i]) < 2**62 for _, r in slow_rows)
-                    else None
-                    for i in range(len(self.fields))
-                ]
+                [_exact_limbs([r[3][i] for _, r in slow_rows]) for i in range(len(self.fields))]
             )
         if not positions:
             return None
@@ -772,8 +773,8 @@ class _Columnar:
     def aggregate(self, rows: _Accepted, keep: np.ndarray) -> None:
         """Pre-aggregates the kept rows of a block per (window start, key).
 
-        An int field's sum is kept in two int64 limbs, the low 32 bits (each row's limb is in
-        ``[0, 2**32)``) and the rest (``value >> 32``), so that no partial or merged sum can wrap
+        An int field's sum is kept in two int64 limbs (:func:`_limbs`), the low 32 bits (each
+        row's limb is in ``[0, 2**32)``) and the rest, so that no partial or merged sum can wrap
         around below ``2**31`` rows per group (:meth:`_groups` checks it); the exact sum is
         ``high * 2**32 + low``, a Python int, converted to float once at output like the record
         path's. A float field's sum is the low limb itself (its high limb is 0).
@@ -790,14 +791,15 @@ class _Columnar:
             ints = [None if a is None else a[repeat] for a in ints]
             take = take[repeat]
         columns: dict[str, Any] = {"w": starts, "k": rows.keys.take(pa.array(take))}
-        for i, column in enumerate(ints):
-            if column is None:
-                columns[f"s{i}"] = columns[f"m{i}"] = values[:, i]
+        for i, limbs in enumerate(ints):
+            # min and max over the float64 values: float() is monotonic, so the float of the
+            # exact minimum is the minimum of the floats, which is what the rows carry
+            columns[f"m{i}"] = values[:, i]
+            if limbs is None:
+                columns[f"s{i}"] = values[:, i]
                 columns[f"h{i}"] = np.zeros(len(starts), dtype=np.int64)
             else:
-                columns[f"s{i}"] = column & _LOW_MASK
-                columns[f"h{i}"] = column >> _LOW_BITS
-                columns[f"m{i}"] = column
+                columns[f"s{i}"], columns[f"h{i}"] = limbs[:, 0], limbs[:, 1]
         aggs: list[tuple[str, str]] = [("w", "count")]
         for i in range(len(self.fields)):
             aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"m{i}", "max")]
@@ -874,6 +876,19 @@ class _Columnar:
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
         return iter(list(zip(*self.final_columns(), strict=True)))
+
+
+def _limbs(values: np.ndarray) -> np.ndarray:
+    """int64 values as ``[rows, 2]`` limbs: the low 32 bits and the rest (``value >> 32``)."""
+    return np.stack([values & _LOW_MASK, values >> _LOW_BITS], axis=1)
+
+
+def _exact_limbs(values: list[Any]) -> np.ndarray | None:
+    """Python ints (any size up to 2**94) as :func:`_limbs`; None when one is not an int."""
+    if not all(type(v) is int and -_LIMB_RANGE <= v < _LIMB_RANGE for v in values):
+        return None
+    pairs = [(v & ((1 << _LOW_BITS) - 1), v >> _LOW_BITS) for v in values]
+    return np.array(pairs, dtype=np.int64).reshape(len(values), 2)
 
 
 def _merge_keys(keys: list[pa.Array | list[str]]) -> pa.Array:
