@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from headwater.testing.reference import windowed_metrics_reference
 
@@ -173,3 +173,145 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
     assert _ids(_payloads(_letters(out / "late"))) == _ids(stragglers)
     assert _rows(out / "metrics") == expected["rows"]
     assert {p: p.read_bytes() for p in _window_file(out / "metrics", 0)} == first_bytes
+
+
+def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """With one partition silent, windows still close once --idle_timeout has passed."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(11)
+    out = tmp_path / "out"
+    produced: list[bytes] = []
+    job = start_stream_job(
+        "windowed_metrics", _argv(kafka_bootstrap, topic, out, "--idle_timeout=3s")
+    )
+    for k in range(6):  # everything to partition 0; partition 1 never gets a record
+        lines = _wave(k, rng)
+        _produce(kafka_bootstrap, topic, lines, partitions=1)
+        produced.extend(lines)
+    wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
+    assert job.running(), "the window must close while the job runs, not at the drain"
+    job.drain()
+    summary = job.finish()
+    expected = _expected(produced)
+    _assert_identity(summary, expected)
+    assert _rows(out / "metrics") == expected["rows"]
+
+
+def _committed(bootstrap: str, topic: str, group: str) -> int:
+    """The sum of the group's committed offsets over the topic's partitions."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
+def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Drain, produce more, restart from the group's offsets: the two runs add up exactly."""
+    topic = make_kafka_topic(PARTITIONS)
+    group = f"g-{topic}"
+    rng = random.Random(5)
+    out, again = tmp_path / "out", tmp_path / "again"  # a run starts with empty output folders
+    committed = ("--start=committed", f"--group_id={group}", "--commit_offsets")
+    first_lines = [line for k in range(5) for line in _wave(k, rng)]  # event time [0 s, 20 s)
+    _produce(kafka_bootstrap, topic, first_lines)
+    first = start_stream_job(
+        "windowed_metrics", _argv(kafka_bootstrap, topic, out, *committed), "first"
+    )
+    wait_until(
+        lambda: _committed(kafka_bootstrap, topic, group) == len(first_lines),
+        what="the first job's offsets committed",
+        job=first,
+    )
+    first.drain()
+    first_summary = first.finish()
+    first_files = {p: p.read_bytes() for p in (out / "metrics").rglob("*.parquet")}
+    assert len(first_files) == 2
+
+    second_lines = [line for k in range(5, 10) for line in _wave(k, rng)]  # [20 s, 40 s)
+    _produce(kafka_bootstrap, topic, second_lines)
+    second = start_stream_job(
+        "windowed_metrics", _argv(kafka_bootstrap, topic, again, *committed), "second"
+    )
+    wait_until(lambda: _window_file(again / "metrics", 20), what="a second window", job=second)
+    second.drain()
+    second_summary = second.finish()
+
+    assert first_summary["records_in"] == len(first_lines)
+    assert second_summary["records_in"] == len(second_lines)
+    _assert_identity(first_summary, _expected(first_lines))
+    _assert_identity(second_summary, _expected(second_lines))
+    first_rows, second_rows = _rows(out / "metrics"), _rows(again / "metrics")
+    assert not set(first_rows) & set(second_rows), "a window written by both runs"
+    assert {**first_rows, **second_rows} == _expected(first_lines + second_lines)["rows"]
+    assert {p: p.read_bytes() for p in first_files} == first_files
+    assert _committed(kafka_bootstrap, topic, group) == len(first_lines) + len(second_lines)
+
+
+def _consume_values(bootstrap: str, topic: str, partitions: int, expected: int) -> list[bytes]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"check-{topic}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes] = []
+    try:
+        while len(values) < expected:
+            message = consumer.poll(10)
+            assert message is not None, f"only {len(values)} of {expected} records in {topic}"
+            if message.error() is None:
+                values.append(message.value())
+        extra = consumer.poll(1)
+        assert extra is None or extra.error() is not None, "more records than expected"
+    finally:
+        consumer.close()
+    return values
+
+
+def test_kafka_to_kafka_streaming_writes_input_minus_duplicates_and_dead_letters(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+) -> None:
+    """Unbounded kafka_to_kafka: the output topic holds each valid id once; DLQ the rest."""
+    source, target, dlq = make_kafka_topic(PARTITIONS), make_kafka_topic(1), make_kafka_topic(1)
+    rng = random.Random(3)
+    lines = [line for k in range(4) for line in _wave(k, rng)] + [b"not json {", b"[1, 2]"]
+    job = start_stream_job(
+        "kafka_to_kafka",
+        [
+            "--source=kafka",
+            f"--bootstrap_servers={kafka_bootstrap}",
+            f"--topic={source}",
+            "--event_time_field=event_time",
+            "--event_time_unit=ms",
+            "--id_field=event_id",
+            "--dedup_horizon=60s",
+            "--key_field=user_id",
+            f"--output_topic={target}",
+            f"--dlq_topic={dlq}",
+        ],
+    )
+    _produce(kafka_bootstrap, source, lines)
+    expected = _expected(lines)
+    written = _consume_values(kafka_bootstrap, target, 1, expected["output"])
+    dead = _consume_values(kafka_bootstrap, dlq, 1, expected["dead_letter"])
+    job.drain()
+    summary = job.finish()
+    _assert_identity(summary, expected)
+    unique = {json.loads(line)["event_id"]: json.loads(line) for line in lines[:-2]}
+    assert sorted(json.loads(v)["event_id"] for v in written) == sorted(unique)
+    assert [json.loads(v)["stage"] for v in dead] == ["decode", "decode"]
