@@ -107,24 +107,36 @@ def waits_for_result(runner: str, options: PipelineOptions) -> bool:
     """Whether a run on ``runner`` should be waited for and summarized from its metrics.
 
     Local runs and Prism runs (streaming too: they end at ``--max_duration`` or when the user
-    interrupts them) always; batch runs on the portable runners too (their job service reports
-    the ``headwater`` counters through ``result.metrics()``). Dataflow jobs and streaming
-    portable jobs are submitted and left running: the caller prints the job id.
+    interrupts them) always; runs on the portable runners when they are batch (their job
+    service reports the ``headwater`` counters through ``result.metrics()``) or run their SDK
+    harness in this process (``--environment_type=LOOPBACK``: the job cannot outlive it).
+    Dataflow jobs and other streaming portable jobs are submitted and left running: the caller
+    prints the job id.
     """
     if is_local(runner) or runner == PRISM_RUNNER:
         return True
-    return is_portable(runner) and not options.view_as(StandardOptions).streaming
+    return is_portable(runner) and (
+        not options.view_as(StandardOptions).streaming or _loopback(options)
+    )
 
 
-def wait_for(result: Any, runner: str) -> str:
+def _loopback(options: PipelineOptions) -> bool:
+    return (options.view_as(PortableOptions).environment_type or "").upper() == "LOOPBACK"
+
+
+def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -> str:
     """Waits for a run to end and returns its final state (``"DONE"``, ``"CANCELLED"`` ...).
 
-    During a Prism run the first Ctrl-C (SIGINT) drains the job
-    (:func:`headwater.io.kafkaio.request_drain`: the Kafka read stops, every open window is
-    closed and written, the job ends by itself); a second one cancels it (windows still open
-    are not written). Either way the job is not left running in the background.
+    During a Prism run (or a portable one whose SDK harness is this process, ``LOOPBACK``, e.g.
+    ``--runner=PortableRunner`` against Prism's job server) the first Ctrl-C (SIGINT) drains
+    the job (:func:`headwater.io.kafkaio.request_drain`: the Kafka read stops, every open
+    window is closed and written, the job ends by itself); a second one cancels it (windows
+    still open are not written). Either way the job is not left running in the background.
     """
-    if runner != PRISM_RUNNER:
+    here = runner == PRISM_RUNNER or (
+        is_portable(runner) and options is not None and _loopback(options)
+    )
+    if not here:
         return _state_name(result.wait_until_finish())
     from headwater.io.kafkaio import request_drain
 

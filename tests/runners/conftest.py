@@ -208,3 +208,32 @@ def start_stream_job(tmp_path: Path) -> Iterator:
 def wait_until_fixture() -> Callable[..., Any]:
     """:func:`wait_until`, for test modules (the tests folder is not a package)."""
     return wait_until
+
+
+@pytest.fixture(scope="session")
+def prism_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``localhost:PORT`` of Prism running as a job server (the Job API Flink's speaks)."""
+    from headwater.runners import find_prism
+
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("prism") / "prism.log").open("wb")
+    process = subprocess.Popen(
+        [find_prism(), f"--job_port={port}", "--serve_http=false"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Prism's job server did not start (see {log.name})")
+            time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -204,10 +204,21 @@ def test_replay_dead_letters_moves_fixed_records_into_output(runner_name, job_en
 
 
 def test_portable_batch_runs_are_waited_for_and_streaming_ones_are_not(job_endpoint):
-    """waits_for_result: batch portable runs are summarized; streaming and Dataflow are not."""
+    """waits_for_result: batch and LOOPBACK portable runs are summarized; remote streaming,
+    Dataflow are not."""
     batch = PipelineOptions(_portable("FlinkRunner", job_endpoint))
-    streaming = PipelineOptions([*_portable("PortableRunner", job_endpoint), "--streaming"])
+    loopback = PipelineOptions([*_portable("PortableRunner", job_endpoint), "--streaming"])
+    streaming = PipelineOptions(
+        [
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint}",
+            "--environment_type=EXTERNAL",
+            "--environment_config=localhost:50000",
+            "--streaming",
+        ]
+    )
     assert runners.waits_for_result(runners.prepare(batch, streaming=False), batch)
+    assert runners.waits_for_result(runners.prepare(loopback, streaming=False), loopback)
     assert not runners.waits_for_result(runners.prepare(streaming, streaming=False), streaming)
     assert runners.waits_for_result("FnApiRunner", PipelineOptions([]))
     assert not runners.waits_for_result("DataflowRunner", PipelineOptions([]))

@@ -315,3 +315,53 @@ def test_kafka_to_kafka_streaming_writes_input_minus_duplicates_and_dead_letters
     unique = {json.loads(line)["event_id"]: json.loads(line) for line in lines[:-2]}
     assert sorted(json.loads(v)["event_id"] for v in written) == sorted(unique)
     assert [json.loads(v)["stage"] for v in dead] == ["decode", "decode"]
+
+
+def test_parallelism_two_on_prisms_job_server_writes_the_same_files_as_one(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    prism_endpoint: str,
+    tmp_path: Path,
+) -> None:
+    """PortableRunner on Prism's job server with 2 SDK workers: the files of 1 worker."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(13)
+    lines = [line for k in range(8) for line in _wave(k, rng)]
+    _produce(kafka_bootstrap, topic, lines)
+    files = {}
+    for name, extra in (
+        ("one", ["--sdk_worker_parallelism=1"]),
+        (
+            "two",
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint={prism_endpoint}",
+                "--environment_type=LOOPBACK",
+                "--sdk_worker_parallelism=2",
+            ],
+        ),
+    ):
+        out, group = tmp_path / name, f"g-{name}-{topic}"
+        job = start_stream_job(
+            "windowed_metrics",
+            _argv(kafka_bootstrap, topic, out, f"--group_id={group}", "--commit_offsets", *extra),
+            name,
+        )
+        wait_until(
+            lambda group=group: _committed(kafka_bootstrap, topic, group) == len(lines),
+            what=f"every record read with parallelism {name}",
+            job=job,
+        )
+        job.drain()
+        summary = job.finish()
+        assert summary["runner"] == ("PortableRunner" if name == "two" else "PrismRunner")
+        _assert_identity(summary, _expected(lines))
+        files[name] = {
+            p.relative_to(out / "metrics"): p.read_bytes()
+            for p in (out / "metrics").rglob("*.parquet")
+        }
+    assert len(files["one"]) == 4  # 8 waves of 4 s: windows of 10 s from 0 s to 40 s
+    assert files["two"] == files["one"]
+    assert _rows(tmp_path / "two" / "metrics") == _expected(lines)["rows"]

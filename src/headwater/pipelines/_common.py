@@ -515,7 +515,7 @@ def run_pipeline(
         job_id = getattr(result, "job_id", lambda: None)()
         print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
         return {"job_id": job_id}
-    state = runners.wait_for(result, runner)
+    state = runners.wait_for(result, runner, options)
     if (runners.is_portable(runner) or runner == runners.PRISM_RUNNER) and state not in (
         "DONE",
         "CANCELLED",
