@@ -8,7 +8,18 @@
 ``headwater template ...``          Flex Templates (spec, build, launch) from the same flags
 ``headwater jobs ...``              Dataflow jobs: list, show, cancel, drain
 
-Bad flags exit with status 2 and one line naming the flag; a failed run exits with status 1.
+Exit codes and errors (a scheduler can tell them apart):
+
+``0``  the run finished and its data passed the checks (warnings, if any, on stderr)
+``1``  the run failed: an output that cannot be written, a broker or cloud API that refuses,
+       missing credentials, a worker error, a broken accounting identity
+``2``  a usage error: an unknown or misspelt flag (with the closest one), a stray argument (an
+       unquoted glob the shell expanded), a flag that does not apply, a bad value
+``3``  the run finished but its data failed the checks: records came in and none reached the
+       output, or the dead-letter rate is above ``--max_dead_letter_rate``
+
+Every failure is one line on stderr, ``headwater: error: ...``, naming the cause (never a
+secret); ``-v`` adds the traceback and INFO logging.
 """
 
 from __future__ import annotations
@@ -16,13 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from headwater import pipelines
+from headwater.pipelines.checks import DATA_CHECK_EXIT, DataCheckError, OutputPathError
+from headwater.pipelines.options import check_argv
 
 __all__ = ["main"]
 
@@ -116,10 +133,14 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     if "-h" in rest or "--help" in rest:
         print(_pipeline_help(args.pipeline))
         return 0
+    check_argv(rest, module.Options, pipeline=args.pipeline)
     summary = module.run(rest)
     if "identity_holds" in summary and not summary["identity_holds"]:
         print("headwater: the accounting identity does not hold for this run", file=sys.stderr)
         return 1
+    failure = summary.get("data_check", {}).get("failure")
+    if failure:
+        raise DataCheckError(failure)
     return 0
 
 
@@ -128,8 +149,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if bool(args.output) == bool(args.topic):
         raise CliError("give exactly one of --output FILE or --topic TOPIC")
+    if args.stats and not args.output:
+        raise CliError("--stats goes with --output FILE")
     if args.output:
-        stats = write_jsonl(args.output, args.events, **_workload(args))
+        stats = write_jsonl(args.output, args.events, stats_path=args.stats, **_workload(args))
         print(json.dumps({"output": str(args.output), **stats.to_dict()}))
         return 0
     if not args.bootstrap_servers:
@@ -165,7 +188,7 @@ def _cmd_dev_broker(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        print("broker running; Ctrl-C stops it", file=sys.stderr, flush=True)
+        print("broker running; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
         try:
             while broker.running():
                 time.sleep(1)
@@ -208,7 +231,13 @@ def _parser() -> argparse.ArgumentParser:
         "late and (on request) malformed records.",
     )
     generate.add_argument(
-        "-o", "--output", type=Path, help="file to write (JSON lines, plus a .stats.json sidecar)"
+        "-o", "--output", type=Path, help="file to write (JSON lines; missing folders are made)"
+    )
+    generate.add_argument(
+        "--stats",
+        type=Path,
+        help="also write the stats (printed as JSON anyway) to this file; keep it out of the "
+        "data's folder, where a glob such as --input='dir/*' would read it as data",
     )
     generate.add_argument("--topic", help="Kafka topic to produce to (created if missing)")
     generate.add_argument("--bootstrap_servers", help="Kafka brokers for --topic, HOST:PORT")
@@ -252,8 +281,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``with`` block (a broker) cleans up."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        print("headwater: stopped", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if not args.verbose:
@@ -270,17 +320,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return int(args.func(args, rest))
         return int(args.func(args))
+    except DataCheckError as exc:
+        return _fail(exc, DATA_CHECK_EXIT, verbose=args.verbose)
     except (CliError, ValueError) as exc:
-        print(f"headwater: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2, verbose=args.verbose)
     except Exception as exc:
-        from headwater.io.kafkaconfig import KafkaIOError
+        return _fail(exc, 1, verbose=args.verbose)
 
-        if isinstance(exc, (KafkaIOError, FileNotFoundError)):
-            print(f"headwater: error: {_one_line(exc)}", file=sys.stderr)
-            return 1
-        raise
+
+def _fail(exc: BaseException, code: int, *, verbose: bool) -> int:
+    """Prints ``exc`` as one line (the traceback first with ``-v``); returns ``code``."""
+    if verbose:
+        traceback.print_exception(exc)
+    print(f"headwater: error: {_one_line(exc)}", file=sys.stderr)
+    return code
+
+
+_EXCEPTION_PREFIX = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b")
+_BEAM_STEP = re.compile(r"\s*\[while running '[^']*'\]\s*$")
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The cause of ``exc`` in one line: a runner's wrapped worker error shows the original
+    exception's last line, without the traceback and the step it ran in."""
+    text = str(exc)
+    if "Traceback (most recent call last)" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1] if lines else text
+    text = _BEAM_STEP.sub("", " ".join(text.split()))
+    if not text:
+        return type(exc).__name__
+    if isinstance(exc, (CliError, ValueError, DataCheckError, OutputPathError)):
+        return text
+    if isinstance(exc, RuntimeError) and _EXCEPTION_PREFIX.match(text):
+        return text  # a runner's wrapper around a worker's "SomeError: ..."
+    return f"{type(exc).__name__}: {text}"

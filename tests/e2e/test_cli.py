@@ -267,6 +267,95 @@ def test_stream_replay_routes_late_events_and_matches_reference(tmp_path, engine
             ],
             "allowed_lateness",
         ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--windw=fixed:1m",
+            ],
+            "did you mean --window?",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--metric=count",
+            ],
+            "did you mean --metrics?",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input",
+                "x.jsonl",
+                "y.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+            ],
+            "'y.jsonl' after --input",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--topic=events",
+            ],
+            "--topic does not apply to --source=files",
+        ),
+        (
+            [
+                "run",
+                "stream_etl",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--metrics=count",
+            ],
+            "--metrics does not apply to stream_etl",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--dedup_horizon=10",
+            ],
+            "has no unit (for seconds write '10s')",
+        ),
+        (
+            [
+                "run",
+                "windowed_metrics",
+                "--input=x.jsonl",
+                "--output=o",
+                "--dead_letter=d",
+                "--window=fixed:60",
+            ],
+            "has no unit (for seconds write '60s')",
+        ),
+        (
+            [
+                "run",
+                "replay_dead_letters",
+                "--dead_letter_input=d/*.jsonl",
+                "--output=o",
+                "--dead_letter=d2",
+                "--stop_at_end",
+            ],
+            "--stop_at_end does not apply",
+        ),
     ],
 )
 def test_bad_flags_exit_non_zero_with_one_line_naming_the_flag(tmp_path, args, flag):
@@ -324,3 +413,150 @@ def test_dev_broker_serves_kafka_until_stopped(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    errors = [x for x in result.stderr.splitlines() if x.startswith("headwater: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+def test_output_that_cannot_be_written_is_one_line_traceback_only_with_v(tmp_path):
+    """An output path that is a file, or under a file, fails in one line (exit 1); -v adds the
+    traceback."""
+    write_jsonl(tmp_path / "events.jsonl", 50, seed=1)
+    (tmp_path / "taken").write_text("a file")
+    for output, says in (("taken", "is a file; expected a folder"), ("taken/out", "is a file")):
+        args = _metrics_args(tmp_path, "--input=events.jsonl")
+        args = [a for a in args if not a.startswith("--output=")] + [f"--output={output}"]
+        result = _cli(*args, cwd=tmp_path)
+        assert result.returncode == 1
+        line = _one_error_line(result)
+        assert says in line
+        assert "--output=" in line
+    verbose = _cli("-v", *args, cwd=tmp_path)
+    assert verbose.returncode == 1
+    assert "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_jobs_list_without_credentials_is_one_line(tmp_path):
+    """`headwater jobs list` without Google credentials: one line naming the cause, exit 1."""
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if not k.startswith(("GOOGLE_", "CLOUDSDK_", "GCE_"))
+    }
+    env.update(
+        HOME=str(tmp_path),
+        CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+        GCE_METADATA_HOST="127.0.0.1:9",
+        GCE_METADATA_IP="127.0.0.1:9",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "headwater", "jobs", "list", "--project=p", "--region=r1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "credentials" in _one_error_line(result).lower()
+
+
+@pytest.mark.parametrize(
+    ("flag", "hint"),
+    [
+        ("--event_time_unit=s", "look like epoch milliseconds"),
+        ("--metrics=count,sum:amout", "did you mean 'amount'?"),
+    ],
+)
+def test_run_with_every_record_dead_lettered_exits_3_with_a_hint(tmp_path, flag, hint):
+    """A wrong unit or a misspelt field dead-letters everything: a warning with the top reason
+    and a hint, then one error line and exit 3 (never a quiet 0)."""
+    write_jsonl(tmp_path / "events.jsonl", 300, seed=3)
+    args = [
+        a
+        for a in _metrics_args(tmp_path, "--input=events.jsonl")
+        if a.split("=")[0] != flag.split("=")[0]
+    ]
+    result = _cli(*args, flag, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "300 of 300 records (100.0%) became dead letters" in result.stderr
+    assert hint in result.stderr
+    assert "no output from 300 records in" in _one_error_line(result)
+
+
+def test_max_dead_letter_rate_fails_the_run_and_summary_folder_is_made(tmp_path):
+    """Above --max_dead_letter_rate the run exits 3 naming the flag; --summary_json into a
+    missing folder is written all the same."""
+    write_jsonl(tmp_path / "events.jsonl", 1_000, seed=4, malformed_frac=0.05)
+    args = [a for a in _metrics_args(tmp_path, "--input=events.jsonl") if "summary_json" not in a]
+    summary = tmp_path / "reports" / "today" / "summary.json"
+    result = _cli(*args, "--max_dead_letter_rate=0.01", f"--summary_json={summary}", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "--max_dead_letter_rate=0.01" in _one_error_line(result)
+    assert json.loads(summary.read_text())["dead_letter"] > 10
+    again = [a for a in args if not a.startswith(("--output=", "--dead_letter="))]
+    passed = _cli(
+        *again, "--output=out2", "--dead_letter=dlq2", "--max_dead_letter_rate=0.2", cwd=tmp_path
+    )
+    assert passed.returncode == 0, passed.stderr[-3000:]
+
+
+def test_malformed_kafka_config_never_prints_the_secret(tmp_path):
+    """--kafka_config=sasl.password:VALUE (and a misspelt flag name) never echo VALUE."""
+    kafka = ["--source=kafka", "--bootstrap_servers=127.0.0.1:9", "--topic=t", "--stop_at_end"]
+    for bad in (
+        "--kafka_config=sasl.password:pw-secret-99",
+        "--kafka-config=sasl.password=pw-secret-99",
+    ):
+        result = _cli(
+            "run", "windowed_metrics", "--output=o", "--dead_letter=d", *kafka, bad, cwd=tmp_path
+        )
+        assert result.returncode == 2
+        assert "kafka" in _one_error_line(result)
+        assert "pw-secret-99" not in result.stdout + result.stderr
+
+
+def test_generate_makes_missing_folders_and_no_sidecar_next_to_the_data(tmp_path):
+    """`generate -o dir/file` creates dir; nothing but the data lands in it; --stats goes
+    where asked."""
+    result = _cli(
+        "generate", "-n", "20", "-o", "new/dir/events.jsonl", "--stats=s.json", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "new" / "dir").iterdir()] == ["events.jsonl"]
+    assert json.loads((tmp_path / "s.json").read_text())["events"] == 20
+
+
+@pytest.mark.integration
+def test_dev_broker_stops_its_broker_on_sigterm(tmp_path):
+    """SIGTERM to `headwater dev-broker` stops the broker process too (no orphan left)."""
+    import os
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "headwater", "dev-broker"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        broker_pid = json.loads(process.stdout.readline())["pid"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # The command waited for its broker to exit before it returned: the PID must be gone now
+    # (an orphan would have been adopted by init and still answer).
+    try:
+        os.kill(broker_pid, 0)
+    except ProcessLookupError:
+        return
+    os.kill(broker_pid, signal.SIGKILL)
+    pytest.fail(f"broker process {broker_pid} outlived the dev-broker command")

@@ -174,3 +174,30 @@ def test_pipeline_against_unreachable_broker_fails_fast():
         )
     assert "zz-secret" not in str(caught.value)
     assert time.monotonic() - began < 20
+
+
+def test_closed_port_is_still_reported_as_unreachable():
+    """Nothing listening: the hint asks whether the broker runs (no protocol guess)."""
+    connection = KafkaConnection(f"127.0.0.1:{_closed_port()}", {"security.protocol": "SSL"})
+    with pytest.raises(KafkaConnectError, match="is the broker running") as caught:
+        check_reachable(connection, timeout=2)
+    assert "mismatch" not in str(caught.value)
+
+
+@pytest.mark.integration
+def test_scram_against_a_plaintext_broker_names_the_protocol_mismatch(kafka_bootstrap):
+    """SASL/SCRAM against a plaintext listener: the broker runs, so the error names an
+    authentication/protocol mismatch instead of asking whether it is running."""
+    config = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "alice",
+        "sasl.password": "pw-scram-1234",
+    }
+    with pytest.raises(KafkaConnectError) as caught:
+        check_reachable(KafkaConnection(kafka_bootstrap, config), timeout=5)
+    text = str(caught.value)
+    assert "authentication or protocol mismatch" in text
+    assert "security.protocol=SASL_PLAINTEXT" in text
+    assert "is the broker running" not in text
+    assert "pw-scram-1234" not in text

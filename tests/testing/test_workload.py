@@ -41,10 +41,12 @@ def test_shape_matches_reference_workload():
 
 def test_malformed_records_are_really_malformed(tmp_path):
     """Malformed lines fail to decode or lack/garble a field; stats count them."""
-    stats = write_jsonl(tmp_path / "e.jsonl", 5_000, malformed_frac=0.05, seed=2)
+    stats = write_jsonl(
+        tmp_path / "e.jsonl", 5_000, malformed_frac=0.05, seed=2, stats_path=tmp_path / "s.json"
+    )
     assert stats.malformed > 100
     assert stats.events == 5_000
-    assert json.loads((tmp_path / "e.jsonl.stats.json").read_text())["malformed"] == stats.malformed
+    assert json.loads((tmp_path / "s.json").read_text())["malformed"] == stats.malformed
     for event in generate(5_000, malformed_frac=0.05, seed=2):
         if not event.tag.startswith("malformed"):
             continue

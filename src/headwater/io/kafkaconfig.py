@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -181,6 +182,38 @@ _HINTS = {
 }
 
 
+_UNREACHABLE_CODES = frozenset({"_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
+
+
+def _listening_hint(connection: KafkaConnection, *, timeout: float = 1.0) -> str | None:
+    """When a bootstrap server accepts TCP connections the broker is running, so a transport
+    failure is a protocol or authentication mismatch: the hint says so, else ``None``."""
+    for server in connection.bootstrap_servers.split(","):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                pass
+        except (OSError, ValueError):
+            continue
+        settings = {k: connection.config[k] for k in _PROTOCOL_KEYS if k in connection.config}
+        protocol = str(settings.get("security.protocol", "plaintext")).lower()
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "security.protocol=plaintext"
+        if protocol == "plaintext":
+            return (
+                f"the broker at {server} accepts connections but the Kafka protocol failed: its "
+                "listener may expect SSL or SASL (set security.protocol and sasl.* to match it)"
+            )
+        return (
+            f"the broker at {server} is running (it accepts connections), so this is an "
+            f"authentication or protocol mismatch: check that its listener speaks {shown} and "
+            "accepts these credentials"
+        )
+    return None
+
+
+_PROTOCOL_KEYS = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
+
+
 def wrap_kafka_error(
     exc: BaseException,
     *,
@@ -207,6 +240,8 @@ def wrap_kafka_error(
     if code:
         message += f" [{code}]"
     hint = _HINTS.get(code or "")
+    if code in _UNREACHABLE_CODES and connection is not None:
+        hint = _listening_hint(connection) or hint
     if hint:
         message += f"; {hint}"
     if connection is not None:

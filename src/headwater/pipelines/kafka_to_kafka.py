@@ -96,7 +96,7 @@ def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) ->
             "bootstrap_servers": lambda _: sink is not None and source is not None,
         },
     )
-    _common.validate_source(values, injected=source is not None)
+    _common.validate_source(values, injected=source is not None, kafka_sink=True)
 
 
 def build(

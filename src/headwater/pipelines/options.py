@@ -15,14 +15,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from headwater.io.kafkaconfig import mask_setting
 from headwater.windowing.durations import parse_duration
 
-__all__ = ["FLAGS", "Flag", "HeadwaterOptions", "check_required", "flag_values"]
+__all__ = [
+    "FILE_SOURCE_FLAGS",
+    "FLAGS",
+    "Flag",
+    "HeadwaterOptions",
+    "KAFKA_CONNECTION_FLAGS",
+    "KAFKA_SOURCE_FLAGS",
+    "check_argv",
+    "check_required",
+    "flag_values",
+    "given_flags",
+]
 
 _DURATION_RE = r"^\d+(\.\d+)?(us|ms|s|m|h|d)$"
 _POSITIVE_INT_RE = r"^[1-9]\d*$"
@@ -37,6 +50,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"{text!r} must be a positive integer")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text!r} must be a fraction between 0 and 1, e.g. 0.01")
     return value
 
 
@@ -183,7 +203,8 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "max_records",
             "Max records",
-            "Bounded Kafka read: stop after this many records per partition.",
+            "Bounded Kafka read: stop after this many records in total, across all partitions "
+            "(spread round-robin over them).",
             type=_positive_int,
             regex=_POSITIVE_INT_RE,
         ),
@@ -410,6 +431,17 @@ FLAGS: dict[str, Flag] = {
             "Write a self-contained HTML report of the run to this file.",
             local_only=True,
         ),
+        # --- every run ----------------------------------------------------------------------
+        Flag(
+            "max_dead_letter_rate",
+            "Max dead-letter rate",
+            "Fail the run (exit status 3) when more than this fraction of the records in became "
+            "dead letters, e.g. 0.01. Checked when the run waits for its result (local runs, "
+            "batch jobs on Flink or the portable runner). Default: no limit; a run with records "
+            "in and no output fails whatever this says.",
+            type=_fraction,
+            regex=r"^(0(\.\d+)?|1(\.0+)?)$",
+        ),
         # --- kafka sink ---------------------------------------------------------------------
         Flag("output_topic", "Output topic", "Kafka topic for the output records.", required=True),
         Flag(
@@ -443,6 +475,10 @@ FLAGS: dict[str, Flag] = {
 }
 
 
+#: Flags every pipeline takes (checks of the run as a whole).
+RUN_FLAGS = ("max_dead_letter_rate",)
+
+
 def _register_flags(cls: type[HeadwaterOptions], parser: argparse.ArgumentParser) -> None:
     for name in cls.FLAG_NAMES:
         FLAGS[name].add_to(parser)
@@ -463,6 +499,8 @@ class HeadwaterOptions(PipelineOptions):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # Every pipeline takes the flags of every run.
+        cls.FLAG_NAMES = (*cls.FLAG_NAMES, *(f for f in RUN_FLAGS if f not in cls.FLAG_NAMES))
         if "_add_argparse_args" not in cls.__dict__:
             cls._add_argparse_args = classmethod(_register_flags)  # type: ignore[assignment]
 
@@ -503,3 +541,101 @@ def check_required(
         if predicate is not None and predicate(values):
             continue
         raise ValueError(f"--{flag.name} is required: {flag.help}")
+
+
+#: Flags that mean something only for one kind of source (refused with the other one).
+FILE_SOURCE_FLAGS = ("input", "replay_as_stream", "replay_engine")
+KAFKA_SOURCE_FLAGS = (
+    "topic",
+    "start",
+    "stop_at_end",
+    "max_records",
+    "max_duration",
+    "idle_timeout",
+    "group_id",
+    "commit_offsets",
+)
+#: Kafka connection flags: for a Kafka source or a Kafka sink.
+KAFKA_CONNECTION_FLAGS = ("bootstrap_servers", "kafka_config")
+
+
+def given_flags(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Those of ``names`` whose value in ``values`` is set and differs from the flag's default."""
+    given = []
+    for name in names:
+        value = values.get(name)
+        if value in (None, "", [], False):
+            continue
+        flag = FLAGS.get(name)
+        if flag is not None and flag.default is not None and value == flag.convert(flag.default):
+            continue
+        given.append(name)
+    return given
+
+
+class _StrictParser(_BeamArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
+        raise ValueError(message)
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser that knows every flag any ``PipelineOptions`` class registers, as Beam's has."""
+    parser = _StrictParser(allow_abbrev=False)
+    classes: dict[str, type[PipelineOptions]] = {}
+    for cls in PipelineOptions.__subclasses__():  # Beam's own registry of option classes
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def check_argv(argv: Sequence[str], cls: type[HeadwaterOptions], *, pipeline: str) -> None:
+    """Refuses what Beam's parser would silently drop from a pipeline's command line.
+
+    ``ValueError`` names the first offending argument: an unknown flag (with the closest known
+    one), a stray word (an unquoted glob the shell expanded after ``--input``), or a headwater
+    flag that ``pipeline`` does not take. Flag values are never echoed (they may be secrets).
+    Every flag of a Beam ``PipelineOptions`` class passes.
+    """
+    argv = list(argv)
+    parser = _beam_parser()
+    known = sorted({o for action in parser._actions for o in action.option_strings})
+    own = [f"--{name}" for name in cls.FLAG_NAMES]
+    _, unknown = parser.parse_known_args(argv)
+    for arg in unknown:
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(name, own, n=1) or difflib.get_close_matches(
+                name, known, n=1
+            )
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(
+                f"unknown flag {name} for {pipeline}{hint} (headwater run {pipeline} --help "
+                "lists its flags)"
+            )
+        raise ValueError(_stray(arg, argv))
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if name in FLAGS and name not in cls.FLAG_NAMES:
+            raise ValueError(
+                f"--{name} does not apply to {pipeline} (headwater run {pipeline} --help lists "
+                "its flags)"
+            )
+
+
+def _stray(arg: str, argv: list[str]) -> str:
+    """The message for a word that is no flag and no flag's value."""
+    index = argv.index(arg)
+    flag = next((a for a in reversed(argv[:index]) if a.startswith("--")), "")
+    name = flag.split("=", 1)[0]
+    if name in ("--input", "--dead_letter_input"):
+        return (
+            f"unexpected argument {arg!r} after {name}: did the shell expand an unquoted glob? "
+            f"Quote it so the pipeline reads every file, e.g. {name}='data/*.jsonl'"
+        )
+    shown = mask_setting(arg) if name == "--kafka_config" else repr(arg)
+    return f"unexpected argument {shown}: flags are given as --name=value"

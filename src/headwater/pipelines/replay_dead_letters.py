@@ -29,7 +29,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from headwater.io.deadletterio import ReadDeadLetters
 from headwater.io.kafkaio import WriteToKafka
 from headwater.pipelines import _common, stream_etl, windowed_metrics
-from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.pipelines.options import (
+    FILE_SOURCE_FLAGS,
+    KAFKA_SOURCE_FLAGS,
+    HeadwaterOptions,
+    check_required,
+    flag_values,
+)
 from headwater.records import SourceRecord
 from headwater.transforms.accounting import CountAs
 
@@ -41,7 +47,8 @@ _TARGET_FLAGS = tuple(
     dict.fromkeys(
         f
         for f in (*windowed_metrics.Options.FLAG_NAMES, *stream_etl.Options.FLAG_NAMES)
-        if f not in ("source", "input", "replay_as_stream")
+        # The replay reads dead-letter files: no flag of a source applies to it.
+        if f not in ("source", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
     )
 )
 

@@ -12,7 +12,8 @@ emitted in *arrival order*, about 1,000 events per second of event time:
   have something to do. Malformed lines are never re-delivered.
 
 :func:`generate` yields :class:`Event` values; :func:`write_jsonl` writes them to a file and
-returns the :class:`WorkloadStats` (also written as ``<path>.stats.json``).
+returns the :class:`WorkloadStats`, written as JSON to ``stats_path`` only when one is given: a
+file next to the data would be read as data by a glob such as ``--input='dir/*'``.
 """
 
 from __future__ import annotations
@@ -147,9 +148,13 @@ def generate(
         yield Event(line, record, tag)
 
 
-def write_jsonl(path: str | Path, n: int, **options: Any) -> WorkloadStats:
-    """Writes ``n`` generated events to ``path`` (one per line) and a ``.stats.json`` sidecar."""
+def write_jsonl(
+    path: str | Path, n: int, *, stats_path: str | Path | None = None, **options: Any
+) -> WorkloadStats:
+    """Writes ``n`` generated events to ``path`` (one per line; missing folders are created),
+    and their stats to ``stats_path`` when given."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     stats = WorkloadStats()
     with path.open("wb") as out:
         for event in generate(n, **options):
@@ -157,5 +162,7 @@ def write_jsonl(path: str | Path, n: int, **options: Any) -> WorkloadStats:
             stats.events += 1
             kind = event.tag.split(":", 1)[0]
             setattr(stats, kind, getattr(stats, kind) + 1)
-    path.with_name(path.name + ".stats.json").write_text(json.dumps(stats.to_dict(), indent=2))
+    if stats_path is not None:
+        Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(stats_path).write_text(json.dumps(stats.to_dict(), indent=2))
     return stats
