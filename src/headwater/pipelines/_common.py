@@ -33,7 +33,15 @@ from headwater.io.fileio import (
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaconfig import mask_setting
 from headwater.io.kafkaio import ReadFromKafka, reset_drain
-from headwater.pipelines.options import HeadwaterOptions, flag_values
+from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
+from headwater.pipelines.options import (
+    FILE_SOURCE_FLAGS,
+    KAFKA_CONNECTION_FLAGS,
+    KAFKA_SOURCE_FLAGS,
+    HeadwaterOptions,
+    flag_values,
+    given_flags,
+)
 from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
 from headwater.transforms.dedup import DeduplicateById
@@ -135,11 +143,25 @@ def dedup_transform(values: Mapping[str, Any]) -> DeduplicateById | None:
         raise _flag_error("id_field", exc) from None
 
 
-def validate_source(values: Mapping[str, Any], *, injected: bool) -> None:
-    """Cross-field checks of the source flags; ``ValueError`` names the flag."""
+def validate_source(values: Mapping[str, Any], *, injected: bool, kafka_sink: bool = False) -> None:
+    """Cross-field checks of the source flags; ``ValueError`` names the flag.
+
+    A flag of the other kind of source (``--topic`` with ``--source=files``, ``--input`` with
+    ``--source=kafka``) is refused rather than ignored; so are the Kafka connection flags with
+    files unless the pipeline writes to Kafka (``kafka_sink``).
+    """
     if injected:
         return
     source, fmt = values.get("source"), values.get("format")
+    other = FILE_SOURCE_FLAGS if source == "kafka" else KAFKA_SOURCE_FLAGS
+    if source == "files" and not kafka_sink:
+        other = (*other, *KAFKA_CONNECTION_FLAGS)
+    stray = given_flags(values, other)
+    if stray:
+        raise ValueError(
+            f"--{stray[0]} does not apply to --source={source}: remove it, or read from "
+            f"{'Kafka with --source=kafka' if source == 'files' else 'files with --source=files'}"
+        )
     if source == "files":
         if not values.get("input"):
             raise ValueError("--input is required with --source=files (a glob of input files)")
@@ -500,6 +522,10 @@ def run_pipeline(
             "--source=kafka without --stop_at_end or --max_records is an unbounded "
             f"read, which {runner} cannot run: use --runner=PrismRunner (or add --stop_at_end)"
         )
+    check_output_paths(
+        {"late_output" if k == "late" else k: v for k, v in outputs.items()},
+        {"summary_json": values.get("summary_json"), "report": values.get("report")},
+    )
     started = time.monotonic()
     p = beam.Pipeline(options=options)
     built = build(p, options)
@@ -528,6 +554,12 @@ def run_pipeline(
     summary["engine"] = getattr(built, "engine", "record")
     summary["config"] = run_config(values)
     print_summary(summary)
+    summary["data_check"] = check_data(  # no output, or too many dead letters: exit status 3
+        summary,
+        values,
+        dead_letter_folder=outputs.get("dead_letter"),
+        stage_counts=dead_letter_stages(result),
+    )
     if values.get("summary_json"):
         with open(values["summary_json"], "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
