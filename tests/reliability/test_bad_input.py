@@ -77,7 +77,7 @@ JSON_CASES = [
     ),
     ("far_future_event_time_1e30", line(event(9, time_ms=1e30)), "event_time", "after 9999-12-31"),
     ("pre_1970_event_time", line(event(9, time_ms=-1)), "event_time", "before 1970-01-01"),
-    ("empty_key", line(event(9, user="")), "validate", "'user_id'='' is empty"),
+    ("empty_key", line(event(9, user="")), "validate", "'user_id' is empty"),
     (
         "missing_key",
         line({k: v for k, v in event(9).items() if k != "user_id"}),
