@@ -609,7 +609,7 @@ def test_a_refused_piece_names_the_row_to_cut_at():
 # --- hostile values: sums beyond int64, keys of every JSON type, lone surrogates (issue 11) --
 
 _BIG = 6 * 10**18  # three of them overflow int64
-_HUGE = (2**64 + 1, -(2**64), 5)  # ints past int64 whose exact sum (6) floats would lose
+_HUGE = (2**63 + 1, -(2**63) - 4, 9)  # ints past int64 whose exact sum (6) floats would lose
 
 
 def _hostile_files(folder, lone_surrogates=True):
@@ -667,7 +667,7 @@ def _at(seconds):
 _HOSTILE_ROWS = [  # (window start, key, count, sum, min, max, mean): int sums exact, then float
     (_at(0), "big", 4, float(3 * _BIG + 1), 1.0, float(_BIG), (3 * _BIG + 1) / 4),
     (_at(0), "neg", 4, float(-3 * _BIG + 7), float(-_BIG), 7.0, (-3 * _BIG + 7) / 4),
-    (_at(0), "huge", 3, 6.0, float(-(2**64)), float(2**64 + 1), 2.0),
+    (_at(0), "huge", 3, 6.0, float(-(2**63) - 4), float(2**63 + 1), 2.0),
     (_at(60), "1", 3, 6.0, 1.0, 3.0, 2.0),
     (_at(60), "2.5", 1, 4.0, 4.0, 4.0, 4.0),
     (_at(60), "x", 1, 5.0, 5.0, 5.0, 5.0),
@@ -793,4 +793,28 @@ def test_int_sums_past_int64_do_not_wrap_around(tmp_path, engine):
             out.rows | beam.Map(lambda r: (r["count"], r["sum_amount"], r["mean_amount"])),
             equal_to([(3, 1.8e19, 6e18)]),
             label="ExactSum",
+        )
+
+
+def test_int_sums_stay_exact_when_merged_across_many_blocks(tmp_path, monkeypatch):
+    """Extreme int64 amounts, one block per line: every partial merge keeps the sum exact."""
+    monkeypatch.setattr(columnar, "_BLOCK_BYTES", 1)  # each line is a block (and a partial)
+    top, bottom = 2**63 - 1, -(2**63)
+    amounts = [top] * 40 + [bottom] * 13 + [12345]
+    path = tmp_path / "extreme.jsonl"
+    path.write_bytes(
+        b"".join(
+            json.dumps({"event_id": f"e{i}", "user_id": "u", "event_time": 1, "amount": a}).encode()
+            + b"\n"
+            for i, a in enumerate(amounts)
+        )
+    )
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | ComputeWindowedMetricsColumnar(
+            pattern=str(path), file_format="json", **_hostile_options()
+        )
+        assert_that(
+            out.rows | beam.Map(lambda r: (r["count"], r["sum_amount"], r["mean_amount"])),
+            equal_to([(len(amounts), float(sum(amounts)), sum(amounts) / len(amounts))]),
+            label="ExactAcrossBlocks",
         )

@@ -48,6 +48,8 @@ How it works
     end into one row per (window, key), single-threaded so that float sums are the same every run.
     Integer sums are held in two int64 limbs (low 32 bits, the rest), so they never wrap around:
     the exact sum is put together in Python, as the record path's, and converted to float once.
+    (Exact for values below 2**64 in magnitude -- JSON allows more; a block holding such a value
+    sums that field as floats.)
 
     Keys are text, spelt by :func:`headwater.transforms.keys.key_text` as on the record path: a
     string key column is taken as it is, an int column becomes its decimal digits (``1`` and
@@ -162,7 +164,9 @@ _NONE = np.iinfo(np.int64).min  # "no anchor" in int64 arrays
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _LOW_BITS = 32  # an int sum is kept as two int64 limbs: the low 32 bits and the rest
 _LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
-_LIMB_RANGE = 1 << 94  # ints up to this size fit the limbs (a high limb below 2**62)
+# Ints below this size fit the limbs: a high limb of at most 2**32, whose sums over fewer than
+# 2**31 rows stay in int64. JSON ints beyond it (past 1.8e19) are summed as floats.
+_LIMB_RANGE = 1 << 64
 _TWO_63 = float(2**63)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
@@ -884,7 +888,7 @@ def _limbs(values: np.ndarray) -> np.ndarray:
 
 
 def _exact_limbs(values: list[Any]) -> np.ndarray | None:
-    """Python ints (any size up to 2**94) as :func:`_limbs`; None when one is not an int."""
+    """Python ints (of magnitude below 2**64) as :func:`_limbs`; None when one is not."""
     if not all(type(v) is int and -_LIMB_RANGE <= v < _LIMB_RANGE for v in values):
         return None
     pairs = [(v & ((1 << _LOW_BITS) - 1), v >> _LOW_BITS) for v in values]
