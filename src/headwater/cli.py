@@ -265,9 +265,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="embedded broker + sample events + windowed_metrics, end to end",
-        description="Start the embedded broker, produce sample events into a topic, run "
-        "windowed_metrics on a bounded read and leave the outputs in --workdir.",
+        help="a live stream: embedded broker + sample events + windowed_metrics on Prism",
+        description="Start the embedded broker and windowed_metrics on Prism (an unbounded "
+        "read), produce sample events in waves while it runs, drain it once all is read and "
+        "leave the outputs in --workdir.",
     )
     demo.add_argument(
         "--workdir", default="demo-output", help="folder for the outputs (default demo-output)"

@@ -1,7 +1,8 @@
 """Sample events shaped like the reference workload, deterministic for a given seed.
 
 Each event is a JSON object ``{"event_id", "user_id", "event_time" (epoch ms), "amount", "kind"}``
-emitted in *arrival order*, about 1,000 events per second of event time:
+emitted in *arrival order*, ``ms_per_event`` apart in event time (default 1: about 1,000 events
+per second of event time):
 
 - normal events have an event time up to ``max_disorder_ms`` behind their arrival position;
 - ``late_frac`` of the events are 2-5 minutes behind the newest event time seen so far;
@@ -96,6 +97,7 @@ def generate(
     max_disorder_ms: int = 5_000,
     users: int = 10_000,
     t0_ms: int = T0_MS,
+    ms_per_event: int = 1,
 ) -> Iterator[Event]:
     """Yields ``n`` events in arrival order; the same arguments always give the same bytes.
 
@@ -113,6 +115,8 @@ def generate(
         raise ValueError("dup_frac + late_frac + malformed_frac must stay below 1")
     if n < 0:
         raise ValueError(f"n={n!r} must not be negative")
+    if isinstance(ms_per_event, bool) or not isinstance(ms_per_event, int) or ms_per_event < 1:
+        raise ValueError(f"ms_per_event={ms_per_event!r} must be a positive integer")
     rng = random.Random(seed)
     originals: list[tuple[int, bytes, dict[str, Any]]] = []  # (arrival, line, record)
     first_live = 0
@@ -129,7 +133,7 @@ def generate(
             event_time = max_seen - rng.randint(*_LATE_MS)
             tag = "late"
         else:
-            event_time = t0_ms + position - rng.randint(0, max_disorder_ms)
+            event_time = t0_ms + position * ms_per_event - rng.randint(0, max_disorder_ms)
             tag = "normal"
         record = {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
