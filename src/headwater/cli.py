@@ -178,18 +178,19 @@ def _cmd_dev_broker(args: argparse.Namespace) -> int:
     with start_broker(port=args.port) as broker:
         for topic in args.topic or []:
             broker.create_topic(topic, partitions=args.partitions)
-        print(
-            json.dumps(
-                {
-                    "bootstrap_servers": broker.bootstrap_servers,
-                    "pid": broker.pid,
-                    "topics": args.topic or [],
-                }
-            ),
-            flush=True,
-        )
-        print("broker running; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
+        # From the line that tells a caller the PID on, a stop is the normal end (exit 0).
         try:
+            print(
+                json.dumps(
+                    {
+                        "bootstrap_servers": broker.bootstrap_servers,
+                        "pid": broker.pid,
+                        "topics": args.topic or [],
+                    }
+                ),
+                flush=True,
+            )
+            print("broker running; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
             while broker.running():
                 time.sleep(1)
         except KeyboardInterrupt:
