@@ -128,6 +128,7 @@ def _assert_identity(summary: dict[str, Any], expected: dict[str, Any]) -> None:
         assert summary[name] == expected[name], (name, summary, expected)
 
 
+@pytest.mark.parametrize("kafka_bootstrap", ["apache-kafka", "tansu"], indirect=True)
 def test_live_windows_late_stragglers_and_final_files_match_plain_python(
     kafka_bootstrap: str,
     make_kafka_topic: Callable[..., str],
