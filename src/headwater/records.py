@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["SourceRecord", "payload_of", "origin_of"]
+__all__ = ["ParsedRecord", "SourceRecord", "origin_of", "payload_of", "with_origin"]
 
 
 class SourceRecord(NamedTuple):
@@ -35,6 +35,26 @@ class DecodedRecord(NamedTuple):
 
     record: Mapping[str, Any]
     origin: Mapping[str, Any] = {}
+
+
+class ParsedRecord(dict):
+    """A decoded record -- a plain ``dict`` -- that remembers where it came from (``origin``).
+
+    Parsing emits these, so a later stage that rejects the record (dedup, the late router, the
+    aggregation) still names its ``file``/``line`` or ``topic``/``partition``/``offset``.
+    Everything else sees a dict (equality, JSON, Arrow); Beam's coder pickles the subclass.
+    """
+
+    origin: Mapping[str, Any] = {}
+
+
+def with_origin(record: Mapping[str, Any], origin: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``record`` as a :class:`ParsedRecord` carrying ``origin`` (unchanged when it is empty)."""
+    if not origin:
+        return record
+    parsed = ParsedRecord(record)
+    parsed.origin = dict(origin)
+    return parsed
 
 
 def payload_of(element: Any) -> bytes:

@@ -461,3 +461,39 @@ def test_stop_at_end_reads_a_multi_record_batch_whole_or_refuses_the_broker(
         assert high < len(values)
         with pytest.raises(Exception, match=r"reports the partition's end offset .* as 1\b"):
             read()
+
+
+def test_dead_letters_of_later_stages_name_topic_partition_offset(
+    kafka_bootstrap, kafka_topic, tmp_path
+):
+    """A record rejected after decoding (no id: the dedup stage) keeps its Kafka coordinates."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from headwater.pipelines import windowed_metrics
+
+    rows = events(6)
+    rows[4] = (1, None, json.dumps({"event_time": 1_700_000_000_004}).encode(), 4, None)
+    produce(kafka_bootstrap, kafka_topic, rows)
+    flags = [
+        "--source=kafka",
+        f"--bootstrap_servers={kafka_bootstrap}",
+        f"--topic={kafka_topic}",
+        "--stop_at_end",
+        "--event_time_field=event_time",
+        "--id_field=id",
+        "--key_field=event_time",
+        "--metrics=count",
+        "--window=fixed:60s",
+        f"--output={tmp_path / 'out'}",
+        f"--dead_letter={tmp_path / 'dlq'}",
+    ]
+    p = beam.Pipeline("FnApiRunner", options=PipelineOptions(flags))
+    windowed_metrics.build(p, p.options)
+    p.run().wait_until_finish()
+    [letter] = [
+        json.loads(text)
+        for path in (tmp_path / "dlq").glob("*.jsonl")
+        for text in path.read_text().splitlines()
+    ]
+    assert letter["stage"] == "dedup"
+    assert letter["origin"] == {"topic": kafka_topic, "partition": 1, "offset": 1}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from _reliability import (
     METRICS_FLAGS,
+    T0_MS,
     dead_letters,
     digests,
     event,
@@ -134,3 +135,38 @@ def test_rerun_into_a_used_folder_is_refused_and_overwrite_leaves_no_stale_file(
         f for f in _files(tmp_path / "dlq") if not f.endswith("_SUCCESS") and "late/" not in f
     ]
     assert second["outputs"]["dead_letter"]["files"] == len(letters["files"])
+
+
+def test_late_and_dedup_dead_letters_from_files_name_their_file_and_line(tmp_path):
+    """Replayed late records and id-less records keep file/line on both replay engines."""
+    lines = [line(event(n)) for n in range(2_000)]
+    lines[1_499] = line(event(1_499, time_ms=T0_MS + 899_000))  # behind the replayed watermark
+    lines[10] = line({k: v for k, v in event(10).items() if k != "event_id"})  # no id
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    found = {}
+    for engine in ("columnar", "teststream"):
+        windowed_metrics.run(
+            [
+                *(f for f in METRICS_FLAGS if not f.startswith("--metrics")),
+                "--metrics=count",
+                "--source=files",
+                f"--input={tmp_path / 'in.jsonl'}",
+                "--replay_as_stream",
+                f"--replay_engine={engine}",
+                f"--output={tmp_path / engine / 'out'}",
+                f"--dead_letter={tmp_path / engine / 'dlq'}",
+            ]
+        )
+        late = [
+            json.loads(text)
+            for path in sorted((tmp_path / engine / "dlq" / "late").glob("*.jsonl"))
+            for text in path.read_text(encoding="utf-8").splitlines()
+        ]
+        found[engine] = (
+            [(x["origin"], x["lateness_ms"]) for x in late],
+            [(x["stage"], x["origin"]) for x in dead_letters(tmp_path / engine / "dlq")],
+        )
+    where = {"file": str(tmp_path / "in.jsonl")}
+    assert found["columnar"] == found["teststream"]
+    assert found["columnar"][0] == [({**where, "line": 1_500}, 41_000)]
+    assert found["columnar"][1] == [("dedup", {**where, "line": 11})]

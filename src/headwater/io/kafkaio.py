@@ -65,7 +65,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.core import RestrictionProvider
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from headwater.io.formats import Format, FormatError, JsonFormat, make_format
@@ -1102,7 +1102,7 @@ class ReadFromKafka(beam.PTransform):
             offsets = (
                 self._records
                 | "NextOffsets" >> beam.Map(lambda r: ((r.topic, r.partition), r.offset + 1))
-                | "GlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+                | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
                 | "EndOfRead" >> beam.CombinePerKey(max)
                 | "OffsetsToCommit" >> beam.Map(lambda kv: (*kv[0], kv[1]))
             )

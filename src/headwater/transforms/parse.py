@@ -4,8 +4,10 @@ Input: raw records from a source (:class:`~headwater.records.SourceRecord`,
 :class:`~headwater.io.kafkaio.KafkaRecord`, or plain ``bytes``; a
 :class:`~headwater.records.DecodedRecord` skips decoding), in any window. Output:
 :class:`~headwater.transforms.deadletter.Routed` -- ``main`` holds the decoded dicts with their
-event time as the element timestamp; ``dead_letter`` holds one envelope per rejected record, with
-the record's *original* bytes and coordinates and the stage that rejected it:
+event time as the element timestamp (a :class:`~headwater.records.ParsedRecord` when the source
+named an origin, so a later stage's dead letter still names it); ``dead_letter`` holds one
+envelope per rejected record, with the record's *original* bytes and coordinates and the stage
+that rejected it:
 
 ``decode``      the bytes are not a valid record in the format (bad UTF-8, bad JSON, bad Avro
                 ...), or the decoded record holds a string that is not Unicode text: JSON can
@@ -30,7 +32,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.records import DecodedRecord, payload_of
+from headwater.records import DecodedRecord, origin_of, payload_of, with_origin
 from headwater.transforms.deadletter import Routed, dead_letter_for
 from headwater.transforms.keys import unicode_problem
 
@@ -126,7 +128,8 @@ class _ParseFn(beam.DoFn):
             )
             return
         self._parsed.inc()
-        yield TimestampedValue(record, timestamp)
+        # Later stages that reject the record still name its file/line or topic/offset.
+        yield TimestampedValue(with_origin(record, origin_of(element)), timestamp)
 
 
 class ParseRecords(beam.PTransform):
