@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import FileMetadata, FileSystem
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -26,6 +28,7 @@ from headwater.io.fileio import (
     OutputFolderNotEmptyError,
     ReadFromFiles,
     WriteWindowedFiles,
+    list_output_files,
     match_files,
     prepare_output_folders,
     stable_shard,
@@ -501,3 +504,89 @@ def test_success_marker_lists_the_files_relative_and_is_not_read_as_input(tmp_pa
     with pytest.raises(NoFilesMatchedError):
         match_files(str(folder / "*"))
     assert match_files(str(folder / "**")) == [str(folder / "w" / "part.jsonl")]
+
+
+class _MemoryFileSystem(FileSystem):
+    """A Beam FileSystem in memory under ``hwmem://``: a remote store (no folders, prefixes)."""
+
+    files: dict[str, bytes] = {}
+
+    @classmethod
+    def scheme(cls):
+        return "hwmem"
+
+    def join(self, basepath, *paths):
+        return "/".join([basepath.rstrip("/"), *(p.strip("/") for p in paths)])
+
+    def split(self, path):
+        head, _, tail = path.rpartition("/")
+        return head, tail
+
+    def mkdirs(self, path):
+        pass
+
+    def has_dirs(self):
+        return False
+
+    def _list(self, dir_or_prefix):
+        for path, data in sorted(self.files.items()):
+            if path.startswith(dir_or_prefix):
+                yield FileMetadata(path, len(data))
+
+    def create(self, path, mime_type="application/octet-stream", compression_type=None):
+        store = self.files
+
+        class _Writer(io.BytesIO):
+            def close(self):
+                store[path] = self.getvalue()
+                super().close()
+
+        return _Writer()
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=None):
+        return io.BytesIO(self.files[path])
+
+    def copy(self, source_file_names, destination_file_names):
+        for source, destination in zip(source_file_names, destination_file_names, strict=True):
+            self.files[destination] = self.files[source]
+
+    def rename(self, source_file_names, destination_file_names):
+        for source, destination in zip(source_file_names, destination_file_names, strict=True):
+            self.files[destination] = self.files.pop(source)
+
+    def exists(self, path):
+        return path in self.files
+
+    def size(self, path):
+        return len(self.files[path])
+
+    def last_updated(self, path):
+        return 0.0
+
+    def checksum(self, path):
+        return str(len(self.files[path]))
+
+    def metadata(self, path):
+        return FileMetadata(path, len(self.files[path]))
+
+    def delete(self, paths):
+        for path in paths:
+            del self.files[path]
+
+
+def test_remote_folders_are_refused_emptied_and_marked_through_beam_filesystems():
+    """hwmem:// (any FileSystems scheme, as gs://): refusal, --overwrite and _SUCCESS work."""
+    store = _MemoryFileSystem.files
+    store.clear()
+    store["hwmem://b/out/window_start=x/part-00000-of-00001.parquet"] = b"old"
+    store["hwmem://b/outside/keep.txt"] = b"other"
+    with pytest.raises(OutputFolderNotEmptyError, match="hwmem://b/out' is not empty"):
+        prepare_output_folders(["hwmem://b/out"], overwrite=False)
+    prepare_output_folders(["hwmem://b/out/", "hwmem://b/new"], overwrite=True)
+    assert list(store) == ["hwmem://b/outside/keep.txt"]
+    store["hwmem://b/out/w/part.parquet"] = b"new"
+    marker = write_success_marker("hwmem://b/out", {"output": 1}, ["hwmem://b/out/w/part.parquet"])
+    assert marker == "hwmem://b/out/_SUCCESS"
+    assert json.loads(store[marker]) == {"output": 1, "files": ["w/part.parquet"]}
+    assert list_output_files("hwmem://b/out") == ["hwmem://b/out/w/part.parquet"]
+    assert not [p for p in store if ".tmp-" in p]
