@@ -17,7 +17,11 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from headwater import runners
 from headwater.io.deadletterio import WriteDeadLetters
@@ -529,12 +533,14 @@ def run_pipeline(
     started = time.monotonic()
     p = beam.Pipeline(options=options)
     built = build(p, options)
-    # Once, before anything is written (a streaming run then writes windows over time).
-    prepare_output_folders(
-        outputs.values(),
-        overwrite=bool(values.get("overwrite")),
-        keep=[str(values[k]) for k in ("input", "dead_letter_input") if values.get(k)],
-    )
+    # Once, before anything is written (a streaming run then writes windows over time); a
+    # Dataflow --update replaces a running job that goes on writing into the same folders.
+    if not options.view_as(GoogleCloudOptions).update:
+        prepare_output_folders(
+            outputs.values(),
+            overwrite=bool(values.get("overwrite")),
+            keep=[str(values[k]) for k in ("input", "dead_letter_input") if values.get(k)],
+        )
     reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
     result = p.run()
     if not waits:
