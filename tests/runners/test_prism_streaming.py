@@ -146,7 +146,7 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
         _produce(kafka_bootstrap, topic, lines)
         produced.extend(lines)
 
-    produce([*_wave(0, rng), b"not json {"])
+    produce([*_wave(0, rng), b"not json {", b"[1, 2]"])  # one unreadable record per partition
     job = start_stream_job("windowed_metrics", _argv(kafka_bootstrap, topic, out))
     for k in range(1, 5):  # event time up to 20 s: the watermark passes 10 s
         produce(_wave(k, rng))
