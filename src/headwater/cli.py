@@ -274,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--workdir", default="demo-output", help="folder for the outputs (default demo-output)"
     )
-    _add_workload_args(demo, n=20_000, malformed=0.01)
+    _add_workload_args(demo, n=10_000, malformed=0.01)
     demo.set_defaults(func=_cmd_demo)
 
     from headwater.templates.commands import add_commands

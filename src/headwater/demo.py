@@ -39,7 +39,7 @@ __all__ = ["run_demo"]
 TOPIC = "events"
 GROUP = "headwater-demo"
 PARTITIONS = 3
-MS_PER_EVENT = 60  # 20,000 events span 20 minutes of event time: 20 windows of 60 s
+MS_PER_EVENT = 120  # 10,000 events span 20 minutes of event time: 20 windows of 60 s
 _WAVES = 10
 _WAVE_PAUSE_S = 2.0
 
@@ -101,7 +101,7 @@ class _Producer(threading.Thread):
             request_drain()
 
 
-def run_demo(workdir: Path, *, events: int = 20_000, **workload: Any) -> dict[str, Any]:
+def run_demo(workdir: Path, *, events: int = 10_000, **workload: Any) -> dict[str, Any]:
     """Runs the demo in ``workdir`` (emptied first) and returns the run summary."""
     if workdir.exists():
         shutil.rmtree(workdir)
