@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import json
 import random
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -417,3 +418,30 @@ def test_partition_behind_another_is_not_judged_late(
     _assert_identity(summary, expected)
     assert summary["late"] == 0
     assert _rows(out / "metrics") == expected["rows"]
+
+
+def test_second_interrupt_cancels_the_job_and_still_reports(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C twice: the job is cancelled (not left running) and the summary says so."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(17)
+    out = tmp_path / "out"
+    job = start_stream_job("windowed_metrics", _argv(kafka_bootstrap, topic, out))
+    for k in range(5):
+        _produce(kafka_bootstrap, topic, _wave(k, rng))
+    wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
+    job.drain()
+    wait_until(lambda: b"draining the job" in job.log.read_bytes(), what="the drain", job=job)
+    job.drain()
+    try:
+        job.process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the job did not stop:\n{job.log_tail()}") from None
+    summary = json.loads(job.summary_path.read_text(encoding="utf-8"))
+    assert summary["state"] == "CANCELLED"
+    assert summary["records_in"] <= 5 * (PER_WAVE + 2)
