@@ -445,3 +445,32 @@ def test_second_interrupt_cancels_the_job_and_still_reports(
     summary = json.loads(job.summary_path.read_text(encoding="utf-8"))
     assert summary["state"] == "CANCELLED"
     assert summary["records_in"] <= 5 * (PER_WAVE + 2)
+
+
+def test_stream_etl_writes_each_on_time_record_once_into_its_window(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Unbounded stream_etl on Prism: window files while running, every kept id once."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(19)
+    out = tmp_path / "out"
+    lines = [line for k in range(6) for line in _wave(k, rng)]
+    argv = [a for a in _argv(kafka_bootstrap, topic, out) if not a.startswith(("--key", "--met"))]
+    job = start_stream_job("stream_etl", argv)
+    _produce(kafka_bootstrap, topic, lines)
+    wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
+    assert job.running()
+    job.drain()
+    summary = job.finish()
+    expected = _expected(lines)
+    _assert_identity(summary, expected)
+    written = [
+        row["event_id"]
+        for path in sorted((out / "metrics").rglob("*.parquet"))
+        for row in pq.read_table(path).to_pylist()
+    ]
+    assert sorted(written) == sorted({json.loads(line)["event_id"] for line in lines})
