@@ -376,9 +376,10 @@ def headwater_replay(path: Path, out: Path, engine: str) -> dict[str, Any]:
 
 def dedup_memory(path: str) -> dict[str, Any]:
     """Columnar parse + dedup (no aggregation) over the JSON-lines file ``path``, in blocks."""
+    from headwater.columnar import ComputeWindowedMetricsColumnar
+    from headwater.columnar.batch import ComputeColumnarFn as ColumnarFn
+    from headwater.columnar.state import ColumnarState
     from headwater.io.formats import JsonFormat
-    from headwater.transforms.columnar import ComputeWindowedMetricsColumnar, _Columnar
-    from headwater.transforms.columnar import _ComputeColumnarFn as ColumnarFn
     from headwater.transforms.dedup import DeduplicateById
     from headwater.windowing.eventtime import EventTimeExtractor
 
@@ -394,7 +395,7 @@ def dedup_memory(path: str) -> dict[str, Any]:
         metrics="count,sum:amount",
     )
     fn = ColumnarFn(transform._options)
-    state = _Columnar(transform._options)
+    state = ColumnarState(transform._options)
     state.aggregate = lambda rows, keep: None  # type: ignore[method-assign]
     began = time.perf_counter()
     held = 0

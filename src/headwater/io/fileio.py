@@ -100,8 +100,12 @@ __all__ = [
     "WRITE_FORMATS",
     "canonical_json",
     "encode_avro",
+    "encode_avro_rows",
+    "encode_parquet",
+    "file_name",
     "list_output_files",
     "match_files",
+    "parquet_bytes",
     "prepare_output_folders",
     "stable_shard",
     "unreadable_file_letter",
@@ -558,7 +562,8 @@ def _as_row(element: Any) -> Mapping[str, Any]:
     raise TypeError(f"WriteWindowedFiles writes dict rows, got {type(element).__name__}")
 
 
-def _encode_parquet(rows: list[Mapping[str, Any]], schema: pa.Schema | None) -> bytes:
+def encode_parquet(rows: list[Mapping[str, Any]], schema: pa.Schema | None) -> bytes:
+    """Row dicts as :class:`WriteWindowedFiles` writes them to Parquet (schema inferred if None)."""
     if schema is not None:
         table = pa.Table.from_pylist(
             [{k: _convert_given(v) for k, v in row.items()} for row in rows], schema=schema
@@ -573,13 +578,13 @@ def _encode_parquet(rows: list[Mapping[str, Any]], schema: pa.Schema | None) -> 
             for c in columns
         ]
         table = pa.Table.from_arrays(arrays, schema=arrow_schema)
-    return _parquet_bytes(table)
+    return parquet_bytes(table)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     """``table`` as one Parquet file's bytes, with :class:`WriteWindowedFiles`' write options.
 
-    The columnar path (:mod:`headwater.transforms.columnar`) builds its tables column-wise and
+    The columnar path (:mod:`headwater.columnar.write`) builds its tables column-wise and
     encodes them here, so that its files equal the writer's byte for byte.
     """
     buffer = io.BytesIO()
@@ -638,9 +643,10 @@ def encode_avro(
     return buffer.getvalue()
 
 
-def _encode_avro(
+def encode_avro_rows(
     rows: list[Mapping[str, Any]], schema: Mapping[str, Any] | None, sync_seed: str
 ) -> bytes:
+    """Row dicts as :class:`WriteWindowedFiles` writes them to Avro (schema inferred if None)."""
     if schema is not None:
         return encode_avro(rows, schema, sync_seed=sync_seed)
     columns = _infer_columns(rows)
@@ -684,7 +690,8 @@ class _KeyByShardFn(beam.DoFn):
         yield stable_shard(canonical_json(row), self._num_shards), row
 
 
-def _file_name(prefix: str, shard: int, num_shards: int, pane_index: int, extension: str) -> str:
+def file_name(prefix: str, shard: int, num_shards: int, pane_index: int, extension: str) -> str:
+    """A window file's name: ``prefix-SSSSS-of-NNNNN``, the pane index when past 0, extension."""
     name = f"{prefix}-{shard:05d}-of-{num_shards:05d}"
     if pane_index > 0:
         name += f"-pane-{pane_index:03d}"
@@ -719,12 +726,12 @@ class _WriteGroupFn(beam.DoFn):
         pane_index = pane.index if pane is not None else 0
         relative = posixpath.join(
             window_directory(window, merging=self._merging),
-            _file_name(self._prefix, shard, self._num_shards, pane_index, self._format),
+            file_name(self._prefix, shard, self._num_shards, pane_index, self._format),
         )
         if self._format == "parquet":
-            data = _encode_parquet(ordered, self._schema)
+            data = encode_parquet(ordered, self._schema)
         else:
-            data = _encode_avro(ordered, self._schema, relative)
+            data = encode_avro_rows(ordered, self._schema, relative)
         path = FileSystems.join(self._output, *relative.split("/"))
         write_atomically(path, data)
         self._files.inc()

@@ -21,17 +21,15 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from headwater.columnar import (
+    ComputeWindowedMetricsColumnar,
+    ReplayWindowedMetricsColumnar,
+    columnar_unsupported_reason,
+    replay_unsupported_reason,
+)
 from headwater.io.deadletterio import WriteDeadLetters
 from headwater.pipelines import _common
 from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.transforms.columnar import (
-    ComputeWindowedMetricsColumnar,
-    columnar_unsupported_reason,
-)
-from headwater.transforms.columnar_replay import (
-    ReplayWindowedMetricsColumnar,
-    replay_unsupported_reason,
-)
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]

@@ -80,6 +80,7 @@ __all__ = [
     "STAGE",
     "AggregateMetrics",
     "MetricSpec",
+    "RecordCheck",
     "check_record",
     "parse_metrics",
 ]
@@ -208,7 +209,7 @@ def _lookup(record: Any, path: tuple[str, ...]) -> Any:
     return value
 
 
-class _RecordCheck:
+class RecordCheck:
     """Validates one record and extracts its key and the aggregated fields' values."""
 
     def __init__(self, key_field: str, metrics: tuple[MetricSpec, ...]):
@@ -266,8 +267,8 @@ class _RecordCheck:
 
 
 @functools.lru_cache(maxsize=64)
-def _checker_for(key_field: str, metrics: str | tuple[str | MetricSpec, ...]) -> _RecordCheck:
-    return _RecordCheck(_validated_key_field(key_field), parse_metrics(metrics))
+def _checker_for(key_field: str, metrics: str | tuple[str | MetricSpec, ...]) -> RecordCheck:
+    return RecordCheck(_validated_key_field(key_field), parse_metrics(metrics))
 
 
 def _validated_key_field(key_field: Any) -> str:
@@ -298,7 +299,7 @@ def check_record(record: Any, key_field: str, metrics: str | Iterable[str | Metr
     try:
         checker = _checker_for(key_field, normalized)
     except TypeError:  # an unhashable argument: validate the same way, without the cache
-        checker = _RecordCheck(_validated_key_field(key_field), parse_metrics(normalized))
+        checker = RecordCheck(_validated_key_field(key_field), parse_metrics(normalized))
     return checker(record)
 
 
@@ -311,7 +312,7 @@ class _CombineMetricsFn(beam.CombineFn):
 
     The accumulator is a list ``[count, sum_0, min_0, max_0, sum_1, min_1, max_1, ...]`` with one
     (sum, min, max) triple per distinct field; inputs are the value tuples of
-    :meth:`_RecordCheck.key_and_values`.
+    :meth:`RecordCheck.key_and_values`.
     """
 
     def __init__(self, metrics: tuple[MetricSpec, ...], fields: tuple[str, ...]):
@@ -380,7 +381,7 @@ def _utc(timestamp: Timestamp) -> dt.datetime:
 class _KeyAndCheckFn(beam.DoFn):
     """Emits ``(key, values)`` for valid records and a dead letter for the others."""
 
-    def __init__(self, check: _RecordCheck):
+    def __init__(self, check: RecordCheck):
         self._check = check
         self._dead = Metrics.counter("headwater", f"{STAGE}.dead_letter")
 
@@ -456,7 +457,7 @@ class AggregateMetrics(beam.PTransform):
         self._key_field = _validated_key_field(key_field)
         self._metrics = parse_metrics(metrics)
         self._with_pane_info = with_pane_info
-        self._check = _RecordCheck(self._key_field, self._metrics)
+        self._check = RecordCheck(self._key_field, self._metrics)
 
     @property
     def key_field(self) -> str:

@@ -36,7 +36,7 @@ from headwater.records import DecodedRecord, origin_of, payload_of, with_origin
 from headwater.transforms.deadletter import Routed, dead_letter_for
 from headwater.transforms.keys import unicode_problem
 
-__all__ = ["InvalidTextError", "ParseRecords", "RecordTooLargeError"]
+__all__ = ["InvalidTextError", "ParseFn", "ParseRecords", "RecordTooLargeError"]
 
 Decoder = Callable[[bytes], Mapping[str, Any]]
 Check = Callable[[Mapping[str, Any]], None]
@@ -79,7 +79,7 @@ def _source_timestamp(element: Any) -> Timestamp | None:
     return None if millis is None else Timestamp(micros=int(millis) * 1000)
 
 
-class _ParseFn(beam.DoFn):
+class ParseFn(beam.DoFn):
     def __init__(
         self,
         decode: Decoder,
@@ -182,6 +182,6 @@ class ParseRecords(beam.PTransform):
 
     def expand(self, pcoll):
         results = pcoll | "Parse" >> beam.ParDo(
-            _ParseFn(self._decode, self._event_time, self._checks, self._max_record_bytes)
+            ParseFn(self._decode, self._event_time, self._checks, self._max_record_bytes)
         ).with_outputs("dead_letter", main="main")
         return Routed(results.main, results.dead_letter)

@@ -38,10 +38,13 @@ from headwater.windowing.windows import WindowSpec, parse_window_spec
 
 __all__ = [
     "ComputeWindowedMetrics",
+    "MetricsCheck",
     "MetricsResult",
     "ProcessEvents",
     "Processed",
     "batch_trigger_problem",
+    "to_trigger_spec",
+    "to_window_fn",
 ]
 
 
@@ -63,7 +66,7 @@ class MetricsResult(NamedTuple):
     dead_letter: beam.PCollection
 
 
-def _window_fn(window: str | WindowSpec | WindowFn) -> WindowFn:
+def to_window_fn(window: str | WindowSpec | WindowFn) -> WindowFn:
     if isinstance(window, WindowFn):
         return window
     if isinstance(window, str):
@@ -82,7 +85,7 @@ def batch_trigger_problem(trigger: str | TriggerSpec | None) -> str | None:
     >>> batch_trigger_problem("early:10s,late") is None, batch_trigger_problem("late") is None
     (False, True)
     """
-    spec = _trigger_spec(trigger)
+    spec = to_trigger_spec(trigger)
     if spec.early_every is None:
         return None
     return (
@@ -92,7 +95,7 @@ def batch_trigger_problem(trigger: str | TriggerSpec | None) -> str | None:
     )
 
 
-def _trigger_spec(trigger: str | TriggerSpec | None) -> TriggerSpec:
+def to_trigger_spec(trigger: str | TriggerSpec | None) -> TriggerSpec:
     if trigger is None:
         trigger = TriggerSpec()
     elif isinstance(trigger, str):
@@ -156,8 +159,8 @@ class ProcessEvents(beam.PTransform):
     ):
         super().__init__()
         self._lateness_s = parse_duration(allowed_lateness, name="allowed_lateness")
-        self._window_fn = None if window is None else _window_fn(window)
-        self._trigger = _trigger_spec(trigger)
+        self._window_fn = None if window is None else to_window_fn(window)
+        self._trigger = to_trigger_spec(trigger)
         if dedup is not None and not isinstance(dedup, DeduplicateById):
             raise ValueError(f"dedup={dedup!r} must be a DeduplicateById or None")
         self._dedup = dedup
@@ -227,7 +230,7 @@ class ComputeWindowedMetrics(beam.PTransform):
         self._metrics = parse_metrics(metrics) if isinstance(metrics, str) else tuple(metrics)
         self._key_field = key_field
         self._aggregate = AggregateMetrics(key_field=key_field, metrics=self._metrics)
-        check = _MetricsCheck(key_field, self._metrics)
+        check = MetricsCheck(key_field, self._metrics)
         self._process = ProcessEvents(checks=(*checks, check), **process_options)
 
     def expand(self, pcoll):
@@ -240,7 +243,7 @@ class ComputeWindowedMetrics(beam.PTransform):
         return MetricsResult(aggregated.main, processed.late, processed.duplicate, dead)
 
 
-class _MetricsCheck:
+class MetricsCheck:
     """A picklable check: the record has a key and numeric aggregated fields."""
 
     def __init__(self, key_field: str, metrics: tuple[MetricSpec, ...]):

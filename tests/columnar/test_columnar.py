@@ -15,16 +15,26 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
+from headwater.columnar import (
+    ComputeWindowedMetricsColumnar,
+    ReplayWindowedMetricsColumnar,
+    columnar_supported,
+    columnar_unsupported_reason,
+    idtable,
+    reader,
+)
+from headwater.columnar.batch import ComputeColumnarFn
+from headwater.columnar.idtable import hash_ids
+from headwater.columnar.reader import _read_json
+from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
 from headwater.io.formats import JsonFormat
 from headwater.testing.reference import windowed_metrics_reference
 from headwater.testing.workload import generate
-from headwater.transforms import columnar
 from headwater.transforms.accounting import Accounting
-from headwater.transforms.columnar import ComputeWindowedMetricsColumnar, columnar_supported
-from headwater.transforms.columnar_replay import ReplayWindowedMetricsColumnar
+from headwater.transforms.aggregate import parse_metrics
 from headwater.transforms.dedup import DeduplicateById
-from headwater.transforms.process import ComputeWindowedMetrics
+from headwater.transforms.process import ComputeWindowedMetrics, to_window_fn
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
@@ -100,7 +110,7 @@ def test_columnar_and_record_path_equal_plain_python_on_malformed_workload(
     With ``parse_bytes`` each block is parsed as many small pieces, side by side.
     """
     if parse_bytes is not None:
-        monkeypatch.setattr(columnar, "_PARSE_BYTES", parse_bytes)
+        monkeypatch.setattr(reader, "_PARSE_BYTES", parse_bytes)
     events = list(generate(2_000, seed=11, malformed_frac=0.03))
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(e.line + b"\n" for e in events))
@@ -287,7 +297,7 @@ def test_dedup_forgets_an_id_once_the_watermark_passes_its_horizon(tmp_path, mon
     path = tmp_path / "events.jsonl"
     # a@0, then b moves the stream 20 min on, then a copy of a (1 s after its anchor)
     path.write_bytes(_line("a", 0) + _line("b", 1_200_000) + _line("a", 1_000))
-    monkeypatch.setattr(columnar, "_BLOCK_BYTES", 80)  # one line per block
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)  # one line per block
 
     def counts(result):
         accounting = Accounting.from_result(result)
@@ -337,8 +347,8 @@ def test_unsupported_configurations_fall_back_with_a_reason(change, reason):
     """columnar_supported is False, and the transform's ValueError names the reason."""
     options = {"file_format": "json", **_options(), **change}
     assert not columnar_supported(**options)
-    assert columnar.columnar_unsupported_reason(**options) is not None
-    assert reason in columnar.columnar_unsupported_reason(**options)
+    assert columnar_unsupported_reason(**options) is not None
+    assert reason in columnar_unsupported_reason(**options)
     if options.pop("streaming", False):
         return  # the transform has no streaming mode: the pipeline decides
     with pytest.raises(ValueError, match="columnar path cannot run"):
@@ -376,12 +386,12 @@ def test_invalid_options_name_the_bad_value(change, bad):
 
 def _dedup_options(*, out_of_order_micros: int):
     """Options for dedup-only state tests: id ``id``, event time ``t`` in us, 20 s horizon."""
-    return columnar._Options(
+    return ColumnarOptions(
         file_format="json",
         decode=JsonFormat(),
         event_time=EventTimeExtractor(field="t", unit="us"),
         dedup=DeduplicateById(id_field="id", horizon="20s"),
-        window_fn=columnar._window_fn("fixed:60s"),
+        window_fn=to_window_fn("fixed:60s"),
         key_field="k",
         metrics=(),
         max_record_bytes=None,
@@ -394,7 +404,7 @@ def _id_block(ids, times):
     """Accepted rows with only ids and event times (what the dedup reads)."""
     import numpy as np
 
-    return columnar._Accepted(
+    return AcceptedRows(
         ts=np.array(times, dtype=np.int64),
         ids=pa.array(ids, type=pa.string()),
         keys=pa.array(["k"] * len(ids)),
@@ -449,15 +459,15 @@ def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_has
     """The numpy id table gives the dict's keep masks: shared hashes, growth, dropped ids."""
     import numpy as np
 
-    monkeypatch.setattr(columnar, "_ID_SLOTS", slots)  # 16: the table grows and drops often
+    monkeypatch.setattr(idtable, "_ID_SLOTS", slots)  # 16: the table grows and drops often
 
     if weak_hash:  # every id of one length collides: the exact overflow path does the work
         monkeypatch.setattr(
-            columnar,
-            "_hash_ids",
+            idtable,
+            "hash_ids",
             lambda ids: pc.binary_length(ids).to_numpy().astype(np.uint64),
         )
-    state = columnar._Columnar(_dedup_options(out_of_order_micros=5_000_000))
+    state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
     blocks = _random_blocks(seed)
     want = _reference_dedup(blocks, 20_000_000, 5_000_000)
     for (ids, times), expected in zip(blocks, want, strict=True):
@@ -469,32 +479,32 @@ def test_id_hash_is_the_same_for_one_length_and_mixed_lengths():
     """An id hashes equal whether its block's ids all have its length or not."""
     same = pa.array(["abcdefghij", "0123456789", "é日本語x"], type=pa.string())
     mixed = pa.array(["abcdefghij", "z", "0123456789", "é日本語x", "much longer id here"])
-    one = columnar._hash_ids(same)
-    other = columnar._hash_ids(mixed)
+    one = hash_ids(same)
+    other = hash_ids(mixed)
     assert one.tolist() == [other[0], other[2], other[3]]
     assert len(set(other.tolist())) == 5
-    assert columnar._hash_ids(mixed.slice(2, 2)).tolist() == [other[2], other[3]]
+    assert hash_ids(mixed.slice(2, 2)).tolist() == [other[2], other[3]]
 
 
 def _write_both(tmp_path, groups, metrics, shards, window="fixed:60s"):
     """(files of _write, files of the row-dict writer) for ``groups``: relative path -> bytes."""
     results = []
     for name in ("columns", "rows"):
-        options = columnar._Options(
+        options = ColumnarOptions(
             file_format="json",
             decode=JsonFormat(),
             event_time=EventTimeExtractor(field="t", unit="ms"),
             dedup=None,
-            window_fn=columnar._window_fn(window),
+            window_fn=to_window_fn(window),
             key_field="k",
-            metrics=columnar.parse_metrics(metrics),
+            metrics=parse_metrics(metrics),
             max_record_bytes=None,
             out_of_order_micros=0,
             emit_duplicates=False,
             output=str(tmp_path / name),
             output_shards=shards,
         )
-        fn = columnar._ComputeColumnarFn(options)
+        fn = ComputeColumnarFn(options)
         paths = list((fn._write if name == "columns" else fn._write_rows)(list(groups)))
         root = tmp_path / name
         results.append(
@@ -578,7 +588,7 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
     path.write_bytes(b"\n".join(lines) + b"\n")
     written = {}
     for name, size in (("whole", 1 << 20), ("pieces", 700)):
-        monkeypatch.setattr(columnar, "_PARSE_BYTES", size)
+        monkeypatch.setattr(reader, "_PARSE_BYTES", size)
         with TestPipeline(runner="FnApiRunner") as p:
             _ = p | ComputeWindowedMetricsColumnar(
                 pattern=str(path), file_format="json", output=str(tmp_path / name), **_options()
@@ -591,7 +601,7 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
 
 def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
     """An id seen in one block is a duplicate in the next within the horizon, not past it."""
-    state = columnar._Columnar(_dedup_options(out_of_order_micros=0))
+    state = ColumnarState(_dedup_options(out_of_order_micros=0))
     assert state.deduplicate(_id_block(["a"], [1_000])).tolist() == [True]
     rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
@@ -602,8 +612,8 @@ def test_a_refused_piece_names_the_row_to_cut_at():
     """pyarrow's refusal names the odd row (0-based), which is where the piece is cut."""
     good = b'{"id":"a","t":1,"k":"x","amount":1.5}\n'
     odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
-    assert columnar._read_json(good * 5 + odd + good * 3) == 5
-    assert isinstance(columnar._read_json(good * 3), pa.Table)
+    assert _read_json(good * 5 + odd + good * 3) == 5
+    assert isinstance(_read_json(good * 3), pa.Table)
 
 
 # --- hostile values: sums beyond int64, keys of every JSON type, lone surrogates (issue 11) --
@@ -692,7 +702,7 @@ def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engine
     With ``parse_bytes`` every line is a piece of its own, so int key columns take the fast path.
     """
     if parse_bytes is not None:
-        monkeypatch.setattr(columnar, "_PARSE_BYTES", parse_bytes)
+        monkeypatch.setattr(reader, "_PARSE_BYTES", parse_bytes)
     pattern = _hostile_files(tmp_path, lone_surrogates=lone)
     record_p = TestPipeline(runner="FnApiRunner", blocking=True)
     read = record_p | ReadFromFiles(pattern, format="json")
@@ -798,7 +808,7 @@ def test_int_sums_past_int64_do_not_wrap_around(tmp_path, engine):
 
 def test_int_sums_stay_exact_when_merged_across_many_blocks(tmp_path, monkeypatch):
     """Extreme int64 amounts, one block per line: every partial merge keeps the sum exact."""
-    monkeypatch.setattr(columnar, "_BLOCK_BYTES", 1)  # each line is a block (and a partial)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 1)  # each line is a block (and a partial)
     top, bottom = 2**63 - 1, -(2**63)
     amounts = [top] * 40 + [bottom] * 13 + [12345]
     path = tmp_path / "extreme.jsonl"

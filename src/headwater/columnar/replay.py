@@ -44,7 +44,7 @@ Accounting: ``records_in == output + duplicate + dead_letter + late``, counted i
 block under the ``headwater`` namespace, like the record path.
 
 Supported (:func:`replay_unsupported_reason`; the pipeline falls back to the ``TestStream``
-replay otherwise): what :func:`~headwater.transforms.columnar.columnar_supported` accepts, with
+replay otherwise): what :func:`~headwater.columnar.columnar_supported` accepts, with
 fixed windows and ``allowed_lateness=0`` (late panes and overlapping windows depend on how the
 streaming runner bundles records, which a replay cannot reproduce faithfully).
 
@@ -62,73 +62,34 @@ import numpy as np
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
-from headwater.io.formats import JsonFormat
-from headwater.testing.replay import MAX_WATERMARK_EVERY, RecordEventTime
-from headwater.transforms.columnar import (
-    _NONE,
-    ComputeWindowedMetricsColumnar,
-    _AssignedWindows,
-    _Columnar,
-    _ComputeColumnarFn,
-    _Options,
-    columnar_unsupported_reason,
+from headwater.columnar.batch import ComputeColumnarFn
+from headwater.columnar.state import (
+    ColumnarOptions,
+    ColumnarState,
 )
+from headwater.io.fileio import (
+    match_files,
+)
+from headwater.io.formats import JsonFormat
+from headwater.testing.replay import RecordEventTime
 from headwater.transforms.deadletter import DeadLetter
 from headwater.transforms.dedup import expiry_micros
-from headwater.transforms.process import MetricsResult, _window_fn
-from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 from headwater.windowing.late import late_dead_letter
-
-__all__ = ["ReplayWindowedMetricsColumnar", "replay_supported", "replay_unsupported_reason"]
+from headwater.windowing.rules import NO_TIME
 
 _MIN_MICROS = MIN_TIMESTAMP.micros
 _END_MICROS = MAX_TIMESTAMP.micros
 _PRUNE_AT_LEAST = 1 << 16  # ids held before the dedup table is first pruned
 
 
-def replay_unsupported_reason(**options: Any) -> str | None:
-    """Why :class:`ReplayWindowedMetricsColumnar` cannot replay this configuration, or ``None``.
-
-    Takes the arguments of :func:`~headwater.transforms.columnar.columnar_unsupported_reason`.
-
-    >>> from headwater.io.formats import JsonFormat
-    >>> from headwater.windowing.eventtime import EventTimeExtractor
-    >>> common = dict(file_format="json", decode=JsonFormat(), key_field="u", metrics="count",
-    ...               event_time=EventTimeExtractor(field="t", unit="ms"))
-    >>> replay_unsupported_reason(window="fixed:60s", allowed_lateness=0, **common) is None
-    True
-    >>> replay_unsupported_reason(window="fixed:60s", allowed_lateness="1m", **common)
-    "allowed lateness 1m: late panes follow the streaming runner's bundles (record path)"
-    """
-    options = dict(options)
-    options.pop("streaming", None)
-    reason = columnar_unsupported_reason(**options)
-    if reason is not None:
-        return reason
-    if not isinstance(_window_fn(options["window"]), beam_window.FixedWindows):
-        return f"window={options['window']!r} is not fixed (overlapping windows: record path)"
-    lateness = parse_duration(options.get("allowed_lateness", 0), name="allowed_lateness")
-    if lateness:
-        return (
-            f"allowed lateness {format_duration(lateness)}: late panes follow the streaming "
-            "runner's bundles (record path)"
-        )
-    return None
-
-
-def replay_supported(**options: Any) -> bool:
-    """Whether :class:`ReplayWindowedMetricsColumnar` can replay this configuration."""
-    return replay_unsupported_reason(**options) is None
-
-
-class _ReplayState(_Columnar):
+class ReplayState(ColumnarState):
     """A run's state plus the replayed stream: element count, newest event time, watermark."""
 
-    def __init__(self, options: _Options, watermark_every: int):
+    def __init__(self, options: ColumnarOptions, watermark_every: int):
         super().__init__(options)
         self.every = watermark_every
         self.elements = 0  # records that entered the stream so far (the replay's ordinal)
-        self.max_seen = _NONE  # newest event time observed, micros
+        self.max_seen = NO_TIME  # newest event time observed, micros
         self.watermark = _MIN_MICROS  # the last watermark the stream emitted, micros
         self.late: list[DeadLetter] = []
         self.late_count = 0
@@ -139,7 +100,7 @@ class _ReplayState(_Columnar):
         self.size, self.offset = fn.size.micros, fn.offset.micros
 
     def watermarks_before(self, event_times: np.ndarray) -> np.ndarray:
-        """Per element of a block (event time or ``_NONE``): the watermark before its group.
+        """Per element of a block (event time or ``NO_TIME``): the watermark before its group.
 
         Advances the stream past the block: the element count, the newest event time and the
         emitted watermark (only at group ends, monotone, floored to the millisecond).
@@ -151,7 +112,9 @@ class _ReplayState(_Columnar):
         if len(ends):
             seen = running[ends]  # type: ignore[index]
             emitted = np.where(
-                seen == _NONE, _MIN_MICROS, (seen - self.options.out_of_order_micros) // 1000 * 1000
+                seen == NO_TIME,
+                _MIN_MICROS,
+                (seen - self.options.out_of_order_micros) // 1000 * 1000,
             )
             emitted = np.maximum.accumulate(np.maximum(emitted, self.watermark))
         else:
@@ -199,10 +162,10 @@ class _ReplayState(_Columnar):
         return watermark - (watermark - self.offset) % self.size
 
 
-class _ReplayColumnarFn(_ComputeColumnarFn):
+class ReplayColumnarFn(ComputeColumnarFn):
     """A glob -> rows as windows close, late envelopes, dead letters, duplicates, file paths."""
 
-    def __init__(self, options: _Options, watermark_every: int):
+    def __init__(self, options: ColumnarOptions, watermark_every: int):
         super().__init__(options)
         self._every = watermark_every
         self._event_time = RecordEventTime(
@@ -210,9 +173,8 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
         )
 
     def process(self, pattern: str) -> Iterator[Any]:
-        from headwater.io.fileio import match_files
 
-        state = _ReplayState(self._options, self._every)
+        state = ReplayState(self._options, self._every)
         for path in match_files(pattern):
             for _ in self._blocks_of(state, path):
                 self._blocks.inc()
@@ -229,8 +191,8 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
         for path in self._write(groups):
             yield beam.pvalue.TaggedOutput("written", path)
 
-    def _flush(self, state: _Columnar) -> Iterator[Any]:
-        assert isinstance(state, _ReplayState)
+    def _flush(self, state: ColumnarState) -> Iterator[Any]:
+        assert isinstance(state, ReplayState)
         yield from super()._flush(state)
         if state.late_count:
             self._counters["late"].inc(state.late_count)
@@ -240,11 +202,11 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
         state.late.clear()
 
     def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
-        assert isinstance(state, _ReplayState)
+        assert isinstance(state, ReplayState)
         rows = state.accepted(pieces, slow_rows)
         # The stream's watermark: every record that has an event time moves it, including the
         # ones that become dead letters later (the replay stamps records before parsing them).
-        event_times = np.full(len(elements), _NONE, dtype=np.int64)
+        event_times = np.full(len(elements), NO_TIME, dtype=np.int64)
         accepted = np.zeros(len(elements), dtype=bool)
         if rows is not None:
             where = np.searchsorted(elements, rows.positions)
@@ -289,7 +251,7 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
             return None
         return None if stamp is None else int(stamp.micros)
 
-    def _late_letter(self, state: _ReplayState, element: Any, watermark: int) -> DeadLetter:
+    def _late_letter(self, state: ReplayState, element: Any, watermark: int) -> DeadLetter:
         """The record path's late envelope (parse first: the router gets the parsed record)."""
         parsed = next(
             out
@@ -309,79 +271,3 @@ class _ReplayColumnarFn(_ComputeColumnarFn):
             close=start + state.size,
             lateness_micros=0,
         )
-
-
-class ReplayWindowedMetricsColumnar(ComputeWindowedMetricsColumnar):
-    """``windowed_metrics`` over files replayed as a stream, on the columnar path (batch runner).
-
-    Takes the arguments of :class:`~headwater.transforms.columnar.ComputeWindowedMetricsColumnar`
-    plus ``watermark_every`` (records between two watermark advances, as
-    :func:`~headwater.testing.replay.replay_stream`); ``max_out_of_orderness`` is the replayed
-    watermark's delay. Returns :class:`~headwater.transforms.process.MetricsResult` with
-    ``late`` filled. Raises ``ValueError`` naming the reason when the configuration needs the
-    ``TestStream`` replay (:func:`replay_unsupported_reason`). Ordering: rows come out window by
-    window as the watermark passes them; delivery is the files' (written once per window).
-
-    >>> import tempfile, pathlib
-    >>> from headwater.io.formats import JsonFormat
-    >>> from headwater.windowing.eventtime import EventTimeExtractor
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "a.jsonl").write_bytes(
-    ...     b'{"t":1000,"u":"x"}\\n{"t":70000,"u":"x"}\\n{"t":2000,"u":"y"}\\n')
-    >>> with beam.Pipeline("FnApiRunner") as p:
-    ...     out = p | ReplayWindowedMetricsColumnar(
-    ...         pattern=str(folder / "*.jsonl"), file_format="json", decode=JsonFormat(),
-    ...         event_time=EventTimeExtractor(field="t", unit="ms"), window="fixed:60s",
-    ...         allowed_lateness=0, key_field="u", metrics="count", max_out_of_orderness="5s",
-    ...         watermark_every=1)
-    ...     _ = out.rows | beam.Map(lambda r: print(r["key"], r["count"]))
-    ...     _ = out.late | beam.Map(lambda d: print("late", d.lateness_ms))
-    late 58000
-    x 1
-    x 1
-    """
-
-    def __init__(
-        self,
-        *,
-        watermark_every: int = 1_000,
-        max_out_of_orderness: DurationLike = "5s",
-        **options: Any,
-    ):
-        reason = replay_unsupported_reason(
-            **{
-                k: v
-                for k, v in options.items()
-                if k
-                not in ("pattern", "emit_duplicates", "output", "output_format", "output_shards")
-            }
-        )
-        if reason is not None:
-            raise ValueError(f"the columnar replay cannot run this configuration: {reason}")
-        if (
-            isinstance(watermark_every, bool)
-            or not isinstance(watermark_every, int)
-            or not 1 <= watermark_every <= MAX_WATERMARK_EVERY
-        ):
-            raise ValueError(
-                f"watermark_every={watermark_every!r} must be an integer in "
-                f"1..{MAX_WATERMARK_EVERY}"
-            )
-        super().__init__(max_out_of_orderness=max_out_of_orderness, **options)
-        self._watermark_every = watermark_every
-
-    def expand(self, pbegin):
-        from headwater.io.fileio import match_files
-
-        if not self._pattern.startswith(("gs://", "s3://")):
-            match_files(self._pattern)  # fail at construction for local patterns
-        results = (
-            pbegin
-            | "Pattern" >> beam.Create([self._pattern])
-            | "Replay"
-            >> beam.ParDo(_ReplayColumnarFn(self._options, self._watermark_every)).with_outputs(
-                "dead_letter", "duplicate", "written", "late", main="rows"
-            )
-        )
-        rows = results.rows | "Windows" >> beam.WindowInto(_AssignedWindows(self._window_fn))
-        return MetricsResult(rows, results.late, results.duplicate, results.dead_letter)

@@ -16,16 +16,16 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from headwater.columnar import (
+    ReplayWindowedMetricsColumnar,
+    replay_supported,
+    replay_unsupported_reason,
+)
 from headwater.io.formats import JsonFormat
 from headwater.records import SourceRecord
 from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.testing.workload import generate
 from headwater.transforms.accounting import Accounting
-from headwater.transforms.columnar_replay import (
-    ReplayWindowedMetricsColumnar,
-    replay_supported,
-    replay_unsupported_reason,
-)
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor

@@ -1,0 +1,35 @@
+"""The columnar fast path of ``windowed_metrics``: files read in blocks, decoded into Arrow.
+
+Batch runs over JSON-lines, Parquet or Avro files (and ``--replay_as_stream`` replays of them)
+are computed over blocks of records instead of one record at a time, with the record path's
+rules (:mod:`headwater.windowing.rules`) and its own code for every record the vectorized
+checks do not accept. The modules, bottom up:
+
+``idtable``    the carried ``id -> anchor`` table of the dedup (numpy open addressing);
+``state``      one run's configuration and state: accepted rows, dedup, pre-aggregation, merge;
+``reader``     files into blocks: JSON lines parsed by pyarrow on a thread pool, Parquet, Avro;
+``write``      merged rows as windowed values, or written column-wise into the window files;
+``batch``      the batch DoFn (reader + state + writer);
+``replay``     the replay DoFn: the stream's watermark replayed, late records, windows closing;
+``transform``  the PTransforms and the functions that say whether a configuration qualifies.
+"""
+
+from headwater.columnar.transform import (
+    COLUMNAR_FORMATS,
+    ComputeWindowedMetricsColumnar,
+    ReplayWindowedMetricsColumnar,
+    columnar_supported,
+    columnar_unsupported_reason,
+    replay_supported,
+    replay_unsupported_reason,
+)
+
+__all__ = [
+    "COLUMNAR_FORMATS",
+    "ComputeWindowedMetricsColumnar",
+    "ReplayWindowedMetricsColumnar",
+    "columnar_supported",
+    "columnar_unsupported_reason",
+    "replay_supported",
+    "replay_unsupported_reason",
+]

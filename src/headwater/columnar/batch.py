@@ -1,0 +1,76 @@
+"""The batch DoFn of the columnar path: a glob in, rows (or written files) out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from headwater.columnar.reader import BlockReader
+from headwater.columnar.state import (
+    ColumnarOptions,
+    ColumnarState,
+)
+from headwater.columnar.write import WindowWriter
+from headwater.io.fileio import (
+    match_files,
+)
+from headwater.transforms.accounting import NAMESPACE
+
+
+class ComputeColumnarFn(BlockReader, WindowWriter):
+    """A glob -> rows (in their windows), dead letters and, optionally, duplicates."""
+
+    def __init__(self, options: ColumnarOptions):
+        self._options = options
+        self._counters = {
+            name: Metrics.counter(NAMESPACE, name)
+            for name in ("records_in", "output", "duplicate", "dead_letter", "late")
+        }
+        self._blocks = Metrics.counter(NAMESPACE, "columnar.blocks")
+        self._slow = Metrics.counter(NAMESPACE, "columnar.slow_rows")
+        self._files = Metrics.counter("headwater.io", "files_written")
+        self._rows_written = Metrics.counter("headwater.io", "rows_written")
+
+    def process(self, pattern: str) -> Iterator[Any]:
+        state = ColumnarState(self._options)
+        for path in match_files(pattern):
+            for _ in self._blocks_of(state, path):
+                self._blocks.inc()
+                yield from self._flush(state)
+        yield from self._flush(state)
+        if self._options.output is None:
+            yield from self._rows(state.final())
+            return
+        for path in self._write_columns(state.final_columns()):
+            yield beam.pvalue.TaggedOutput("written", path)
+
+    def _flush(self, state: ColumnarState) -> Iterator[Any]:
+        state.counts["dead_letter"] += len(state.dead)
+        for name, value in state.counts.items():
+            if value:
+                self._counters[name].inc(value)
+                state.counts[name] = 0
+        for letter in state.dead:
+            yield beam.pvalue.TaggedOutput("dead_letter", letter)
+        state.dead.clear()
+        for record in state.duplicates:
+            yield beam.pvalue.TaggedOutput("duplicate", record)
+        state.duplicates.clear()
+
+    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+        """Dedups and aggregates a block's accepted rows (``elements``: record positions)."""
+        del elements  # arrival positions matter to the replay (columnar.replay), not to batch
+        rows = state.accepted(pieces, slow_rows)
+        if rows is None:
+            return
+        keep = state.deduplicate(rows)
+        kept = int(keep.sum())
+        state.counts["output"] += kept
+        state.counts["duplicate"] += len(keep) - kept
+        if self._options.emit_duplicates and kept < len(keep):
+            for position in rows.positions[~keep].tolist():
+                state.duplicates.append(self._decoded(element(position)))
+        state.aggregate(rows, keep)

@@ -1,0 +1,502 @@
+"""The state of one columnar run: accepted rows, dedup, pre-aggregation and merge.
+
+A block's rows that the vectorized checks accept (or the record path's code accepts, one by one)
+are merged into :class:`AcceptedRows` in arrival order; :class:`ColumnarState` deduplicates them
+(keep-first, event time, against the anchors carried in :class:`~headwater.columnar.idtable.
+IdAnchors`), pre-aggregates the kept rows per (window, key) with ``pyarrow`` ``group_by``, and
+merges the partials into one row per (window, key) at the end (or, in the replay, as windows
+close). :class:`ColumnarOptions` is one run's configuration.
+
+Dedup (keep-first, event time) is vectorized with numpy: within a block, a copy's anchor is the
+running maximum of the earlier copies' event times (plus the anchor carried over from earlier
+blocks), and the copy is a duplicate iff ``event_time <= anchor + horizon`` -- the record
+path's rule, exactly. The carried ``id -> anchor`` map is a numpy open-addressing table keyed
+by a 64-bit hash of each id's bytes; every hit is confirmed by comparing the ids themselves
+(ids whose hash another id holds go to a plain dict), so two different ids never share an
+anchor. Windows (fixed or sliding) are assigned with integer arithmetic, each block is
+pre-aggregated with ``pyarrow`` ``group_by`` into partials, and the partials are merged at the
+end into one row per (window, key), single-threaded so that float sums are the same every run.
+Integer sums are held in two int64 limbs (low 32 bits, the rest), so they never wrap around:
+the exact sum is put together in Python, as the record path's, and converted to float once.
+(Exact for values below 2**64 in magnitude -- JSON allows more; a block holding such a value
+sums that field as floats.)
+
+Bounded dedup state
+    The carried ``id -> anchor`` table forgets an id once ``anchor + horizon`` is behind the
+    watermark a streaming run would have -- the newest event time seen before the block minus
+    ``max_out_of_orderness`` -- so the state is bounded by the horizon, not by the input. A copy
+    that arrives *after* that point is kept as a new first copy, as a streaming run would keep it
+    (its timer would have fired). The record path in batch never forgets (its watermark only jumps
+    at the end), so the two paths agree whenever every copy arrives before the stream has moved
+    ``horizon + max_out_of_orderness`` past the id's newest copy; within a block nothing is
+    forgotten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.transforms import window as beam_window
+from apache_beam.utils.timestamp import Timestamp
+
+from headwater.columnar.idtable import IdAnchors
+from headwater.transforms.aggregate import MetricSpec, RecordCheck
+from headwater.transforms.deadletter import DeadLetter, dead_letter_for
+from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.parse import ParseFn
+from headwater.transforms.process import MetricsCheck
+from headwater.windowing.eventtime import MAX_EVENT_MICROS, EventTimeExtractor
+from headwater.windowing.rules import NO_TIME
+
+UNIT_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_LOW_BITS = 32  # an int sum is kept as two int64 limbs: the low 32 bits and the rest
+_LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
+# Ints below this size fit the limbs: a high limb of at most 2**32, whose sums over fewer than
+# 2**31 rows stay in int64. JSON ints beyond it (past 1.8e19) are summed as floats.
+_LIMB_RANGE = 1 << 64
+_TWO_63 = float(2**63)
+INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+
+
+def dedup_field(dedup: DeduplicateById) -> str | None:
+    id_of = getattr(dedup, "_id_of", None)
+    path = getattr(id_of, "_path", None)
+    if type(id_of).__name__ != "_FieldId" or not isinstance(path, str) or "." in path:
+        return None
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+
+
+@dataclasses.dataclass
+class AcceptedRows:
+    """Accepted rows of one block, in arrival order."""
+
+    ts: np.ndarray  # int64 event time, micros
+    ids: pa.Array | None  # string ids (None without dedup)
+    keys: pa.Array  # key texts (strings, :func:`headwater.transforms.keys.key_text`)
+    values: np.ndarray  # float64 [rows, fields] (int sums stay exact in ``int_values``)
+    int_values: list[np.ndarray | None]  # per field, when all were ints: [rows, 2] int64 limbs
+    positions: np.ndarray  # position of each row in the block (for emit_duplicates)
+
+
+@dataclasses.dataclass
+class ColumnarOptions:
+    file_format: str
+    decode: Any
+    event_time: EventTimeExtractor
+    dedup: DeduplicateById | None
+    window_fn: beam_window.WindowFn
+    key_field: str
+    metrics: tuple[MetricSpec, ...]
+    max_record_bytes: int | None
+    out_of_order_micros: int
+    emit_duplicates: bool
+    output: str | None = None
+    output_format: str = "parquet"
+    output_shards: int = 1
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.field for m in self.metrics if m.field is not None))
+
+    @property
+    def horizon_micros(self) -> int:
+        return self.dedup._horizon_micros if self.dedup is not None else 0
+
+    def window_starts(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Window start (micros) per row, and for sliding windows the row of each start."""
+        fn: Any = self.window_fn
+        if isinstance(fn, beam_window.FixedWindows):
+            size, offset = fn.size.micros, fn.offset.micros
+            return ts - np.mod(ts - offset, size), None
+        size, period, offset = fn.size.micros, fn.period.micros, fn.offset.micros
+        last = ts - np.mod(ts - offset, period)
+        copies = -(-size // period)
+        rows = np.repeat(np.arange(len(ts)), copies)
+        starts = last[rows] - np.tile(np.arange(copies, dtype=np.int64) * period, len(ts))
+        inside = starts + size > ts[rows]
+        return starts[inside], rows[inside]
+
+    def window_for(self, start: int) -> beam_window.IntervalWindow:
+        size = self.window_fn.size.micros  # type: ignore[attr-defined]
+        return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + size))
+
+
+class ColumnarState:
+    """The state of one run: dedup anchors, partial aggregates, counters, slow-path helpers."""
+
+    def __init__(self, options: ColumnarOptions):
+        self.options = options
+        self.metrics = options.metrics
+        self.fields = options.fields
+        self._parse = ParseFn(
+            options.decode,
+            options.event_time,
+            (MetricsCheck(options.key_field, options.metrics),),
+            options.max_record_bytes,
+        )
+        self._check = RecordCheck(options.key_field, options.metrics)
+        self._id_of = options.dedup._id_of if options.dedup is not None else None
+        self._anchors = IdAnchors()  # the carried id -> anchor
+        self._max_seen = NO_TIME
+        self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
+        self._compacted = 0  # rows of the partials after the last merge
+        self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
+        self.dead: list[DeadLetter] = []
+        self.duplicates: list[Any] = []
+
+    # --- the slow, exact path ------------------------------------------------------------
+
+    def slow(self, element: Any) -> tuple[int, str | None, Any, tuple[float, ...]] | None:
+        """The record path's parse/check/id for one element: accepted values or a dead letter."""
+        for out in self._parse.process(element):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                self.dead.append(out.value)
+                return None
+            record, ts = out.value, out.timestamp
+        ident = None
+        if self._id_of is not None:
+            try:
+                ident = self._id_of(record)
+            except Exception as exc:  # the record path's _KeyByIdFn makes it a dead letter
+                self.dead.append(dead_letter_for(element, stage="dedup", error=exc, event_time=ts))
+                return None
+        key, values = self._check.key_and_values(record)  # passed at parse: the key text
+        return ts.micros, ident, key, values
+
+    # --- fast checks over a parsed table -------------------------------------------------
+
+    def fast(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, dict[str, Any]]:
+        """(accept mask, columns) for rows the vectorized checks accept as-is."""
+        n = table.num_rows
+        names = set(table.schema.names)
+        ok = np.ones(n, dtype=bool)
+        columns: dict[str, Any] = {}
+
+        def column(name: str) -> Any:
+            if name not in names:
+                return None
+            col = table.column(name)
+            return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+        def accept(mask: Any) -> None:
+            nonlocal ok
+            ok &= np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+        ts_col = column(self.options.event_time.field)
+        if ts_col is None or ts_col.type not in INT_TYPES:
+            return np.zeros(n, dtype=bool), columns
+        scale = UNIT_MICROS[self.options.event_time.unit]
+        raw = pc.fill_null(ts_col.cast(pa.int64()), -1).to_numpy()
+        limit = MAX_EVENT_MICROS // scale
+        ok &= (raw >= 0) & (raw <= limit)
+        columns["ts"] = raw * scale
+        if self._id_of is not None:
+            id_col = column(dedup_field(self.options.dedup))  # type: ignore[arg-type]
+            if id_col is None:
+                return np.zeros(n, dtype=bool), columns
+            if pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type):
+                accept(pc.greater(pc.utf8_length(id_col), 0))
+                columns["ids"] = id_col.cast(pa.string())
+            elif id_col.type in INT_TYPES:
+                accept(pc.is_valid(id_col))
+                columns["ids"] = id_col.cast(pa.string())
+            else:
+                return np.zeros(n, dtype=bool), columns
+        key_col = column(self.options.key_field)
+        if key_col is None:
+            return np.zeros(n, dtype=bool), columns
+        if pa.types.is_string(key_col.type) or pa.types.is_large_string(key_col.type):
+            key_col = key_col.cast(pa.string())
+            length = pc.utf8_length(key_col)
+            accept(pc.greater(length, 0))
+            accept(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(key_col)), length))
+        elif key_col.type in INT_TYPES:  # an int's key text is its decimal digits (key_text)
+            accept(pc.is_valid(key_col))
+            key_col = key_col.cast(pa.string())
+        else:
+            return np.zeros(n, dtype=bool), columns
+        columns["keys"] = key_col
+        values = np.zeros((n, len(self.fields)), dtype=np.float64)
+        ints: list[np.ndarray | None] = []
+        for index, name in enumerate(self.fields):
+            col = column(name)
+            if col is None:
+                return np.zeros(n, dtype=bool), columns
+            if col.type in INT_TYPES:
+                accept(pc.is_valid(col))
+                as_int = pc.fill_null(col.cast(pa.int64()), 0).to_numpy()
+                ints.append(_limbs(as_int))
+                values[:, index] = as_int
+            elif pa.types.is_floating(col.type):
+                accept(pc.is_finite(col))
+                as_float = pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy()
+                if bool((np.abs(as_float) >= _TWO_63).any()):
+                    # JSON ints past int64 arrive as doubles: the record path's exact ints
+                    return np.zeros(n, dtype=bool), columns
+                values[:, index] = as_float
+                ints.append(None)
+            else:
+                return np.zeros(n, dtype=bool), columns
+        columns["values"] = values
+        columns["ints"] = ints
+        return ok, columns
+
+    # --- one block of accepted rows ------------------------------------------------------
+
+    def accepted(
+        self,
+        pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]],
+        slow_rows: list[tuple[int, tuple[int, str | None, Any, tuple[float, ...]]]],
+    ) -> AcceptedRows | None:
+        """Merges fast pieces ``(positions, mask, columns)`` and slow rows into arrival order."""
+        positions, ts, ids, keys, values = [], [], [], [], []
+        ints: list[list[np.ndarray | None]] = []
+        for where, mask, columns in pieces:
+            if not mask.any():
+                continue
+            if mask.all():  # the usual case: every row of the piece passed the fast checks
+                positions.append(where)
+                ts.append(columns["ts"])
+                if self._id_of is not None:
+                    ids.append(columns["ids"])
+                keys.append(columns["keys"])
+                values.append(columns["values"])
+                ints.append(list(columns["ints"]))
+                continue
+            take = np.flatnonzero(mask)
+            positions.append(where[take])
+            ts.append(columns["ts"][take])
+            index = pa.array(take)
+            if self._id_of is not None:
+                ids.append(columns["ids"].take(index))
+            keys.append(columns["keys"].take(index))
+            values.append(columns["values"][take])
+            ints.append([None if a is None else a[take] for a in columns["ints"]])
+        if slow_rows:
+            positions.append(np.array([p for p, _ in slow_rows], dtype=np.int64))
+            ts.append(np.array([r[0] for _, r in slow_rows], dtype=np.int64))
+            if self._id_of is not None:
+                ids.append(pa.array([r[1] for _, r in slow_rows], type=pa.string()))
+            slow_keys = [r[2] for _, r in slow_rows]
+            keys.append(slow_keys)
+            values.append(
+                np.array([r[3] for _, r in slow_rows], dtype=np.float64).reshape(
+                    len(slow_rows), len(self.fields)
+                )
+            )
+            ints.append(
+                [_exact_limbs([r[3][i] for _, r in slow_rows]) for i in range(len(self.fields))]
+            )
+        if not positions:
+            return None
+        all_positions = np.concatenate(positions)
+        in_order = bool((all_positions[1:] > all_positions[:-1]).all())
+        order: Any = slice(None) if in_order else np.argsort(all_positions, kind="stable")
+        merged_keys = _merge_keys(keys)
+        if not in_order:
+            merged_keys = merged_keys.take(pa.array(order))
+        merged_ids = pa.concat_arrays(ids) if ids else None
+        if merged_ids is not None and not in_order:
+            merged_ids = merged_ids.take(pa.array(order))
+        merged_ints: list[np.ndarray | None] = []
+        for i in range(len(self.fields)):
+            parts: list[Any] = [part[i] for part in ints]
+            whole = None if any(p is None for p in parts) else np.concatenate(parts)[order]
+            merged_ints.append(whole)
+        return AcceptedRows(
+            ts=np.concatenate(ts)[order],
+            ids=merged_ids,
+            keys=merged_keys,
+            values=np.concatenate(values)[order],
+            int_values=merged_ints,
+            positions=all_positions[order],
+        )
+
+    def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
+        """A keep mask: False for duplicates (keep-first, event time, horizon)."""
+        n = len(rows.ts)
+        if self._id_of is None or n == 0:
+            return np.ones(n, dtype=bool)
+        horizon = self.options.horizon_micros
+        encoded = rows.ids.dictionary_encode()  # type: ignore[union-attr]
+        group = encoded.indices.to_numpy().astype(np.int64)
+        unique = encoded.dictionary
+        anchors = self._anchors
+        carried, handle = anchors.lookup(unique)
+        if self._max_seen != NO_TIME:
+            watermark = self._max_seen - self.options.out_of_order_micros
+            forgotten = (carried != NO_TIME) & (carried + horizon < watermark)
+            carried[forgotten] = NO_TIME
+        # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
+        narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
+        order = np.argsort(narrow, kind="stable")
+        sorted_group = group[order]
+        sorted_ts = rows.ts[order]
+        # running max of earlier copies within the block, per id: each id's composite values
+        # (id * span + time) lie above the previous id's, so one running max serves all ids
+        low = int(sorted_ts.min())
+        span = int(sorted_ts.max()) - low + 1
+        uniq_ts = None
+        if span * (len(unique) + 1) < 1 << 62:
+            times = sorted_ts - low
+        else:  # ranks keep the products small
+            uniq_ts, times = np.unique(sorted_ts, return_inverse=True)
+            span = len(uniq_ts)
+        composite = sorted_group * span + times
+        running = np.maximum.accumulate(composite)
+        previous = np.full(n, NO_TIME, dtype=np.int64)
+        same = np.zeros(n, dtype=bool)
+        same[1:] = sorted_group[1:] == sorted_group[:-1]
+        earlier = running[:-1][same[1:]] - sorted_group[1:][same[1:]] * span
+        previous[1:][same[1:]] = earlier + low if uniq_ts is None else uniq_ts[earlier]
+        anchor = np.maximum(previous, carried[sorted_group])
+        duplicate_sorted = (anchor != NO_TIME) & (sorted_ts <= anchor + horizon)
+        keep = np.ones(n, dtype=bool)
+        keep[order] = ~duplicate_sorted
+        # carry each id's newest event time to the next blocks
+        starts = np.flatnonzero(np.concatenate(([True], ~same[1:])))
+        block_max = np.maximum.reduceat(sorted_ts, starts)
+        newest = np.maximum(block_max, carried[sorted_group[starts]])
+        self._max_seen = max(self._max_seen, int(rows.ts.max()))
+        # an anchor below the cutoff is forgotten at every later lookup: the table may drop it
+        cutoff = self._max_seen - self.options.out_of_order_micros - horizon
+        anchors.store(unique, handle, newest, cutoff)
+        return keep
+
+    def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:
+        """Pre-aggregates the kept rows of a block per (window start, key).
+
+        An int field's sum is kept in two int64 limbs (:func:`_limbs`), the low 32 bits (each
+        row's limb is in ``[0, 2**32)``) and the rest, so that no partial or merged sum can wrap
+        around below ``2**31`` rows per group (:meth:`_groups` checks it); the exact sum is
+        ``high * 2**32 + low``, a Python int, converted to float once at output like the record
+        path's. A float field's sum is the low limb itself (its high limb is 0).
+        """
+        take = np.flatnonzero(keep)
+        if len(take) == 0:
+            return
+        ts = rows.ts[take]
+        starts, repeat = self.options.window_starts(ts)
+        values = rows.values[take]
+        ints = [None if a is None else a[take] for a in rows.int_values]
+        if repeat is not None:
+            values = values[repeat]
+            ints = [None if a is None else a[repeat] for a in ints]
+            take = take[repeat]
+        columns: dict[str, Any] = {"w": starts, "k": rows.keys.take(pa.array(take))}
+        for i, limbs in enumerate(ints):
+            # min and max over the float64 values: float() is monotonic, so the float of the
+            # exact minimum is the minimum of the floats, which is what the rows carry
+            columns[f"m{i}"] = values[:, i]
+            if limbs is None:
+                columns[f"s{i}"] = values[:, i]
+                columns[f"h{i}"] = np.zeros(len(starts), dtype=np.int64)
+            else:
+                columns[f"s{i}"], columns[f"h{i}"] = limbs[:, 0], limbs[:, 1]
+        aggs: list[tuple[str, str]] = [("w", "count")]
+        for i in range(len(self.fields)):
+            aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"m{i}", "max")]
+        self._partials.append(self._partial(pa.table(columns), aggs))
+        held = sum(t.num_rows for t in self._partials)
+        if len(self._partials) > 1 and held > 2 * self._compacted + (1 << 20):
+            # merge the partials so that memory follows the number of groups, not of blocks
+            self._partials = [self._merge(self._partials)]
+            self._compacted = self._partials[0].num_rows
+
+    def _partial(self, table: pa.Table, aggs: list[tuple[str, str]]) -> pa.Table:
+        """``table`` grouped by (w, k) with ``aggs``: w, k, n, then s h m x per field."""
+        grouped = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
+        names = ["w", "k", "n"]
+        for i in range(len(self.fields)):
+            names += [f"s{i}", f"h{i}", f"m{i}", f"x{i}"]
+        return grouped.select(["w", "k", *(f"{c}_{f}" for c, f in aggs)]).rename_columns(names)
+
+    def _merge(self, tables: list[pa.Table]) -> pa.Table:
+        """Partials merged into one partial with the same columns."""
+        aggs: list[tuple[str, str]] = [("n", "sum")]
+        for i in range(len(self.fields)):
+            aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"x{i}", "max")]
+        return self._partial(pa.concat_tables(tables, promote_options="permissive"), aggs)
+
+    def _groups(self, tables: list[pa.Table]) -> list[list[Any]]:
+        """Partials merged into columns: window start, key, count, then sum, min, max per field.
+
+        Sums are the limbs put together: exact Python ints for int fields.
+        """
+        table = self._merge(tables)
+        counts = table.column("n")
+        if len(counts) and pc.max(counts).as_py() >= 1 << (63 - _LOW_BITS):
+            raise OverflowError(
+                "a (window, key) holds 2**31 records or more: its exact integer sums would need "
+                "more than 64-bit limbs"
+            )
+        columns = [table.column(name).to_pylist() for name in ("w", "k", "n")]
+        for i in range(len(self.fields)):
+            low, high = table.column(f"s{i}").to_pylist(), table.column(f"h{i}").to_pylist()
+            columns.append(
+                [lo + (hi << _LOW_BITS) if hi else lo for lo, hi in zip(low, high, strict=True)]
+            )
+            columns += [table.column(f"m{i}").to_pylist(), table.column(f"x{i}").to_pylist()]
+        return columns
+
+    def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
+        """The merged groups of windows ending at or before ``limit_micros``, removed from state.
+
+        Windows are the fixed or sliding windows of the options (``start + size`` is the end).
+        The replay (:mod:`headwater.columnar.replay`) calls it as the watermark passes
+        window ends; batch calls :meth:`final` once.
+        """
+        if not self._partials:
+            return []
+        size = self.options.window_fn.size.micros  # type: ignore[attr-defined]
+        last_start = int(limit_micros) - size
+        # window starts are int64: a limit past that range (the final watermark) closes them all
+        bounded = pa.scalar(max(min(last_start, _INT64_MAX), NO_TIME), pa.int64())
+        table = pa.concat_tables(self._partials, promote_options="permissive")
+        ended = pc.less_equal(table.column("w"), bounded)
+        closed = table.filter(ended)
+        rest = table.filter(pc.invert(ended))
+        self._partials = [rest] if rest.num_rows else []
+        self._compacted = rest.num_rows
+        return list(zip(*self._groups([closed]), strict=True)) if closed.num_rows else []
+
+    def final_columns(self) -> list[list[Any]]:
+        """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
+        if not self._partials:
+            return [[] for _ in range(3 + 3 * len(self.fields))]
+        return self._groups(self._partials)
+
+    def final(self) -> Iterator[tuple[Any, ...]]:
+        """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
+        return iter(list(zip(*self.final_columns(), strict=True)))
+
+
+def _limbs(values: np.ndarray) -> np.ndarray:
+    """int64 values as ``[rows, 2]`` limbs: the low 32 bits and the rest (``value >> 32``)."""
+    return np.stack([values & _LOW_MASK, values >> _LOW_BITS], axis=1)
+
+
+def _exact_limbs(values: list[Any]) -> np.ndarray | None:
+    """Python ints (of magnitude below 2**64) as :func:`_limbs`; None when one is not."""
+    if not all(type(v) is int and -_LIMB_RANGE <= v < _LIMB_RANGE for v in values):
+        return None
+    pairs = [(v & ((1 << _LOW_BITS) - 1), v >> _LOW_BITS) for v in values]
+    return np.array(pairs, dtype=np.int64).reshape(len(values), 2)
+
+
+def _merge_keys(keys: list[pa.Array | list[str]]) -> pa.Array:
+    """The keys of a block's parts (Arrow string arrays, or key texts) as one string array."""
+    return pa.concat_arrays(
+        [part if isinstance(part, pa.Array) else pa.array(part, type=pa.string()) for part in keys]
+    )

@@ -1,0 +1,289 @@
+"""Writing the merged rows: as windowed values, or column-wise into the output files.
+
+With ``output=`` the rows are written as :class:`~headwater.io.fileio.WriteWindowedFiles` writes
+them, byte for byte, but column-wise: each row's canonical JSON (which shards and orders the rows)
+is assembled from its values' own JSON, and the Arrow table gets the schema the writer would infer
+(a file with unusual value types takes the writer's row-dict code).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window as beam_window
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from headwater.columnar.state import (
+    ColumnarOptions,
+)
+from headwater.io.fileio import (
+    canonical_json,
+    encode_avro_rows,
+    encode_parquet,
+    file_name,
+    parquet_bytes,
+    stable_shard,
+    window_directory,
+    write_atomically,
+)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
+
+
+class WindowWriter:
+    """Turns merged groups into rows (:meth:`_rows`) or window files (:meth:`_write`)."""
+
+    _options: ColumnarOptions
+    _files: Any  # counter: files written
+    _rows_written: Any  # counter: rows written
+
+    def _rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """``(window start, key, count, sum, min, max, ...)`` groups as windowed metric rows."""
+        fields = self._options.fields
+        slot = {name: 3 + 3 * i for i, name in enumerate(fields)}
+        columns = []
+        for metric in self._options.metrics:
+            if metric.field is None:
+                columns.append((metric.column, 2, "count"))
+            else:
+                offset = {"sum": 0, "min": 1, "max": 2, "mean": 0}[metric.kind]
+                columns.append((metric.column, slot[metric.field] + offset, metric.kind))
+        windows: dict[int, tuple[Any, dt.datetime, dt.datetime, Timestamp]] = {}
+        for group in groups:
+            start = group[0]
+            bounds = windows.get(start)
+            if bounds is None:
+                window = self._options.window_for(start)
+                bounds = windows[start] = (
+                    window,
+                    _EPOCH + dt.timedelta(microseconds=start),
+                    _EPOCH + dt.timedelta(microseconds=window.end.micros),
+                    window.max_timestamp(),
+                )
+            row: dict[str, Any] = {
+                "window_start": bounds[1],
+                "window_end": bounds[2],
+                "key": group[1],
+            }
+            for column, index, kind in columns:
+                if kind == "count":
+                    row[column] = group[2]
+                elif kind == "mean":
+                    row[column] = group[index] / group[2]
+                else:
+                    row[column] = float(group[index])
+            yield WindowedValue(row, bounds[3], (bounds[0],))
+
+    def _write(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
+        """Writes each window's rows as :class:`WriteWindowedFiles` would, byte for byte.
+
+        Parquet files are built column-wise: the canonical JSON that orders and shards the rows
+        is assembled from each value's own JSON (exactly what ``canonical_json`` of the row dict
+        gives), and the Arrow table gets the schema the writer would infer. A file whose values
+        are not the usual kinds (a ``bool`` or mixed types in a column) takes the writer's
+        row-dict code.
+        """
+        groups = groups if isinstance(groups, list) else list(groups)
+        if not groups:
+            return
+        if self._options.output_format != "parquet" or self._layout() is None:
+            yield from self._write_rows(groups)
+            return
+        yield from self._write_columns([list(column) for column in zip(*groups, strict=True)])
+
+    def _write_columns(self, columns: list[list[Any]]) -> Iterator[str]:
+        """:meth:`_write` for groups given as columns (:meth:`ColumnarState.final_columns`)."""
+        options = self._options
+        layout = self._layout()
+        if not columns[0]:
+            return
+        if options.output_format != "parquet" or layout is None:
+            yield from self._write_rows(list(zip(*columns, strict=True)))
+            return
+        starts = np.array(columns[0], dtype=np.int64)
+        order = np.argsort(starts, kind="stable")
+        cuts = np.flatnonzero(np.diff(starts[order])) + 1
+        for idx in np.split(order, cuts):
+            start = int(starts[idx[0]])
+            window = options.window_for(start)
+            rows = idx.tolist()
+            values = {name: self._column(columns, source, rows) for name, source in layout.items()}
+            bounds = (
+                _EPOCH + dt.timedelta(microseconds=start),
+                _EPOCH + dt.timedelta(microseconds=window.end.micros),
+            )
+            texts = _canonical_texts(layout, values, bounds, len(rows))
+            shards: dict[int, list[int]] = {}
+            if options.output_shards == 1:
+                shards[0] = list(range(len(rows)))
+            else:
+                for position, text in enumerate(texts):
+                    shards.setdefault(stable_shard(text, options.output_shards), []).append(
+                        position
+                    )
+            for shard, positions in sorted(shards.items()):
+                positions.sort(key=texts.__getitem__)
+                relative = posixpath.join(
+                    window_directory(window),
+                    file_name("part", shard, options.output_shards, 0, options.output_format),
+                )
+                table = _parquet_table(layout, values, window, positions)
+                if table is None:  # unusual kinds: the writer's own inference, row by row
+                    picked = [tuple(column[rows[p]] for column in columns) for p in positions]
+                    ordered = [wv.value for wv in self._rows(picked)]
+                    data = encode_parquet(ordered, None)
+                else:
+                    data = parquet_bytes(table)
+                path = FileSystems.join(str(options.output), *relative.split("/"))
+                write_atomically(path, data)
+                self._files.inc()
+                self._rows_written.inc(len(positions))
+                yield path
+
+    def _layout(self) -> dict[str, Any] | None:
+        """Row column -> where its value comes from, in the row dict's order (None: collisions)."""
+        fields = self._options.fields
+        slot = {name: 3 + 3 * i for i, name in enumerate(fields)}
+        layout: dict[str, Any] = {"window_start": "start", "window_end": "end", "key": 1}
+        for metric in self._options.metrics:
+            if metric.column in layout:
+                return None
+            if metric.field is None:
+                layout[metric.column] = ("count", 2)
+            else:
+                offset = {"sum": 0, "min": 1, "max": 2, "mean": 0}[metric.kind]
+                layout[metric.column] = (metric.kind, slot[metric.field] + offset)
+        return layout
+
+    @staticmethod
+    def _column(columns: list[list[Any]], source: Any, rows: list[int]) -> list[Any] | None:
+        """One row column's values for the groups ``rows``, as :meth:`_rows` computes them."""
+        if source in ("start", "end"):
+            return None
+        if source == 1:
+            keys = columns[1]
+            return [keys[i] for i in rows]
+        kind, index = source
+        data = columns[index]
+        if kind == "count":
+            return [data[i] for i in rows]
+        if kind == "mean":
+            counts = columns[2]
+            return [data[i] / counts[i] for i in rows]
+        return [float(data[i]) for i in rows]
+
+    def _write_rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
+        """:meth:`_write` through row dicts (Avro output, colliding column names)."""
+        options = self._options
+        per_window: dict[Any, list[dict[str, Any]]] = {}
+        for rows in self._rows(groups):
+            per_window.setdefault(rows.windows[0], []).append(rows.value)
+        for window, rows in sorted(per_window.items(), key=lambda item: item[0].start):
+            shards: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+            for row in rows:
+                text = canonical_json(row)
+                shards.setdefault(stable_shard(text, options.output_shards), []).append((text, row))
+            for shard, keyed in sorted(shards.items()):
+                keyed.sort(key=lambda item: item[0])
+                ordered = [row for _, row in keyed]
+                relative = posixpath.join(
+                    window_directory(window),
+                    file_name("part", shard, options.output_shards, 0, options.output_format),
+                )
+                if options.output_format == "parquet":
+                    data = encode_parquet(ordered, None)  # type: ignore[arg-type]
+                else:
+                    data = encode_avro_rows(ordered, None, relative)  # type: ignore[arg-type]
+                path = FileSystems.join(str(options.output), *relative.split("/"))
+                write_atomically(path, data)
+                self._files.inc()
+                self._rows_written.inc(len(ordered))
+                yield path
+
+
+def _json_texts(values: list[Any]) -> list[str]:
+    """Each value's JSON as ``canonical_json`` writes it inside a row."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return list(map(int.__repr__, values))
+    if kinds == {str}:
+        return list(map(_encode_string, values))
+    if kinds == {float} and bool(np.isfinite(np.array(values, dtype=np.float64)).all()):
+        return list(map(float.__repr__, values))
+    return list(map(canonical_json, values))
+
+
+def _canonical_texts(
+    layout: dict[str, Any],
+    values: dict[str, list[Any] | None],
+    bounds: tuple[dt.datetime, dt.datetime],
+    n: int,
+) -> list[str]:
+    """``canonical_json(row)`` of each row of one window, built from the values' own JSON.
+
+    ``json.dumps(row, sort_keys=True, separators=(",", ":"))`` writes ``{``, then per key in
+    sorted order the key's JSON, ``:`` and the value's JSON, joined by ``,``, then ``}``; every
+    value is encoded on its own, so the concatenation equals the text of the whole row.
+    """
+    constant = {"window_start": canonical_json(bounds[0]), "window_end": canonical_json(bounds[1])}
+    parts: list[str] = []
+    encoded: list[list[str]] = []
+    for name in sorted(layout):
+        head = _encode_string(name) + ":"
+        column = values[name]
+        if column is None:
+            parts.append((head + constant[name]).replace("%", "%%"))
+        else:
+            parts.append(head.replace("%", "%%") + "%s")
+            encoded.append(_json_texts(column))
+    template = "{" + ",".join(parts) + "}"
+    if not encoded:
+        return [template.replace("%%", "%")] * n
+    return [template % texts for texts in zip(*encoded, strict=True)]
+
+
+def _parquet_table(
+    layout: dict[str, Any],
+    values: dict[str, list[Any] | None],
+    window: beam_window.IntervalWindow,
+    positions: list[int],
+) -> pa.Table | None:
+    """The Arrow table ``WriteWindowedFiles`` would infer for these rows, or None if unusual.
+
+    The writer infers, in the row dict's column order: timezone-aware datetimes ->
+    ``timestamp[us, UTC]``, ``int`` -> int64, ``float`` -> double, ``str`` -> string, nothing
+    nullable (no value is ever ``None``). Other kinds (mixed keys, ``bool``) return None.
+    """
+    fields = []
+    arrays = []
+    timestamp = pa.timestamp("us", tz="UTC")
+    for name in layout:
+        column = values[name]
+        if column is None:
+            micros = window.start.micros if name == "window_start" else window.end.micros
+            array = pa.array(np.full(len(positions), micros, dtype=np.int64)).view(timestamp)
+            kind = timestamp
+        else:
+            picked = [column[p] for p in positions]
+            kinds = set(map(type, picked))
+            if kinds == {str}:
+                kind = pa.string()
+            elif kinds == {float}:
+                kind = pa.float64()
+            elif kinds == {int} and all(-(2**63) <= v < 2**63 for v in picked):
+                kind = pa.int64()
+            else:
+                return None
+            array = pa.array(picked, type=kind)
+        fields.append(pa.field(name, kind, nullable=False))
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
