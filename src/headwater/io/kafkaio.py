@@ -803,7 +803,8 @@ class _ReadPartitionFn(beam.DoFn):
                 self._assigned = (topic, partition, resume_at)
             else:
                 self._assigned = None
-                if not failed and self._read_id is not None:
+                if not failed and self._read_id is not None and _read_ends(restriction):
+                    # Done for good (deadline or drain), not cut by a runner's checkpoint.
                     WATERMARKS.finish(self._read_id, (topic, partition))
             if not failed:
                 # Every bundle registers a callback: Prism finalizes every bundle of a step
