@@ -1,9 +1,12 @@
-"""Fixtures for runner tests: Beam's local job service and a small, known event file.
+"""Fixtures for runner tests: job services, streaming jobs on Prism, a small known event file.
 
 ``job_endpoint`` starts ``python -m apache_beam.runners.portability.local_job_service_main`` on
 a free port once per session (the same portable Job API Flink's job server speaks) and stops it
-by its own PID. ``events`` writes a deterministic JSON-lines file whose expected outcome is
-computed here in plain Python, independently of the pipelines.
+by its own PID; ``prism_endpoint`` does the same with Prism's job server. ``start_stream_job``
+runs ``headwater run PIPELINE --runner=PrismRunner ...`` as a subprocess (:class:`StreamJob`:
+drain it with Ctrl-C, read its summary; killed by PID at teardown) and ``wait_until`` polls a
+condition with a deadline. ``events`` writes a deterministic JSON-lines file whose expected
+outcome is computed here in plain Python, independently of the pipelines.
 """
 
 from __future__ import annotations
