@@ -35,6 +35,7 @@ from headwater.transforms.accounting import Accounting
 from headwater.transforms.aggregate import parse_metrics
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics, to_window_fn
+from headwater.windowing import rules
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
@@ -422,14 +423,14 @@ def _reference_dedup(blocks, horizon, out_of_order):
         carried = {}
         for ident in dict.fromkeys(ids):
             anchor = anchors.get(ident)
-            if anchor is not None and watermark is not None and anchor + horizon < watermark:
-                anchor = None
+            if watermark is not None and anchor is not None:
+                anchor = None if rules.is_forgotten(anchor, horizon, watermark) else anchor
             carried[ident] = anchor
         running = dict(carried)
         keep = []
         for ident, t in zip(ids, times, strict=True):
             anchor = running[ident]
-            keep.append(not (anchor is not None and t <= anchor + horizon))
+            keep.append(not rules.is_duplicate(t, anchor, horizon))
             running[ident] = t if anchor is None else max(anchor, t)
         anchors.update({k: v for k, v in running.items() if v is not None})
         max_seen = max([*times, *([] if max_seen is None else [max_seen])])
@@ -606,6 +607,24 @@ def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
     rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
     assert len(state._anchors) == 2
+
+
+@pytest.mark.parametrize(
+    ("anchor", "mover", "copy", "kept"),
+    [
+        # expiry (0 + 20 s) is exactly the watermark: the stream's timer has fired, forgotten
+        (0, 20_000_000, 20_000_000, True),
+        # anchor + horizon is 0.2 ms behind the watermark, but the timer (rounded up to the
+        # millisecond) has not fired yet: still held, the copy is a duplicate
+        (500, 20_000_700, 20_000_500, False),
+    ],
+)
+def test_batch_dedup_forgets_an_id_when_its_stream_timer_would_fire(anchor, mover, copy, kept):
+    """A carried id is forgotten at the watermark where rules.is_forgotten says, not before."""
+    state = ColumnarState(_dedup_options(out_of_order_micros=0))
+    assert state.deduplicate(_id_block(["a"], [anchor])).tolist() == [True]
+    assert state.deduplicate(_id_block(["b"], [mover])).tolist() == [True]  # moves the watermark
+    assert state.deduplicate(_id_block(["a"], [copy])).tolist() == [kept]
 
 
 def test_a_refused_piece_names_the_row_to_cut_at():

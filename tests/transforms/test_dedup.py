@@ -121,6 +121,17 @@ def test_invalid_options_name_the_bad_value(kwargs, named):
         DeduplicateById(**kwargs)
 
 
+def test_configuration_is_readable_through_public_properties():
+    """id_field, id_of, keep, time_domain and horizon_micros report what was configured."""
+    by_field = DeduplicateById(id_field="user.id", keep="last", horizon="2m")
+    assert (by_field.id_field, by_field.keep, by_field.time_domain) == ("user.id", "last", "event")
+    assert by_field.horizon_micros == 120_000_000
+    assert by_field.id_of({"user": {"id": 7}}) == "7"
+    by_fn = DeduplicateById(id_fn=len, time_domain="processing", horizon=1)
+    assert (by_fn.id_field, by_fn.keep, by_fn.time_domain) == (None, "first", "processing")
+    assert by_fn.id_of("abc") == "3"
+
+
 def test_horizon_is_required():
     """There is no default horizon: state must be bounded by an explicit choice."""
     with pytest.raises(TypeError, match="horizon"):

@@ -7,6 +7,7 @@ is confirmed by comparing the ids themselves, so two different ids never share a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,8 @@ class IdAnchors(dict):
     confirmed by comparing the ids themselves, so two different ids never share an anchor. The
     table holds at most one id per hash; an id whose hash another id already holds lives in the
     object itself, a plain ``dict`` (practically never). ``len()`` counts the ids held either way.
-    Entries whose anchor is below the cutoff passed to :meth:`store` are dropped when the table
-    fills up.
+    Entries for which the ``forgotten`` test given to :meth:`store` is true are dropped when the
+    table fills up.
     """
 
     def __init__(self) -> None:
@@ -144,7 +145,13 @@ class IdAnchors(dict):
                 values[i] = dict.get(self, ids[i].as_py(), NO_TIME)
         return values, (hashes, entries)
 
-    def store(self, ids: pa.Array, handle: Any, values: np.ndarray, cutoff: int) -> None:
+    def store(
+        self,
+        ids: pa.Array,
+        handle: Any,
+        values: np.ndarray,
+        forgotten: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
         """Sets the anchors of ``ids`` (the handle is :meth:`lookup`'s for the same ids)."""
         hashes, entries = handle
         found = entries >= 0
@@ -157,21 +164,24 @@ class IdAnchors(dict):
             new = new[~np.array(held, dtype=bool)]
         if len(new) == 0:
             return
-        self._reserve(len(new), cutoff)
+        self._reserve(len(new), forgotten)
         self._insert(ids, hashes, entries, values, new)
 
-    def _reserve(self, extra: int, cutoff: int) -> None:
+    def _reserve(self, extra: int, forgotten: Callable[[np.ndarray], np.ndarray]) -> None:
         """Room for ``extra`` more entries, at most half the slots used (drops stale entries)."""
         if (self._size + extra) * 2 <= len(self._slots):
             return
-        live = np.flatnonzero(self._values[: self._size] >= cutoff)
+        live = np.flatnonzero(~forgotten(self._values[: self._size]))
         if len(live) < self._size:
             self._ids = [self._stored().take(pa.array(live)).combine_chunks()] if len(live) else []
             self._hashes[: len(live)] = self._hashes[live]
             self._values[: len(live)] = self._values[live]
             self._size = len(live)
-            for stale in [k for k, v in self.items() if v < cutoff]:
-                del self[stale]
+            held = list(self.items())
+            stale = forgotten(np.array([v for _, v in held], dtype=np.int64))
+            for (key, _), drop in zip(held, stale.tolist(), strict=True):
+                if drop:
+                    del self[key]
         capacity = len(self._slots)
         # Grow to at most a third full: room for a sixth of the slots before the next pruning,
         # and no more (a table that quadrupled would hold ids long stale before pruning again).

@@ -22,12 +22,13 @@ The rules, record by record in arrival order, with ``W`` the watermark the strea
 before the record's group of ``watermark_every`` records (``-inf`` for the first group):
 
 - dedup (``keep="first"``, event time): an id is forgotten once ``W`` reaches its expiry
-  (:func:`headwater.transforms.dedup.expiry_micros` of its anchor: ``anchor + horizon`` rounded
-  up to the millisecond -- when the record path's timer fires); otherwise a copy with
-  ``event time <= anchor + horizon`` is a duplicate, and the anchor is the newest event time of
-  the id's copies. Duplicates are decided before lateness, as on the record path.
-- lateness: a kept record whose window ends at or before ``W`` is late (allowed lateness is 0 on
-  this path); ``lateness_ms`` is measured from the last window end at or before ``W`` -- the
+  (:func:`headwater.windowing.rules.is_forgotten`: when the record path's timer fires); otherwise
+  a copy is a duplicate by :func:`headwater.windowing.rules.is_duplicate`, and the anchor is the
+  newest event time of the id's copies. Duplicates are decided before lateness, as on the record
+  path.
+- lateness: a kept record whose window has closed at ``W`` is late
+  (:func:`headwater.windowing.rules.is_late`; allowed lateness is 0 on this path, so a window
+  closes at its end); ``lateness_ms`` is measured from the last window end at or before ``W`` -- the
   record path's router learns the watermark from a timer at each window end and reports the same
   lower bound.
 - a window's row is final when ``W`` passes its end: no later record can enter it.
@@ -73,13 +74,14 @@ from headwater.io.fileio import (
 from headwater.io.formats import JsonFormat
 from headwater.testing.replay import RecordEventTime
 from headwater.transforms.deadletter import DeadLetter
-from headwater.transforms.dedup import expiry_micros
+from headwater.windowing import rules
 from headwater.windowing.late import late_dead_letter
 from headwater.windowing.rules import NO_TIME
 
 _MIN_MICROS = MIN_TIMESTAMP.micros
 _END_MICROS = MAX_TIMESTAMP.micros
 _PRUNE_AT_LEAST = 1 << 16  # ids held before the dedup table is first pruned
+_ALLOWED_LATENESS = 0  # the only allowed lateness the replay takes (replay_unsupported_reason)
 
 
 class ReplayState(ColumnarState):
@@ -96,8 +98,7 @@ class ReplayState(ColumnarState):
         # id -> anchor, record by record (the batch path's id table works block by block)
         self._seen: dict[str, int] = {}
         self._pruned_at = 0
-        fn: Any = options.window_fn
-        self.size, self.offset = fn.size.micros, fn.offset.micros
+        self.assign = options.assigner
 
     def watermarks_before(self, event_times: np.ndarray) -> np.ndarray:
         """Per element of a block (event time or ``NO_TIME``): the watermark before its group.
@@ -139,12 +140,11 @@ class ReplayState(ColumnarState):
         keep = np.ones(len(ids), dtype=bool)
         for i, (ident, t, watermark) in enumerate(zip(ids, ts, watermarks, strict=True)):
             anchor = anchors.get(ident)
-            if anchor is not None and expiry_micros(anchor, horizon) <= watermark:
+            if anchor is not None and rules.is_forgotten(anchor, horizon, watermark):
                 anchor = None  # its timer fired before this copy arrived: forgotten
-            if anchor is not None and t <= anchor + horizon:
+            if rules.is_duplicate(t, anchor, horizon):
                 keep[i] = False
-                if t > anchor:
-                    anchors[ident] = t
+                anchors[ident] = max(anchors[ident], t)
             else:
                 anchors[ident] = t
         self._prune()
@@ -154,12 +154,18 @@ class ReplayState(ColumnarState):
         if len(self._seen) < max(2 * self._pruned_at, _PRUNE_AT_LEAST):
             return
         horizon, watermark = self.options.horizon_micros, self.watermark
-        self._seen = {k: a for k, a in self._seen.items() if expiry_micros(a, horizon) > watermark}
+        self._seen = {
+            k: a for k, a in self._seen.items() if not rules.is_forgotten(a, horizon, watermark)
+        }
         self._pruned_at = len(self._seen)
 
     def known_watermark(self, watermark: int) -> int:
-        """The last window end at or before ``watermark``: what the record path's router knows."""
-        return watermark - (watermark - self.offset) % self.size
+        """The last window end at or before ``watermark``: what the record path's router knows.
+
+        Fixed windows tile time: that end is the start of the window holding ``watermark``.
+        """
+        [(start, _)] = self.assign.windows(watermark)
+        return start
 
 
 class ReplayColumnarFn(ComputeColumnarFn):
@@ -220,7 +226,7 @@ class ReplayColumnarFn(ComputeColumnarFn):
         if rows is None:
             return
         row_watermarks = before[where]
-        if state._id_of is not None:
+        if state.id_of is not None:
             keep = state.deduplicate_replayed(
                 rows.ids.to_pylist(),  # type: ignore[union-attr]
                 rows.ts.tolist(),
@@ -228,8 +234,8 @@ class ReplayColumnarFn(ComputeColumnarFn):
             )
         else:
             keep = np.ones(len(rows.ts), dtype=bool)
-        ends = rows.ts - np.mod(rows.ts - state.offset, state.size) + state.size
-        late = keep & (ends <= row_watermarks)
+        closes, _, _ = rules.closes_v(state.assign, rows.ts, _ALLOWED_LATENESS)
+        late = keep & rules.is_late_v(closes, row_watermarks)
         main = keep & ~late
         kept, n_late = int(keep.sum()), int(late.sum())
         state.counts["output"] += kept - n_late
@@ -255,19 +261,18 @@ class ReplayColumnarFn(ComputeColumnarFn):
         """The record path's late envelope (parse first: the router gets the parsed record)."""
         parsed = next(
             out
-            for out in state._parse.process(element)
+            for out in state.parse.process(element)
             if not isinstance(out, beam.pvalue.TaggedOutput)
         )
         timestamp: Timestamp = parsed.timestamp
-        start = timestamp.micros - (timestamp.micros - state.offset) % state.size
-        window = beam_window.IntervalWindow(
-            Timestamp(micros=start), Timestamp(micros=start + state.size)
-        )
+        windows = state.assign.windows(timestamp.micros)
+        close, start, end = rules.latest_close(windows, _ALLOWED_LATENESS)
+        window = beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
         return late_dead_letter(
             parsed.value,
             timestamp=timestamp,
             known_wm=state.known_watermark(int(watermark)),
             window=window,
-            close=start + state.size,
-            lateness_micros=0,
+            close=close,
+            lateness_micros=_ALLOWED_LATENESS,
         )

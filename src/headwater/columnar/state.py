@@ -9,8 +9,8 @@ close). :class:`ColumnarOptions` is one run's configuration.
 
 Dedup (keep-first, event time) is vectorized with numpy: within a block, a copy's anchor is the
 running maximum of the earlier copies' event times (plus the anchor carried over from earlier
-blocks), and the copy is a duplicate iff ``event_time <= anchor + horizon`` -- the record
-path's rule, exactly. The carried ``id -> anchor`` map is a numpy open-addressing table keyed
+blocks), and the copy is a duplicate by :func:`headwater.windowing.rules.is_duplicate_v` -- the
+record path's rule, exactly. The carried ``id -> anchor`` map is a numpy open-addressing table keyed
 by a 64-bit hash of each id's bytes; every hit is confirmed by comparing the ids themselves
 (ids whose hash another id holds go to a plain dict), so two different ids never share an
 anchor. Windows (fixed or sliding) are assigned with integer arithmetic, each block is
@@ -22,9 +22,10 @@ the exact sum is put together in Python, as the record path's, and converted to 
 sums that field as floats.)
 
 Bounded dedup state
-    The carried ``id -> anchor`` table forgets an id once ``anchor + horizon`` is behind the
-    watermark a streaming run would have -- the newest event time seen before the block minus
-    ``max_out_of_orderness`` -- so the state is bounded by the horizon, not by the input. A copy
+    The carried ``id -> anchor`` table forgets an id once a streaming run's timer would have
+    (:func:`headwater.windowing.rules.is_forgotten_v`) at the watermark such a run would have --
+    the newest event time seen before the block minus ``max_out_of_orderness`` -- so the state is
+    bounded by the horizon, not by the input. A copy
     that arrives *after* that point is kept as a new first copy, as a streaming run would keep it
     (its timer would have fired). The record path in batch never forgets (its watermark only jumps
     at the end), so the two paths agree whenever every copy arrives before the stream has moved
@@ -35,6 +36,7 @@ Bounded dedup state
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,6 +53,7 @@ from headwater.transforms.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.parse import ParseFn
 from headwater.transforms.process import MetricsCheck
+from headwater.windowing import rules
 from headwater.windowing.eventtime import MAX_EVENT_MICROS, EventTimeExtractor
 from headwater.windowing.rules import NO_TIME
 
@@ -66,11 +69,9 @@ INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint1
 
 
 def dedup_field(dedup: DeduplicateById) -> str | None:
-    id_of = getattr(dedup, "_id_of", None)
-    path = getattr(id_of, "_path", None)
-    if type(id_of).__name__ != "_FieldId" or not isinstance(path, str) or "." in path:
-        return None
-    return path
+    """The top-level field ``dedup`` reads its ids from, or None (a nested path, ``id_fn`` ...)."""
+    field = dedup.id_field
+    return field if field is not None and "." not in field else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,21 +112,20 @@ class ColumnarOptions:
 
     @property
     def horizon_micros(self) -> int:
-        return self.dedup._horizon_micros if self.dedup is not None else 0
+        return self.dedup.horizon_micros if self.dedup is not None else 0
+
+    @functools.cached_property
+    def assigner(self) -> rules.WindowAssigner:
+        """The window rule of :attr:`window_fn` (:func:`headwater.windowing.rules.assigner`)."""
+        return rules.assigner(self.window_fn)
 
     def window_starts(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Window start (micros) per row, and for sliding windows the row of each start."""
-        fn: Any = self.window_fn
-        if isinstance(fn, beam_window.FixedWindows):
-            size, offset = fn.size.micros, fn.offset.micros
-            return ts - np.mod(ts - offset, size), None
-        size, period, offset = fn.size.micros, fn.period.micros, fn.offset.micros
-        last = ts - np.mod(ts - offset, period)
-        copies = -(-size // period)
-        rows = np.repeat(np.arange(len(ts)), copies)
-        starts = last[rows] - np.tile(np.arange(copies, dtype=np.int64) * period, len(ts))
-        inside = starts + size > ts[rows]
-        return starts[inside], rows[inside]
+        """Window start (micros) per window of the rows, and the row of each window.
+
+        The rows are ``None`` when each row has exactly its own window (fixed windows).
+        """
+        starts, _, rows = self.assigner.windows_v(ts)
+        return starts, None if len(rows) == len(ts) else rows
 
     def window_for(self, start: int) -> beam_window.IntervalWindow:
         size = self.window_fn.size.micros  # type: ignore[attr-defined]
@@ -139,14 +139,14 @@ class ColumnarState:
         self.options = options
         self.metrics = options.metrics
         self.fields = options.fields
-        self._parse = ParseFn(
+        self.parse = ParseFn(
             options.decode,
             options.event_time,
             (MetricsCheck(options.key_field, options.metrics),),
             options.max_record_bytes,
         )
         self._check = RecordCheck(options.key_field, options.metrics)
-        self._id_of = options.dedup._id_of if options.dedup is not None else None
+        self.id_of = options.dedup.id_of if options.dedup is not None else None
         self._anchors = IdAnchors()  # the carried id -> anchor
         self._max_seen = NO_TIME
         self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
@@ -159,15 +159,15 @@ class ColumnarState:
 
     def slow(self, element: Any) -> tuple[int, str | None, Any, tuple[float, ...]] | None:
         """The record path's parse/check/id for one element: accepted values or a dead letter."""
-        for out in self._parse.process(element):
+        for out in self.parse.process(element):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 self.dead.append(out.value)
                 return None
             record, ts = out.value, out.timestamp
         ident = None
-        if self._id_of is not None:
+        if self.id_of is not None:
             try:
-                ident = self._id_of(record)
+                ident = self.id_of(record)
             except Exception as exc:  # the record path's _KeyByIdFn makes it a dead letter
                 self.dead.append(dead_letter_for(element, stage="dedup", error=exc, event_time=ts))
                 return None
@@ -201,7 +201,7 @@ class ColumnarState:
         limit = MAX_EVENT_MICROS // scale
         ok &= (raw >= 0) & (raw <= limit)
         columns["ts"] = raw * scale
-        if self._id_of is not None:
+        if self.id_of is not None:
             id_col = column(dedup_field(self.options.dedup))  # type: ignore[arg-type]
             if id_col is None:
                 return np.zeros(n, dtype=bool), columns
@@ -268,7 +268,7 @@ class ColumnarState:
             if mask.all():  # the usual case: every row of the piece passed the fast checks
                 positions.append(where)
                 ts.append(columns["ts"])
-                if self._id_of is not None:
+                if self.id_of is not None:
                     ids.append(columns["ids"])
                 keys.append(columns["keys"])
                 values.append(columns["values"])
@@ -278,7 +278,7 @@ class ColumnarState:
             positions.append(where[take])
             ts.append(columns["ts"][take])
             index = pa.array(take)
-            if self._id_of is not None:
+            if self.id_of is not None:
                 ids.append(columns["ids"].take(index))
             keys.append(columns["keys"].take(index))
             values.append(columns["values"][take])
@@ -286,7 +286,7 @@ class ColumnarState:
         if slow_rows:
             positions.append(np.array([p for p, _ in slow_rows], dtype=np.int64))
             ts.append(np.array([r[0] for _, r in slow_rows], dtype=np.int64))
-            if self._id_of is not None:
+            if self.id_of is not None:
                 ids.append(pa.array([r[1] for _, r in slow_rows], type=pa.string()))
             slow_keys = [r[2] for _, r in slow_rows]
             keys.append(slow_keys)
@@ -326,7 +326,7 @@ class ColumnarState:
     def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
         n = len(rows.ts)
-        if self._id_of is None or n == 0:
+        if self.id_of is None or n == 0:
             return np.ones(n, dtype=bool)
         horizon = self.options.horizon_micros
         encoded = rows.ids.dictionary_encode()  # type: ignore[union-attr]
@@ -336,8 +336,7 @@ class ColumnarState:
         carried, handle = anchors.lookup(unique)
         if self._max_seen != NO_TIME:
             watermark = self._max_seen - self.options.out_of_order_micros
-            forgotten = (carried != NO_TIME) & (carried + horizon < watermark)
-            carried[forgotten] = NO_TIME
+            carried[rules.is_forgotten_v(carried, horizon, watermark)] = NO_TIME
         # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
         narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
         order = np.argsort(narrow, kind="stable")
@@ -361,7 +360,7 @@ class ColumnarState:
         earlier = running[:-1][same[1:]] - sorted_group[1:][same[1:]] * span
         previous[1:][same[1:]] = earlier + low if uniq_ts is None else uniq_ts[earlier]
         anchor = np.maximum(previous, carried[sorted_group])
-        duplicate_sorted = (anchor != NO_TIME) & (sorted_ts <= anchor + horizon)
+        duplicate_sorted = rules.is_duplicate_v(sorted_ts, anchor, horizon)
         keep = np.ones(n, dtype=bool)
         keep[order] = ~duplicate_sorted
         # carry each id's newest event time to the next blocks
@@ -369,9 +368,12 @@ class ColumnarState:
         block_max = np.maximum.reduceat(sorted_ts, starts)
         newest = np.maximum(block_max, carried[sorted_group[starts]])
         self._max_seen = max(self._max_seen, int(rows.ts.max()))
-        # an anchor below the cutoff is forgotten at every later lookup: the table may drop it
-        cutoff = self._max_seen - self.options.out_of_order_micros - horizon
-        anchors.store(unique, handle, newest, cutoff)
+        # an anchor forgotten at this watermark is forgotten at every later lookup (the
+        # watermark only grows): the table may drop it
+        watermark = self._max_seen - self.options.out_of_order_micros
+        anchors.store(
+            unique, handle, newest, lambda held: rules.is_forgotten_v(held, horizon, watermark)
+        )
         return keep
 
     def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:

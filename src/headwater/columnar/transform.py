@@ -139,7 +139,7 @@ def columnar_unsupported_reason(
             return f"dedup={dedup!r} is not a DeduplicateById"
         if dedup_field(dedup) is None:
             return "dedup is not by a top-level id_field"
-        if dedup._keep != "first" or dedup._time_domain != "event":
+        if dedup.keep != "first" or dedup.time_domain != "event":
             return "dedup is not keep='first' in event time"
     if list(checks):
         return "extra checks run per record"
@@ -176,7 +176,7 @@ def columnar_supported(**options: Any) -> bool:
     ...                    event_time=EventTimeExtractor(field="t", unit="ms"),
     ...                    key_field="user", metrics="count,sum:amount")
     True
-    >>> columnar_supported(file_format="avro", decode=JsonFormat(), window="fixed:60s",
+    >>> columnar_supported(file_format="csv", decode=JsonFormat(), window="fixed:60s",
     ...                    event_time=EventTimeExtractor(), key_field="user", metrics="count")
     False
     """
@@ -211,7 +211,8 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
       pattern: the files to read (a glob; sorted names give the arrival order).
       file_format: ``"json"`` (JSON lines) or ``"parquet"``.
       max_out_of_orderness: the watermark delay a streaming run would use; dedup forgets an id
-        once ``anchor + horizon`` is this far behind the newest event time (bounded state).
+        once its expiry is this far behind the newest event time (bounded state; see
+        :mod:`headwater.columnar.state`).
       emit_duplicates: emit duplicate records on ``duplicate`` (they are always counted).
 
     Returns :class:`~headwater.transforms.process.MetricsResult`. Raises ``ValueError`` naming

@@ -28,15 +28,17 @@ The id
 
 Event time (``time_domain="event"``, the default)
     Per id the state keeps ``anchor``, the largest event time among the copies seen. A copy whose
-    event time is ``<= anchor + horizon`` is a duplicate -- also when it is *older* than the copy
-    kept, i.e. out-of-order arrivals are handled; a copy later than ``anchor + horizon`` starts a
+    event time is at most ``horizon`` after the anchor is a duplicate
+    (:func:`headwater.windowing.rules.is_duplicate`, the rule every engine calls) -- also when it
+    is *older* than the copy kept, i.e. out-of-order arrivals are handled; a later copy starts a
     new episode and is kept. The comparison is explicit, not left to the timer, so a batch run
     (where the watermark only jumps at the end) gives the same answer as a streaming run for the
     same per-id arrival order, as long as no copy is late (see below). An event-time timer at
-    ``anchor + horizon`` (rounded up to the millisecond, timers' precision) clears the id: state
-    is bounded, each id is held at most ``horizon`` past its newest copy plus the watermark's
-    delay (in batch, until the input ends). A copy that arrives after the watermark passed
-    ``anchor + horizon`` finds no state and is kept: it is late by the horizon's own measure.
+    :func:`~headwater.windowing.rules.dedup_expiry` (the anchor plus the horizon, rounded up to
+    the millisecond, timers' precision) clears the id: state is bounded, each id is held at most
+    ``horizon`` past its newest copy plus the watermark's delay (in batch, until the input ends).
+    A copy that arrives after the watermark passed that expiry finds no state and is kept: it is
+    late by the horizon's own measure.
 
 Processing time (``time_domain="processing"``)
     An id is remembered for ``horizon`` of processing time after its most recent copy (a
@@ -48,7 +50,7 @@ Processing time (``time_domain="processing"``)
     arrivals go to ``duplicate`` (arrival order, not event time, decides which copy wins; in
     batch the runner decides the order).
     ``"last"``: copies are buffered (one per id) and the last arrival is emitted when the id
-    expires -- at ``anchor + horizon`` of event time, or ``horizon`` of processing time after the
+    expires -- ``horizon`` of event time after its anchor, or of processing time after the
     last copy -- with *its own* event time as timestamp; each copy it displaces goes to
     ``duplicate`` at once. By then the watermark has moved on, so downstream windows see the kept
     copy up to ``horizon`` late: give them an allowed lateness that covers the horizon, route
@@ -89,6 +91,7 @@ from apache_beam.utils.timestamp import Timestamp
 from headwater.transforms.accounting import NAMESPACE
 from headwater.transforms.deadletter import dead_letter_for
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
+from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, to_beam_duration
 
 __all__ = [
@@ -96,7 +99,6 @@ __all__ = [
     "Deduplicated",
     "InvalidIdError",
     "MissingIdError",
-    "expiry_micros",
 ]
 
 _STAGE = "dedup"
@@ -233,7 +235,6 @@ class _KeyByIdFn(beam.DoFn):
         yield key, element
 
 
-_MAX_TIMER_MICROS = GlobalWindow().max_timestamp().micros // 1000 * 1000
 # State is keyed by id (the runner shards it); specs are shared by both time domains.
 _ANCHOR = ReadModifyWriteStateSpec("anchor", VarIntCoder())  # newest event time seen, micros
 _SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
@@ -245,25 +246,13 @@ _PROCESSING_EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 _END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
 
 
-def expiry_micros(anchor: int, horizon_micros: int) -> int:
-    """When an id with ``anchor`` (micros) is forgotten in event time: its timer's firing time.
-
-    Timers carry milliseconds: ``anchor + horizon`` is rounded up, so the timer never fires
-    before it and a firing can be compared exactly with the expiry it was set for. An event-time
-    timer fires once the watermark is at or past this time (the columnar replay applies the same
-    rule to the replayed watermark).
-    """
-    expiry_ms = -(-(anchor + horizon_micros) // 1000)
-    return min(expiry_ms * 1000, _MAX_TIMER_MICROS)
-
-
 def _processing_now() -> Timestamp:
     """The worker's processing time (the seam tests use to follow a TestStream's clock)."""
     return Timestamp.now()
 
 
 class _DeduplicateEventTimeFn(beam.DoFn):
-    """Keyed by id; a copy within ``anchor + horizon`` of event time is a duplicate."""
+    """Keyed by id; a copy within the horizon of its id's anchor is a duplicate (rules)."""
 
     def __init__(self, keep: str, horizon_micros: int):
         self._keep_last = keep == "last"
@@ -271,7 +260,7 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         self._duplicates = Metrics.counter(NAMESPACE, f"{_STAGE}.duplicate")
 
     def _expiry(self, anchor: int) -> Timestamp:
-        return Timestamp(micros=expiry_micros(anchor, self._horizon))
+        return Timestamp(micros=rules.dedup_expiry(anchor, self._horizon))
 
     def process(
         self,
@@ -284,7 +273,7 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         _, element = keyed
         ts = timestamp.micros
         anchor = anchor_state.read()
-        if anchor is not None and ts <= anchor + self._horizon:  # a copy of a held id
+        if rules.is_duplicate(ts, anchor, self._horizon):  # a copy of a held id
             self._duplicates.inc()
             if self._keep_last:
                 previous_ts, previous = held_state.read()
@@ -472,6 +461,32 @@ class DeduplicateById(beam.PTransform):
         self._keep = keep
         self._horizon_micros = to_beam_duration(horizon, name="horizon", allow_zero=False).micros
         self._time_domain = time_domain
+        self._id_field = id_field
+
+    @property
+    def id_field(self) -> str | None:
+        """The ``id_field`` given (a dotted path), or None for ``id_fn`` / ``content_hash``."""
+        return self._id_field
+
+    @property
+    def id_of(self) -> Callable[[Any], str]:
+        """The record -> id text function (raises :class:`MissingIdError` ... as documented)."""
+        return self._id_of
+
+    @property
+    def keep(self) -> str:
+        """``"first"`` or ``"last"``."""
+        return self._keep
+
+    @property
+    def time_domain(self) -> str:
+        """``"event"`` or ``"processing"``."""
+        return self._time_domain
+
+    @property
+    def horizon_micros(self) -> int:
+        """The horizon in microseconds."""
+        return self._horizon_micros
 
     def expand(self, pcoll):
         windowfn = pcoll.windowing.windowfn

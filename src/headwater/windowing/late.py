@@ -88,6 +88,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from headwater.transforms.deadletter import DeadLetter, dead_letter_for, utc_iso
+from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 
 __all__ = [
@@ -132,7 +133,7 @@ def late_dead_letter(
     (whole milliseconds, rounded down) the record's event time is behind it. Shared by the record
     path's router and the columnar replay, so both write the same envelope.
     """
-    lateness_ms = (known_wm - timestamp.micros) // 1000
+    lateness_ms = rules.lateness_ms(known_wm, timestamp.micros)
     window_str = _window_str(window)
     reason = (
         f"event time {utc_iso(timestamp.micros)} is at least {lateness_ms} ms behind the "
@@ -151,7 +152,11 @@ def late_dead_letter(
 
 
 class _Clock:
-    """The times at which a window of ``window_fn`` can close: the router's timer grid."""
+    """The times at which a window of ``window_fn`` can close: the router's timer grid.
+
+    Fixed, sliding and calendar windows are assigned by :func:`headwater.windowing.rules.assigner`
+    (the rule every engine uses); sessions and other WindowFns by their own ``assign``.
+    """
 
     def __init__(self, window_fn: beam_window.WindowFn, lateness_micros: int):
         self._window_fn = window_fn
@@ -159,22 +164,27 @@ class _Clock:
         self._gap_micros = (
             window_fn.gap_size.micros if isinstance(window_fn, beam_window.Sessions) else None
         )
+        try:
+            self._assigner: rules.WindowAssigner | None = rules.assigner(window_fn)
+        except ValueError:  # sessions (pre-merge windows) or a WindowFn of the user's own
+            self._assigner = None
 
-    def closes(self, timestamp: Timestamp, record: Any) -> list[tuple[int, Any]]:
-        """``(close time, window)`` for each window of a record (pre-merge for sessions)."""
-        windows = self._window_fn.assign(beam_window.WindowFn.AssignContext(timestamp, record))
-        return [(w.end.micros + self._lateness_micros, w) for w in windows]
+    def windows(self, micros: int, record: Any = None) -> list[tuple[int, int]]:
+        """``(start, end)`` of each window of an instant (pre-merge for sessions)."""
+        if self._assigner is not None:
+            return self._assigner.windows(micros)
+        context = beam_window.WindowFn.AssignContext(Timestamp(micros=micros), record)
+        return [(w.start.micros, w.end.micros) for w in self._window_fn.assign(context)]
+
+    def closes(self, windows: list[tuple[int, int]]) -> list[int]:
+        """When each of the windows closes."""
+        return [rules.window_close(end, self._lateness_micros) for _, end in windows]
 
     def next_after(self, micros: int) -> int:
         """The first close time strictly after ``micros``."""
         if self._gap_micros is not None:
             return micros + self._gap_micros
-        probe = Timestamp(micros=micros - self._lateness_micros)
-        ends = [
-            w.end.micros
-            for w in self._window_fn.assign(beam_window.WindowFn.AssignContext(probe, None))
-        ]
-        return min(ends) + self._lateness_micros
+        return min(self.closes(self.windows(micros - self._lateness_micros)))
 
     def first_at_or_after(self, micros: int) -> int:
         """The first close time at or after ``micros``."""
@@ -210,12 +220,12 @@ class _RouteLateFn(beam.DoFn):
         known_wm = known_state.read()
         if known_wm is None:
             known_wm = _MIN_MICROS
-        closes = self._clock.closes(timestamp, record)
-        open_closes = [close for close, _ in closes if close > known_wm]
+        windows = self._clock.windows(timestamp.micros, record)
+        open_closes = [c for c in self._clock.closes(windows) if not rules.is_late(c, known_wm)]
         if not open_closes:
             self._late.inc()
             yield beam.pvalue.TaggedOutput(
-                "late", self._late_record(record, timestamp, known_wm, closes)
+                "late", self._late_record(record, timestamp, known_wm, windows)
             )
             return
         newest = newest_state.read()
@@ -259,14 +269,14 @@ class _RouteLateFn(beam.DoFn):
             armed_state.clear()  # stopped: the next record restarts the clock
 
     def _late_record(
-        self, record: Any, timestamp: Timestamp, known_wm: int, closes: list[tuple[int, Any]]
+        self, record: Any, timestamp: Timestamp, known_wm: int, windows: list[tuple[int, int]]
     ) -> DeadLetter:
-        close, window = max(closes, key=lambda pair: (pair[0], pair[1].start.micros))
+        close, start, end = rules.latest_close(windows, self._lateness_micros)
         return late_dead_letter(
             record,
             timestamp=timestamp,
             known_wm=known_wm,
-            window=window,
+            window=beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end)),
             close=close,
             lateness_micros=self._lateness_micros,
         )
