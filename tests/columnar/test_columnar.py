@@ -9,7 +9,6 @@ from functools import partial
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -20,22 +19,15 @@ from headwater.columnar import (
     ReplayWindowedMetricsColumnar,
     columnar_supported,
     columnar_unsupported_reason,
-    idtable,
     reader,
 )
-from headwater.columnar.batch import ComputeColumnarFn
-from headwater.columnar.idtable import hash_ids
-from headwater.columnar.reader import _read_json
-from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
 from headwater.io.formats import JsonFormat
 from headwater.testing.reference import windowed_metrics_reference
 from headwater.testing.workload import generate
 from headwater.transforms.accounting import Accounting
-from headwater.transforms.aggregate import parse_metrics
 from headwater.transforms.dedup import DeduplicateById
-from headwater.transforms.process import ComputeWindowedMetrics, to_window_fn
-from headwater.windowing import rules
+from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
@@ -382,198 +374,6 @@ def test_invalid_options_name_the_bad_value(change, bad):
         ComputeWindowedMetricsColumnar(**options)
 
 
-# --- internals: the dedup table and the column-wise writer -----------------------------------
-
-
-def _dedup_options(*, out_of_order_micros: int):
-    """Options for dedup-only state tests: id ``id``, event time ``t`` in us, 20 s horizon."""
-    return ColumnarOptions(
-        file_format="json",
-        decode=JsonFormat(),
-        event_time=EventTimeExtractor(field="t", unit="us"),
-        dedup=DeduplicateById(id_field="id", horizon="20s"),
-        window_fn=to_window_fn("fixed:60s"),
-        key_field="k",
-        metrics=(),
-        max_record_bytes=None,
-        out_of_order_micros=out_of_order_micros,
-        emit_duplicates=False,
-    )
-
-
-def _id_block(ids, times):
-    """Accepted rows with only ids and event times (what the dedup reads)."""
-    import numpy as np
-
-    return AcceptedRows(
-        ts=np.array(times, dtype=np.int64),
-        ids=pa.array(ids, type=pa.string()),
-        keys=pa.array(["k"] * len(ids)),
-        values=np.zeros((len(ids), 0)),
-        int_values=[],
-        positions=np.arange(len(ids)),
-    )
-
-
-def _reference_dedup(blocks, horizon, out_of_order):
-    """Keep masks of the batch dedup rule, with a plain dict (what the numpy table replaces)."""
-    anchors, max_seen, masks = {}, None, []
-    for ids, times in blocks:
-        watermark = None if max_seen is None else max_seen - out_of_order
-        carried = {}
-        for ident in dict.fromkeys(ids):
-            anchor = anchors.get(ident)
-            if watermark is not None and anchor is not None:
-                anchor = None if rules.is_forgotten(anchor, horizon, watermark) else anchor
-            carried[ident] = anchor
-        running = dict(carried)
-        keep = []
-        for ident, t in zip(ids, times, strict=True):
-            anchor = running[ident]
-            keep.append(not rules.is_duplicate(t, anchor, horizon))
-            running[ident] = t if anchor is None else max(anchor, t)
-        anchors.update({k: v for k, v in running.items() if v is not None})
-        max_seen = max([*times, *([] if max_seen is None else [max_seen])])
-        masks.append(keep)
-    return masks
-
-
-def _random_blocks(seed, blocks=40):
-    import random
-
-    rng = random.Random(seed)
-    pool = [f"id-{i}" for i in range(3000)] + ["é", "日本語", "x" * 40, "a", "b" * 9]
-    out, clock = [], 0
-    for _ in range(blocks):
-        size = rng.randrange(1, 400)
-        ids = [rng.choice(pool[: rng.randrange(1, len(pool))]) for _ in range(size)]
-        times = [clock + rng.randrange(-50_000_000, 5_000_000) for _ in range(size)]
-        clock += rng.randrange(0, 30_000_000)
-        out.append((ids, [max(t, 0) for t in times]))
-    return out
-
-
-@pytest.mark.parametrize("slots", [1 << 16, 16])
-@pytest.mark.parametrize("weak_hash", [False, True])
-@pytest.mark.parametrize("seed", [1, 2])
-def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_hash, slots):
-    """The numpy id table gives the dict's keep masks: shared hashes, growth, dropped ids."""
-    import numpy as np
-
-    monkeypatch.setattr(idtable, "_ID_SLOTS", slots)  # 16: the table grows and drops often
-
-    if weak_hash:  # every id of one length collides: the exact overflow path does the work
-        monkeypatch.setattr(
-            idtable,
-            "hash_ids",
-            lambda ids: pc.binary_length(ids).to_numpy().astype(np.uint64),
-        )
-    state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
-    blocks = _random_blocks(seed)
-    want = _reference_dedup(blocks, 20_000_000, 5_000_000)
-    for (ids, times), expected in zip(blocks, want, strict=True):
-        assert state.deduplicate(_id_block(ids, times)).tolist() == expected
-    assert 0 < len(state._anchors) <= 3005
-
-
-def test_id_hash_is_the_same_for_one_length_and_mixed_lengths():
-    """An id hashes equal whether its block's ids all have its length or not."""
-    same = pa.array(["abcdefghij", "0123456789", "é日本語x"], type=pa.string())
-    mixed = pa.array(["abcdefghij", "z", "0123456789", "é日本語x", "much longer id here"])
-    one = hash_ids(same)
-    other = hash_ids(mixed)
-    assert one.tolist() == [other[0], other[2], other[3]]
-    assert len(set(other.tolist())) == 5
-    assert hash_ids(mixed.slice(2, 2)).tolist() == [other[2], other[3]]
-
-
-def _write_both(tmp_path, groups, metrics, shards, window="fixed:60s"):
-    """(files of _write, files of the row-dict writer) for ``groups``: relative path -> bytes."""
-    results = []
-    for name in ("columns", "rows"):
-        options = ColumnarOptions(
-            file_format="json",
-            decode=JsonFormat(),
-            event_time=EventTimeExtractor(field="t", unit="ms"),
-            dedup=None,
-            window_fn=to_window_fn(window),
-            key_field="k",
-            metrics=parse_metrics(metrics),
-            max_record_bytes=None,
-            out_of_order_micros=0,
-            emit_duplicates=False,
-            output=str(tmp_path / name),
-            output_shards=shards,
-        )
-        fn = ComputeColumnarFn(options)
-        paths = list((fn._write if name == "columns" else fn._write_rows)(list(groups)))
-        root = tmp_path / name
-        results.append(
-            {
-                str(pa_path): (root / pa_path).read_bytes()
-                for pa_path in (__import__("pathlib").Path(p).relative_to(root) for p in paths)
-            }
-        )
-    return results
-
-
-def _groups(seed, key, ints=False, fields=1):
-    import random
-
-    rng = random.Random(seed)
-    groups, seen = [], set()
-    for _ in range(600):
-        start, k = rng.randrange(4) * 60_000_000, key(rng)
-        if (start, k) in seen:
-            continue
-        seen.add((start, k))
-        values = []
-        for _ in range(fields):
-            if ints:
-                total = rng.randrange(-(10**6), 10**6)
-                values += [total, min(total, 0), max(total, 0)]
-            else:
-                total = rng.choice([rng.uniform(-1e3, 1e3), rng.uniform(-1e20, 1e20), 1e16, 1e-7])
-                values += [total, total - 1.0, total + 1.0]
-        groups.append((start, k, rng.randrange(1, 40), *values))
-    return groups
-
-
-_ODD = ['a"b', "a\\b", "é", "日本", "a\nb", "a%sb", "%", "ab", "a", "a b", "\x7f", "~", "a!"]
-
-
-@pytest.mark.parametrize(
-    ("key", "ints", "metrics", "shards"),
-    [
-        (lambda r: f"u{r.randrange(300):05d}", False, "count,sum:a", 1),
-        (lambda r: f"u{r.randrange(300):05d}", False, "count,sum:a", 3),
-        (lambda r: r.choice(_ODD) + str(r.randrange(30)), False, "count,sum:a,mean:a", 2),
-        (lambda r: r.randrange(-(10**5), 10**5), True, "count,sum:a,min:a,max:a,mean:a", 2),
-        (lambda r: r.choice([r.randrange(50), f"s{r.randrange(50)}"]), False, "count,max:a", 2),
-    ],
-)
-def test_column_wise_files_equal_the_row_dict_files(tmp_path, key, ints, metrics, shards):
-    """_write's Parquet files are byte-identical to the row-dict writer's for the same groups."""
-    groups = _groups(7, key, ints=ints)
-    columns, rows = _write_both(tmp_path, groups, metrics, shards)
-    assert len(rows) >= 4
-    assert columns == rows
-
-
-def test_column_wise_files_keep_non_finite_floats_and_huge_ints(tmp_path):
-    """NaN and infinite sums, and an int sum beyond 2**63, are written as the row writer does."""
-    nan, inf = float("nan"), float("inf")
-    groups = [
-        (0, "nan", 2, nan, nan, 1.0),
-        (0, "inf", 2, inf, -inf, 1.0),
-        (0, "big", 1, 2**70, 2**70, 2**70),
-        (60_000_000, "x", 3, 1.5, 0.5, 1.0),
-    ]
-    columns, rows = _write_both(tmp_path, groups, "count,sum:a,min:a,mean:a", 2)
-    assert len(rows) >= 2
-    assert columns == rows
-
-
 def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, monkeypatch):
     """Parsing a block as one piece or as many small pieces writes the same files, byte for byte."""
     events = list(generate(3_000, seed=13, malformed_frac=0.02))
@@ -598,41 +398,6 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
         written[name] = {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*.parquet")}
     assert len(written["whole"]) > 2
     assert written["pieces"] == written["whole"]
-
-
-def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
-    """An id seen in one block is a duplicate in the next within the horizon, not past it."""
-    state = ColumnarState(_dedup_options(out_of_order_micros=0))
-    assert state.deduplicate(_id_block(["a"], [1_000])).tolist() == [True]
-    rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
-    assert state.deduplicate(rows).tolist() == [False, True, True, False]
-    assert len(state._anchors) == 2
-
-
-@pytest.mark.parametrize(
-    ("anchor", "mover", "copy", "kept"),
-    [
-        # expiry (0 + 20 s) is exactly the watermark: the stream's timer has fired, forgotten
-        (0, 20_000_000, 20_000_000, True),
-        # anchor + horizon is 0.2 ms behind the watermark, but the timer (rounded up to the
-        # millisecond) has not fired yet: still held, the copy is a duplicate
-        (500, 20_000_700, 20_000_500, False),
-    ],
-)
-def test_batch_dedup_forgets_an_id_when_its_stream_timer_would_fire(anchor, mover, copy, kept):
-    """A carried id is forgotten at the watermark where rules.is_forgotten says, not before."""
-    state = ColumnarState(_dedup_options(out_of_order_micros=0))
-    assert state.deduplicate(_id_block(["a"], [anchor])).tolist() == [True]
-    assert state.deduplicate(_id_block(["b"], [mover])).tolist() == [True]  # moves the watermark
-    assert state.deduplicate(_id_block(["a"], [copy])).tolist() == [kept]
-
-
-def test_a_refused_piece_names_the_row_to_cut_at():
-    """pyarrow's refusal names the odd row (0-based), which is where the piece is cut."""
-    good = b'{"id":"a","t":1,"k":"x","amount":1.5}\n'
-    odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
-    assert _read_json(good * 5 + odd + good * 3) == 5
-    assert isinstance(_read_json(good * 3), pa.Table)
 
 
 # --- hostile values: sums beyond int64, keys of every JSON type, lone surrogates (issue 11) --

@@ -1,0 +1,133 @@
+"""The columnar run state: block dedup against the carried anchors, and what it forgets."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from headwater.columnar import idtable
+from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
+from headwater.io.formats import JsonFormat
+from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.process import to_window_fn
+from headwater.windowing import rules
+from headwater.windowing.eventtime import EventTimeExtractor
+
+
+def _dedup_options(*, out_of_order_micros: int):
+    """Options for dedup-only state tests: id ``id``, event time ``t`` in us, 20 s horizon."""
+    return ColumnarOptions(
+        file_format="json",
+        decode=JsonFormat(),
+        event_time=EventTimeExtractor(field="t", unit="us"),
+        dedup=DeduplicateById(id_field="id", horizon="20s"),
+        window_fn=to_window_fn("fixed:60s"),
+        key_field="k",
+        metrics=(),
+        max_record_bytes=None,
+        out_of_order_micros=out_of_order_micros,
+        emit_duplicates=False,
+    )
+
+
+def _id_block(ids, times):
+    """Accepted rows with only ids and event times (what the dedup reads)."""
+    import numpy as np
+
+    return AcceptedRows(
+        ts=np.array(times, dtype=np.int64),
+        ids=pa.array(ids, type=pa.string()),
+        keys=pa.array(["k"] * len(ids)),
+        values=np.zeros((len(ids), 0)),
+        int_values=[],
+        positions=np.arange(len(ids)),
+    )
+
+
+def _reference_dedup(blocks, horizon, out_of_order):
+    """Keep masks of the batch dedup rule, with a plain dict (what the numpy table replaces)."""
+    anchors, max_seen, masks = {}, None, []
+    for ids, times in blocks:
+        watermark = None if max_seen is None else max_seen - out_of_order
+        carried = {}
+        for ident in dict.fromkeys(ids):
+            anchor = anchors.get(ident)
+            if watermark is not None and anchor is not None:
+                anchor = None if rules.is_forgotten(anchor, horizon, watermark) else anchor
+            carried[ident] = anchor
+        running = dict(carried)
+        keep = []
+        for ident, t in zip(ids, times, strict=True):
+            anchor = running[ident]
+            keep.append(not rules.is_duplicate(t, anchor, horizon))
+            running[ident] = t if anchor is None else max(anchor, t)
+        anchors.update({k: v for k, v in running.items() if v is not None})
+        max_seen = max([*times, *([] if max_seen is None else [max_seen])])
+        masks.append(keep)
+    return masks
+
+
+def _random_blocks(seed, blocks=40):
+    import random
+
+    rng = random.Random(seed)
+    pool = [f"id-{i}" for i in range(3000)] + ["é", "日本語", "x" * 40, "a", "b" * 9]
+    out, clock = [], 0
+    for _ in range(blocks):
+        size = rng.randrange(1, 400)
+        ids = [rng.choice(pool[: rng.randrange(1, len(pool))]) for _ in range(size)]
+        times = [clock + rng.randrange(-50_000_000, 5_000_000) for _ in range(size)]
+        clock += rng.randrange(0, 30_000_000)
+        out.append((ids, [max(t, 0) for t in times]))
+    return out
+
+
+@pytest.mark.parametrize("slots", [1 << 16, 16])
+@pytest.mark.parametrize("weak_hash", [False, True])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_hash, slots):
+    """The numpy id table gives the dict's keep masks: shared hashes, growth, dropped ids."""
+    import numpy as np
+
+    monkeypatch.setattr(idtable, "_ID_SLOTS", slots)  # 16: the table grows and drops often
+
+    if weak_hash:  # every id of one length collides: the exact overflow path does the work
+        monkeypatch.setattr(
+            idtable,
+            "hash_ids",
+            lambda ids: pc.binary_length(ids).to_numpy().astype(np.uint64),
+        )
+    state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
+    blocks = _random_blocks(seed)
+    want = _reference_dedup(blocks, 20_000_000, 5_000_000)
+    for (ids, times), expected in zip(blocks, want, strict=True):
+        assert state.deduplicate(_id_block(ids, times)).tolist() == expected
+    assert 0 < len(state._anchors) <= 3005
+
+
+def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
+    """An id seen in one block is a duplicate in the next within the horizon, not past it."""
+    state = ColumnarState(_dedup_options(out_of_order_micros=0))
+    assert state.deduplicate(_id_block(["a"], [1_000])).tolist() == [True]
+    rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
+    assert state.deduplicate(rows).tolist() == [False, True, True, False]
+    assert len(state._anchors) == 2
+
+
+@pytest.mark.parametrize(
+    ("anchor", "mover", "copy", "kept"),
+    [
+        # expiry (0 + 20 s) is exactly the watermark: the stream's timer has fired, forgotten
+        (0, 20_000_000, 20_000_000, True),
+        # anchor + horizon is 0.2 ms behind the watermark, but the timer (rounded up to the
+        # millisecond) has not fired yet: still held, the copy is a duplicate
+        (500, 20_000_700, 20_000_500, False),
+    ],
+)
+def test_batch_dedup_forgets_an_id_when_its_stream_timer_would_fire(anchor, mover, copy, kept):
+    """A carried id is forgotten at the watermark where rules.is_forgotten says, not before."""
+    state = ColumnarState(_dedup_options(out_of_order_micros=0))
+    assert state.deduplicate(_id_block(["a"], [anchor])).tolist() == [True]
+    assert state.deduplicate(_id_block(["b"], [mover])).tolist() == [True]  # moves the watermark
+    assert state.deduplicate(_id_block(["a"], [copy])).tolist() == [kept]
