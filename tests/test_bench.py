@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from headwater import bench
+from headwater.bench_e2e import read_script_rows
+from headwater.testing import plain_script
+from headwater.testing.reference import windowed_metrics_reference
 from headwater.testing.workload import write_jsonl
 
 
@@ -14,7 +21,7 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
         [
             "--workdir", str(tmp_path), "--quick", "--events", "1500", "--beam-events", "500",
             "--replay-events", "300", "--beam-stream-events", "300", "--skip-kafka",
-            "--skip-memory", "--skip-record-path",
+            "--skip-memory", "--skip-record-path", "--skip-prism", "--window-events", "400",
         ]
     )  # fmt: skip
     results = json.loads((tmp_path / "bench.json").read_text())
@@ -39,7 +46,29 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
     assert (teststream["records_in"], teststream["runner"]) == (300, "BundleBasedDirectRunner")
     assert teststream["columnar_replay_equal"] is True
     assert "x_plain_beam_streaming" in replay
-    assert "events/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "events/s" in printed
+    assert "end to end" in printed
+    assert set(results["startup"]) >= {"help", "pipelines", "run_help"}
+    assert all(results["startup"][k] > 0 for k in ("help", "pipelines", "run_help"))
+    for fraction, malformed in (("0", 0), ("0.005", 1), ("0.01", 1)):
+        e2e = results[f"e2e_malformed_{fraction}"]
+        assert "error" not in e2e, e2e
+        assert e2e["equal_to_plain_script"] is True
+        assert e2e["headwater"]["records_in"] == 1500
+        assert e2e["headwater"]["identity_holds"] is True
+        assert (e2e["plain_script"]["dead_letter"] > 0) == bool(malformed)
+        assert e2e["x_plain_script"] > 0
+    assert results["e2e_malformed_0.005"]["plain_beam"]["events"] == 500
+    windows = results["e2e_windows"]
+    assert "error" not in windows, windows
+    assert {windows[k]["records_in"] for k in ("fixed", "session", "calendar")} == {400}
+    assert windows["session_x_fixed_time"] > 0
+    assert windows["calendar_x_fixed_time"] > 0
+    stages = batch["stages_s"]
+    assert stages["columnar_fn"] > 0
+    assert stages["parse_and_checks"] > 0
+    assert stages["columnar_fn"] >= stages["dedup"] + stages["aggregate"] + stages["write"]
 
 
 def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path):
@@ -51,3 +80,51 @@ def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path):
     assert 0 < result["max_ids_held"] <= 2_000
     assert result["duplicates"] > 0
     assert result["peak_rss_mb"] > 0
+
+
+def test_plain_script_is_standalone_and_matches_the_reference(tmp_path):
+    """The baseline script, run by path, gives the reference's counters and rows."""
+    events = tmp_path / "events.jsonl"
+    write_jsonl(events, 3_000, malformed_frac=0.02)
+    done = subprocess.run(
+        [sys.executable, "-I", plain_script.__file__, str(events), str(tmp_path / "out")],
+        capture_output=True,
+        check=True,
+    )
+    counts = json.loads(done.stdout)
+    want = windowed_metrics_reference(events.read_bytes().splitlines())
+    assert counts == {k: want[k] for k in counts}
+    assert counts["dead_letter"] > 0
+    rows = read_script_rows(tmp_path / "out" / "rows")
+    assert rows.keys() == want["rows"].keys()
+    assert bench.compare_rows(rows, want["rows"]) == []
+    letters = (tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()
+    assert len(letters) == counts["dead_letter"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_prism_streaming_bench_reads_the_backlog_and_measures_latency(tmp_path):
+    """On Apache Kafka and Prism: a drained backlog run adds up; latency windows are measured."""
+    results = bench.main(
+        [
+            "--workdir", str(tmp_path), "--quick", "--events", "2000", "--skip-end-to-end",
+            "--skip-kafka", "--skip-memory", "--skip-record-path", "--beam-events", "200",
+            "--replay-events", "100", "--beam-stream-events", "100", "--prism-events", "1500",
+            "--latency-rate", "200", "--latency-seconds", "3",
+        ]
+    )  # fmt: skip
+    throughput, latency = results["prism_throughput"], results["prism_latency"]
+    assert "error" not in throughput, throughput
+    assert (throughput["records_in"], throughput["identity_holds"]) == (1500, True)
+    assert throughput["dead_letter"] > 0
+    assert throughput["duplicate"] > 0
+    assert throughput["events_per_s"] > 0
+    assert throughput["window_files"] > 0
+    assert throughput["cpu_s"]["prism"] > 0
+    assert throughput["cpu_s"]["python_sdk_harness"] > 0
+    assert "error" not in latency, latency
+    assert latency["identity_holds"] is True
+    assert latency["records_in"] == latency["events"] == latency["output"]
+    assert latency["windows_measured"] > 0
+    assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]

@@ -139,12 +139,21 @@ def pyarrow_vectorized(path: Path) -> int:
     return grouped.num_rows
 
 
-class _ParseFn:
-    """Plain Beam: a line -> (event_id, (event_time_ms, user_id, amount))."""
+class _ParseFn(beam.DoFn):
+    """Plain Beam: a line -> (event_id, (event_time_ms, user_id, amount)), or a dead letter.
 
-    def __call__(self, line: bytes) -> tuple[str, tuple[int, str, float]]:
-        record = json.loads(line)
-        return record["event_id"], (record["event_time"], record["user_id"], record["amount"])
+    The checks are the plain script's (:mod:`headwater.testing.plain_script`), so all three
+    baselines reject the same lines.
+    """
+
+    def process(self, line: bytes) -> Iterator[Any]:
+        from headwater.testing.plain_script import check_line
+
+        reason, record, millis, amount = check_line(line)
+        if reason is not None:
+            yield beam.pvalue.TaggedOutput("dead", line)
+            return
+        yield record["event_id"], (millis, record["user_id"], amount)
 
 
 def _first_copy(item: tuple[str, Any]) -> Any:
@@ -169,19 +178,46 @@ def _count_and_sum(values: Any) -> tuple[int, float]:
     return count, total
 
 
-def plain_beam(path: Path) -> None:
-    """Plain Beam on the FnApiRunner: GroupByKey dedup + CombinePerKey per fixed window."""
+def plain_beam(path: Path, out: Path | None = None) -> None:
+    """Plain Beam on the FnApiRunner: GroupByKey dedup + CombinePerKey per fixed window.
+
+    With ``out``, the rows and the dead letters are written there as text files (what the
+    end-to-end run times); without, the rows are only counted (the in-process breakdown).
+    """
     with beam.Pipeline("FnApiRunner") as p:
-        _ = (
+        parsed = (
             p
             | beam.io.ReadFromText(str(path), coder=beam.coders.BytesCoder())
-            | beam.Map(_ParseFn())
+            | beam.ParDo(_ParseFn()).with_outputs("dead", main="records")
+        )
+        rows = (
+            parsed.records
             | "DedupGroup" >> beam.GroupByKey()
             | "First" >> beam.Map(_first_copy)
             | beam.Map(_stamp)
             | beam.WindowInto(FixedWindows(_WINDOW_S))
             | beam.CombinePerKey(_CountAndSumFn())
-            | beam.combiners.Count.Globally().without_defaults()
+        )
+        if out is None:
+            _ = rows | beam.combiners.Count.Globally().without_defaults()
+            return
+        _ = (
+            rows
+            | "WithWindow" >> beam.ParDo(_WithWindowFn())
+            | "WriteRows" >> beam.io.WriteToText(str(out / "rows"), file_name_suffix=".jsonl")
+        )
+        _ = parsed.dead | "WriteDead" >> beam.io.WriteToText(
+            str(out / "dead_letters"), file_name_suffix=".txt", coder=beam.coders.BytesCoder()
+        )
+
+
+class _WithWindowFn(beam.DoFn):
+    """Plain Beam: ((user, (count, sum)) in a window) -> a JSON row with the window's start."""
+
+    def process(self, item: Any, window: Any = beam.DoFn.WindowParam) -> Iterator[str]:
+        user, (count, total) = item
+        yield json.dumps(
+            {"window_start": float(window.start), "key": user, "count": count, "sum": total}
         )
 
 
@@ -214,10 +250,13 @@ def plain_beam_streaming(path: Path) -> None:
 
     options = PipelineOptions(streaming=True)
     with beam.Pipeline("BundleBasedDirectRunner", options=options) as p:
-        _ = (
+        parsed = (
             p
             | _timestamped_lines(path, every=1_000, delay_ms=5_000)
-            | beam.Map(_ParseFn())
+            | beam.ParDo(_ParseFn()).with_outputs("dead", main="records")
+        )
+        _ = (
+            parsed.records
             | DeduplicatePerKey(event_time_duration=_HORIZON_S)
             | beam.Map(lambda kv: (kv[1][1], kv[1][2]))
             | beam.WindowInto(FixedWindows(_WINDOW_S))
@@ -370,6 +409,82 @@ def headwater_replay(path: Path, out: Path, engine: str) -> dict[str, Any]:
     return {"runner": summary["runner"], **{k: summary[k] for k in _COUNTERS}}
 
 
+_STAGES = (
+    ("dedup", "ColumnarState", "deduplicate"),
+    ("aggregate", "ColumnarState", "aggregate"),
+    ("write", "WindowWriter", "_write_columns"),
+    ("write", "WindowWriter", "_write_rows"),
+    ("columnar_fn", "ComputeColumnarFn", "process"),
+)
+
+
+@contextlib.contextmanager
+def stage_timers() -> Iterator[dict[str, float]]:
+    """Seconds spent in the columnar path's steps while the block runs (this process only).
+
+    Wraps the columnar DoFn's ``process`` and its dedup, aggregation and write steps (a
+    generator is timed per ``next``, so time spent downstream of a yield is not counted; a step
+    called inside itself is counted once). ``parse_and_checks`` is what ``process`` spent
+    outside the other three: reading, parsing, checking, event times, dead letters.
+    """
+    import functools
+    import inspect
+
+    from headwater.columnar import batch, state, write
+
+    owners = {
+        "ColumnarState": state.ColumnarState,
+        "WindowWriter": write.WindowWriter,
+        "ComputeColumnarFn": batch.ComputeColumnarFn,
+    }
+    spent = dict.fromkeys(("columnar_fn", "dedup", "aggregate", "write"), 0.0)
+    active: set[str] = set()
+
+    def run(stage: str, call: Callable[[], Any]) -> Any:
+        active.add(stage)
+        began = time.perf_counter()
+        try:
+            return call()
+        finally:
+            spent[stage] += time.perf_counter() - began
+            active.discard(stage)
+
+    def timed_generator(stage: str, generator: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                value = run(stage, lambda: next(generator))
+            except StopIteration:
+                return
+            yield value
+
+    def wrap(stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if stage in active:
+                return method(*args, **kwargs)
+            result = run(stage, lambda: method(*args, **kwargs))
+            return timed_generator(stage, result) if inspect.isgenerator(result) else result
+
+        return wrapper
+
+    saved = []
+    for stage, owner_name, name in _STAGES:
+        owner = owners[owner_name]
+        method = getattr(owner, name, None)
+        if method is not None:
+            saved.append((owner, name, method))
+            setattr(owner, name, wrap(stage, method))
+    try:
+        yield spent
+    finally:
+        for owner, name, method in reversed(saved):
+            setattr(owner, name, method)
+        others = spent["dedup"] + spent["aggregate"] + spent["write"]
+        spent["parse_and_checks"] = max(spent["columnar_fn"] - others, 0.0)
+        for stage in spent:
+            spent[stage] = round(spent[stage], 3)
+
+
 # --------------------------------------------------------------------------------------------
 # Dedup memory (runs in a subprocess)
 
@@ -442,6 +557,116 @@ def _step(results: dict[str, Any], name: str, fn: Callable[[dict[str, Any]], Non
     results[name] = entry
 
 
+_MALFORMED = (0.0, 0.005, 0.01)
+
+
+def _e2e_rate(entry: dict[str, Any], events: int) -> None:
+    entry["events_per_s"] = round(events / entry["seconds"], 1) if entry["seconds"] else None
+
+
+def _end_to_end(
+    results: dict[str, Any], args: argparse.Namespace, workdir: Path, files: dict[float, Path]
+) -> None:
+    """The subprocess runs: start-up, headwater vs the plain script (and plain Beam), windows."""
+    from headwater import bench_e2e
+
+    e2e = workdir / "e2e"
+    e2e.mkdir(exist_ok=True)
+    _step(results, "startup", lambda entry: entry.update(bench_e2e.startup(e2e)))
+    for fraction, path in files.items():
+
+        def step(entry: dict[str, Any], fraction: float = fraction, path: Path = path) -> None:
+            tag = f"{fraction:g}"
+            script = bench_e2e.plain_script(path, e2e / f"script-{tag}")
+            headwater = bench_e2e.headwater_run(path, e2e / f"headwater-{tag}")
+            for run in (script, headwater):
+                _e2e_rate(run, args.events)
+            entry.update(malformed_frac=fraction, plain_script=script, headwater=headwater)
+            entry["x_plain_script"] = round(script["seconds"] / headwater["seconds"], 3)
+            problems = compare_rows(
+                read_rows(e2e / f"headwater-{tag}" / "rows"),
+                bench_e2e.read_script_rows(e2e / f"script-{tag}" / "output" / "rows"),
+            )
+            same = all(script[k] == headwater[k] for k in bench_e2e.COUNTERS)
+            entry["equal_to_plain_script"] = same and not problems
+            if problems:
+                entry["differences"] = problems
+            if fraction == _MALFORMED[1] and not args.skip_plain_beam_e2e:
+                events = min(args.beam_events, args.events)
+                prefix = _prefix(path, e2e / "beam-e2e-prefix.jsonl", events)
+                beam_run = bench_e2e.plain_beam(prefix, e2e / "plain-beam")
+                _e2e_rate(beam_run, events)
+                beam_run["events"] = events
+                entry["plain_beam"] = beam_run
+                entry["x_plain_beam_rate"] = round(
+                    headwater["events_per_s"] / beam_run["events_per_s"], 2
+                )
+
+        _step(results, f"e2e_malformed_{fraction:g}", step)
+
+    def windows(entry: dict[str, Any]) -> None:
+        events = min(args.window_events, args.events)
+        prefix = _prefix(files[_MALFORMED[1]], e2e / "windows-prefix.jsonl", events)
+        entry["events"] = events
+        for name, spec in _WINDOWS:
+            run = bench_e2e.headwater_run(prefix, e2e / f"window-{name}", window=spec)
+            _e2e_rate(run, events)
+            entry[name] = run
+        for name, _ in _WINDOWS[1:]:
+            entry[f"{name}_x_fixed_time"] = round(
+                entry[name]["seconds"] / entry["fixed"]["seconds"], 2
+            )
+
+    _step(results, "e2e_windows", windows)
+
+
+def _prism_streaming(
+    results: dict[str, Any], args: argparse.Namespace, workdir: Path, events: Path
+) -> None:
+    """Streaming on Prism against Apache Kafka: throughput, latency and a profile."""
+    from headwater import bench_prism
+    from headwater.testing.kafka_server import start_kafka
+
+    def lines(count: int) -> list[bytes]:
+        with events.open("rb") as handle:
+            return [line.rstrip(b"\n") for _, line in zip(range(count), handle, strict=False)]
+
+    prism = workdir / "prism"
+    shutil.rmtree(prism, ignore_errors=True)
+    with start_kafka() as broker:
+
+        def step_throughput(entry: dict[str, Any]) -> None:
+            backlog = lines(min(args.prism_events, args.events))
+            entry.update(bench_prism.throughput(broker, backlog, prism / "throughput", topic="t"))
+
+        def step_latency(entry: dict[str, Any]) -> None:
+            entry.update(
+                bench_prism.latency(
+                    broker,
+                    prism / "latency",
+                    topic="l",
+                    rate=args.latency_rate,
+                    seconds=args.latency_seconds,
+                )
+            )
+
+        def step_profile(entry: dict[str, Any]) -> None:
+            backlog = lines(min(args.profile_events, args.events))
+            entry.update(bench_prism.profile(broker, backlog, prism / "profile", topic="p"))
+
+        _step(results, "prism_throughput", step_throughput)
+        _step(results, "prism_latency", step_latency)
+        if args.profile_events:
+            _step(results, "prism_profile", step_profile)
+
+
+_WINDOWS = (
+    ("fixed", "fixed:60s"),
+    ("session", "session:5m"),
+    ("calendar", "calendar:day@Europe/Berlin"),
+)
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every measurement; returns the results dict written to ``bench.json``."""
     from headwater.testing.workload import write_jsonl
@@ -460,13 +685,25 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "record_events",
                 "replay_events",
                 "kafka_records",
+                "window_events",
+                "prism_events",
+                "latency_rate",
+                "latency_seconds",
+                "profile_events",
             )
         },
     }
     began = time.perf_counter()
     stats = write_jsonl(events_file, args.events)
     results["workload"] = {**stats.to_dict(), "seconds": round(time.perf_counter() - began, 1)}
+    files = {0.0: events_file}
+    for fraction in _MALFORMED[1:]:
+        files[fraction] = workdir / f"events-malformed-{fraction:g}.jsonl"
+        dirty = write_jsonl(files[fraction], args.events, malformed_frac=fraction)
+        results["workload"][f"malformed_{fraction:g}"] = dirty.malformed
     reference: dict[str, Any] = {}
+    if not args.skip_end_to_end:
+        _end_to_end(results, args, workdir, files)
 
     def step_plain_python(entry: dict[str, Any]) -> None:
         with _timed(entry, args.events):
@@ -488,8 +725,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         # user's): the figure must be the columnar path's.
         if not pipeline_uses_columnar(events_file, out):
             raise RuntimeError("windowed_metrics did not pick the columnar path for the bench run")
-        with _timed(entry, args.events):
+        with stage_timers() as stages, _timed(entry, args.events):
             entry.update(headwater_batch(events_file, out))
+        stages["beam_and_rest"] = round(max(entry["seconds"] - stages["columnar_fn"], 0.0), 3)
+        entry["stages_s"] = stages
         problems = compare_rows(read_rows(out / "rows"), reference.get("rows", {}))
         counters_equal = all(entry.get(k) == reference.get(k) for k in _COUNTERS)
         entry["equal_to_plain_python"] = not problems and counters_equal
@@ -556,6 +795,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         _step(results, "kafka", step_kafka)
     if not args.skip_memory:
         _step(results, "dedup_memory", step_memory)
+    if not args.skip_prism:
+        _prism_streaming(results, args, workdir, files[_MALFORMED[1]])
     _ratios(results)
     return results
 
@@ -624,9 +865,104 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
             f"{memory['large']['max_ids_held']:,})",
             file=out,
         )
+    _print_end_to_end(results, out)
+    _print_prism(results, out)
     for name, entry in results.items():
         if isinstance(entry, dict) and "error" in entry:
             print(f"{name}: FAILED {entry['error']}", file=out)
+
+
+def _print_end_to_end(results: dict[str, Any], out: Any) -> None:
+    runs = [
+        results[f"e2e_malformed_{f:g}"] for f in _MALFORMED if f"e2e_malformed_{f:g}" in results
+    ]
+    runs = [run for run in runs if "headwater" in run]
+    if runs:
+        events = runs[0]["headwater"]["records_in"]
+        print(f"\nend to end (subprocess, start to exit), {events:,} events:", file=out)
+        print(
+            f"  {'malformed':<10}{'plain script':>14}{'headwater':>12}{'engine':>10}"
+            f"{'x plain script':>16}{'same output':>13}",
+            file=out,
+        )
+        for run in runs:
+            print(
+                f"  {run['malformed_frac']:<10.1%}{run['plain_script']['seconds']:>12.2f} s"
+                f"{run['headwater']['seconds']:>10.2f} s{run['headwater']['engine'] or '':>10}"
+                f"{run['x_plain_script']:>15}x{run['equal_to_plain_script']!s:>13}",
+                file=out,
+            )
+        for run in runs:
+            if "plain_beam" in run:
+                beam_run = run["plain_beam"]
+                print(
+                    f"  plain Beam ({beam_run['events']:,}-event prefix, "
+                    f"{run['malformed_frac']:.1%} malformed): {beam_run['events_per_s']:,.0f} "
+                    f"events/s; headwater end to end: {run['x_plain_beam_rate']}x its rate",
+                    file=out,
+                )
+        in_pipeline = [f"{r['headwater']['outside_pipeline_s']:.2f}" for r in runs]
+        print(f"  headwater's time outside the pipeline (s): {', '.join(in_pipeline)}", file=out)
+    startup = results.get("startup", {})
+    if "help" in startup:
+        print(
+            f"start-up: headwater --help {startup['help']:.2f} s, pipelines "
+            f"{startup['pipelines']:.2f} s, run windowed_metrics --help "
+            f"{startup['run_help']:.2f} s",
+            file=out,
+        )
+    windows = results.get("e2e_windows", {})
+    if "fixed" in windows:
+        parts = [
+            f"{name} {windows[name]['seconds']:.2f} s ({windows[name]['engine']})"
+            + (f", {windows[f'{name}_x_fixed_time']}x fixed" if name != "fixed" else "")
+            for name, _ in _WINDOWS
+        ]
+        print(
+            f"windows end to end ({windows['events']:,}-event prefix): " + "; ".join(parts),
+            file=out,
+        )
+    stages = results.get("headwater_batch", {}).get("stages_s")
+    if stages:
+        print(
+            "in-process breakdown of headwater_batch (s): "
+            + ", ".join(
+                f"{name} {stages[name]}"
+                for name in ("parse_and_checks", "dedup", "aggregate", "write", "beam_and_rest")
+            ),
+            file=out,
+        )
+
+
+def _print_prism(results: dict[str, Any], out: Any) -> None:
+    throughput = results.get("prism_throughput", {})
+    if "events_per_s" in throughput:
+        print(
+            f"\nPrism streaming, {throughput['events']:,}-event Kafka backlog: "
+            f"{throughput['events_per_s']:,.0f} events/s (job start to last window file, "
+            f"{throughput['seconds']:.1f} s; first window file "
+            f"{throughput['first_window_file_s']} s, all read {throughput['all_read_s']} s); "
+            f"CPU s: {throughput['cpu_s']}",
+            file=out,
+        )
+    latency = results.get("prism_latency", {})
+    if latency.get("p50_s") is not None:
+        print(
+            f"Prism latency at {latency['rate_per_s']:,} events/s "
+            f"(achieved {latency['achieved_rate_per_s']:,.0f}): produce -> window file p50 "
+            f"{latency['p50_s']} s, p95 {latency['p95_s']} s, max {latency['max_s']} s over "
+            f"{latency['windows_measured']} windows of 1 s",
+            file=out,
+        )
+    profiled = results.get("prism_profile", {})
+    if "own_time_s_by_package" in profiled:
+        print(
+            f"Prism job profile ({profiled['events']:,} events, own CPU s by package): "
+            f"{profiled['own_time_s_by_package']}",
+            file=out,
+        )
+        for seconds, what in profiled["top_functions_own_s"][:8]:
+            print(f"  {seconds:>8.2f} s  {what}", file=out)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -645,7 +981,51 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--memory-events", type=int, default=1_000_000, help="dedup memory: N vs 5*N"
     )
+    parser.add_argument(
+        "--window-events",
+        type=int,
+        default=100_000,
+        help="prefix for the session/calendar vs fixed windows runs (1000000 for the whole file)",
+    )
+    parser.add_argument(
+        "--prism-events",
+        type=int,
+        default=20_000,
+        help="Kafka backlog read on Prism: a prefix (Prism ran 200-800 events/s here, so 1M "
+        "would take most of an hour; --prism-events 1000000 runs it)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=int,
+        default=200,
+        help="Prism latency run: events/s produced (below what the job sustains)",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=20.0,
+        help="Prism latency run: seconds of paced input after the first window file",
+    )
+    parser.add_argument(
+        "--profile-events",
+        type=int,
+        default=5_000,
+        help="Prism run under cProfile, CPU time per thread (0: none)",
+    )
+    parser.add_argument("--skip-prism", action="store_true", help="no streaming on Prism")
     parser.add_argument("--quick", action="store_true", help="a small run (seconds)")
+    parser.add_argument(
+        "--skip-end-to-end", action="store_true", help="no subprocess (CLI) measurements"
+    )
+    parser.add_argument(
+        "--skip-plain-beam-e2e", action="store_true", help="no plain Beam subprocess run"
+    )
+    parser.add_argument(
+        "--plain-beam",
+        default=None,
+        metavar="EVENTS",
+        help="internal: run plain Beam over EVENTS, writing to --workdir",
+    )
     parser.add_argument("--skip-kafka", action="store_true", help="no broker measurement")
     parser.add_argument("--skip-memory", action="store_true", help="no dedup memory runs")
     parser.add_argument("--skip-record-path", action="store_true", help="no record-path runs")
@@ -660,6 +1040,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = dedup_memory(args.dedup_memory)
         print(json.dumps(result))
         return result
+    if args.plain_beam is not None:
+        plain_beam(Path(args.plain_beam), Path(args.workdir))
+        return {}
     for name, value in (("events", args.events), ("beam_events", args.beam_events)):
         if value < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={value} must be at least 1")
@@ -671,6 +1054,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.beam_stream_events = min(args.beam_stream_events, 2_000)
         args.kafka_records = min(args.kafka_records, 20_000)
         args.memory_events = min(args.memory_events, 50_000)
+        args.window_events = min(args.window_events, 5_000)
+        args.prism_events = min(args.prism_events, 5_000)
+        args.latency_seconds = min(args.latency_seconds, 3.0)
+        args.latency_rate = min(args.latency_rate, 500)
+        args.profile_events = 0
     results = run_bench(args)
     path = Path(args.workdir) / "bench.json"
     path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
