@@ -97,6 +97,11 @@ def _payloads(letters: list[dict[str, Any]]) -> list[bytes]:
     return [base64.b64decode(letter["payload_b64"]) for letter in letters]
 
 
+def _group_flags(topic: str) -> tuple[str, str]:
+    """The flags that commit the read's offsets to the group ``g-<topic>``."""
+    return (f"--group_id=g-{topic}", "--commit_offsets")
+
+
 def _ids(lines: list[bytes]) -> list[str]:
     return sorted(json.loads(line)["event_id"] for line in lines)
 
@@ -148,7 +153,11 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
         produced.extend(lines)
 
     produce([*_wave(0, rng), b"not json {", b"[1, 2]"])  # one unreadable record per partition
-    job = start_stream_job("windowed_metrics", _argv(kafka_bootstrap, topic, out))
+    group = f"g-{topic}"
+    job = start_stream_job(
+        "windowed_metrics",
+        _argv(kafka_bootstrap, topic, out, f"--group_id={group}", "--commit_offsets"),
+    )
     for k in range(1, 5):  # event time up to 20 s: the watermark passes 10 s
         produce(_wave(k, rng))
     first = wait_until(
@@ -165,6 +174,11 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
     for k in range(8, 10):
         produce(_wave(k, rng))
     wait_until(lambda: _window_file(out / "metrics", 20), what="the third window's file", job=job)
+    wait_until(
+        lambda: _committed(kafka_bootstrap, topic, group) == len(produced),
+        what="every record read (a drain stops the read where it is)",
+        job=job,
+    )
     job.drain()
     summary = job.finish()
 
@@ -189,16 +203,15 @@ def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
     rng = random.Random(11)
     out = tmp_path / "out"
     produced: list[bytes] = []
-    job = start_stream_job(
-        "windowed_metrics", _argv(kafka_bootstrap, topic, out, "--idle_timeout=3s")
-    )
+    argv = _argv(kafka_bootstrap, topic, out, "--idle_timeout=3s", *_group_flags(topic))
+    job = start_stream_job("windowed_metrics", argv)
     for k in range(6):  # everything to partition 0; partition 1 never gets a record
         lines = _wave(k, rng)
         _produce(kafka_bootstrap, topic, lines, partitions=1)
         produced.extend(lines)
     wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
     assert job.running(), "the window must close while the job runs, not at the drain"
-    job.drain()
+    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(produced))
     summary = job.finish()
     expected = _expected(produced)
     _assert_identity(summary, expected)
@@ -251,6 +264,11 @@ def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
         "windowed_metrics", _argv(kafka_bootstrap, topic, again, *committed), "second"
     )
     wait_until(lambda: _window_file(again / "metrics", 20), what="a second window", job=second)
+    wait_until(
+        lambda: _committed(kafka_bootstrap, topic, group) == len(first_lines) + len(second_lines),
+        what="the second job's records read",
+        job=second,
+    )
     second.drain()
     second_summary = second.finish()
 
@@ -263,6 +281,17 @@ def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
     assert {**first_rows, **second_rows} == _expected(first_lines + second_lines)["rows"]
     assert {p: p.read_bytes() for p in first_files} == first_files
     assert _committed(kafka_bootstrap, topic, group) == len(first_lines) + len(second_lines)
+
+
+def _drain_once_read(job: Any, wait_until: Any, bootstrap: str, topic: str, count: int) -> None:
+    """Drains ``job`` once its group (``g-<topic>``) committed ``count`` records: a drain
+    stops the read where it is, so records not read yet would not be counted."""
+    wait_until(
+        lambda: _committed(bootstrap, topic, f"g-{topic}") == count,
+        what=f"all {count} records read",
+        job=job,
+    )
+    job.drain()
 
 
 def _consume_values(bootstrap: str, topic: str, partitions: int, expected: int) -> list[bytes]:
@@ -307,13 +336,14 @@ def test_kafka_to_kafka_streaming_writes_input_minus_duplicates_and_dead_letters
             "--key_field=user_id",
             f"--output_topic={target}",
             f"--dlq_topic={dlq}",
+            *_group_flags(source),
         ],
     )
     _produce(kafka_bootstrap, source, lines)
     expected = _expected(lines)
     written = _consume_values(kafka_bootstrap, target, 1, expected["output"])
     dead = _consume_values(kafka_bootstrap, dlq, 1, expected["dead_letter"])
-    job.drain()
+    _drain_once_read(job, wait_until, kafka_bootstrap, source, len(lines))
     summary = job.finish()
     _assert_identity(summary, expected)
     unique = {json.loads(line)["event_id"]: json.loads(line) for line in lines[:-2]}
@@ -460,11 +490,11 @@ def test_stream_etl_writes_each_on_time_record_once_into_its_window(
     out = tmp_path / "out"
     lines = [line for k in range(6) for line in _wave(k, rng)]
     argv = [a for a in _argv(kafka_bootstrap, topic, out) if not a.startswith(("--key", "--met"))]
-    job = start_stream_job("stream_etl", argv)
+    job = start_stream_job("stream_etl", [*argv, *_group_flags(topic)])
     _produce(kafka_bootstrap, topic, lines)
     wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
     assert job.running()
-    job.drain()
+    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(lines))
     summary = job.finish()
     expected = _expected(lines)
     _assert_identity(summary, expected)
@@ -474,3 +504,27 @@ def test_stream_etl_writes_each_on_time_record_once_into_its_window(
         for row in pq.read_table(path).to_pylist()
     ]
     assert sorted(written) == sorted({json.loads(line)["event_id"] for line in lines})
+
+
+def test_max_duration_drains_the_job_by_itself(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """--max_duration: the read stops at its deadline and every window is written, no Ctrl-C."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(23)
+    out = tmp_path / "out"
+    lines = [line for k in range(6) for line in _wave(k, rng)]
+    _produce(kafka_bootstrap, topic, lines)
+    job = start_stream_job(
+        "windowed_metrics", _argv(kafka_bootstrap, topic, out, "--max_duration=30s")
+    )
+    wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
+    summary = job.finish()
+    expected = _expected(lines)
+    assert summary["state"] == "DONE"
+    _assert_identity(summary, expected)
+    assert _rows(out / "metrics") == expected["rows"]
