@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from headwater import pipelines
+from headwater.pipelines.catalog import SPECS, spec
 from headwater.pipelines.checks import DATA_CHECK_EXIT, DataCheckError, OutputPathError
 from headwater.pipelines.options import check_argv
+from headwater.transforms.progress import DEFAULT_PROGRESS_PERIOD, set_progress_period
 
 __all__ = ["main"]
 
@@ -65,6 +67,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
     return value
 
 
@@ -111,28 +123,30 @@ def _key_of(line: bytes) -> bytes | None:
 
 
 def _cmd_pipelines(_: argparse.Namespace) -> int:
-    for name in pipelines.NAMES:
-        print(f"{name:<20} {pipelines.load(name).DESCRIPTION}")
+    for name, pipeline in SPECS.items():
+        print(f"{name:<20} {pipeline.description}")
     return 0
 
 
 def _pipeline_help(name: str) -> str:
-    module = pipelines.load(name)
+    """``headwater run NAME --help``, from the plain-data flag declarations (no Beam import)."""
+    pipeline = spec(name)
     parser = argparse.ArgumentParser(
         prog=f"headwater run {name}",
-        description=module.DESCRIPTION,
+        description=pipeline.description,
         epilog="Every Apache Beam pipeline option passes through as well, e.g. --runner, "
         "--project, --region, --temp_location, --streaming, --setup_file.",
     )
-    module.Options._add_argparse_args(parser)
+    pipeline.add_to(parser)
     return parser.format_help()
 
 
 def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
-    module = pipelines.load(args.pipeline)
+    spec(args.pipeline)  # ValueError naming an unknown pipeline
     if "-h" in rest or "--help" in rest:
         print(_pipeline_help(args.pipeline))
         return 0
+    module = pipelines.load(args.pipeline)
     check_argv(rest, module.Options, pipeline=args.pipeline)
     summary = module.run(rest)
     if "identity_holds" in summary and not summary["identity_holds"]:
@@ -210,6 +224,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="headwater", description="Event-time stream processing on Apache Beam."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines while a local run runs",
+    )
+    parser.add_argument(
+        "--progress",
+        type=_seconds,
+        default=DEFAULT_PROGRESS_PERIOD,
+        metavar="SECONDS",
+        help="seconds between the progress lines (records read, rate, elapsed) a local run "
+        f"prints to stderr (default {DEFAULT_PROGRESS_PERIOD:g})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("pipelines", help="list the ready-made pipelines")
@@ -321,6 +349,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     if args.command != "run" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    previous = set_progress_period(None if args.quiet else args.progress)
     try:
         if args.command == "run":
             return int(args.func(args, rest))
@@ -331,6 +360,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _fail(exc, 2, verbose=args.verbose)
     except Exception as exc:
         return _fail(exc, 1, verbose=args.verbose)
+    finally:
+        set_progress_period(previous)
 
 
 def _fail(exc: BaseException, code: int, *, verbose: bool) -> int:

@@ -560,3 +560,24 @@ def test_dev_broker_stops_its_broker_on_sigterm(tmp_path):
         return
     os.kill(broker_pid, signal.SIGKILL)
     pytest.fail(f"broker process {broker_pid} outlived the dev-broker command")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["pipelines"], ["run", "windowed_metrics", "--help"]],
+    ids=["help", "pipelines", "run-help"],
+)
+def test_help_and_listing_do_not_import_beam(tmp_path, args):
+    """--help, `pipelines` and `run X --help` answer without importing apache_beam at all."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "headwater", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "headwater.cli" in result.stderr  # -X importtime did report the imports
+    beam = [line for line in result.stderr.splitlines() if "apache_beam" in line]
+    assert not beam, beam[:5]

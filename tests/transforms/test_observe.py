@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from headwater.transforms.observe import RecordFreshness, ShowProgress
+from headwater.transforms.progress import ProgressLines, records_read
 
 
 def test_freshness_distribution_measures_now_minus_window_end():
@@ -30,16 +31,10 @@ def test_freshness_distribution_measures_now_minus_window_end():
     assert value.min > 50 * 365 * 86_400_000  # the window ended in 1970
 
 
-def test_progress_prints_every_n(capsys):
-    """ShowProgress prints one line per `every` elements, passing them through."""
-    with TestPipeline(runner="FnApiRunner") as p:
-        _ = p | beam.Create(range(25)) | ShowProgress(every=10, what="rows")
-    err = capsys.readouterr().err
-    assert err.count("rows (") == 2
-    assert "20 rows" in err
-
-
-def test_progress_every_must_be_positive():
-    """A bad `every` names the value."""
-    with pytest.raises(ValueError, match="every=0"):
-        ShowProgress(every=0)
+def test_progress_counts_what_passes_and_passes_it_through():
+    """ShowProgress adds every element to the process's progress count, and changes none."""
+    with ProgressLines(period=None):
+        with TestPipeline(runner="FnApiRunner") as p:
+            out = p | beam.Create(range(2500)) | ShowProgress()
+            assert_that(out, equal_to(list(range(2500))))
+        assert records_read() == 2500

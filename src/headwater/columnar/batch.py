@@ -18,6 +18,7 @@ from headwater.io.fileio import (
     match_files,
 )
 from headwater.transforms.accounting import NAMESPACE
+from headwater.transforms.progress import count_read
 
 
 class ComputeColumnarFn(BlockReader, WindowWriter):
@@ -49,6 +50,7 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
 
     def _flush(self, state: ColumnarState) -> Iterator[Any]:
         state.counts["dead_letter"] += len(state.dead)
+        count_read(state.counts["records_in"])  # a local run's progress lines, once a block
         for name, value in state.counts.items():
             if value:
                 self._counters[name].inc(value)

@@ -1,6 +1,8 @@
 """Ready-made pipelines: one module each, with ``Options``, ``build()`` and ``run()``.
 
-``REGISTRY`` maps a pipeline's name (as ``headwater run NAME`` takes it) to its module.
+``NAMES`` lists the pipelines (as ``headwater run NAME`` takes them), :func:`load` imports one's
+module; their names, descriptions and flags are plain data in :mod:`headwater.pipelines.catalog`
+(read without importing Apache Beam).
 """
 
 from __future__ import annotations
@@ -8,9 +10,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from headwater.pipelines.catalog import SPECS
+
 __all__ = ["NAMES", "load"]
 
-NAMES = ("windowed_metrics", "stream_etl", "kafka_to_kafka", "replay_dead_letters")
+NAMES = tuple(SPECS)
 
 
 def load(name: str) -> ModuleType:

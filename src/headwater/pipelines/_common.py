@@ -37,12 +37,12 @@ from headwater.io.fileio import (
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafkaconfig import mask_setting
 from headwater.io.kafkaio import ReadFromKafka, reset_drain
+from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
 from headwater.pipelines.options import (
     FILE_SOURCE_FLAGS,
     KAFKA_CONNECTION_FLAGS,
     KAFKA_SOURCE_FLAGS,
-    HeadwaterOptions,
     flag_values,
     given_flags,
 )
@@ -50,6 +50,7 @@ from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.transforms.accounting import Accounting, CountAs
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.observe import RecordFreshness, ShowProgress
+from headwater.transforms.progress import ProgressLines, progress_period
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
@@ -314,7 +315,7 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
         commit_after_sinks=bool(values.get("commit_offsets")) and bounded,
         group_id=values.get("group_id"),
     )
-    records = p | "ReadKafka" >> read
+    records = p | "ReadKafka" >> read | "Progress" >> ShowProgress()
     return Sourced(records, p | "NoReadDeadLetters" >> beam.Create([]), read)
 
 
@@ -542,12 +543,15 @@ def run_pipeline(
             keep=[str(values[k]) for k in ("input", "dead_letter_input") if values.get(k)],
         )
     reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
-    result = p.run()
-    if not waits:
-        job_id = getattr(result, "job_id", lambda: None)()
-        print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
-        return {"job_id": job_id}
-    state = runners.wait_for(result, runner, options)
+    # A run whose workers are this process shows progress lines while it runs (not with -q).
+    in_process = local or runner == runners.PRISM_RUNNER
+    with ProgressLines(period=progress_period() if in_process else None):
+        result = p.run()
+        if not waits:
+            job_id = getattr(result, "job_id", lambda: None)()
+            print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))
+            return {"job_id": job_id}
+        state = runners.wait_for(result, runner, options)
     if (runners.is_portable(runner) or runner == runners.PRISM_RUNNER) and state not in (
         "DONE",
         "CANCELLED",

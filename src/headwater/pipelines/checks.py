@@ -28,8 +28,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
 __all__ = [
     "DATA_CHECK_EXIT",
     "DataCheckError",
@@ -71,6 +69,8 @@ class DataCheckError(RuntimeError):
 
 
 def _is_local(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems  # Beam: only when a run checks paths
+
     return FileSystems.get_scheme(path) in (None, "file")
 
 
@@ -142,6 +142,8 @@ def _letters(folder: str | None) -> list[Any]:
 
     base = folder.rstrip("/")
     try:
+        from apache_beam.io.filesystems import FileSystems
+
         matched = FileSystems.match([f"{base}/*.jsonl", f"{base}/*.avro"])
     except Exception:  # nothing written there
         return []

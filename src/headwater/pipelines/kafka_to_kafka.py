@@ -24,30 +24,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.io.formats import AvroFormat, Format, JsonFormat
 from headwater.io.kafkaio import WriteToKafka
-from headwater.pipelines import _common
-from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.pipelines.windowed_metrics import SOURCE_FLAGS
+from headwater.pipelines import _common, catalog
+from headwater.pipelines.beam_options import HeadwaterOptions
+from headwater.pipelines.options import check_required, flag_values
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
 
-DESCRIPTION = "Deduplicate records and route them to an output topic; dead letters to a DLQ topic."
-
-_NOT_HERE = ("window", "trigger", "allowed_lateness")
+SPEC = catalog.spec("kafka_to_kafka")
+DESCRIPTION = SPEC.description
 
 
 class Options(HeadwaterOptions):
     """The flags of ``kafka_to_kafka`` (``headwater run kafka_to_kafka --help``)."""
 
-    FLAG_NAMES = (
-        *(f for f in SOURCE_FLAGS if f not in _NOT_HERE),
-        "key_field",
-        "output_topic",
-        "dlq_topic",
-        "max_out_of_orderness",
-        "summary_json",
-    )
-    REQUIRED = ("bootstrap_servers",)
+    FLAG_NAMES = SPEC.flag_names
+    REQUIRED = SPEC.required
 
 
 class Outputs(NamedTuple):

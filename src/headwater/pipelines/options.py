@@ -1,14 +1,17 @@
 """Pipeline flags, declared once: argparse, ``--help``, validation and template metadata.
 
-Every ready-made pipeline's ``Options`` class lists the :class:`Flag` names it uses; the
-declaration carries the help text, type, choices, default, the regex a Flex Template parameter
-must match, and whether the pipeline cannot run without it. ``Options._add_argparse_args``
-registers them with Beam's parser, :func:`check_required` enforces them before a graph is built,
-and :mod:`headwater.templates` turns the same declarations into ``metadata.json`` -- so the CLI
-and the template can never disagree.
+Every ready-made pipeline lists the :class:`Flag` names it uses
+(:mod:`headwater.pipelines.catalog`, from the groups declared here); the declaration carries the
+help text, type, choices, default, the regex a Flex Template parameter must match, and whether
+the pipeline cannot run without it. A pipeline's ``Options`` (a Beam ``PipelineOptions``,
+:mod:`headwater.pipelines.beam_options`) registers them with Beam's parser,
+:func:`check_required` enforces them before a graph is built, and :mod:`headwater.templates`
+turns the same declarations into ``metadata.json`` -- so the CLI and the template can never
+disagree.
 
-Flags are registered idempotently: several pipelines declare the same flag (``--window``,
-``--input`` ...) and Beam parses every ``PipelineOptions`` subclass with one parser.
+This module is plain data: it does not import Apache Beam (``headwater --help``, ``headwater
+pipelines`` and ``headwater run PIPELINE --help`` read it without paying Beam's import).
+``HeadwaterOptions`` is still importable from here; it is loaded on first use.
 """
 
 from __future__ import annotations
@@ -17,20 +20,26 @@ import argparse
 import dataclasses
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn
-
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from headwater.io.kafkaconfig import mask_setting
-from headwater.windowing.durations import parse_duration
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from headwater.pipelines.beam_options import HeadwaterOptions
 
 __all__ = [
+    "FILE_OUTPUT_FLAGS",
     "FILE_SOURCE_FLAGS",
     "FLAGS",
     "Flag",
     "HeadwaterOptions",
     "KAFKA_CONNECTION_FLAGS",
     "KAFKA_SOURCE_FLAGS",
+    "LOCAL_FLAGS",
+    "PIPELINE_SOURCE_FLAGS",
+    "RUN_FLAGS",
     "check_argv",
     "check_required",
     "flag_values",
@@ -42,6 +51,8 @@ _POSITIVE_INT_RE = r"^[1-9]\d*$"
 
 
 def _duration(text: str) -> str:
+    from headwater.windowing.durations import parse_duration  # imports Beam: only on a run
+
     parse_duration(text, name="duration")  # raises ValueError naming the bad text
     return text
 
@@ -479,42 +490,13 @@ FLAGS: dict[str, Flag] = {
 RUN_FLAGS = ("max_dead_letter_rate",)
 
 
-def _register_flags(cls: type[HeadwaterOptions], parser: argparse.ArgumentParser) -> None:
-    for name in cls.FLAG_NAMES:
-        FLAGS[name].add_to(parser)
+def __getattr__(name: str) -> Any:
+    """``HeadwaterOptions`` (a Beam class) is imported on first use, not with this module."""
+    if name == "HeadwaterOptions":
+        from headwater.pipelines.beam_options import HeadwaterOptions
 
-
-class HeadwaterOptions(PipelineOptions):
-    """Base of every pipeline's options: registers the flags named in ``FLAG_NAMES``.
-
-    Beam parses an options view with the ``_add_argparse_args`` found in each class's own
-    ``__dict__`` along the MRO, and collects "all options" from the direct subclasses of
-    ``PipelineOptions``: so this base registers every headwater flag (Beam then knows them all,
-    and passes them on to workers and templates), and each subclass gets its own registration of
-    just its flags.
-    """
-
-    FLAG_NAMES: tuple[str, ...] = tuple(FLAGS)
-    REQUIRED: tuple[str, ...] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Every pipeline takes the flags of every run.
-        cls.FLAG_NAMES = (*cls.FLAG_NAMES, *(f for f in RUN_FLAGS if f not in cls.FLAG_NAMES))
-        if "_add_argparse_args" not in cls.__dict__:
-            cls._add_argparse_args = classmethod(_register_flags)  # type: ignore[assignment]
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        _register_flags(cls, parser)
-
-    @classmethod
-    def flags(cls) -> list[Flag]:
-        """The flags of this pipeline, with ``required`` as this pipeline needs it."""
-        return [
-            dataclasses.replace(FLAGS[n], required=FLAGS[n].required or n in cls.REQUIRED)
-            for n in cls.FLAG_NAMES
-        ]
+        return HeadwaterOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def flag_values(options: PipelineOptions, cls: type[HeadwaterOptions]) -> dict[str, Any]:
@@ -558,6 +540,47 @@ KAFKA_SOURCE_FLAGS = (
 #: Kafka connection flags: for a Kafka source or a Kafka sink.
 KAFKA_CONNECTION_FLAGS = ("bootstrap_servers", "kafka_config")
 
+#: The flag groups the pipelines are made of (:mod:`headwater.pipelines.catalog`).
+#: Source, decoding, event time, dedup and windowing of a pipeline that reads files or Kafka.
+PIPELINE_SOURCE_FLAGS = (
+    "source",
+    "input",
+    "format",
+    "avro_schema",
+    "schema_registry_url",
+    "bootstrap_servers",
+    *KAFKA_SOURCE_FLAGS,
+    "kafka_config",
+    "max_record_bytes",
+    "event_time_field",
+    "event_time_unit",
+    "id_field",
+    "dedup_horizon",
+    "dedup_keep",
+    "dedup_time_domain",
+    "window",
+    "trigger",
+    "allowed_lateness",
+)
+#: Where a file-writing pipeline puts its outcomes.
+FILE_OUTPUT_FLAGS = (
+    "output",
+    "output_format",
+    "output_shards",
+    "dead_letter",
+    "dead_letter_format",
+    "late_output",
+    "overwrite",
+)
+#: Local-run conveniences of a file-writing pipeline.
+LOCAL_FLAGS = (
+    "replay_as_stream",
+    "replay_engine",
+    "max_out_of_orderness",
+    "summary_json",
+    "report",
+)
+
 
 def given_flags(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     """Those of ``names`` whose value in ``values`` is set and differs from the flag's default."""
@@ -573,13 +596,14 @@ def given_flags(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:
     return given
 
 
-class _StrictParser(_BeamArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
-        raise ValueError(message)
-
-
 def _beam_parser() -> argparse.ArgumentParser:
     """A parser that knows every flag any ``PipelineOptions`` class registers, as Beam's has."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    class _StrictParser(_BeamArgumentParser):
+        def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
+            raise ValueError(message)
+
     parser = _StrictParser(allow_abbrev=False)
     classes: dict[str, type[PipelineOptions]] = {}
     for cls in PipelineOptions.__subclasses__():  # Beam's own registry of option classes

@@ -28,35 +28,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.io.deadletterio import ReadDeadLetters
 from headwater.io.kafkaio import WriteToKafka
-from headwater.pipelines import _common, stream_etl, windowed_metrics
-from headwater.pipelines.options import (
-    FILE_SOURCE_FLAGS,
-    KAFKA_SOURCE_FLAGS,
-    HeadwaterOptions,
-    check_required,
-    flag_values,
-)
+from headwater.pipelines import _common, catalog, stream_etl, windowed_metrics
+from headwater.pipelines.beam_options import HeadwaterOptions
+from headwater.pipelines.options import check_required, flag_values
 from headwater.records import SourceRecord
 from headwater.transforms.accounting import CountAs
 
 __all__ = ["DESCRIPTION", "Options", "ReplayPayloads", "build", "run"]
 
-DESCRIPTION = "Replay dead letters' original payloads through a pipeline or onto a topic."
-
-_TARGET_FLAGS = tuple(
-    dict.fromkeys(
-        f
-        for f in (*windowed_metrics.Options.FLAG_NAMES, *stream_etl.Options.FLAG_NAMES)
-        # The replay reads dead-letter files: no flag of a source applies to it.
-        if f not in ("source", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
-    )
-)
+SPEC = catalog.spec("replay_dead_letters")
+DESCRIPTION = SPEC.description
 
 
 class Options(HeadwaterOptions):
     """The flags of ``replay_dead_letters``: its own, plus those of the target pipelines."""
 
-    FLAG_NAMES = ("dead_letter_input", "replay_stages", "target", *_TARGET_FLAGS, "output_topic")
+    FLAG_NAMES = SPEC.flag_names
+    REQUIRED = SPEC.required
 
 
 class _SelectFn(beam.DoFn):

@@ -24,24 +24,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from fastavro.validation import validate as avro_validate
 
-from headwater.pipelines import _common
-from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
-from headwater.pipelines.windowed_metrics import FILE_OUTPUT_FLAGS, LOCAL_FLAGS, SOURCE_FLAGS
+from headwater.pipelines import _common, catalog
+from headwater.pipelines.beam_options import HeadwaterOptions
+from headwater.pipelines.options import check_required, flag_values
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "AvroSchemaCheck", "Options", "Outputs", "build", "run"]
 
-DESCRIPTION = "Decode, validate, dedup and window records; write them as Parquet/Avro per window."
+SPEC = catalog.spec("stream_etl")
+DESCRIPTION = SPEC.description
 
 
 class Options(HeadwaterOptions):
     """The flags of ``stream_etl`` (``headwater run stream_etl --help``)."""
 
-    FLAG_NAMES = (
-        *SOURCE_FLAGS,
-        *FILE_OUTPUT_FLAGS,
-        *LOCAL_FLAGS,
-    )
+    FLAG_NAMES = SPEC.flag_names
+    REQUIRED = SPEC.required
 
 
 class Outputs(NamedTuple):

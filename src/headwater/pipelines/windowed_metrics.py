@@ -28,71 +28,24 @@ from headwater.columnar import (
     replay_unsupported_reason,
 )
 from headwater.io.deadletterio import WriteDeadLetters
-from headwater.pipelines import _common
-from headwater.pipelines.options import HeadwaterOptions, check_required, flag_values
+from headwater.pipelines import _common, catalog
+from headwater.pipelines.beam_options import HeadwaterOptions
+from headwater.pipelines.options import check_required, flag_values
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
 
 _LOG = logging.getLogger("headwater.pipelines.windowed_metrics")
 
-DESCRIPTION = "Per-key count/sum/min/max/mean per event-time window, deduplicated, late-aware."
-
-SOURCE_FLAGS = (
-    "source",
-    "input",
-    "format",
-    "avro_schema",
-    "schema_registry_url",
-    "bootstrap_servers",
-    "topic",
-    "start",
-    "stop_at_end",
-    "max_records",
-    "max_duration",
-    "idle_timeout",
-    "group_id",
-    "commit_offsets",
-    "kafka_config",
-    "max_record_bytes",
-    "event_time_field",
-    "event_time_unit",
-    "id_field",
-    "dedup_horizon",
-    "dedup_keep",
-    "dedup_time_domain",
-    "window",
-    "trigger",
-    "allowed_lateness",
-)
-FILE_OUTPUT_FLAGS = (
-    "output",
-    "output_format",
-    "output_shards",
-    "dead_letter",
-    "dead_letter_format",
-    "late_output",
-    "overwrite",
-)
-LOCAL_FLAGS = (
-    "replay_as_stream",
-    "replay_engine",
-    "max_out_of_orderness",
-    "summary_json",
-    "report",
-)
+SPEC = catalog.spec("windowed_metrics")
+DESCRIPTION = SPEC.description
 
 
 class Options(HeadwaterOptions):
     """The flags of ``windowed_metrics`` (``headwater run windowed_metrics --help``)."""
 
-    FLAG_NAMES = (
-        *SOURCE_FLAGS,
-        "key_field",
-        "metrics",
-        *FILE_OUTPUT_FLAGS,
-        *LOCAL_FLAGS,
-    )
+    FLAG_NAMES = SPEC.flag_names
+    REQUIRED = SPEC.required
 
 
 class Outputs(NamedTuple):

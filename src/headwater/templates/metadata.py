@@ -3,7 +3,8 @@
 Input: a pipeline name (``headwater.pipelines.NAMES``). Output: the ``metadata.json`` dict that
 ``gcloud dataflow flex-template build --metadata-file`` takes, and the local check of launch
 parameters against that same dict. Nothing here is written by hand: every parameter comes from
-the pipeline's ``Options.flags()`` (:mod:`headwater.pipelines.options`), so the template and
+the pipeline's declared flags (:mod:`headwater.pipelines.catalog`, the same ones its ``Options``
+registers with Beam), so the template and
 ``headwater run PIPELINE --help`` cannot disagree.
 
 Mapping of one :class:`~headwater.pipelines.options.Flag` to one template parameter:
@@ -39,8 +40,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from headwater import pipelines
 from headwater.io.kafkaconfig import mask_setting
+from headwater.pipelines import catalog
 from headwater.pipelines.options import FLAGS, Flag
 
 __all__ = [
@@ -68,8 +69,7 @@ _REPEATED_RE = r"^\[.*\]$"
 
 def template_flags(name: str) -> list[Flag]:
     """The flags of pipeline ``name`` that a template carries (local-only flags left out)."""
-    options = pipelines.load(name).Options
-    return [flag for flag in options.flags() if flag.name not in LOCAL_ONLY]
+    return [flag for flag in catalog.spec(name).flags() if flag.name not in LOCAL_ONLY]
 
 
 def is_streaming_template(name: str) -> bool:
@@ -138,10 +138,9 @@ def _parameter(flag: Flag) -> dict[str, Any]:
 
 def metadata_for(name: str) -> dict[str, Any]:
     """The Flex Template ``metadata.json`` of pipeline ``name`` (``ValueError`` if unknown)."""
-    module = pipelines.load(name)
     meta: dict[str, Any] = {
         "name": f"headwater {name}",
-        "description": module.DESCRIPTION,
+        "description": catalog.spec(name).description,
     }
     if is_streaming_template(name):
         meta["streaming"] = True

@@ -5,8 +5,11 @@
 an emitted window for windowed outputs, the element timestamp otherwise), and the gauge
 ``headwater/throughput_per_s`` (elements per second of the last bundle through the step).
 
-:class:`ShowProgress` -- for local runs: every ``every`` records it prints one line to stderr
-with the count and the rate, so a long run is visibly alive. Nothing is logged per element.
+:class:`ShowProgress` and :class:`ProgressLines` (:mod:`headwater.transforms.progress`) -- for
+local runs: a source's records are counted in this process (:func:`count_read`: the record path
+through ``ShowProgress``, the columnar engines per block) and a thread prints one line to stderr
+every few seconds with the count, the rate and the time elapsed, so a long run is visibly alive
+on any engine. Nothing is printed or logged per element; ``headwater -q`` turns the lines off.
 
 Rates (duplicate, dead-letter, late) are the accounting counters divided by ``records_in``; the
 run summary prints them and Dataflow shows the counters side by side.
@@ -14,7 +17,6 @@ run summary prints them and Dataflow shows the counters side by side.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -22,7 +24,23 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 
-__all__ = ["RecordFreshness", "ShowProgress"]
+from headwater.transforms.progress import (
+    ProgressLines,
+    count_read,
+    progress_period,
+    records_read,
+    set_progress_period,
+)
+
+__all__ = [
+    "ProgressLines",
+    "RecordFreshness",
+    "ShowProgress",
+    "count_read",
+    "progress_period",
+    "records_read",
+    "set_progress_period",
+]
 
 
 class _FreshnessFn(beam.DoFn):
@@ -63,38 +81,28 @@ class RecordFreshness(beam.PTransform):
 
 
 class _ProgressFn(beam.DoFn):
-    _seen = 0  # per process: local runners run every bundle in this process
-    _started = 0.0
+    """Adds the elements it passes to the process-wide count (in batches, not per element)."""
 
-    def __init__(self, every: int, what: str):
-        self._every = every
-        self._what = what
+    _BATCH = 1024
+
+    def start_bundle(self) -> None:
+        self._pending = 0
 
     def process(self, element: Any):
-        cls = type(self)
-        if cls._seen == 0:
-            cls._started = time.monotonic()
-        cls._seen += 1
-        if cls._seen % self._every == 0:
-            elapsed = max(time.monotonic() - cls._started, 1e-9)
-            print(
-                f"  ... {cls._seen:,} {self._what} ({cls._seen / elapsed:,.0f}/s)",
-                file=sys.stderr,
-                flush=True,
-            )
+        self._pending += 1
+        if self._pending >= self._BATCH:
+            count_read(self._pending)
+            self._pending = 0
         yield element
+
+    def finish_bundle(self) -> None:
+        if self._pending:
+            count_read(self._pending)
+            self._pending = 0
 
 
 class ShowProgress(beam.PTransform):
-    """Prints a progress line to stderr every ``every`` elements (local runs)."""
-
-    def __init__(self, *, every: int = 100_000, what: str = "records read"):
-        super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every={every!r} must be a positive integer")
-        self._every = every
-        self._what = what
+    """Passes elements through, counting them as records read for :class:`ProgressLines`."""
 
     def expand(self, pcoll):
-        _ProgressFn._seen = 0
-        return pcoll | beam.ParDo(_ProgressFn(self._every, self._what))
+        return pcoll | beam.ParDo(_ProgressFn())
