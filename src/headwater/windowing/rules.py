@@ -160,6 +160,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _ONE_DAY = dt.timedelta(days=1)
 _DAY_MICROS = 86_400_000_000
 CALENDAR_UNITS = ("day", "week", "month")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKDAYS_INDEX = {day: i for i, day in enumerate(WEEKDAYS)}
 
 
 def _micros_of(instant: dt.datetime) -> int:
@@ -319,7 +321,7 @@ def assigner(window: Any) -> WindowAssigner:
         )
     if kind == "CalendarWindows":
         return WindowAssigner(
-            "calendar", unit=fn.unit, zone=fn.timezone, week_start=fn._week_start_index
+            "calendar", unit=fn.unit, zone=fn.timezone, week_start=WEEKDAYS_INDEX[fn.week_start]
         )
     raise ValueError(
         f"window {window!r} has no per-instant assignment rule; expected fixed, sliding or "

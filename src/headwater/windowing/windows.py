@@ -66,7 +66,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.windowing.durations import format_duration, parse_duration, to_beam_duration
-from headwater.windowing.rules import CALENDAR_UNITS, calendar_window
+from headwater.windowing.rules import CALENDAR_UNITS, WEEKDAYS, calendar_window
 
 __all__ = [
     "CALENDAR_UNITS",
@@ -80,7 +80,6 @@ __all__ = [
     "parse_window_spec",
 ]
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 def _zone_key(timezone: object) -> str:
