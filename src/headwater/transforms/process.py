@@ -177,16 +177,12 @@ class ProcessEvents(beam.PTransform):
         raw = pcoll | "CountRecordsIn" >> CountAs("records_in")
         parsed = raw | "Parse" >> self._parse
         records = parsed.main
-        # Dead letters are counted before they are flattened: on Prism a counter right after a
-        # Flatten lost increments (7 of 69 in one run), the files holding every one.
-        dead_letters = [parsed.dead_letter | "CountDeadLetters" >> CountAs("dead_letter")]
+        dead_letters = [parsed.dead_letter]
         if self._dedup is not None:
             deduped = records | "Deduplicate" >> self._dedup
             records = deduped.main
             duplicates = deduped.duplicate
-            dead_letters.append(
-                deduped.dead_letter | "CountDedupDeadLetters" >> CountAs("dead_letter")
-            )
+            dead_letters.append(deduped.dead_letter)
         else:
             duplicates = raw.pipeline | "NoDuplicates" >> beam.Create([])
         if self._window_fn is None:
@@ -208,7 +204,7 @@ class ProcessEvents(beam.PTransform):
             main=main | "CountOutput" >> CountAs("output"),
             late=late | "CountLate" >> CountAs("late"),
             duplicate=duplicates | "CountDuplicates" >> CountAs("duplicate"),
-            dead_letter=dead,
+            dead_letter=dead | "CountDeadLetters" >> CountAs("dead_letter"),
         )
 
 
