@@ -31,7 +31,7 @@ from typing import Any
 from headwater.io.kafkaio import request_drain
 from headwater.pipelines import windowed_metrics
 from headwater.testing.broker import start_broker
-from headwater.testing.produce import produce_lines
+from headwater.testing.produce import committed_total, produce_lines
 from headwater.testing.workload import WorkloadStats, generate
 
 __all__ = ["run_demo"]
@@ -46,18 +46,6 @@ _WAVE_PAUSE_S = 2.0
 
 def _key_of(record: dict[str, Any] | None) -> bytes | None:
     return str(record["user_id"]).encode() if record and "user_id" in record else None
-
-
-def _committed(bootstrap: str) -> int:
-    """The sum of the demo group's committed offsets on the topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP})
-    try:
-        tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
-    finally:
-        consumer.close()
 
 
 def _window_files(folder: Path) -> int:
@@ -89,7 +77,10 @@ class _Producer(threading.Thread):
                     flush=True,
                 )
             deadline = time.monotonic() + 120
-            while _committed(self._servers) < total and time.monotonic() < deadline:
+            while (
+                committed_total(self._servers, TOPIC, GROUP, partitions=PARTITIONS) < total
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.5)
             print(
                 f"  all {total} events read; draining the job (the last windows close)",

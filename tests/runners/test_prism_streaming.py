@@ -20,8 +20,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from headwater.testing.produce import committed_total
 from headwater.testing.reference import windowed_metrics_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -219,15 +220,7 @@ def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
 
 
 def _committed(bootstrap: str, topic: str, group: str) -> int:
-    """The sum of the group's committed offsets over the topic's partitions."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
-    except KafkaException:  # the group's coordinator is still loading: nothing known yet
-        return -1
-    finally:
-        consumer.close()
-    return sum(max(tp.offset, 0) for tp in tps)
+    return committed_total(bootstrap, topic, group, partitions=PARTITIONS)
 
 
 def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(

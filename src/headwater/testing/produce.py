@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from headwater.io.kafkaconfig import KafkaConnection, KafkaDeliveryError
 
-__all__ = ["ensure_topic", "partition_of", "produce_lines"]
+__all__ = ["committed_total", "ensure_topic", "partition_of", "produce_lines"]
 
 
 def ensure_topic(
@@ -106,3 +106,23 @@ def produce_lines(
             f"{connection.scrub(failures[0]) if failures else 'not acknowledged in time'}"
         )
     return counts
+
+
+def committed_total(
+    bootstrap_servers: str, topic: str, group: str, *, partitions: int, timeout: float = 10.0
+) -> int:
+    """The sum of ``group``'s committed offsets over ``topic``'s partitions (what it has read).
+
+    ``-1`` while the group's coordinator is not ready to answer (Kafka loads it lazily), so
+    callers polling for a count simply keep polling.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=timeout))
+    except KafkaException:
+        return -1
+    finally:
+        consumer.close()
