@@ -92,14 +92,9 @@ class _CpuSampler:
 
 
 def _committed(bootstrap: str, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
+    from headwater.testing.produce import committed_total
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": _GROUP})
-    try:
-        tps = [TopicPartition(topic, p) for p in range(_PARTITIONS)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
-    finally:
-        consumer.close()
+    return committed_total(bootstrap, topic, _GROUP, partitions=_PARTITIONS)
 
 
 def _window_files(folder: Path) -> dict[str, float]:
