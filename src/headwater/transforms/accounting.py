@@ -46,11 +46,11 @@ class _CountFn(beam.DoFn):
         self._counter = Metrics.counter(NAMESPACE, counter)
 
     def start_bundle(self):
-        # Reported from every bundle, even one that counts nothing: Prism (2.77) keeps the
-        # counts of a metric it does not know yet in one slot per bundle-less short id, so
-        # two bundles that were the first to count it at once lost one's counts (a few
-        # dead letters short in about one run in three). Registered before records flow,
-        # the metric is known by the time they do.
+        # Reported from every bundle, even one that counts nothing: Prism (2.77) parks the
+        # payload of a metric it does not know yet in one slot per short id until it has
+        # asked the SDK what the id means, so of two bundles first counting it at once, one's
+        # counts were lost (a few dead letters short in about one run in three). Reported
+        # before any record flows, the metric is known by the time records do.
         self._counter.inc(0)
 
     def process(self, element):
