@@ -138,7 +138,7 @@ def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -
     )
     if not here:
         return _state_name(result.wait_until_finish())
-    from headwater.io.kafkaio import request_drain
+    from headwater.io.kafkaio import request_drain, reset_drain
 
     interrupts = 0
 
@@ -162,6 +162,7 @@ def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        reset_drain()  # the drain ended this run; later reads in this process run on
     return _state_name(state)
 
 
@@ -235,7 +236,8 @@ def _raw_flag(options: PipelineOptions, name: str) -> Any:
 
 def unbounded_source(options: PipelineOptions) -> bool:
     """Whether the pipeline's flags read Kafka with no end (no --stop_at_end/--max_records)."""
-    from headwater.pipelines.options import FLAGS  # registers the flags with Beam's parser
+    from headwater.pipelines.beam_options import HeadwaterOptions  # noqa: F401 (registers flags)
+    from headwater.pipelines.options import FLAGS
 
     if _raw_flag(options, "source") != "kafka":
         return False

@@ -83,7 +83,7 @@ def test_mask_setting_shows_plain_settings():
 
 def test_malformed_kafka_config_flag_does_not_echo_the_value():
     """--kafka_config=sasl.password:VALUE (a typo for =) is refused without the value."""
-    from headwater.pipelines._common import kafka_config
+    from headwater.pipelines.config import kafka_config
 
     with pytest.raises(ValueError, match=r"sasl\.password") as caught:
         kafka_config({"kafka_config": ["sasl.password:pw-typo-1234"]})

@@ -6,8 +6,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from headwater.pipelines import _common, replay_dead_letters, stream_etl, windowed_metrics
+from headwater.pipelines import replay_dead_letters, stream_etl, windowed_metrics
+from headwater.pipelines.config import validate_source
 from headwater.pipelines.options import FLAGS, check_argv
+from headwater.pipelines.sources import read_source
 
 KAFKA = {
     "source": "kafka",
@@ -21,7 +23,7 @@ KAFKA = {
 
 def _kafka_read(*flags: str, **values):
     p = beam.Pipeline("FnApiRunner", options=PipelineOptions(list(flags)))
-    return _common.read_source(p, {**KAFKA, **values}).kafka
+    return read_source(p, {**KAFKA, **values}).kafka
 
 
 def test_batch_kafka_read_leaves_event_time_to_the_parse_step():
@@ -105,13 +107,13 @@ def test_beam_pipeline_options_pass_through():
 def test_flags_of_the_other_source_are_refused(values, flag):
     """A flag of the other kind of source is an error naming it, not silently unused."""
     with pytest.raises(ValueError, match=f"^{flag} does not apply to --source="):
-        _common.validate_source(values, injected=False)
+        validate_source(values, injected=False)
 
 
 def test_kafka_connection_flags_are_kept_for_a_kafka_sink():
     """--bootstrap_servers with files is fine when the pipeline writes to Kafka."""
     values = {"source": "files", "input": "a", "bootstrap_servers": "h:1"}
-    _common.validate_source(values, injected=False, kafka_sink=True)
+    validate_source(values, injected=False, kafka_sink=True)
 
 
 def test_replay_does_not_offer_source_flags():

@@ -35,7 +35,7 @@ RUNNERS = ("FlinkRunner", "PortableRunner")
 
 
 def _submit(module, argv: list[str]) -> tuple[str, beam.runners.runner.PipelineResult]:
-    """Submits like ``_common.run_pipeline`` does and waits; returns (runner, result)."""
+    """Submits like ``running.run_pipeline`` does and waits; returns (runner, result)."""
     options = PipelineOptions(argv)
     runner = runners.prepare(options, streaming=False)
     p = beam.Pipeline(options=options)

@@ -28,6 +28,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from headwater.pipelines.options import value
+
 __all__ = [
     "DATA_CHECK_EXIT",
     "DataCheckError",
@@ -193,7 +195,7 @@ def _iso(seconds: float) -> str:
 
 def _unit_hint(records: Sequence[Mapping[str, Any]], values: Mapping[str, Any]) -> str | None:
     """``--event_time_unit`` against what the sampled event times look like."""
-    field, unit = values.get("event_time_field"), values.get("event_time_unit") or "ms"
+    field, unit = values.get("event_time_field"), value(values, "event_time_unit")
     if not field:
         return None
     times = [_field(r, field) for r in records]

@@ -24,9 +24,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.io.formats import AvroFormat, Format, JsonFormat
 from headwater.io.kafkaio import WriteToKafka
-from headwater.pipelines import _common, catalog
+from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.options import check_required, flag_values
+from headwater.pipelines.config import RunConfig, validate_source
+from headwater.pipelines.options import check_required
+from headwater.pipelines.running import run_pipeline
+from headwater.pipelines.sources import all_dead_letters, open_source
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -78,7 +81,7 @@ def output_format(values: Mapping[str, Any]) -> Format:
     return JsonFormat()
 
 
-def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
+def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None) -> None:
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(
         values,
@@ -88,7 +91,7 @@ def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) ->
             "bootstrap_servers": lambda _: sink is not None and source is not None,
         },
     )
-    _common.validate_source(values, injected=source is not None, kafka_sink=True)
+    validate_source(values, injected=source is not None, kafka_sink=True)
 
 
 def build(
@@ -97,28 +100,34 @@ def build(
     *,
     source: beam.PTransform | None = None,
     sink: beam.PTransform | None = None,
+    config: RunConfig | None = None,
 ) -> Outputs:
-    """Wires the pipeline into ``p``; ``source``/``sink`` replace the Kafka IO in tests."""
-    values = flag_values(options, Options)
-    validate(values, source=source, sink=sink)
+    """Wires the pipeline into ``p``; ``source``/``sink`` replace the Kafka IO in tests.
+
+    ``config``: the flags as :func:`run` checked them (else read from ``options`` here).
+    """
+    config = RunConfig.given_or_read(
+        config, options, Options, lambda c: validate(c, source=source, sink=sink)
+    )
+    values = config
     process = ProcessEvents(
-        decode=_common.decoder(values),
-        event_time=_common.event_time_extractor(values),
-        dedup=_common.dedup_transform(values),
+        decode=config.decoder,
+        event_time=config.event_time,
+        dedup=config.dedup,
         window=None,
         allowed_lateness=0,
         max_record_bytes=values.get("max_record_bytes"),
     )
-    sourced = _common.open_source(p, values, source)
+    sourced = open_source(p, config, source)
     result = sourced.records | "ProcessEvents" >> process
-    dead = _common.all_dead_letters(sourced, result.dead_letter)
+    dead = all_dead_letters(sourced, result.dead_letter)
     if sink is not None:
         written = result.main | "Sink" >> sink
     else:
         written = result.main | "WriteOutputTopic" >> WriteToKafka(
             bootstrap_servers=values["bootstrap_servers"],
             topic=values["output_topic"],
-            config=_common.kafka_config(values),
+            config=config.kafka_config,
             key_fn=_KeyOf(values.get("key_field")),
             format=output_format(values),
         )
@@ -130,7 +139,7 @@ def build(
             >> WriteToKafka(
                 bootstrap_servers=values["bootstrap_servers"],
                 topic=values["dlq_topic"],
-                config=_common.kafka_config(values),
+                config=config.kafka_config,
                 key_fn=_dead_letter_key,
                 value_fn=_dead_letter_value,
             )
@@ -142,13 +151,13 @@ def build(
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
     options = PipelineOptions(argv)
-    values = flag_values(options, Options)
-    validate(values)
-    return _common.run_pipeline(
+    config = RunConfig.from_options(options, Options)
+    validate(config)
+    return run_pipeline(
         name="kafka_to_kafka",
         options=options,
-        values=values,
-        build=lambda p, o: build(p, o),
+        values=config,
+        build=lambda p, o: build(p, o, config=config),
         outputs={},
         streaming=False,
     )

@@ -7,7 +7,8 @@ the pipeline cannot run without it. A pipeline's ``Options`` (a Beam ``PipelineO
 :mod:`headwater.pipelines.beam_options`) registers them with Beam's parser,
 :func:`check_required` enforces them before a graph is built, and :mod:`headwater.templates`
 turns the same declarations into ``metadata.json`` -- so the CLI and the template can never
-disagree.
+disagree. A flag's default is written once, here; code that may lack a flag's value reads it
+with :func:`value`.
 
 This module is plain data: it does not import Apache Beam (``headwater --help``, ``headwater
 pipelines`` and ``headwater run PIPELINE --help`` read it without paying Beam's import).
@@ -44,6 +45,7 @@ __all__ = [
     "check_required",
     "flag_values",
     "given_flags",
+    "value",
 ]
 
 _DURATION_RE = r"^\d+(\.\d+)?(us|ms|s|m|h|d)$"
@@ -580,6 +582,14 @@ LOCAL_FLAGS = (
     "summary_json",
     "report",
 )
+
+
+def value(values: Mapping[str, Any], name: str) -> Any:
+    """The typed value of flag ``name`` in ``values``: as given, else its declared default."""
+    given = values.get(name)
+    if given is not None:
+        return given
+    return FLAGS[name].convert(FLAGS[name].default)
 
 
 def given_flags(values: Mapping[str, Any], names: Iterable[str]) -> list[str]:

@@ -19,7 +19,7 @@ replayed (deterministic file names would otherwise overwrite the input).
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -28,9 +28,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.io.deadletterio import ReadDeadLetters
 from headwater.io.kafkaio import WriteToKafka
-from headwater.pipelines import _common, catalog, stream_etl, windowed_metrics
+from headwater.pipelines import catalog, stream_etl, windowed_metrics
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.options import check_required, flag_values
+from headwater.pipelines.config import RunConfig
+from headwater.pipelines.options import check_required
+from headwater.pipelines.running import run_pipeline
+from headwater.pipelines.sinks import file_outputs
 from headwater.records import SourceRecord
 from headwater.transforms.accounting import CountAs
 
@@ -77,11 +80,11 @@ class ReplayPayloads(beam.PTransform):
         )
 
 
-def _stages(values: dict[str, Any]) -> list[str]:
+def _stages(values: Mapping[str, Any]) -> list[str]:
     return (values.get("replay_stages") or "").split(",")
 
 
-def validate(values: dict[str, Any]) -> None:
+def validate(values: Mapping[str, Any]) -> None:
     """Checks the replay's own flags and its target's; ``ValueError`` names the flag."""
     check_required(values, [f for f in Options.flags() if f.name == "dead_letter_input"])
     if values["target"] == "topic":
@@ -98,10 +101,13 @@ def validate(values: dict[str, Any]) -> None:
         )
 
 
-def build(p: beam.Pipeline, options: PipelineOptions) -> Any:
-    """Wires the replay into ``p``: the target pipeline with the dead letters as its source."""
-    values = flag_values(options, Options)
-    validate(values)
+def build(p: beam.Pipeline, options: PipelineOptions, *, config: RunConfig | None = None) -> Any:
+    """Wires the replay into ``p``: the target pipeline with the dead letters as its source.
+
+    ``config``: the flags as :func:`run` checked them (else read from ``options`` here).
+    """
+    config = RunConfig.given_or_read(config, options, Options, validate)
+    values = config
     source = ReplayPayloads(values["dead_letter_input"], stages=_stages(values))
     if values["target"] == "topic":
         payloads = p | "Replay" >> source | "CountRecordsIn" >> CountAs("records_in")
@@ -112,7 +118,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> Any:
             >> WriteToKafka(
                 bootstrap_servers=values["bootstrap_servers"],
                 topic=values["output_topic"],
-                config=_common.kafka_config(values),
+                config=config.kafka_config,
                 value_fn=lambda r: r.payload,
             )
         )
@@ -123,14 +129,14 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> Any:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary."""
     options = PipelineOptions(argv)
-    values = flag_values(options, Options)
-    validate(values)
-    outputs = {} if values["target"] == "topic" else _common.file_outputs(values)
-    return _common.run_pipeline(
+    config = RunConfig.from_options(options, Options)
+    validate(config)
+    outputs = {} if config["target"] == "topic" else file_outputs(config)
+    return run_pipeline(
         name="replay_dead_letters",
         options=options,
-        values=values,
-        build=lambda p, o: build(p, o),
+        values=config,
+        build=lambda p, o: build(p, o, config=config),
         outputs=outputs,
         streaming=False,
     )

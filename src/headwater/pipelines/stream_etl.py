@@ -24,9 +24,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from fastavro.validation import validate as avro_validate
 
-from headwater.pipelines import _common, catalog
+from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.options import check_required, flag_values
+from headwater.pipelines.config import RunConfig, check_specs, validate_source
+from headwater.pipelines.options import check_required
+from headwater.pipelines.running import run_file_pipeline
+from headwater.pipelines.sinks import write_outcomes
+from headwater.pipelines.sources import all_dead_letters, open_source
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "AvroSchemaCheck", "Options", "Outputs", "build", "run"]
@@ -83,28 +87,19 @@ class AvroSchemaCheck:
             ) from None
 
 
-def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
+def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None) -> None:
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
-    _common.validate_source(values, injected=source is not None)
-    _common.check_specs(values)
+    validate_source(values, injected=source is not None)
+    check_specs(values)
     if values.get("avro_schema"):
         load_avro_schema(values["avro_schema"])
 
 
-def _process(values: dict[str, Any]) -> tuple[ProcessEvents, dict[str, Any] | None]:
-    schema = load_avro_schema(values["avro_schema"]) if values.get("avro_schema") else None
+def _process(config: RunConfig) -> tuple[ProcessEvents, dict[str, Any] | None]:
+    schema = load_avro_schema(config["avro_schema"]) if config.get("avro_schema") else None
     checks = [AvroSchemaCheck(schema)] if schema else []
-    process = ProcessEvents(
-        decode=_common.decoder(values),
-        event_time=_common.event_time_extractor(values),
-        dedup=_common.dedup_transform(values),
-        window=values["window"],
-        trigger=values.get("trigger"),
-        allowed_lateness=values.get("allowed_lateness") or "0s",
-        checks=checks,
-        max_record_bytes=values.get("max_record_bytes"),
-    )
+    process = ProcessEvents(**config.windowed_args(), checks=checks)
     return process, schema
 
 
@@ -114,16 +109,22 @@ def build(
     *,
     source: beam.PTransform | None = None,
     sink: beam.PTransform | None = None,
+    config: RunConfig | None = None,
 ) -> Outputs:
-    """Wires the pipeline into ``p``; ``source``/``sink`` replace the file/Kafka IO in tests."""
-    values = flag_values(options, Options)
-    validate(values, source=source, sink=sink)
-    process, schema = _process(values)
-    sourced = _common.open_source(p, values, source)
+    """Wires the pipeline into ``p``; ``source``/``sink`` replace the file/Kafka IO in tests.
+
+    ``config``: the flags as :func:`run` checked them (else read from ``options`` here).
+    """
+    config = RunConfig.given_or_read(
+        config, options, Options, lambda c: validate(c, source=source, sink=sink)
+    )
+    values = config
+    process, schema = _process(config)
+    sourced = open_source(p, config, source)
     result = sourced.records | "ProcessEvents" >> process
-    dead = _common.all_dead_letters(sourced, result.dead_letter)
+    dead = all_dead_letters(sourced, result.dead_letter)
     avro_schema = schema if values["output_format"] == "avro" else None
-    sinks = _common.write_outcomes(
+    sinks = write_outcomes(
         result.main, dead, result.late, values, sink=sink, label="WriteRecords", schema=avro_schema
     )
     sourced.commit_after(*sinks)
@@ -132,4 +133,4 @@ def build(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
-    return _common.run_file_pipeline("stream_etl", Options, validate, build, argv)
+    return run_file_pipeline("stream_etl", Options, validate, build, argv)

@@ -15,7 +15,7 @@ aggregated field.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -28,9 +28,13 @@ from headwater.columnar import (
     replay_unsupported_reason,
 )
 from headwater.io.deadletterio import WriteDeadLetters
-from headwater.pipelines import _common, catalog
+from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.options import check_required, flag_values
+from headwater.pipelines.config import RunConfig, check_specs, validate_source, value
+from headwater.pipelines.options import check_required
+from headwater.pipelines.running import run_file_pipeline
+from headwater.pipelines.sinks import late_folder, write_outcomes
+from headwater.pipelines.sources import all_dead_letters, open_source
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -58,55 +62,40 @@ class Outputs(NamedTuple):
     engine: str = "record"  # or "columnar", "columnar-replay": the run summary's ``engine``
 
 
-def validate(values: dict[str, Any], *, source: Any = None, sink: Any = None) -> None:
+def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None) -> None:
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
-    _common.validate_source(values, injected=source is not None)
-    _common.check_specs(values)
-    if (values.get("replay_engine") or "auto") != "auto" and not values.get("replay_as_stream"):
+    validate_source(values, injected=source is not None)
+    check_specs(values)
+    if value(values, "replay_engine") != "auto" and not values.get("replay_as_stream"):
         raise ValueError(f"--replay_engine={values['replay_engine']} needs --replay_as_stream")
 
 
-def _metrics(values: dict[str, Any]) -> ComputeWindowedMetrics:
-    return ComputeWindowedMetrics(
-        decode=_common.decoder(values),
-        event_time=_common.event_time_extractor(values),
-        dedup=_common.dedup_transform(values),
-        window=values["window"],
-        trigger=values.get("trigger"),
-        allowed_lateness=values.get("allowed_lateness") or "0s",
-        key_field=values["key_field"],
-        metrics=values["metrics"],
-        max_record_bytes=values.get("max_record_bytes"),
-    )
-
-
-def _columnar_args(values: dict[str, Any]) -> dict[str, Any]:
+def _columnar_args(config: RunConfig) -> dict[str, Any]:
+    """The middle's arguments, for every engine (record path, columnar batch and replay)."""
     return {
-        "decode": _common.decoder(values),
-        "event_time": _common.event_time_extractor(values),
-        "dedup": _common.dedup_transform(values),
-        "window": values["window"],
-        "trigger": values.get("trigger"),
-        "allowed_lateness": values.get("allowed_lateness") or "0s",
-        "key_field": values["key_field"],
-        "metrics": values["metrics"],
-        "max_record_bytes": values.get("max_record_bytes"),
+        **config.windowed_args(),
+        "key_field": config["key_field"],
+        "metrics": config["metrics"],
     }
 
 
-def replays_columnar(values: dict[str, Any]) -> bool:
+def _metrics(config: RunConfig) -> ComputeWindowedMetrics:
+    return ComputeWindowedMetrics(**_columnar_args(config))
+
+
+def replays_columnar(config: RunConfig) -> bool:
     """Whether ``--replay_as_stream`` runs on the columnar replay (a batch run) here.
 
     ``--replay_engine=columnar`` raises ``ValueError`` with the reason when it cannot.
     """
-    engine = values.get("replay_engine") or "auto"
-    if not values.get("replay_as_stream") or values.get("source") != "files":
+    engine = value(config, "replay_engine")
+    if not config.get("replay_as_stream") or config.get("source") != "files":
         return False
     if engine == "teststream":
         return False
-    fmt = values.get("format") or "json"
-    reason = replay_unsupported_reason(file_format=fmt, **_columnar_args(values))
+    fmt = value(config, "format")
+    reason = replay_unsupported_reason(file_format=fmt, **_columnar_args(config))
     if reason is None:
         return True
     if engine == "columnar":
@@ -116,23 +105,24 @@ def replays_columnar(values: dict[str, Any]) -> bool:
 
 
 def _columnar(
-    values: dict[str, Any], options: PipelineOptions, sink: beam.PTransform | None
+    config: RunConfig, options: PipelineOptions, sink: beam.PTransform | None
 ) -> ComputeWindowedMetricsColumnar | None:
     """The columnar fast path (batch, or stream replay) when it supports this configuration."""
+    values = config
     if values.get("source") != "files":
         return None
-    args = _columnar_args(values)
-    fmt = values.get("format") or "json"
+    args = _columnar_args(config)
+    fmt = value(values, "format")
     outputs: dict[str, Any] = {
         "pattern": values["input"],
         "file_format": fmt,
-        "max_out_of_orderness": values.get("max_out_of_orderness") or "5s",
+        "max_out_of_orderness": value(values, "max_out_of_orderness"),
         "output": None if sink is not None else values["output"],
         "output_format": values["output_format"],
         "output_shards": values["output_shards"],
     }
     if values.get("replay_as_stream"):
-        if not replays_columnar(values):
+        if not replays_columnar(config):
             return None
         return ReplayWindowedMetricsColumnar(**outputs, **args)
     streaming = bool(options.view_as(StandardOptions).streaming)
@@ -149,11 +139,17 @@ def build(
     *,
     source: beam.PTransform | None = None,
     sink: beam.PTransform | None = None,
+    config: RunConfig | None = None,
 ) -> Outputs:
-    """Wires the pipeline into ``p``; ``source``/``sink`` replace the file/Kafka IO in tests."""
-    values = flag_values(options, Options)
-    validate(values, source=source, sink=sink)
-    columnar = _columnar(values, options, sink) if source is None else None
+    """Wires the pipeline into ``p``; ``source``/``sink`` replace the file/Kafka IO in tests.
+
+    ``config``: the flags as :func:`run` checked them (else read from ``options`` here).
+    """
+    config = RunConfig.given_or_read(
+        config, options, Options, lambda c: validate(c, source=source, sink=sink)
+    )
+    values = config
+    columnar = _columnar(config, options, sink) if source is None else None
     if columnar is not None:
         # Batch over files: the columnar path reads the files, counts every outcome and (with
         # no injected sink) writes the window files itself.
@@ -164,30 +160,28 @@ def build(
         fmt = values["dead_letter_format"]
         _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
         if values.get("replay_as_stream"):
-            late_folder = _common.late_folder(values)
-            _ = result.late | "WriteLate" >> WriteDeadLetters(late_folder, format=fmt)
+            late = late_folder(values)
+            _ = result.late | "WriteLate" >> WriteDeadLetters(late, format=fmt)
         engine = "columnar-replay" if values.get("replay_as_stream") else "columnar"
         return Outputs(result.rows, result.late, result.duplicate, dead, engine)
-    compute = _metrics(values)
-    sourced = _common.open_source(p, values, source)
+    compute = _metrics(config)
+    sourced = open_source(p, config, source)
     result = sourced.records | "WindowedMetrics" >> compute
-    dead = _common.all_dead_letters(sourced, result.dead_letter)
-    sinks = _common.write_outcomes(
-        result.rows, dead, result.late, values, sink=sink, label="WriteRows"
-    )
+    dead = all_dead_letters(sourced, result.dead_letter)
+    sinks = write_outcomes(result.rows, dead, result.late, values, sink=sink, label="WriteRows")
     sourced.commit_after(*sinks)
     return Outputs(result.rows, result.late, result.duplicate, dead)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, validates, runs; returns the run summary (or the job id)."""
-    return _common.run_file_pipeline(
+    return run_file_pipeline(
         "windowed_metrics",
         Options,
         validate,
         build,
         argv,
-        streaming=lambda values: (
-            bool(values.get("replay_as_stream")) and not replays_columnar(values)
+        streaming=lambda config: (
+            bool(config.get("replay_as_stream")) and not replays_columnar(config)
         ),
     )
