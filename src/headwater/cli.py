@@ -19,7 +19,8 @@ Exit codes and errors (a scheduler can tell them apart):
        output, or the dead-letter rate is above ``--max_dead_letter_rate``
 
 Every failure is one line on stderr, ``headwater: error: ...``, naming the cause (never a
-secret); ``-v`` adds the traceback and INFO logging.
+secret); ``-v`` adds the traceback and INFO logging. A local run prints a progress line to
+stderr every ``--progress`` seconds (default 5); ``-q`` prints none.
 """
 
 from __future__ import annotations
