@@ -198,9 +198,11 @@ def validate_source(values: Mapping[str, Any], *, injected: bool, kafka_sink: bo
 
     A flag of the other kind of source (``--topic`` with ``--source=files``, ``--input`` with
     ``--source=kafka``) is refused rather than ignored; so are the Kafka connection flags with
-    files unless the pipeline writes to Kafka (``kafka_sink``).
+    files unless the pipeline writes to Kafka (``kafka_sink``). The spec-valued flags are
+    checked too (:func:`check_specs`), with an injected source as well.
     """
     if injected:
+        check_specs(values)
         return
     source, fmt = values.get("source"), values.get("format")
     other = FILE_SOURCE_FLAGS if source == "kafka" else KAFKA_SOURCE_FLAGS

@@ -26,7 +26,7 @@ from fastavro.validation import validate as avro_validate
 
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.config import RunConfig, check_specs, validate_source
+from headwater.pipelines.config import RunConfig, validate_source
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
 from headwater.pipelines.sinks import write_outcomes
@@ -91,7 +91,6 @@ def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None)
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
     validate_source(values, injected=source is not None)
-    check_specs(values)
     if values.get("avro_schema"):
         load_avro_schema(values["avro_schema"])
 

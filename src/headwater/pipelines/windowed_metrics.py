@@ -30,7 +30,7 @@ from headwater.columnar import (
 from headwater.io.deadletterio import WriteDeadLetters
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.config import RunConfig, check_specs, validate_source, value
+from headwater.pipelines.config import RunConfig, validate_source, value
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
 from headwater.pipelines.sinks import late_folder, write_outcomes
@@ -66,7 +66,6 @@ def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None)
     """Checks flags that depend on each other; ``ValueError`` names the flag."""
     check_required(values, Options.flags(), unless={"output": lambda _: sink is not None})
     validate_source(values, injected=source is not None)
-    check_specs(values)
     if value(values, "replay_engine") != "auto" and not values.get("replay_as_stream"):
         raise ValueError(f"--replay_engine={values['replay_engine']} needs --replay_as_stream")
 
