@@ -81,17 +81,18 @@ test: install ## set up, then run the whole suite (unit, integration with a real
 test-fast: install ## the suite without the slow and integration tests
 	$(PY) -m pytest tests examples -m 'not slow and not integration and not e2e'
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+lint: $(STAMP) ## ruff (lint + format check), mypy, and the import layers
 	$(VENV)/bin/ruff check src tests main.py examples
 	$(VENV)/bin/ruff format --check src tests main.py examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format src tests main.py examples
 	$(VENV)/bin/ruff check --fix src tests main.py examples
 
 bench: install ## measure throughput and memory against plain Python and plain Beam
-	$(PY) -m headwater.bench --workdir bench-output
+	$(PY) -m headwater.devtools.bench --workdir bench-output
 
 template: $(STAMP) ## write the Flex Template folders (metadata.json, Dockerfile) to build/templates
 	for p in windowed_metrics stream_etl kafka_to_kafka replay_dead_letters; do \

@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
     "dev": [
         "ruff>=0.6",
         "mypy>=1.10",
+        "import-linter>=2.1",
     ],
 }
 EXTRAS_REQUIRE["dev"] += EXTRAS_REQUIRE["test"]

@@ -18,8 +18,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from headwater._compat import fix_direct_runner_metrics
 from headwater.testing.broker import create_topic, start_broker
 from headwater.testing.kafka_server import start_kafka
+
+# The suite is an entry point: Beam's streaming DirectRunner counts every bundle's metrics.
+fix_direct_runner_metrics()
 
 BOOTSTRAP_ENV = "HEADWATER_TEST_BOOTSTRAP"
 BROKERS = ("apache-kafka", "tansu")

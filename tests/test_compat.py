@@ -8,7 +8,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 
 from headwater._compat import fix_direct_runner_metrics
-from headwater.transforms.accounting import Accounting, CountAs
+from headwater.core.accounting import Accounting
+from headwater.transforms.accounting import CountAs
 
 
 def test_streaming_direct_runner_counts_elements_of_every_bundle():

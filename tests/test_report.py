@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.transforms import window as beam_window
 
+from headwater.core.deadletter import dead_letter_for
 from headwater.io.deadletterio import DEAD_LETTER_AVRO_SCHEMA, WriteDeadLetters
 from headwater.io.fileio import WriteWindowedFiles
 from headwater.report import MissingReportDependencyError, write_report
-from headwater.transforms.deadletter import dead_letter_for
 
 pytest.importorskip("plotly")
 

@@ -160,7 +160,7 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from headwater.testing.workload import WorkloadStats, generate, write_jsonl
+    from headwater.devtools.workload import WorkloadStats, generate, write_jsonl
 
     if bool(args.output) == bool(args.topic):
         raise CliError("give exactly one of --output FILE or --topic TOPIC")
@@ -172,7 +172,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return 0
     if not args.bootstrap_servers:
         raise CliError("--bootstrap_servers is required with --topic")
-    from headwater.testing.produce import ensure_topic, produce_lines
+    from headwater.devtools.produce import ensure_topic, produce_lines
 
     partitions = ensure_topic(args.bootstrap_servers, args.topic, partitions=args.partitions)
     stats = WorkloadStats()
@@ -214,7 +214,7 @@ def _cmd_dev_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from headwater.demo import run_demo
+    from headwater.devtools.demo import run_demo
 
     summary = run_demo(Path(args.workdir), events=args.events, **_workload(args))
     return 0 if summary.get("identity_holds") else 1

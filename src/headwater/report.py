@@ -13,7 +13,7 @@ Inputs, all read after the run has finished (plain Python, no Beam pipeline):
   of ``windowed_metrics``), else 1 (raw records of ``stream_etl``).
 * ``dead_letter_dir`` and ``late_dir`` -- folders of
   :class:`~headwater.io.deadletterio.WriteDeadLetters`: JSON lines (``*.jsonl``, one
-  :meth:`DeadLetter.to_dict() <headwater.transforms.deadletter.DeadLetter.to_dict>` per line) or
+  :meth:`DeadLetter.to_dict() <headwater.core.deadletter.DeadLetter.to_dict>` per line) or
   Avro (``*.avro``). Every envelope in ``late_dir``, and every envelope anywhere with
   ``lateness_ms`` set, counts as late; the others are dead letters. The two may be one folder,
   and the late folder may lie inside the dead-letter folder (the pipelines' default,

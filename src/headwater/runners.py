@@ -55,7 +55,11 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from headwater._compat import shorten_state_sampling, skip_embedded_state_cache
+from headwater._compat import (
+    fix_direct_runner_metrics,
+    shorten_state_sampling,
+    skip_embedded_state_cache,
+)
 
 __all__ = [
     "DATAFLOW_RUNNER",
@@ -69,7 +73,6 @@ __all__ = [
     "is_local",
     "is_portable",
     "prepare",
-    "unbounded_source",
     "wait_for",
     "waits_for_result",
 ]
@@ -230,37 +233,24 @@ def _canonical(runner: Any) -> Any:
     return _CANONICAL.get(key, _CANONICAL.get(key + "runner", runner))
 
 
-def _raw_flag(options: PipelineOptions, name: str) -> Any:
-    return options.get_all_options(retain_unknown_options=True).get(name)
-
-
-def unbounded_source(options: PipelineOptions) -> bool:
-    """Whether the pipeline's flags read Kafka with no end (no --stop_at_end/--max_records)."""
-    from headwater.pipelines.beam_options import HeadwaterOptions  # noqa: F401 (registers flags)
-    from headwater.pipelines.options import FLAGS
-
-    if _raw_flag(options, "source") != "kafka":
-        return False
-    stop = FLAGS["stop_at_end"].convert(_raw_flag(options, "stop_at_end"))
-    return not (stop or _raw_flag(options, "max_records"))
-
-
-def prepare(options: PipelineOptions, *, streaming: bool) -> str:
+def prepare(options: PipelineOptions, *, streaming: bool, unbounded: bool = False) -> str:
     """Sets the runner (and its options) on ``options``; returns the runner's name.
 
+    ``unbounded``: the pipeline reads a source with no end (an unbounded Kafka read), so it
+    runs as a stream (on Prism when the runner is the DirectRunner).
     ``ValueError`` names the missing or bad flag; it is raised before anything is staged.
     """
     standard = options.view_as(StandardOptions)
     streaming = streaming or bool(standard.streaming)
     runner = _canonical(standard.runner)
     if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        if unbounded_source(options):
+        if unbounded:
             _LOG.info("an unbounded Kafka read runs on Prism: --runner=%s", PRISM_RUNNER)
             runner = PRISM_RUNNER
             streaming = True
         else:
             runner = "BundleBasedDirectRunner" if streaming else "FnApiRunner"
-    elif not is_local(str(runner)) and not streaming and unbounded_source(options):
+    elif not is_local(str(runner)) and not streaming and unbounded:
         _LOG.info(
             "--source=kafka without --stop_at_end or --max_records is an unbounded read: "
             "submitting a streaming job (--streaming)"
@@ -269,6 +259,8 @@ def prepare(options: PipelineOptions, *, streaming: bool) -> str:
     standard.runner = runner
     if streaming:
         standard.streaming = True
+    if runner == "BundleBasedDirectRunner":
+        fix_direct_runner_metrics()  # see headwater._compat: counters of every bundle
     if runner == "FnApiRunner":
         skip_embedded_state_cache()  # see headwater._compat: 5x on stateful steps, same output
         shorten_state_sampling()  # see headwater._compat: a bundle's end waits <= 20 ms

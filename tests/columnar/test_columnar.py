@@ -21,11 +21,11 @@ from headwater.columnar import (
     columnar_unsupported_reason,
     reader,
 )
+from headwater.core.accounting import Accounting
+from headwater.devtools.reference import windowed_metrics_reference
+from headwater.devtools.workload import generate
 from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
 from headwater.io.formats import JsonFormat
-from headwater.testing.reference import windowed_metrics_reference
-from headwater.testing.workload import generate
-from headwater.transforms.accounting import Accounting
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor

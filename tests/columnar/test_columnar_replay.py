@@ -21,11 +21,11 @@ from headwater.columnar import (
     replay_supported,
     replay_unsupported_reason,
 )
+from headwater.core.accounting import Accounting
+from headwater.core.records import SourceRecord
+from headwater.devtools.workload import generate
 from headwater.io.formats import JsonFormat
-from headwater.records import SourceRecord
-from headwater.testing.replay import RecordEventTime, replay_stream
-from headwater.testing.workload import generate
-from headwater.transforms.accounting import Accounting
+from headwater.io.streamreplay import RecordEventTime, replay_stream
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor

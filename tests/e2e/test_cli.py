@@ -1,7 +1,7 @@
 """The `headwater` CLI as a subprocess: batch, bounded Kafka and stream replay end to end.
 
 Each run's output rows are compared with an independent plain-Python computation of the same
-semantics (``headwater.testing.reference``), and its accounting identity is checked.
+semantics (``headwater.devtools.reference``), and its accounting identity is checked.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from headwater.testing.reference import windowed_metrics_reference
-from headwater.testing.workload import generate, write_jsonl
+from headwater.devtools.reference import windowed_metrics_reference
+from headwater.devtools.workload import generate, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

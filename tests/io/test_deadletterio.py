@@ -15,13 +15,13 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
+from headwater.core.deadletter import dead_letter_for
+from headwater.core.records import SourceRecord
 from headwater.io.deadletterio import (
     ReadDeadLetters,
     WriteDeadLetters,
 )
 from headwater.io.fileio import NoFilesMatchedError
-from headwater.records import SourceRecord
-from headwater.transforms.deadletter import dead_letter_for
 
 
 def _letters():

@@ -11,6 +11,7 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from headwater.core.records import SourceRecord
 from headwater.io.formats import (
     AvroFormat,
     ConfluentAvroFormat,
@@ -20,7 +21,6 @@ from headwater.io.formats import (
     make_format,
 )
 from headwater.io.kafkaio import KafkaRecord
-from headwater.records import SourceRecord
 
 SCHEMA = {
     "type": "record",

@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
+from headwater.core.records import origin_of, payload_of
 from headwater.io.kafkaconfig import KafkaConnection
 from headwater.io.kafkaio import (
     _RESTRICTIONS,
@@ -28,7 +29,6 @@ from headwater.io.kafkaio import (
     request_drain,
     reset_drain,
 )
-from headwater.records import origin_of, payload_of
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness, WatermarkState
 

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from headwater import pipelines
+from headwater.core.deadletter import dead_letter_for
 from headwater.pipelines.checks import (
     OutputPathError,
     check_data,
@@ -15,7 +16,6 @@ from headwater.pipelines.checks import (
     diagnose,
 )
 from headwater.templates.metadata import metadata_for
-from headwater.transforms.deadletter import dead_letter_for
 
 VALUES = {"event_time_field": "event_time", "event_time_unit": "ms", "metrics": "count,sum:amount"}
 

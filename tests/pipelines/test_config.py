@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from headwater.devtools.workload import write_jsonl
 from headwater.pipelines import config as config_module
 from headwater.pipelines import windowed_metrics
 from headwater.pipelines.config import RunConfig
 from headwater.pipelines.options import value
-from headwater.testing.workload import write_jsonl
 
 
 def test_replay_that_falls_back_builds_decoder_and_event_time_once(tmp_path, monkeypatch):

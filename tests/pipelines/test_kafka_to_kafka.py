@@ -7,8 +7,8 @@ import json
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from headwater.devtools.produce import produce_lines
 from headwater.pipelines import kafka_to_kafka
-from headwater.testing.produce import produce_lines
 
 pytestmark = pytest.mark.integration
 

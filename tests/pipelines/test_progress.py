@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from headwater import cli
+from headwater.devtools.workload import write_jsonl
 from headwater.pipelines import windowed_metrics
-from headwater.testing.workload import write_jsonl
 from headwater.transforms.progress import ProgressLines, count_read, records_read
 
 N = 600

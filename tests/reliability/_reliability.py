@@ -19,7 +19,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from headwater.records import SourceRecord
+from headwater.core.records import SourceRecord
 
 #: The workload's record layout, as windowed_metrics and stream_etl flags.
 METRICS_FLAGS = (

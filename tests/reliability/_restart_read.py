@@ -23,9 +23,9 @@ from typing import Any
 
 import apache_beam as beam
 
+from headwater.devtools.produce import produce_lines
 from headwater.io.kafkaio import ReadFromKafka
 from headwater.testing.broker import start_broker, tansu_path
-from headwater.testing.produce import produce_lines
 
 DEADLINE_S = 30.0
 STOP_AT = 1000

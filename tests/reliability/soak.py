@@ -3,7 +3,7 @@
 Not a test (pytest does not collect it: the name does not start with ``test_``). It prints one
 JSON line per phase with the accounting, the wall time, the throughput and the peak resident
 memory of the pipeline process, and checks the accounting identity and zero loss against the
-plain-Python reference (``headwater.testing.reference``)::
+plain-Python reference (``headwater.devtools.reference``)::
 
     .venv/bin/python tests/reliability/soak.py --batch 5000000 --replay 1000000
 
@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from headwater.testing.reference import windowed_metrics_reference
-from headwater.testing.workload import write_jsonl
+from headwater.devtools.reference import windowed_metrics_reference
+from headwater.devtools.workload import write_jsonl
 
 _FLAGS = (
     "--runner=DirectRunner",

@@ -24,11 +24,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindows
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from headwater.core.accounting import Accounting
+from headwater.core.records import SourceRecord
 from headwater.io.formats import ConfluentAvroFormat
 from headwater.pipelines import windowed_metrics
-from headwater.records import SourceRecord
 from headwater.testing.assertions import assert_accounting
-from headwater.transforms.accounting import Accounting
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
 from headwater.windowing.eventtime import EventTimeExtractor

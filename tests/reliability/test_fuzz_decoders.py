@@ -22,8 +22,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from headwater.core.records import SourceRecord
 from headwater.io.formats import AvroFormat, ConfluentAvroFormat, DecodeError, JsonFormat
-from headwater.records import SourceRecord
 from headwater.testing.assertions import assert_accounting
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.parse import ParseRecords

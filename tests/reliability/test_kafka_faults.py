@@ -29,9 +29,9 @@ import pytest
 from _reliability import METRICS_FLAGS, digests, event, line, metric_rows, run_built
 from confluent_kafka import Consumer, TopicPartition
 
+from headwater.devtools.produce import produce_lines
 from headwater.pipelines import windowed_metrics
 from headwater.testing.assertions import assert_accounting
-from headwater.testing.produce import produce_lines
 
 pytestmark = pytest.mark.integration
 

@@ -20,14 +20,14 @@ from apache_beam.runners.runner import PipelineState
 from confluent_kafka import Consumer, TopicPartition
 
 from headwater import runners
+from headwater.core.accounting import Accounting
+from headwater.devtools.produce import produce_lines
 from headwater.pipelines import (
     kafka_to_kafka,
     replay_dead_letters,
     stream_etl,
     windowed_metrics,
 )
-from headwater.testing.produce import produce_lines
-from headwater.transforms.accounting import Accounting
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from headwater.demo import run_demo
+from headwater.devtools.demo import run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from headwater.testing.produce import committed_total
-from headwater.testing.reference import windowed_metrics_reference
+from headwater.devtools.produce import committed_total
+from headwater.devtools.reference import windowed_metrics_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -14,8 +14,9 @@ from apache_beam.transforms.window import FixedWindows, IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater import runners
+from headwater.io import timeline
 from headwater.io.formats import JsonFormat
-from headwater.testing import harness, timeline
+from headwater.testing import harness
 from headwater.testing.harness import (
     AdvanceProcessingTime,
     AdvanceWatermark,

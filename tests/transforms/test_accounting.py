@@ -6,8 +6,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from headwater.core.accounting import Accounting
 from headwater.testing.assertions import assert_accounting
-from headwater.transforms.accounting import Accounting, CountAs
+from headwater.transforms.accounting import CountAs
 
 
 def test_counters_read_back_from_the_result():

@@ -9,8 +9,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from headwater.records import SourceRecord
-from headwater.transforms.deadletter import ApplyOrDeadLetter, DeadLetter, dead_letter_for
+from headwater.core.deadletter import DeadLetter, dead_letter_for
+from headwater.core.records import SourceRecord
+from headwater.transforms.deadletter import ApplyOrDeadLetter
 
 
 def test_envelope_keeps_original_bytes_and_origin():
@@ -88,7 +89,7 @@ def test_utc_iso_formats_any_beam_timestamp():
     """Epoch micros become ISO-8601 UTC; Beam's MIN/MAX fall back to Beam's own form."""
     from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
-    from headwater.transforms.deadletter import utc_iso
+    from headwater.core.deadletter import utc_iso
 
     assert utc_iso(60_000_000) == "1970-01-01T00:01:00Z"
     assert utc_iso(MAX_TIMESTAMP.micros) == str(MAX_TIMESTAMP)

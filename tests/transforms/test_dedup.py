@@ -23,9 +23,9 @@ from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.records import SourceRecord
+from headwater.core.accounting import Accounting
+from headwater.core.records import SourceRecord
 from headwater.transforms import dedup
-from headwater.transforms.accounting import Accounting
 from headwater.transforms.dedup import (
     DeduplicateById,
     Deduplicated,

@@ -11,11 +11,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from headwater.records import SourceRecord
+from headwater.core.records import SourceRecord
+from headwater.devtools.reference import windowed_metrics_reference
+from headwater.devtools.workload import generate
+from headwater.io.streamreplay import replay_stream
 from headwater.testing.assertions import assert_accounting
-from headwater.testing.reference import windowed_metrics_reference
-from headwater.testing.replay import replay_stream
-from headwater.testing.workload import generate
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics, ProcessEvents
 from headwater.windowing.eventtime import EventTimeExtractor

@@ -15,7 +15,7 @@ from apache_beam.testing.util import TestWindowedValue, assert_that, equal_to
 from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.transforms.deadletter import DeadLetter
+from headwater.core.deadletter import DeadLetter
 from headwater.windowing.eventtime import (
     AssignEventTime,
     EventTimeError,

@@ -14,10 +14,10 @@ from headwater.columnar.state import (
     ColumnarState,
 )
 from headwater.columnar.write import WindowWriter
+from headwater.core.accounting import NAMESPACE
 from headwater.io.fileio import (
     match_files,
 )
-from headwater.transforms.accounting import NAMESPACE
 from headwater.transforms.progress import count_read
 
 

@@ -38,11 +38,11 @@ from headwater.columnar.state import (
     ColumnarState,
     dedup_field,
 )
+from headwater.core.records import DecodedRecord, SourceRecord
 from headwater.io.fileio import (
     STORAGE_ERRORS,
     unreadable_file_letter,
 )
-from headwater.records import DecodedRecord, SourceRecord
 
 _READ_CHUNK = 8 << 20  # bytes read from a file at a time
 _BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time

@@ -2,7 +2,7 @@
 
 ``--replay_as_stream`` replays files as a stream: records arrive in file order, and every
 ``watermark_every`` records the watermark advances to ``max event time seen -
-max_out_of_orderness`` (:func:`headwater.testing.replay.replay_stream`, the bounded-out-of-
+max_out_of_orderness`` (:func:`headwater.io.streamreplay.replay_stream`, the bounded-out-of-
 orderness policy). The record path runs that stream through Beam's streaming DirectRunner
 (``TestStream``), one record at a time: under a thousand events per second. For the
 configurations below, :class:`ReplayWindowedMetricsColumnar` computes the same outcome over Arrow
@@ -68,12 +68,12 @@ from headwater.columnar.state import (
     ColumnarOptions,
     ColumnarState,
 )
+from headwater.core.deadletter import DeadLetter
 from headwater.io.fileio import (
     match_files,
 )
 from headwater.io.formats import JsonFormat
-from headwater.testing.replay import RecordEventTime
-from headwater.transforms.deadletter import DeadLetter
+from headwater.io.streamreplay import RecordEventTime
 from headwater.windowing import rules
 from headwater.windowing.late import late_dead_letter
 from headwater.windowing.rules import NO_TIME

@@ -48,8 +48,8 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.columnar.idtable import IdAnchors
+from headwater.core.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.aggregate import MetricSpec, RecordCheck
-from headwater.transforms.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.parse import ParseFn
 from headwater.transforms.process import MetricsCheck

@@ -13,7 +13,7 @@ instead of one record at a time. It is applied to the pipeline itself
 ``duplicate``    the duplicate records (decoded again from their bytes), only with
                  ``emit_duplicates=True`` -- otherwise empty, and the ``duplicate`` counter still
                  counts every one of them;
-``dead_letter``  one :class:`~headwater.transforms.deadletter.DeadLetter` per rejected record, built
+``dead_letter``  one :class:`~headwater.core.deadletter.DeadLetter` per rejected record, built
                  by the record path's own code (same stage, error type, message, original bytes,
                  ``file``/``line`` or ``file``/``record`` origin), plus one ``read`` dead letter
                  per corrupt Parquet file.
@@ -79,7 +79,7 @@ from headwater.io.fileio import (
     match_files,
 )
 from headwater.io.formats import JsonFormat
-from headwater.testing.replay import MAX_WATERMARK_EVERY
+from headwater.io.streamreplay import MAX_WATERMARK_EVERY
 from headwater.transforms.aggregate import MetricSpec, parse_metrics
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import MetricsResult, to_trigger_spec, to_window_fn
@@ -371,7 +371,7 @@ class ReplayWindowedMetricsColumnar(ComputeWindowedMetricsColumnar):
 
     Takes the arguments of :class:`~headwater.columnar.ComputeWindowedMetricsColumnar`
     plus ``watermark_every`` (records between two watermark advances, as
-    :func:`~headwater.testing.replay.replay_stream`); ``max_out_of_orderness`` is the replayed
+    :func:`~headwater.io.streamreplay.replay_stream`); ``max_out_of_orderness`` is the replayed
     watermark's delay. Returns :class:`~headwater.transforms.process.MetricsResult` with
     ``late`` filled. Raises ``ValueError`` naming the reason when the configuration needs the
     ``TestStream`` replay (:func:`replay_unsupported_reason`). Ordering: rows come out window by

@@ -1,7 +1,7 @@
 """The dead-letter sink and source: DeadLetter envelopes as JSON lines or Avro files.
 
 :class:`WriteDeadLetters` takes a ``PCollection`` of
-:class:`~headwater.transforms.deadletter.DeadLetter` in any windowing and writes them to files in
+:class:`~headwater.core.deadletter.DeadLetter` in any windowing and writes them to files in
 ``output``; it returns the ``PCollection`` of final file paths. Dead letters carry no event-time
 window of their own (and late records would be behind the watermark), so the sink never groups
 by event time: it re-windows into the global window first.
@@ -48,6 +48,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
+from headwater.core.deadletter import DeadLetter
 from headwater.io.fileio import (
     canonical_json,
     encode_avro,
@@ -55,7 +56,6 @@ from headwater.io.fileio import (
     stable_shard,
     write_atomically,
 )
-from headwater.transforms.deadletter import DeadLetter
 from headwater.windowing.durations import parse_duration
 
 __all__ = [

@@ -14,7 +14,7 @@ in the global window, without event timestamps (assign event time downstream):
   ``DecodedRecord(dict, {"file": path, "record": i})`` (``i`` 0-based).
 
 A file that cannot be decoded (not Avro/Parquet, truncated, corrupt block) yields one
-:class:`~headwater.transforms.deadletter.DeadLetter` (stage ``read``, empty payload, origin
+:class:`~headwater.core.deadletter.DeadLetter` (stage ``read``, empty payload, origin
 ``{"file": path, "record": i}`` with ``i`` the first record not read) on the ``dead_letter``
 output; records decoded before the damage are still emitted. Errors of the storage itself
 (missing file, permission, network) are raised so the runner retries the bundle. A pattern that
@@ -86,8 +86,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
-from headwater.records import DecodedRecord, SourceRecord
-from headwater.transforms.deadletter import DeadLetter, Routed, dead_letter_for
+from headwater.core.deadletter import DeadLetter, Routed, dead_letter_for
+from headwater.core.records import DecodedRecord, SourceRecord
 
 __all__ = [
     "ReadFromFiles",
@@ -412,8 +412,9 @@ class _ReadFileFn(beam.DoFn):
 class ReadFromFiles(beam.PTransform):
     """Reads every file matching a glob as JSON lines, Avro or Parquet records.
 
-    Returns :class:`~headwater.transforms.deadletter.Routed`: ``main`` holds
-    :class:`~headwater.records.SourceRecord` (json) or :class:`~headwater.records.DecodedRecord`
+    Returns :class:`~headwater.core.deadletter.Routed`: ``main`` holds
+    :class:`~headwater.core.records.SourceRecord` (json) or
+    :class:`~headwater.core.records.DecodedRecord`
     (avro, parquet) values, ``dead_letter`` one envelope per undecodable file. See the module
     docstring for origins, ordering and errors.
 

@@ -10,7 +10,7 @@ and keep the original bytes and coordinates there::
 
 ``decode`` accepts the bytes themselves or any source record that carries them
 (:class:`~headwater.io.kafkaio.KafkaRecord`'s ``value``,
-:class:`~headwater.records.SourceRecord`'s ``payload``).
+:class:`~headwater.core.records.SourceRecord`'s ``payload``).
 
 * :class:`JsonFormat` -- UTF-8 JSON, one object per record.
 * :class:`AvroFormat` -- Avro binary without a container or header ("schemaless"), with the

@@ -110,8 +110,8 @@ class KafkaRecord(NamedTuple):
 
     ``value`` (and ``key``) are ``None`` for tombstones (records without one). ``timestamp_ms``
     is Kafka's record timestamp in epoch milliseconds, ``None`` when the record has none.
-    :func:`headwater.records.payload_of` gives ``value`` and
-    :func:`~headwater.records.origin_of` gives ``{"topic", "partition", "offset"}``.
+    :func:`headwater.core.records.payload_of` gives ``value`` and
+    :func:`~headwater.core.records.origin_of` gives ``{"topic", "partition", "offset"}``.
     """
 
     topic: str

@@ -329,7 +329,7 @@ def dead_letter_stages(result: Any) -> dict[str, int]:
     """``{stage: dead letters}`` from a finished run's ``<stage>.dead_letter`` counters."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    from headwater.transforms.accounting import NAMESPACE
+    from headwater.core.accounting import NAMESPACE
 
     counts: dict[str, int] = collections.Counter()
     try:

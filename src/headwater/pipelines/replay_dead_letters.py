@@ -26,6 +26,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from headwater.core.records import SourceRecord
 from headwater.io.deadletterio import ReadDeadLetters
 from headwater.io.kafkaio import WriteToKafka
 from headwater.pipelines import catalog, stream_etl, windowed_metrics
@@ -34,7 +35,6 @@ from headwater.pipelines.config import RunConfig
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_pipeline
 from headwater.pipelines.sinks import file_outputs
-from headwater.records import SourceRecord
 from headwater.transforms.accounting import CountAs
 
 __all__ = ["DESCRIPTION", "Options", "ReplayPayloads", "build", "run"]

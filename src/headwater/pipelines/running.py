@@ -23,13 +23,13 @@ from apache_beam.options.pipeline_options import (
 )
 
 from headwater import runners
+from headwater.core.accounting import Accounting
 from headwater.io.fileio import SUCCESS_MARKER, prepare_output_folders, write_success_marker
 from headwater.io.kafkaio import reset_drain
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
 from headwater.pipelines.config import RunConfig, check_batch, check_streaming
 from headwater.pipelines.sinks import file_outputs
-from headwater.transforms.accounting import Accounting
 from headwater.transforms.progress import ProgressLines, progress_period
 
 __all__ = [
@@ -165,14 +165,14 @@ def run_pipeline(
     Returns the summary dict (local runs, batch jobs on Flink or the portable runner) or
     ``{"job_id": ...}`` for jobs that go on running remotely (Dataflow, streaming portable).
     """
-    runner = runners.prepare(options, streaming=streaming)
+    runner = runners.prepare(options, streaming=streaming, unbounded=unbounded_source(options))
     local = runners.is_local(runner)
     waits = runners.waits_for_result(runner, options)
     if options.view_as(StandardOptions).streaming:
         check_streaming(values)
     else:
         check_batch(values)
-    if local and runners.unbounded_source(options):
+    if local and unbounded_source(options):
         raise ValueError(
             "--source=kafka without --stop_at_end or --max_records is an unbounded "
             f"read, which {runner} cannot run: use --runner=PrismRunner (or add --stop_at_end)"
@@ -266,3 +266,18 @@ def run_file_pipeline(
         outputs=file_outputs(config),
         streaming=streams,
     )
+
+
+def _raw_flag(options: PipelineOptions, name: str) -> Any:
+    return options.get_all_options(retain_unknown_options=True).get(name)
+
+
+def unbounded_source(options: PipelineOptions) -> bool:
+    """Whether the pipeline's flags read Kafka with no end (no --stop_at_end/--max_records)."""
+    from headwater.pipelines.beam_options import HeadwaterOptions  # noqa: F401 (registers flags)
+    from headwater.pipelines.options import FLAGS
+
+    if _raw_flag(options, "source") != "kafka":
+        return False
+    stop = FLAGS["stop_at_end"].convert(_raw_flag(options, "stop_at_end"))
+    return not (stop or _raw_flag(options, "max_records"))

@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
 from headwater.io.kafkaio import ReadFromKafka
+from headwater.io.streamreplay import RecordEventTime, replay_stream
 from headwater.pipelines.config import (
     decoder,
     event_time_extractor,
@@ -21,7 +22,6 @@ from headwater.pipelines.config import (
     kafka_start,
     value,
 )
-from headwater.testing.replay import RecordEventTime, replay_stream
 from headwater.transforms.accounting import CountAs
 from headwater.transforms.observe import ShowProgress
 from headwater.windowing.watermark import BoundedOutOfOrderness

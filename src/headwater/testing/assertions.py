@@ -21,7 +21,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from headwater.transforms.accounting import Accounting
+from headwater.core.accounting import Accounting
 
 __all__ = ["ReifyPanes", "assert_late", "assert_accounting", "pane_timing"]
 

@@ -14,10 +14,10 @@ What goes in
     ``AdvanceWatermarkPast("fixed:60s", at=T)`` ("close that window now") and
     ``AdvanceProcessingTime(by="10s")`` (early panes). A path replays a file's lines: decoded
     JSON objects (``lines="json"``), or the raw lines as
-    :class:`~headwater.records.SourceRecord` values (``lines="bytes"``, for transforms that
+    :class:`~headwater.core.records.SourceRecord` values (``lines="bytes"``, for transforms that
     decode and dead-letter bad input themselves). The watermark policy is bounded
     out-of-orderness every ``watermark_every`` records (``max_out_of_orderness``; ``None`` for
-    control steps only); see :mod:`headwater.testing.timeline` for the exact cadence.
+    control steps only); see :mod:`headwater.io.timeline` for the exact cadence.
     The transform's input is in the global window, each element stamped with its event time.
 What comes out -- the contract
     The transform returns one ``PCollection`` (it becomes the output ``main``), a NamedTuple
@@ -74,18 +74,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, PortableOption
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
+from headwater._compat import fix_direct_runner_metrics
+from headwater.core.accounting import Accounting
 from headwater.io.formats import JsonFormat
-from headwater.runners import find_prism
-from headwater.testing.assertions import assert_accounting, pane_timing
-from headwater.testing.replay import RecordEventTime, read_lines
-from headwater.testing.timeline import (
+from headwater.io.streamreplay import RecordEventTime, read_lines
+from headwater.io.timeline import (
     AdvanceProcessingTime,
     AdvanceWatermark,
     AdvanceWatermarkPast,
     build_stream,
     resolve_window,
 )
-from headwater.transforms.accounting import Accounting
+from headwater.runners import find_prism
+from headwater.testing.assertions import assert_accounting, pane_timing
 from headwater.windowing.durations import DurationLike, parse_duration
 
 __all__ = [
@@ -373,6 +374,7 @@ class StreamHarness:
 
     def run(self, transform: Any, events: Iterable[Any] | str | os.PathLike) -> HarnessResult:
         """Replays ``events`` through ``transform`` and returns what it emitted."""
+        fix_direct_runner_metrics()  # Beam's streaming DirectRunner counts every bundle
         apply = _applier(transform)
         elements, event_time = self._elements(events)
         timeline = build_stream(

@@ -22,22 +22,12 @@ increments one counter per element.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 
-from headwater._compat import fix_direct_runner_metrics
+__all__ = ["CountAs"]
 
-__all__ = ["NAMESPACE", "OUTCOMES", "COUNTERS", "CountAs", "Accounting"]
-
-fix_direct_runner_metrics()  # the streaming DirectRunner otherwise counts only first bundles
-
-NAMESPACE = "headwater"
-OUTCOMES = ("output", "duplicate", "dead_letter", "late")
-COUNTERS = ("records_in", *OUTCOMES)
+from headwater.core.accounting import COUNTERS, NAMESPACE
 
 
 class _CountFn(beam.DoFn):
@@ -75,39 +65,3 @@ class CountAs(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | beam.ParDo(_CountFn(self._counter))
-
-
-def _counter_total(result: Any, name: str) -> int:
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))
-    total = 0
-    for counter in query["counters"]:
-        value = counter.committed
-        if value is None:
-            value = counter.attempted
-        total += value or 0
-    return total
-
-
-@dataclasses.dataclass(frozen=True)
-class Accounting:
-    """The five counters of one run."""
-
-    records_in: int = 0
-    output: int = 0
-    duplicate: int = 0
-    dead_letter: int = 0
-    late: int = 0
-
-    @property
-    def holds(self) -> bool:
-        """Whether ``records_in == output + duplicate + dead_letter + late``."""
-        return self.records_in == self.output + self.duplicate + self.dead_letter + self.late
-
-    @classmethod
-    def from_result(cls, result: Any) -> Accounting:
-        """Reads the counters from a finished ``PipelineResult``."""
-        return cls(**{name: _counter_total(result, name) for name in COUNTERS})
-
-    def to_dict(self) -> dict[str, Any]:
-        """The counters and ``identity_holds``, as the run summary writes them."""
-        return {**dataclasses.asdict(self), "identity_holds": self.holds}

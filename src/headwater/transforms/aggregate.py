@@ -9,13 +9,13 @@ Input
     belongs upstream.
 
 Output
-    :class:`~headwater.transforms.deadletter.Routed`: ``main`` holds one row per (key, window,
+    :class:`~headwater.core.deadletter.Routed`: ``main`` holds one row per (key, window,
     pane)::
 
         {"window_start": datetime (UTC, tz-aware), "window_end": datetime (UTC, tz-aware),
          "key": <key>, "count": int, "sum_amount": float, "max_latency_ms": float, ...}
 
-    and ``dead_letter`` holds a :class:`~headwater.transforms.deadletter.DeadLetter` (stage
+    and ``dead_letter`` holds a :class:`~headwater.core.deadletter.DeadLetter` (stage
     ``"aggregate"``) for each record that has no usable key or a missing or non-numeric
     aggregated field. Such records are excluded from every row; the transform never raises on a
     record. Pipelines should call :meth:`AggregateMetrics.check` at parse time so that invalid
@@ -72,7 +72,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.core.deadletter import Routed, dead_letter_for
 from headwater.transforms.keys import MissingKeyError, key_text
 
 __all__ = [
@@ -424,7 +424,7 @@ class AggregateMetrics(beam.PTransform):
     ``key_field`` is the dotted path of the key; ``metrics`` a spec such as
     ``"count,sum:amount,max:latency_ms"`` (or a sequence of parts or :class:`MetricSpec`).
     ``with_pane_info=True`` adds ``pane_timing``, ``pane_index`` and ``is_last_pane`` columns.
-    Returns :class:`~headwater.transforms.deadletter.Routed` (``main`` rows, ``dead_letter``).
+    Returns :class:`~headwater.core.deadletter.Routed` (``main`` rows, ``dead_letter``).
     See the module docstring for types, keys and panes.
 
     The record whose amount is ``"x"`` goes to ``dead_letter``; the others make one row:

@@ -3,7 +3,7 @@
 :class:`DeduplicateById` takes any ``PCollection`` of records (dicts, bytes, :class:`SourceRecord`
 ...) and returns :class:`Deduplicated` -- ``main`` (one copy per id and horizon), ``duplicate``
 (every other copy, unchanged) and ``dead_letter`` (records without a usable id, as
-:class:`~headwater.transforms.deadletter.DeadLetter` with stage ``"dedup"``). Nothing is dropped:
+:class:`~headwater.core.deadletter.DeadLetter` with stage ``"dedup"``). Nothing is dropped:
 ``main + duplicate + dead_letter`` is exactly the input, bounded or unbounded.
 
 Where it runs
@@ -16,7 +16,8 @@ Where it runs
 The id
     Exactly one of ``id_field`` (a dotted path into dict records, ``"user.id"``), ``id_fn`` (a
     callable ``record -> id``) or ``content_hash=True`` (SHA-256 of the record's bytes -- the
-    payload of a raw :class:`~headwater.records.SourceRecord`/Kafka record, the bytes themselves,
+    payload of a raw :class:`~headwater.core.records.SourceRecord`/Kafka record, the bytes
+    themselves,
     or the UTF-8 of a str -- or of the canonical JSON of a decoded record). Ids are compared as
     *text*, spelt by :func:`headwater.transforms.keys.key_text` -- the rule aggregation keys follow
     too -- so the same id spelt by two producers matches: ``1``, ``1.0``, ``"1"`` and ``b"1"``
@@ -88,8 +89,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.transforms.accounting import NAMESPACE
-from headwater.transforms.deadletter import dead_letter_for
+from headwater.core.accounting import NAMESPACE
+from headwater.core.deadletter import dead_letter_for
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, to_beam_duration

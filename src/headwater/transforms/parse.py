@@ -1,10 +1,10 @@
 """Parse raw records: decode, stamp with event time, validate -- or dead-letter them.
 
-Input: raw records from a source (:class:`~headwater.records.SourceRecord`,
+Input: raw records from a source (:class:`~headwater.core.records.SourceRecord`,
 :class:`~headwater.io.kafkaio.KafkaRecord`, or plain ``bytes``; a
-:class:`~headwater.records.DecodedRecord` skips decoding), in any window. Output:
-:class:`~headwater.transforms.deadletter.Routed` -- ``main`` holds the decoded dicts with their
-event time as the element timestamp (a :class:`~headwater.records.ParsedRecord` when the source
+:class:`~headwater.core.records.DecodedRecord` skips decoding), in any window. Output:
+:class:`~headwater.core.deadletter.Routed` -- ``main`` holds the decoded dicts with their
+event time as the element timestamp (a :class:`~headwater.core.records.ParsedRecord` when the source
 named an origin, so a later stage's dead letter still names it); ``dead_letter`` holds one
 envelope per rejected record, with the record's *original* bytes and coordinates and the stage
 that rejected it:
@@ -32,8 +32,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.records import DecodedRecord, origin_of, payload_of, with_origin
-from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.core.deadletter import Routed, dead_letter_for
+from headwater.core.records import DecodedRecord, origin_of, payload_of, with_origin
 from headwater.transforms.keys import unicode_problem
 
 __all__ = ["InvalidTextError", "ParseFn", "ParseRecords", "RecordTooLargeError"]

@@ -1,6 +1,6 @@
 """The event-time core as one composite: parse -> dedup -> window with late routing, accounted.
 
-:class:`ProcessEvents` takes raw records (bytes, :class:`~headwater.records.SourceRecord`,
+:class:`ProcessEvents` takes raw records (bytes, :class:`~headwater.core.records.SourceRecord`,
 Kafka records) and returns :class:`Processed`:
 
 ``main``         decoded records, deduplicated, windowed (``WindowInto`` with the trigger), on time

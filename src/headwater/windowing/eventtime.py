@@ -9,7 +9,7 @@ value -- missing, ``None``, a bool, NaN, infinity, a naive ISO string, an instan
 1970-01-01T00:00:00Z or after 9999-12-31T23:59:59.999999Z -- raises :class:`EventTimeError`.
 
 :class:`AssignEventTime` applies an extractor in a pipeline. Input: decoded records (dicts),
-bounded or unbounded, in any order. Output: :class:`~headwater.transforms.deadletter.Routed` --
+bounded or unbounded, in any order. Output: :class:`~headwater.core.deadletter.Routed` --
 ``main`` holds the same dicts, unchanged, re-stamped with their event time; records without a
 usable event time go to ``dead_letter`` (stage ``"event_time"``), never dropped. This step does
 not judge lateness: a record that is already behind the watermark is routed downstream, where the
@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.transforms.deadletter import Routed, dead_letter_for
+from headwater.core.deadletter import Routed, dead_letter_for
 from headwater.windowing.durations import to_beam_timestamp
 
 __all__ = [
@@ -253,7 +253,7 @@ class AssignEventTime(beam.PTransform):
 
     ``extractor`` is an :class:`EventTimeExtractor` (default: field ``event_time`` in ms) or any
     picklable callable from a record to a Beam ``Timestamp``. Returns
-    :class:`~headwater.transforms.deadletter.Routed`: ``main`` (the records, unchanged, with
+    :class:`~headwater.core.deadletter.Routed`: ``main`` (the records, unchanged, with
     their event time as element timestamp) and ``dead_letter`` (stage ``"event_time"``).
 
     >>> import apache_beam as beam

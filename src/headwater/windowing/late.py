@@ -10,7 +10,7 @@ Input
 Outputs (:class:`LateRouted`)
     ``main``: the same elements, unchanged, with the same timestamps, still in the global window
     (:class:`RouteLateData`) or already windowed (:class:`WindowWithLateRouting`).
-    ``late``: one :class:`~headwater.transforms.deadletter.DeadLetter` per late record, with
+    ``late``: one :class:`~headwater.core.deadletter.DeadLetter` per late record, with
     ``stage="late"``, ``error_type="LateData"``, the record's ``event_time``, the ``window``
     (``"<start ISO>/<end ISO>"``) and ``lateness_ms``; timestamped like the record, global window.
 Ordering
@@ -87,7 +87,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from headwater.transforms.deadletter import DeadLetter, dead_letter_for, utc_iso
+from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 

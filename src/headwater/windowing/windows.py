@@ -81,7 +81,6 @@ __all__ = [
 ]
 
 
-
 def _zone_key(timezone: object) -> str:
     """The IANA key of ``timezone`` (a key string or a ``ZoneInfo``); ``ValueError`` otherwise."""
     if timezone is dt.timezone.utc:

@@ -6,15 +6,15 @@ start-up, imports, graph construction, runner start-up and the final writes all 
 - :func:`headwater_run`: ``headwater run windowed_metrics --source=files ...`` (the console
   script next to this Python, else ``python -m headwater``) with ``--summary_json``; the
   summary's counters, engine and pipeline wall time come back with the wall time;
-- :func:`plain_script`: :mod:`headwater.testing.plain_script`, a standalone single-threaded
+- :func:`plain_script`: :mod:`headwater.devtools.plain_script`, a standalone single-threaded
   script (json + dict dedup + dict per window, the same dead letters) run by path;
-- :func:`plain_beam`: the same logic with Beam building blocks (``python -m headwater.bench
+- :func:`plain_beam`: the same logic with Beam building blocks (``python -m headwater.devtools.bench
   --plain-beam FILE OUT``, GroupByKey dedup + CombinePerKey on the FnApiRunner);
 - :func:`startup`: ``headwater --help``, ``headwater pipelines`` and ``headwater run
   windowed_metrics --help``.
 
 :func:`read_script_rows` reads the plain script's rows in the shape of
-:func:`headwater.bench.read_rows` so the two outputs can be compared row for row.
+:func:`headwater.devtools.bench.read_rows` so the two outputs can be compared row for row.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def headwater_run(events: Path, out: Path, *, window: str = "fixed:60s") -> dict
 
 
 def _script_path() -> Path:
-    from headwater.testing import plain_script
+    from headwater.devtools import plain_script
 
     return Path(plain_script.__file__)
 
@@ -153,13 +153,13 @@ def plain_script(events: Path, out: Path) -> dict[str, Any]:
 
 
 def plain_beam(events: Path, out: Path) -> dict[str, Any]:
-    """Plain Beam (``python -m headwater.bench --plain-beam``) over ``events``: wall time."""
+    """Plain Beam (``python -m headwater.devtools.bench --plain-beam``) over ``events``: wall."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     command = [
         sys.executable,
         "-m",
-        "headwater.bench",
+        "headwater.devtools.bench",
         "--plain-beam",
         str(events),
         "--workdir",

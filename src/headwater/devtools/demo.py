@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from headwater.devtools.produce import committed_total, produce_lines
+from headwater.devtools.workload import WorkloadStats, generate
 from headwater.io.kafkaio import request_drain
 from headwater.pipelines import windowed_metrics
 from headwater.testing.broker import start_broker
-from headwater.testing.produce import committed_total, produce_lines
-from headwater.testing.workload import WorkloadStats, generate
 
 __all__ = ["run_demo"]
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from headwater import bench
-from headwater.bench_e2e import read_script_rows
-from headwater.testing import plain_script
-from headwater.testing.reference import windowed_metrics_reference
-from headwater.testing.workload import write_jsonl
+from headwater.devtools import plain_script
+from headwater.devtools.bench_e2e import read_script_rows
+from headwater.devtools.reference import windowed_metrics_reference
+from headwater.devtools.workload import write_jsonl
 
 
 def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_path, capsys):

@@ -6,7 +6,7 @@ subprocess next to ``headwater run windowed_metrics``, timed the same way (start
     python plain_script.py EVENTS.jsonl OUT_FOLDER
 
 Single thread: ``json.loads`` per line, a dict of id -> anchor for dedup, a dict per (window,
-key) for count and sum of ``amount``. The semantics are :mod:`headwater.testing.reference`'s
+key) for count and sum of ``amount``. The semantics are :mod:`headwater.devtools.reference`'s
 (written again here so the script stays self-contained):
 
 - a line is a dead letter when it is not a JSON object, lacks a numeric ``event_time`` (epoch

@@ -34,9 +34,9 @@ from apache_beam import coders
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.records import DecodedRecord, SourceRecord, payload_of
-from headwater.testing.timeline import MAX_WATERMARK_EVERY as MAX_WATERMARK_EVERY  # re-exported
-from headwater.testing.timeline import build_stream
+from headwater.core.records import DecodedRecord, SourceRecord, payload_of
+from headwater.io.timeline import MAX_WATERMARK_EVERY as MAX_WATERMARK_EVERY  # re-exported
+from headwater.io.timeline import build_stream
 from headwater.windowing.durations import DurationLike
 
 __all__ = ["RecordEventTime", "read_lines", "replay_stream"]

@@ -92,7 +92,7 @@ class _CpuSampler:
 
 
 def _committed(bootstrap: str, topic: str) -> int:
-    from headwater.testing.produce import committed_total
+    from headwater.devtools.produce import committed_total
 
     return committed_total(bootstrap, topic, _GROUP, partitions=_PARTITIONS)
 
@@ -108,7 +108,7 @@ def _window_files(folder: Path) -> dict[str, float]:
 
 
 def _job_command(bootstrap: str, topic: str, out: Path, *extra: str) -> list[str]:
-    from headwater.bench_e2e import COMPUTATION_FLAGS, cli_command
+    from headwater.devtools.bench_e2e import COMPUTATION_FLAGS, cli_command
 
     return [
         *cli_command(),
@@ -385,8 +385,8 @@ def profile(broker: Any, lines: Sequence[bytes], out: Path, *, topic: str) -> di
     profile_path = out / "job.prof"
     command = _job_command(broker.bootstrap_servers, topic, out, "--window=fixed:60s")
     script = command.index("run")
-    command = [sys.executable, "-m", "headwater.bench_prism", "--profile", str(profile_path),
-               *command[script:]]  # fmt: skip
+    profiled = [sys.executable, "-m", "headwater.devtools.bench_prism", "--profile"]
+    command = [*profiled, str(profile_path), *command[script:]]
     broker.create_topic(topic, partitions=_PARTITIONS)
     _produce_backlog(broker.bootstrap_servers, topic, lines)
     job = _Job(command, out)
@@ -440,10 +440,13 @@ def _profiled_cli(profile_path: str, argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Internal: ``python -m headwater.bench_prism --profile OUT.prof run PIPELINE ...``."""
+    """Internal: ``python -m headwater.devtools.bench_prism --profile OUT.prof run ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[0] != "--profile":
-        print("usage: python -m headwater.bench_prism --profile OUT.prof run ...", file=sys.stderr)
+        print(
+            "usage: python -m headwater.devtools.bench_prism --profile OUT.prof run ...",
+            file=sys.stderr,
+        )
         return 2
     return _profiled_cli(args[1], args[2:])
 

@@ -1,11 +1,11 @@
 """``make bench``: headwater's throughput and memory next to plain Python and plain Beam, one run.
 
 Generates the reference workload with headwater's own generator
-(:func:`headwater.testing.workload.write_jsonl`: ~1,000 events per second of event time, 10%
+(:func:`headwater.devtools.workload.write_jsonl`: ~1,000 events per second of event time, 10%
 re-deliveries, 1% late events), then measures, in this one process run (ratios are only
 meaningful within a run; absolute figures move on shared machines):
 
-``plain_python``         :func:`~headwater.testing.reference.windowed_metrics_reference` (json +
+``plain_python``         :func:`~headwater.devtools.reference.windowed_metrics_reference` (json +
                          dict dedup + dict per window), single thread -- the baseline;
 ``pyarrow``              a vectorized pyarrow program (json reader, compute, group_by);
 ``plain_beam``           the same logic written with Beam building blocks (GroupByKey dedup +
@@ -107,7 +107,7 @@ def _prefix(source: Path, target: Path, lines: int) -> Path:
 
 def plain_python(path: Path) -> dict[str, Any]:
     """The reference computation over the file's lines."""
-    from headwater.testing.reference import windowed_metrics_reference
+    from headwater.devtools.reference import windowed_metrics_reference
 
     with path.open("rb") as handle:
         return windowed_metrics_reference(
@@ -142,12 +142,12 @@ def pyarrow_vectorized(path: Path) -> int:
 class _ParseFn(beam.DoFn):
     """Plain Beam: a line -> (event_id, (event_time_ms, user_id, amount)), or a dead letter.
 
-    The checks are the plain script's (:mod:`headwater.testing.plain_script`), so all three
+    The checks are the plain script's (:mod:`headwater.devtools.plain_script`), so all three
     baselines reject the same lines.
     """
 
     def process(self, line: bytes) -> Iterator[Any]:
-        from headwater.testing.plain_script import check_line
+        from headwater.devtools.plain_script import check_line
 
         reason, record, millis, amount = check_line(line)
         if reason is not None:
@@ -355,9 +355,9 @@ def record_path(path: Path, out: Path, mode: str) -> dict[str, Any]:
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
+    from headwater.core.accounting import Accounting
     from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
     from headwater.io.formats import JsonFormat
-    from headwater.transforms.accounting import Accounting
     from headwater.transforms.dedup import DeduplicateById
     from headwater.transforms.process import ComputeWindowedMetrics
     from headwater.windowing.eventtime import EventTimeExtractor
@@ -528,12 +528,12 @@ def dedup_memory(path: str) -> dict[str, Any]:
 
 
 def _dedup_memory_subprocess(workdir: Path, events: int) -> dict[str, Any]:
-    from headwater.testing.workload import write_jsonl
+    from headwater.devtools.workload import write_jsonl
 
     path = workdir / f"memory-{events}.jsonl"
     write_jsonl(path, events)  # generated here: the generator's own memory stays out
     done = subprocess.run(
-        [sys.executable, "-m", "headwater.bench", "--dedup-memory", str(path)],
+        [sys.executable, "-m", "headwater.devtools.bench", "--dedup-memory", str(path)],
         check=True,
         capture_output=True,
         text=True,
@@ -568,7 +568,7 @@ def _end_to_end(
     results: dict[str, Any], args: argparse.Namespace, workdir: Path, files: dict[float, Path]
 ) -> None:
     """The subprocess runs: start-up, headwater vs the plain script (and plain Beam), windows."""
-    from headwater import bench_e2e
+    from headwater.devtools import bench_e2e
 
     e2e = workdir / "e2e"
     e2e.mkdir(exist_ok=True)
@@ -624,7 +624,7 @@ def _prism_streaming(
     results: dict[str, Any], args: argparse.Namespace, workdir: Path, events: Path
 ) -> None:
     """Streaming on Prism against Apache Kafka: throughput, latency and a profile."""
-    from headwater import bench_prism
+    from headwater.devtools import bench_prism
     from headwater.testing.kafka_server import start_kafka
 
     def lines(count: int) -> list[bytes]:
@@ -669,7 +669,7 @@ _WINDOWS = (
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every measurement; returns the results dict written to ``bench.json``."""
-    from headwater.testing.workload import write_jsonl
+    from headwater.devtools.workload import write_jsonl
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -969,7 +969,7 @@ def _print_prism(results: dict[str, Any], out: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m headwater.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m headwater.devtools.bench", description=__doc__)
     parser.add_argument("--workdir", default="bench-output", help="folder for data and results")
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the workload")
     parser.add_argument("--beam-events", type=int, default=100_000, help="plain Beam prefix")

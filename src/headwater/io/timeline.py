@@ -1,7 +1,8 @@
 """A replay timeline: records and control steps, in arrival order, as one ``TestStream``.
 
 :func:`build_stream` turns a sequence of records into a
-:class:`~apache_beam.testing.test_stream.TestStream`; :func:`headwater.testing.replay.replay_stream`
+:class:`~apache_beam.testing.test_stream.TestStream`;
+:func:`headwater.io.streamreplay.replay_stream`
 and the harness (:mod:`headwater.testing.harness`) both build their streams with it.
 
 Records
@@ -48,7 +49,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
-from headwater.transforms.deadletter import utc_iso
+from headwater.core.deadletter import utc_iso
 from headwater.windowing.durations import DurationLike, parse_duration, to_beam_timestamp
 from headwater.windowing.watermark import BoundedOutOfOrderness
 from headwater.windowing.windows import WindowSpec, parse_window_spec

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from headwater.testing.workload import generate, write_jsonl
+from headwater.devtools.workload import generate, write_jsonl
 
 
 def test_same_seed_same_bytes_and_other_seed_differs():

@@ -14,9 +14,9 @@ from apache_beam.testing.test_stream import (
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from headwater.records import SourceRecord
+from headwater.core.records import SourceRecord
+from headwater.io.streamreplay import read_lines, replay_stream
 from headwater.testing.assertions import ReifyPanes
-from headwater.testing.replay import read_lines, replay_stream
 
 
 def _seconds(record):
