@@ -1,23 +1,9 @@
-"""Accounting: every input record ends in exactly one of four outcomes, and a run can prove it.
+"""Counting the accounting outcomes in a pipeline: :class:`CountAs`.
 
-The counters live in the Beam metrics namespace ``headwater``:
-
-``records_in``
-    records read from the source (counted once, at the first step).
-``output``
-    records that reached the main output (for an aggregating pipeline: records folded into the
-    emitted aggregates, counted once each however many panes or windows they feed).
-``duplicate``
-    records dropped by deduplication.
-``dead_letter``
-    records turned into dead letters at any stage.
-``late``
-    records routed to the late output.
-
-``records_in == output + duplicate + dead_letter + late`` holds for every completed run;
-:meth:`Accounting.from_result` reads the counters back from a ``PipelineResult`` and
-:attr:`Accounting.holds` checks the identity. :class:`CountAs` is the pass-through step that
-increments one counter per element.
+``CountAs(name)`` passes elements through unchanged and increments the Beam counter ``name``
+(namespace ``headwater``) once per element. The counters, their meaning and the identity
+``records_in == output + duplicate + dead_letter + late`` are defined in
+:mod:`headwater.core.accounting`, which also reads them back from a finished run.
 """
 
 from __future__ import annotations
