@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from headwater import bench
-from headwater.devtools import plain_script
+from headwater.devtools import bench, plain_script
 from headwater.devtools.bench_e2e import read_script_rows
 from headwater.devtools.reference import windowed_metrics_reference
 from headwater.devtools.workload import write_jsonl
