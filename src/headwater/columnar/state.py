@@ -128,8 +128,14 @@ class ColumnarOptions:
         return starts, None if len(rows) == len(ts) else rows
 
     def window_for(self, start: int) -> beam_window.IntervalWindow:
-        size = self.window_fn.size.micros  # type: ignore[attr-defined]
-        return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=start + size))
+        """The window that starts at ``start``: its end by the window rule, not ``start + size``.
+
+        Calendar windows have no size (a DST day is 23 or 25 hours, a month 28 to 31 days); the
+        newest window holding ``start`` is the one that starts there, for every kind.
+        """
+        first, end = self.assigner.windows(start)[-1]
+        assert first == start, f"no window starts at {start}"
+        return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
 
 
 class ColumnarState:

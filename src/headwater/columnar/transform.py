@@ -85,6 +85,7 @@ from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import MetricsResult, to_trigger_spec, to_window_fn
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 from headwater.windowing.eventtime import EventTimeExtractor
+from headwater.windowing.windows import CalendarWindows
 
 __all__ = [
     "COLUMNAR_FORMATS",
@@ -155,8 +156,10 @@ def columnar_unsupported_reason(
         window_fn = to_window_fn(window) if window is not None else None
     except ValueError as exc:
         return str(exc)
-    if not isinstance(window_fn, (beam_window.FixedWindows, beam_window.SlidingWindows)):
-        return f"window={window!r} is not fixed or sliding"
+    if not isinstance(
+        window_fn, (beam_window.FixedWindows, beam_window.SlidingWindows, CalendarWindows)
+    ):
+        return f"window={window!r} is not fixed, sliding or calendar (sessions: record path)"
     try:
         spec = to_trigger_spec(trigger)
     except ValueError as exc:

@@ -1,0 +1,115 @@
+"""Calendar windows on the columnar batch path: the record path's rows and counters (DST days)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from functools import partial
+
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from headwater.columnar import ComputeWindowedMetricsColumnar, columnar_unsupported_reason
+from headwater.core.accounting import Accounting
+from headwater.io.fileio import ReadFromFiles
+from headwater.io.formats import JsonFormat
+from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.process import ComputeWindowedMetrics
+from headwater.windowing.eventtime import EventTimeExtractor
+
+_SEEN: dict[str, list] = {}
+_COUNTERS = ("records_in", "output", "duplicate", "dead_letter", "late")
+
+
+def _collect(name, actual):
+    _SEEN[name] = sorted(
+        (r["window_start"], r["window_end"], r["key"], r["count"], r["sum_amount"]) for r in actual
+    )
+
+
+def _options(window):
+    return {
+        "decode": JsonFormat(),
+        "event_time": EventTimeExtractor(field="t", unit="ms"),
+        "dedup": DeduplicateById(id_field="id", horizon="10m"),
+        "window": window,
+        "allowed_lateness": 0,
+        "key_field": "u",
+        "metrics": "count,sum:amount",
+    }
+
+
+def _dst_lines(seed):
+    """Events around Berlin's 2024 DST days (and a month edge), duplicates and a bad line."""
+    rng = random.Random(seed)
+    lines = []
+    for day in ("2024-03-30", "2024-03-31", "2024-04-01", "2024-10-26", "2024-10-27"):
+        base = dt.datetime.fromisoformat(day + "T00:00:00+00:00").timestamp()
+        for _ in range(60):
+            # -3 h .. +27 h around the UTC day: local midnights on both sides of each change
+            millis = int((base + rng.uniform(-3 * 3600, 27 * 3600)) * 1000)
+            event = {"id": f"e{rng.randrange(250)}", "t": millis, "u": f"u{rng.randrange(3)}"}
+            event["amount"] = rng.randrange(100)
+            lines.append(json.dumps(event).encode())
+    # the instants either side of a DST day's local midnight, exactly
+    for millis in (1711839600000 - 1, 1711839600000, 1711922400000 - 1, 1711922400000):
+        lines.append(
+            json.dumps({"id": f"m{millis}", "t": millis, "u": "edge", "amount": 1}).encode()
+        )
+    lines.append(b'{"id": "bad", "t": "noon"}')
+    return lines
+
+
+def _run_both(tmp_path, lines, window):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    record_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    record = record_p | ReadFromFiles(str(path), format="json")
+    record = record.main | ComputeWindowedMetrics(**_options(window))
+    assert_that(record.rows, partial(_collect, "record"), label="RecordRows")
+    record_counts = Accounting.from_result(record_p.run())
+    columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    fast = columnar_p | ComputeWindowedMetricsColumnar(
+        pattern=str(path), file_format="json", **_options(window)
+    )
+    assert_that(fast.rows, partial(_collect, "columnar"), label="ColumnarRows")
+    columnar_counts = Accounting.from_result(columnar_p.run())
+    return record_counts, columnar_counts
+
+
+def test_calendar_windows_run_on_the_columnar_path():
+    """Calendar windows no longer fall back to the record path; sessions still do, with a reason."""
+    common = _options("calendar:day@Europe/Berlin")
+    del common["window"]
+    assert (
+        columnar_unsupported_reason(
+            file_format="json", window="calendar:day@Europe/Berlin", **common
+        )
+        is None
+    )
+    assert "sessions" in columnar_unsupported_reason(
+        file_format="json", window="session:5m", **common
+    )
+
+
+def test_calendar_days_over_dst_give_the_record_paths_rows_and_counters(tmp_path):
+    """Local days in Berlin (23 h and 25 h DST days): same rows, window bounds and counters."""
+    record, columnar = _run_both(tmp_path, _dst_lines(5), "calendar:day@Europe/Berlin")
+    assert _SEEN["columnar"] == _SEEN["record"]
+    ends = {(end - start) for start, end, *_ in _SEEN["record"]}
+    assert dt.timedelta(hours=23) in ends
+    assert dt.timedelta(hours=25) in ends
+    assert {k: getattr(columnar, k) for k in _COUNTERS} == {
+        k: getattr(record, k) for k in _COUNTERS
+    }
+    assert record.duplicate > 0
+    assert record.dead_letter == 1
+
+
+def test_calendar_weeks_and_months_give_the_record_paths_rows(tmp_path):
+    """Weeks and months in a zone: the record path's rows (windows of unequal length)."""
+    for window in ("calendar:week@America/New_York", "calendar:month@Europe/Berlin"):
+        record, columnar = _run_both(tmp_path, _dst_lines(8), window)
+        assert _SEEN["columnar"] == _SEEN["record"], window
+        assert columnar.output == record.output
