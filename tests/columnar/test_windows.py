@@ -7,12 +7,13 @@ import json
 import random
 from functools import partial
 
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from headwater.columnar import ComputeWindowedMetricsColumnar, columnar_unsupported_reason
 from headwater.core.accounting import Accounting
-from headwater.io.fileio import ReadFromFiles
+from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
 from headwater.io.formats import JsonFormat
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
@@ -113,3 +114,31 @@ def test_calendar_weeks_and_months_give_the_record_paths_rows(tmp_path):
         record, columnar = _run_both(tmp_path, _dst_lines(8), window)
         assert _SEEN["columnar"] == _SEEN["record"], window
         assert columnar.output == record.output
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "avro"])
+def test_calendar_day_files_are_the_record_paths_bytes(tmp_path, output_format):
+    """Window files of Berlin days over DST: the record path's directories and bytes."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in _dst_lines(13)))
+    window = "calendar:day@Europe/Berlin"
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(str(path), format="json")
+        record = read.main | ComputeWindowedMetrics(**_options(window))
+        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = p | ComputeWindowedMetricsColumnar(
+            pattern=str(path),
+            file_format="json",
+            output=str(tmp_path / "columnar"),
+            output_format=output_format,
+            **_options(window),
+        )
+    files = {}
+    for engine in ("record", "columnar"):
+        root = tmp_path / engine
+        files[engine] = {
+            str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"*.{output_format}")
+        }
+    assert len(files["record"]) >= 8
+    assert files["columnar"] == files["record"]
