@@ -162,7 +162,9 @@ class ReplayState(ColumnarState):
     def known_watermark(self, watermark: int) -> int:
         """The last window end at or before ``watermark``: what the record path's router knows.
 
-        Fixed windows tile time: that end is the start of the window holding ``watermark``.
+        Fixed and calendar windows tile time, and the record path's clock ticks at every window
+        end (:class:`headwater.windowing.late.WindowWithLateRouting`): that end is the start of
+        the window holding ``watermark``.
         """
         [(start, _)] = self.assign.windows(watermark)
         return start

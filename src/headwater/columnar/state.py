@@ -461,18 +461,21 @@ class ColumnarState:
     def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
         """The merged groups of windows ending at or before ``limit_micros``, removed from state.
 
-        Windows are the fixed or sliding windows of the options (``start + size`` is the end).
+        Ends come from the window rule (calendar windows have no size): a window of the
+        options has ended at ``limit`` iff it starts before the oldest window holding ``limit``.
         The replay (:mod:`headwater.columnar.replay`) calls it as the watermark passes
         window ends; batch calls :meth:`final` once.
         """
         if not self._partials:
             return []
-        size = self.options.window_fn.size.micros  # type: ignore[attr-defined]
-        last_start = int(limit_micros) - size
+        try:
+            first_open = self.options.assigner.windows(int(limit_micros))[0][0]
+        except ValueError:  # past the calendar's years (the final watermark): all have ended
+            first_open = _INT64_MAX
         # window starts are int64: a limit past that range (the final watermark) closes them all
-        bounded = pa.scalar(max(min(last_start, _INT64_MAX), NO_TIME), pa.int64())
+        bounded = pa.scalar(max(min(first_open, _INT64_MAX), NO_TIME), pa.int64())
         table = pa.concat_tables(self._partials, promote_options="permissive")
-        ended = pc.less_equal(table.column("w"), bounded)
+        ended = pc.less(table.column("w"), bounded)
         closed = table.filter(ended)
         rest = table.filter(pc.invert(ended))
         self._partials = [rest] if rest.num_rows else []

@@ -353,8 +353,11 @@ def replay_unsupported_reason(**options: Any) -> str | None:
     reason = columnar_unsupported_reason(**options)
     if reason is not None:
         return reason
-    if not isinstance(to_window_fn(options["window"]), beam_window.FixedWindows):
-        return f"window={options['window']!r} is not fixed (overlapping windows: record path)"
+    if not isinstance(to_window_fn(options["window"]), (beam_window.FixedWindows, CalendarWindows)):
+        return (
+            f"window={options['window']!r} is not fixed or calendar (overlapping windows: "
+            "record path)"
+        )
     lateness = parse_duration(options.get("allowed_lateness", 0), name="allowed_lateness")
     if lateness:
         return (
