@@ -46,8 +46,8 @@ block under the ``headwater`` namespace, like the record path.
 
 Supported (:func:`replay_unsupported_reason`; the pipeline falls back to the ``TestStream``
 replay otherwise): what :func:`~headwater.columnar.columnar_supported` accepts, with
-fixed windows and ``allowed_lateness=0`` (late panes and overlapping windows depend on how the
-streaming runner bundles records, which a replay cannot reproduce faithfully).
+fixed or calendar windows and ``allowed_lateness=0`` (late panes and overlapping windows depend
+on how the streaming runner bundles records, which a replay cannot reproduce faithfully).
 
 State is bounded as in a streaming run: ids are dropped from the dedup table once their expiry
 is behind ``W``, and each window's partial aggregates are released when the window is emitted.

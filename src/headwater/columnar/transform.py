@@ -44,8 +44,9 @@ pipelines fall back to the record path otherwise): JSON lines (decoded with
 :class:`~headwater.io.formats.JsonFormat`), Parquet or Avro (fastavro) files, batch; an
 :class:`~headwater.windowing.eventtime.EventTimeExtractor` in ``s``/``ms``/``us`` on a top-level
 field; dedup ``None`` or :class:`~headwater.transforms.dedup.DeduplicateById` by a top-level
-``id_field``, ``keep="first"``, ``time_domain="event"``; fixed or sliding windows; the on-time
-trigger; no extra checks; top-level key and metric fields; count/sum/min/max/mean.
+``id_field``, ``keep="first"``, ``time_domain="event"``; fixed, sliding or calendar
+windows (sessions merge per key: record path); the on-time trigger; no extra checks; top-level
+key and metric fields; count/sum/min/max/mean.
 
 Parallelism: the files are read by one worker, in order (dedup needs the arrival order); the JSON
 pieces of a block are parsed on several threads, overlapping the previous block's Python steps.
