@@ -16,7 +16,7 @@ _SRC = pathlib.Path(headwater.__file__).parent
 _COLUMNAR = sorted((_SRC / "columnar").glob("*.py"))
 # Plain-Python oracles the tests and the bench compare the engines with: they must not share the
 # engines' code, so they write the rules out on their own.
-_ORACLES = {"testing/reference.py", "testing/plain_script.py"}
+_ORACLES = {"devtools/reference.py", "devtools/plain_script.py"}
 
 
 @pytest.mark.parametrize("path", _COLUMNAR, ids=lambda p: p.name)

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from headwater import runners
+from headwater.pipelines.running import unbounded_source
 
 GCP = [
     "--runner=DataflowRunner",
@@ -26,7 +27,8 @@ GCP = [
 
 def _prepare(*argv: str, streaming: bool = False) -> tuple[str, PipelineOptions]:
     options = PipelineOptions(list(argv))
-    return runners.prepare(options, streaming=streaming), options
+    unbounded = unbounded_source(options)  # what a pipeline's run() passes
+    return runners.prepare(options, streaming=streaming, unbounded=unbounded), options
 
 
 def test_local_runner_is_chosen_by_streaming_mode():

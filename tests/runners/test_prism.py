@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import (
 
 from headwater import runners
 from headwater.pipelines import windowed_metrics
+from headwater.pipelines.running import unbounded_source
 
 KAFKA = ["--source=kafka", "--bootstrap_servers=127.0.0.1:1", "--topic=events"]
 
@@ -81,11 +82,13 @@ def test_unbounded_kafka_read_on_the_direct_runner_goes_to_prism(no_prism: Path)
     binary = _binary(no_prism / "venv" / "bin")
     for argv in (KAFKA, ["--runner=DirectRunner", *KAFKA], [*KAFKA, "--max_duration=1m"]):
         options = PipelineOptions(argv)
-        assert runners.prepare(options, streaming=False) == "PrismRunner"
+        unbounded = unbounded_source(options)
+        assert runners.prepare(options, streaming=False, unbounded=unbounded) == "PrismRunner"
         assert options.view_as(StandardOptions).streaming
         assert options.view_as(PrismRunnerOptions).prism_location == str(binary.resolve())
     bounded = PipelineOptions([*KAFKA, "--stop_at_end"])
-    assert runners.prepare(bounded, streaming=False) == "FnApiRunner"
+    unbounded = unbounded_source(bounded)
+    assert runners.prepare(bounded, streaming=False, unbounded=unbounded) == "FnApiRunner"
 
 
 def test_prism_runs_are_waited_for_and_summarized() -> None:
