@@ -149,7 +149,11 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     module = pipelines.load(args.pipeline)
     check_argv(rest, module.Options, pipeline=args.pipeline)
-    summary = module.run(rest)
+    return _verdict(module.run(rest))
+
+
+def _verdict(summary: dict[str, Any]) -> int:
+    """A run's exit code: 1 if the identity is broken, exit 3 (raised) if the data check failed."""
     if "identity_holds" in summary and not summary["identity_holds"]:
         print("headwater: the accounting identity does not hold for this run", file=sys.stderr)
         return 1
@@ -216,8 +220,7 @@ def _cmd_dev_broker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from headwater.devtools.demo import run_demo
 
-    summary = run_demo(Path(args.workdir), events=args.events, **_workload(args))
-    return 0 if summary.get("identity_holds") else 1
+    return _verdict(run_demo(Path(args.workdir), events=args.events, **_workload(args)))
 
 
 def _parser() -> argparse.ArgumentParser:

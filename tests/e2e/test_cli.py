@@ -581,3 +581,15 @@ def test_help_and_listing_do_not_import_beam(tmp_path, args):
     assert "headwater.cli" in result.stderr  # -X importtime did report the imports
     beam = [line for line in result.stderr.splitlines() if "apache_beam" in line]
     assert not beam, beam[:5]
+
+
+def test_demo_exit_code_follows_the_runs_data_check(monkeypatch):
+    """`headwater demo` fails like `headwater run` when its data check fails (exit 3), not 0."""
+    from headwater import cli
+    from headwater.devtools import demo
+
+    failed = {"identity_holds": True, "data_check": {"failure": "no record reached the output"}}
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: failed)
+    assert cli.main(["demo", "--workdir", "unused"]) == 3
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: {"identity_holds": False})
+    assert cli.main(["demo", "--workdir", "unused"]) == 1
