@@ -64,3 +64,13 @@ def test_dedups_routes_and_dead_letters(kafka_bootstrap, make_kafka_topic):
     assert key == b"decode"
     assert letter["origin"]["topic"] == source
     assert __import__("base64").b64decode(letter["payload_b64"]) == b"\xffpoison"
+
+
+def test_message_keys_are_spelt_as_grouping_keys_are():
+    """The output message key follows key_text: 1, 1.0 and "1" are one key; a bool is no key."""
+    from headwater.pipelines.kafka_to_kafka import _KeyOf
+
+    key_of = _KeyOf("user.id")
+    assert [key_of({"user": {"id": v}}) for v in (1, 1.0, "1")] == [b"1", b"1", b"1"]
+    assert key_of({"user": {"id": True}}) is None
+    assert key_of({"user": {}}) is None

@@ -30,6 +30,7 @@ from headwater.pipelines.config import RunConfig, validate_source
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_pipeline
 from headwater.pipelines.sources import all_dead_letters, open_source
+from headwater.transforms.keys import key_text
 from headwater.transforms.process import ProcessEvents
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -63,7 +64,12 @@ class _KeyOf:
             if not isinstance(value, Mapping) or part not in value:
                 return None
             value = value[part]
-        return None if value is None or not self._parts else str(value).encode()
+        if value is None or not self._parts:
+            return None
+        try:
+            return key_text(value).encode()  # spelt as grouping keys and ids are
+        except ValueError:  # no usable key (bool, NaN, empty ...): the producer picks a partition
+            return None
 
 
 def _dead_letter_key(letter: Any) -> bytes:
