@@ -525,28 +525,11 @@ def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engine
 
 @pytest.mark.parametrize("output_format", ["parquet", "avro"])
 def test_hostile_values_write_the_record_paths_bytes_and_a_string_key_column(
-    tmp_path, output_format
+    tmp_path, output_format, engine_files
 ):
     """Window files of exact big sums and text keys: the record path's bytes; keys are strings."""
     pattern = _hostile_files(tmp_path)
-    with TestPipeline(runner="FnApiRunner") as p:
-        read = p | ReadFromFiles(pattern, format="json")
-        record = read.main | ComputeWindowedMetrics(**_hostile_options())
-        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
-    with TestPipeline(runner="FnApiRunner") as p:
-        _ = p | ComputeWindowedMetricsColumnar(
-            pattern=pattern,
-            file_format="json",
-            output=str(tmp_path / "columnar"),
-            output_format=output_format,
-            **_hostile_options(),
-        )
-    files = {}
-    for engine in ("record", "columnar"):
-        root = tmp_path / engine
-        files[engine] = {
-            str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"*.{output_format}")
-        }
+    files = engine_files(pattern, _hostile_options(), output_format)
     assert len(files["record"]) == 3
     assert files["columnar"] == files["record"]
     for name in files["record"]:

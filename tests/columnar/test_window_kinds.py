@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that
 
 from headwater.columnar import ComputeWindowedMetricsColumnar, columnar_unsupported_reason
 from headwater.core.accounting import Accounting
-from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
+from headwater.io.fileio import ReadFromFiles
 from headwater.io.formats import JsonFormat
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.process import ComputeWindowedMetrics
@@ -117,29 +117,12 @@ def test_calendar_weeks_and_months_give_the_record_paths_rows(tmp_path):
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "avro"])
-def test_calendar_day_files_are_the_record_paths_bytes(tmp_path, output_format):
+def test_calendar_day_files_are_the_record_paths_bytes(tmp_path, output_format, engine_files):
     """Window files of Berlin days over DST: the record path's directories and bytes."""
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in _dst_lines(13)))
     window = "calendar:day@Europe/Berlin"
-    with TestPipeline(runner="FnApiRunner") as p:
-        read = p | ReadFromFiles(str(path), format="json")
-        record = read.main | ComputeWindowedMetrics(**_options(window))
-        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
-    with TestPipeline(runner="FnApiRunner") as p:
-        _ = p | ComputeWindowedMetricsColumnar(
-            pattern=str(path),
-            file_format="json",
-            output=str(tmp_path / "columnar"),
-            output_format=output_format,
-            **_options(window),
-        )
-    files = {}
-    for engine in ("record", "columnar"):
-        root = tmp_path / engine
-        files[engine] = {
-            str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"*.{output_format}")
-        }
+    files = engine_files(str(path), _options(window), output_format)
     assert len(files["record"]) >= 8
     assert files["columnar"] == files["record"]
 

@@ -26,16 +26,12 @@ from typing import Any
 
 import pytest
 
+from headwater.testing.broker import free_port, stop_process
+
 BASE_MS = 1_699_999_980_000  # a minute boundary: 2023-11-14T22:13:00Z
 UNIQUE = 120
 DUPLICATES = 10
 USERS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(port: int) -> bool:
@@ -46,36 +42,31 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def job_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``localhost:PORT`` of Beam's local job service, running for the whole session."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("job_service") / "job_service.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "apache_beam.runners.portability.local_job_service_main",
-            f"--port={port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def _serve(command: list[str], port: int, log_path: Path, what: str) -> Iterator[str]:
+    """Runs a job server until the session ends: ``localhost:PORT`` once it answers."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while not _answers(port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the local job service did not start (see {log.name})")
+                raise RuntimeError(f"{what} did not start (see {log_path})")
             time.sleep(0.2)
         yield f"localhost:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def job_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``localhost:PORT`` of Beam's local job service, running for the whole session."""
+    port = free_port()
+    module = "apache_beam.runners.portability.local_job_service_main"
+    log_path = tmp_path_factory.mktemp("job_service") / "job_service.log"
+    yield from _serve(
+        [sys.executable, "-m", module, f"--port={port}"], port, log_path, "the local job service"
+    )
 
 
 @dataclass
@@ -218,25 +209,7 @@ def prism_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``localhost:PORT`` of Prism running as a job server (the Job API Flink's speaks)."""
     from headwater.runners import find_prism
 
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("prism") / "prism.log").open("wb")
-    process = subprocess.Popen(
-        [find_prism(), f"--job_port={port}", "--serve_http=false"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prism's job server did not start (see {log.name})")
-            time.sleep(0.2)
-        yield f"localhost:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("prism") / "prism.log"
+    command = [find_prism(), f"--job_port={port}", "--serve_http=false"]
+    yield from _serve(command, port, log_path, "Prism's job server")

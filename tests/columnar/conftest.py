@@ -1,0 +1,52 @@
+"""Fixtures for the columnar tests: both engines' window files over the same input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from headwater.columnar import ComputeWindowedMetricsColumnar
+from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
+from headwater.transforms.process import ComputeWindowedMetrics
+
+EngineFiles = dict[str, dict[str, bytes]]
+
+
+def _engine_files(
+    tmp_path: Path, pattern: str, options: Mapping[str, Any], output_format: str
+) -> EngineFiles:
+    """Writes the window files of the record path and of the columnar path over ``pattern``.
+
+    Returns ``{"record": {relative path: bytes}, "columnar": {...}}``.
+    """
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadFromFiles(pattern, format="json")
+        record = read.main | ComputeWindowedMetrics(**options)
+        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = p | ComputeWindowedMetricsColumnar(
+            pattern=pattern,
+            file_format="json",
+            output=str(tmp_path / "columnar"),
+            output_format=output_format,
+            **options,
+        )
+    files: EngineFiles = {}
+    for engine in ("record", "columnar"):
+        root = tmp_path / engine
+        files[engine] = {
+            str(f.relative_to(root)): f.read_bytes() for f in root.rglob(f"*.{output_format}")
+        }
+    return files
+
+
+@pytest.fixture
+def engine_files(tmp_path: Path) -> Callable[[str, Mapping[str, Any], str], EngineFiles]:
+    """``engine_files(pattern, options, output_format)``: both engines' files, by engine."""
+    return lambda pattern, options, output_format: _engine_files(
+        tmp_path, pattern, options, output_format
+    )
