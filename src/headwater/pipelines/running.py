@@ -29,6 +29,7 @@ from headwater.io.kafkaio import reset_drain
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
 from headwater.pipelines.config import RunConfig, check_batch, check_streaming
+from headwater.pipelines.options import FLAGS
 from headwater.pipelines.sinks import file_outputs
 from headwater.transforms.progress import ProgressLines, progress_period
 
@@ -274,9 +275,6 @@ def _raw_flag(options: PipelineOptions, name: str) -> Any:
 
 def unbounded_source(options: PipelineOptions) -> bool:
     """Whether the pipeline's flags read Kafka with no end (no --stop_at_end/--max_records)."""
-    from headwater.pipelines.beam_options import HeadwaterOptions  # noqa: F401 (registers flags)
-    from headwater.pipelines.options import FLAGS
-
     if _raw_flag(options, "source") != "kafka":
         return False
     stop = FLAGS["stop_at_end"].convert(_raw_flag(options, "stop_at_end"))
