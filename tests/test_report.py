@@ -344,7 +344,7 @@ def test_header_shows_the_engine_and_the_run_configuration(tmp_path):
 
 
 def test_a_real_run_reports_its_engine_and_configuration(tmp_path):
-    """windowed_metrics --report: the summary and the page name the engine and the window."""
+    """windowed_metrics --report: the summary and the page name the engine (why) and window."""
     from headwater.pipelines import windowed_metrics
 
     events = [
@@ -377,6 +377,7 @@ def test_a_real_run_reports_its_engine_and_configuration(tmp_path):
         assert "kafka_config" not in summary["config"]
         page = (run / "report.html").read_text(encoding="utf-8")
         assert f"<b>engine</b> {engine}" in page
+        assert ("<b>record path because</b> dedup is not keep=" in page) == (engine == "record")
         assert "<td><code>--key_field</code></td><td>user_id</td>" in page
 
 

@@ -30,20 +30,28 @@ def _argv(tmp_path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("engine", "extra"),
+    ("engine", "reason", "extra"),
     [
-        ("columnar", ["--runner=FnApiRunner"]),
-        ("columnar-replay", ["--replay_as_stream"]),
-        ("record", ["--runner=FnApiRunner", "--dedup_keep=last"]),
-        ("record", ["--replay_as_stream", "--replay_engine=teststream"]),
-        ("record", ["--runner=PrismRunner", "--dedup_keep=last"]),
+        ("columnar", None, ["--runner=FnApiRunner"]),
+        ("columnar-replay", None, ["--replay_as_stream"]),
+        ("record", "dedup is not keep='first'", ["--runner=FnApiRunner", "--dedup_keep=last"]),
+        (
+            "record",
+            "--replay_engine=teststream",
+            ["--replay_as_stream", "--replay_engine=teststream"],
+        ),
+        ("record", "dedup is not keep='first'", ["--runner=PrismRunner", "--dedup_keep=last"]),
     ],
     ids=["columnar", "columnar-replay", "record-fnapi", "record-teststream", "record-prism"],
 )
-def test_every_engine_counts_its_records_for_the_progress_lines(tmp_path, engine, extra):
-    """Whatever engine runs, the progress count ends at the run's records_in."""
+def test_every_engine_counts_its_records_for_the_progress_lines(tmp_path, engine, reason, extra):
+    """Whatever engine runs, the progress count ends at records_in; the summary says why."""
     summary = windowed_metrics.run(_argv(tmp_path, *extra))
     assert summary["engine"] == engine
+    if reason is None:
+        assert "engine_reason" not in summary
+    else:
+        assert reason in summary["engine_reason"]
     assert summary["records_in"] == N
     assert records_read() == N
 

@@ -146,6 +146,9 @@ def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
     for name in ("output", "duplicate", "dead_letter", "late"):
         print(f"  {name:<12} {summary[name]:>10}", file=out)
     print(f"  records_in == output + duplicate + dead_letter + late: {ok}", file=out)
+    if summary.get("engine"):
+        why = f" ({summary['engine_reason']})" if summary.get("engine_reason") else ""
+        print(f"  engine       {summary['engine']}{why}", file=out)
     for name, where in summary.get("outputs", {}).items():
         if where["path"]:
             print(f"  {name:<12} -> {where['path']} ({where['files']} files)", file=out)
@@ -213,6 +216,10 @@ def run_pipeline(
     )
     summary["state"] = state
     summary["engine"] = getattr(built, "engine", "record")
+    if summary["engine"] == "record":  # why the fast path did not run, in the summary and report
+        summary["engine_reason"] = getattr(built, "engine_reason", None) or (
+            f"{name} has no columnar engine"
+        )
     summary["config"] = run_config(values)
     print_summary(summary)
     summary["data_check"] = check_data(  # no output, or too many dead letters: exit status 3

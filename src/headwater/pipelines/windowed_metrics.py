@@ -60,6 +60,7 @@ class Outputs(NamedTuple):
     duplicate: beam.PCollection
     dead_letter: beam.PCollection
     engine: str = "record"  # or "columnar", "columnar-replay": the run summary's ``engine``
+    engine_reason: str | None = None  # why the record path ran (``None`` on a columnar engine)
 
 
 def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None) -> None:
@@ -88,28 +89,30 @@ def replays_columnar(config: RunConfig) -> bool:
 
     ``--replay_engine=columnar`` raises ``ValueError`` with the reason when it cannot.
     """
+    return config.get("source") == "files" and _replay_refusal(config) is None
+
+
+def _replay_refusal(config: RunConfig) -> str | None:
+    """Why a files replay runs on the TestStream record path, or ``None`` (columnar replay)."""
     engine = value(config, "replay_engine")
-    if not config.get("replay_as_stream") or config.get("source") != "files":
-        return False
+    if not config.get("replay_as_stream"):
+        return "not a stream replay"
     if engine == "teststream":
-        return False
+        return "--replay_engine=teststream"
     fmt = value(config, "format")
     reason = replay_unsupported_reason(file_format=fmt, **_columnar_args(config))
-    if reason is None:
-        return True
-    if engine == "columnar":
+    if reason is not None and engine == "columnar":
         raise ValueError(f"--replay_engine=columnar cannot replay this configuration: {reason}")
-    _LOG.info("windowed_metrics: stream replay on the TestStream record path (%s)", reason)
-    return False
+    return reason
 
 
 def _columnar(
     config: RunConfig, options: PipelineOptions, sink: beam.PTransform | None
-) -> ComputeWindowedMetricsColumnar | None:
-    """The columnar fast path (batch, or stream replay) when it supports this configuration."""
+) -> tuple[ComputeWindowedMetricsColumnar | None, str | None]:
+    """The columnar fast path when it supports this configuration, else why not (for the summary)."""
     values = config
     if values.get("source") != "files":
-        return None
+        return None, "the source is Kafka; the columnar engines read files"
     args = _columnar_args(config)
     fmt = value(values, "format")
     outputs: dict[str, Any] = {
@@ -121,15 +124,17 @@ def _columnar(
         "output_shards": values["output_shards"],
     }
     if values.get("replay_as_stream"):
-        if not replays_columnar(config):
-            return None
-        return ReplayWindowedMetricsColumnar(**outputs, **args)
+        reason = _replay_refusal(config)
+        if reason is not None:
+            _LOG.info("windowed_metrics: stream replay on the TestStream record path (%s)", reason)
+            return None, reason
+        return ReplayWindowedMetricsColumnar(**outputs, **args), None
     streaming = bool(options.view_as(StandardOptions).streaming)
     reason = columnar_unsupported_reason(file_format=fmt, streaming=streaming, **args)
     if reason is not None:
         _LOG.info("windowed_metrics: record path (%s)", reason)
-        return None
-    return ComputeWindowedMetricsColumnar(**outputs, **args)
+        return None, reason
+    return ComputeWindowedMetricsColumnar(**outputs, **args), None
 
 
 def build(
@@ -148,7 +153,11 @@ def build(
         config, options, Options, lambda c: validate(c, source=source, sink=sink)
     )
     values = config
-    columnar = _columnar(config, options, sink) if source is None else None
+    columnar, reason = (
+        _columnar(config, options, sink)
+        if source is None
+        else (None, "a source was given to build()")
+    )
     if columnar is not None:
         # Batch over files: the columnar path reads the files, counts every outcome and (with
         # no injected sink) writes the window files itself.
@@ -169,7 +178,7 @@ def build(
     dead = all_dead_letters(sourced, result.dead_letter)
     sinks = write_outcomes(result.rows, dead, result.late, values, sink=sink, label="WriteRows")
     sourced.commit_after(*sinks)
-    return Outputs(result.rows, result.late, result.duplicate, dead)
+    return Outputs(result.rows, result.late, result.duplicate, dead, engine_reason=reason)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
