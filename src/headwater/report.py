@@ -3,7 +3,8 @@
 Inputs, all read after the run has finished (plain Python, no Beam pipeline):
 
 * ``summary`` -- the run summary dict the pipelines produce (``pipeline``, ``runner``,
-  ``engine`` (and ``engine_reason`` when the record path ran), ``records_in``, ``output``, ``duplicate``, ``dead_letter``, ``late``, ``wall_s``,
+  ``engine`` and ``engine_reason`` when the record path ran, ``records_in``, ``output``,
+  ``duplicate``, ``dead_letter``, ``late``, ``wall_s``,
   and ``config``: the flags that shape the result -- source, window, key, dedup horizon ...).
   Unknown keys are ignored; missing ones are shown as "-".
 * ``rows_dir`` -- the output folder of

@@ -109,7 +109,7 @@ def _replay_refusal(config: RunConfig) -> str | None:
 def _columnar(
     config: RunConfig, options: PipelineOptions, sink: beam.PTransform | None
 ) -> tuple[ComputeWindowedMetricsColumnar | None, str | None]:
-    """The columnar fast path when it supports this configuration, else why not (for the summary)."""
+    """The columnar fast path when it supports this configuration, else why not (summary)."""
     values = config
     if values.get("source") != "files":
         return None, "the source is Kafka; the columnar engines read files"
