@@ -144,7 +144,7 @@ def test_streaming_dead_letters_are_written_per_pane_in_the_global_window(tmp_pa
     )
     assert_that(
         paths | beam.Map(lambda path: os.path.basename(path).rsplit("-", 1)[0]),
-        equal_to(["dead_letters-00000-of-00001-pane-000", "dead_letters-00000-of-00001-pane-001"]),
+        equal_to(["dead_letters-00000-of-00001", "dead_letters-00000-of-00001-pane-001"]),
         label="one file per pane",
     )
     p.run().wait_until_finish()
@@ -222,7 +222,33 @@ def test_streaming_pane_fires_after_max_delay_of_processing_time(tmp_path):
     paths = p | stream | WriteDeadLetters(str(tmp_path), max_records_per_file=100, max_delay="60s")
     assert_that(
         paths | beam.Map(lambda path: os.path.basename(path).rsplit("-", 1)[0]),
-        equal_to(["dead_letters-00000-of-00001-pane-000", "dead_letters-00000-of-00001-pane-001"]),
+        equal_to(["dead_letters-00000-of-00001", "dead_letters-00000-of-00001-pane-001"]),
         label="a pane per delay, then the rest at the end",
     )
     p.run().wait_until_finish()
+
+
+def _stream_letters_into(folder, letters):
+    """One streaming run (TestStream) writing ``letters`` as a single pane into ``folder``."""
+    stream = TestStream().add_elements(letters).advance_watermark_to_infinity()
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=PipelineOptions(streaming=True))
+    _ = p | stream | WriteDeadLetters(str(folder), max_records_per_file=100)
+    p.run().wait_until_finish()
+
+
+def test_restarted_streaming_job_never_overwrites_or_repeats_dead_letter_files(tmp_path):
+    """Same letters failing later (a restart re-read them) keep the first file; others are new."""
+    first = [dataclasses.replace(d, failed_at="2024-01-01T00:00:00Z") for d in _letters()]
+    _stream_letters_into(tmp_path, first)
+    written = _files(tmp_path)
+    [name] = written
+    assert name.startswith("dead_letters-00000-of-00001-")
+    assert name.endswith(".jsonl")
+    again = [dataclasses.replace(d, failed_at="2024-01-01T00:05:00Z") for d in reversed(first)]
+    _stream_letters_into(tmp_path, again)
+    assert _files(tmp_path) == written  # the same letters: the same name, the first bytes kept
+    _stream_letters_into(tmp_path, again[:2])  # another pane (other letters): its own file
+    after = _files(tmp_path)
+    assert len(after) == 2
+    assert after[name] == written[name]
+    assert not [n for n in after if n.startswith(".tmp-")]

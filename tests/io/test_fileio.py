@@ -32,6 +32,7 @@ from headwater.io.fileio import (
     match_files,
     prepare_output_folders,
     stable_shard,
+    write_once,
     write_success_marker,
 )
 
@@ -338,6 +339,41 @@ def test_rerun_rewrites_byte_identical_files_and_leaves_no_extra_or_temp_files(
     assert first == second
     assert first  # something was written
     assert not [name for name in first if ".tmp-" in name]
+
+
+def test_a_restart_rereading_part_of_a_written_window_keeps_the_earlier_file(tmp_path):
+    """A second job's pane of a window already written (other rows) never replaces its file."""
+    out = tmp_path / "out"
+    rows = _event_rows()  # windows 22:13, 22:14, 22:15
+
+    def run(part):
+        with TestPipeline(runner="FnApiRunner") as p:
+            _ = _windowed(p, part) | WriteWindowedFiles(str(out), num_shards=2)
+        return _files(out)
+
+    first = run(rows[:8])  # the first job wrote 22:13 and 22:14 whole
+    assert {name.split("/")[0][-9:-4] for name in first} == {"22:13", "22:14"}
+    second = run(rows[6:])  # a restart re-read part of 22:14 and reads 22:15 for the first time
+    assert {name: second[name] for name in first} == first  # kept, byte for byte
+    new = sorted(set(second) - set(first))
+    assert new
+    assert all(name.startswith("window_start=2023-11-14T22:15:00Z/") for name in new)
+    back = sorted(r["id"] for name in second for r in pq.read_table(out / name).to_pylist())
+    assert back == [r["id"] for r in rows]  # every row once: none lost, none twice
+
+
+@pytest.mark.parametrize("folder", ["local", "hwmem://b/once"])
+def test_write_once_is_a_no_op_for_the_same_bytes_and_keeps_other_bytes_out(tmp_path, folder):
+    """write_once never replaces a file: same bytes -> True (no-op), other bytes -> False, kept."""
+    _MemoryFileSystem.files.clear()
+    path = str(tmp_path / "w" / "f.bin") if folder == "local" else f"{folder}/w/f.bin"
+    assert write_once(path, b"first")
+    assert write_once(path, b"first")
+    assert not write_once(path, b"other")
+    with beam.io.filesystems.FileSystems.open(path) as handle:
+        assert handle.read() == b"first"
+    siblings = list_output_files(str(tmp_path / "w") if folder == "local" else f"{folder}/w")
+    assert [os.path.basename(name) for name in siblings] == ["f.bin"]
 
 
 def test_given_schema_is_used_for_every_file(tmp_path):

@@ -14,15 +14,22 @@ by event time: it re-windows into the global window first.
 * Streaming: panes fire after ``max_records_per_file`` envelopes or ``max_delay`` of processing
   time, whichever comes first (``Repeatedly(AfterAny(AfterCount, AfterProcessingTime))``,
   discarding), one file per (shard, pane), each envelope with its wall-clock ``failed_at``:
-  ``dead_letters-00000-of-00001-pane-003-<digest>.jsonl``. Pane indices restart when a job
-  restarts, so the name also carries 8 hex digits of the content's hash: a new job never
-  overwrites an earlier job's dead letters, and identical content maps to the same name.
+  ``dead_letters-00000-of-00001-pane-003-<digest>.jsonl`` (pane 0:
+  ``dead_letters-00000-of-00001-<digest>.jsonl``). Pane indices restart when a job restarts and
+  a pane's letters depend on timing, so every streaming name carries 16 hex digits of a hash of
+  the pane's letters without ``failed_at`` (:func:`~headwater.io.fileio.content_digest`): a
+  restarted job never overwrites an earlier job's dead letters (or late records: the late
+  output is written by this sink too), and a pane of the same letters -- re-read after a
+  restart, failing at another instant -- maps to the same name and is not written again
+  (:func:`~headwater.io.fileio.write_once`: the first file, with the first ``failed_at``,
+  stays). A pane holding other letters is a new file, so letters re-read after a restart may
+  appear in two files (at least once, never lost, never overwritten).
 
 Envelopes are sharded by a stable hash of their content (without ``failed_at``), sorted within a
-file (by their JSON line) and written through a temp file and a rename (see
-:func:`headwater.io.fileio.write_atomically`), so no partial file is ever visible under a final
-name. JSON lines are :meth:`DeadLetter.to_json`; Avro files use :data:`DEAD_LETTER_AVRO_SCHEMA`
-(the payload as raw ``bytes``).
+file (by their JSON line) and written through a temp file moved into place, never over an
+existing file (see :func:`headwater.io.fileio.write_once`), so no partial file is ever visible
+under a final name. JSON lines are :meth:`DeadLetter.to_json`; Avro files use
+:data:`DEAD_LETTER_AVRO_SCHEMA` (the payload as raw ``bytes``).
 
 :class:`ReadDeadLetters` reads them back (a glob; ``.avro`` files as Avro, everything else as
 JSON lines, compressed by extension) as ``DeadLetter`` values for a replay pipeline. A row that
@@ -33,8 +40,8 @@ is not an envelope fails the run with :class:`MalformedDeadLetterError` naming t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -51,10 +58,12 @@ from apache_beam.transforms import window as beam_window
 from headwater.core.deadletter import DeadLetter
 from headwater.io.fileio import (
     canonical_json,
+    content_digest,
     encode_avro,
+    file_name,
     match_files,
     stable_shard,
-    write_atomically,
+    write_once,
 )
 from headwater.windowing.durations import parse_duration
 
@@ -92,6 +101,7 @@ DEAD_LETTER_AVRO_SCHEMA: dict[str, Any] = {
 }
 
 _METRICS_NAMESPACE = "headwater.io"
+_LOG = logging.getLogger(__name__)
 
 
 class MalformedDeadLetterError(ValueError):
@@ -148,19 +158,28 @@ class _WriteShardPaneFn(beam.DoFn):
         if not ordered:
             return
         lines = [letter.to_json() for letter in ordered]
-        name = f"dead_letters-{shard:05d}-of-{self._num_shards:05d}"
-        if pane is not None and not (pane.is_first and pane.is_last):
-            digest = hashlib.blake2b("\n".join(lines).encode("utf-8"), digest_size=4).hexdigest()
-            name += f"-pane-{pane.index:03d}-{digest}"
-        name += "." + _EXTENSIONS[self._format]
+        digest = None  # batch: one pane per shard, its name stable across re-runs
+        if not self._batch:
+            digest = content_digest("\n".join(sorted(map(_shard_text, ordered))))
+        pane_index = pane.index if pane is not None and not self._batch else 0
+        name = file_name(
+            "dead_letters",
+            shard,
+            self._num_shards,
+            pane_index,
+            _EXTENSIONS[self._format],
+            digest=digest,
+        )
         if self._format == "json":
             data = "".join(line + "\n" for line in lines).encode("utf-8")
         else:
             records = [_avro_record(letter) for letter in ordered]
             data = encode_avro(records, DEAD_LETTER_AVRO_SCHEMA, sync_seed=name)
         path = FileSystems.join(self._output, name)
-        write_atomically(path, data)
-        self._files.inc()
+        if write_once(path, data):
+            self._files.inc()
+        else:  # same letters (digest) written earlier, failing at another instant
+            _LOG.info("kept %s: written earlier with the same letters", path)
         yield path
 
 

@@ -39,9 +39,25 @@ data (panes after the on-time one) gets its own pane files; nothing is dropped b
 input's allowed lateness already drops. The writer always groups in *discarding* mode (an
 accumulating input is re-windowed, windows unchanged): the files of one window hold each row
 received exactly once, and for accumulating aggregates each pane file holds that pane's
-restatement. Each file is written under ``.tmp-<name>-<uuid>`` in its directory and renamed onto
-its final name, so a final name never shows a partial file; a retried bundle rewrites the same
-bytes. A pane with no rows writes no file. The output is the ``PCollection`` of final paths.
+restatement. Each file is written under ``.tmp-<name>-<uuid>`` in its directory and moved onto
+its final name, so a final name never shows a partial file. A pane with no rows writes no file.
+The output is the ``PCollection`` of final paths.
+
+**Written once** -- a (window, shard, pane) file, once written, is never replaced
+(:func:`write_once`): the same bytes again (a retried bundle; a restarted job that re-read all
+of a window's records) are a no-op, other bytes are *kept out*: the earlier file stays, the new
+pane is not written (logged at INFO, counted as ``headwater.io/window_files_kept``). That is
+what a streaming job restarted from committed offsets needs: it re-reads records after the last
+committed offset, and those of a window an earlier job already wrote form a pane 0 holding only
+the re-read part (a subset of what the earlier file holds, or records that job routed to its
+late output); replacing the file, or adding a second file beside it, would lose or double-count
+rows. Names carry no content hash for the same reason: a hash would let the partial pane in as a
+second file. So names and bytes depend only on the window, the shard, the pane index and the
+rows, and a folder written by a job that was killed and restarted holds each (window, shard,
+pane) once -- for the default on-time trigger (one pane per window) the files of an
+uninterrupted run (``tests/reliability/test_restart_writes_once.py``, docs/reliability.md).
+Panes past the first restart their index in a restarted job, so with early or late panes a
+restart may keep an earlier job's pane where the new job's pane of that index differs.
 
 **Output folders of a run** -- a run starts with empty folders: :func:`prepare_output_folders`
 refuses a folder that holds any file (:class:`OutputFolderNotEmptyError`), or with
@@ -99,6 +115,7 @@ __all__ = [
     "STORAGE_ERRORS",
     "WRITE_FORMATS",
     "canonical_json",
+    "content_digest",
     "encode_avro",
     "encode_avro_rows",
     "encode_parquet",
@@ -111,6 +128,7 @@ __all__ = [
     "unreadable_file_letter",
     "window_directory",
     "write_atomically",
+    "write_once",
     "write_success_marker",
 ]
 
@@ -213,12 +231,46 @@ def write_atomically(path: str, data: bytes, *, mime_type: str = "application/oc
     Readers never see a partial file under ``path``; an existing file is replaced. The temp
     file (``.tmp-<name>-<uuid>``) is removed when the write fails.
     """
+    _write_via_temp(path, data, mime_type, replace=True)
+
+
+def write_once(path: str, data: bytes, *, mime_type: str = "application/octet-stream") -> bool:
+    """Writes ``data`` to ``path`` unless a file is already there; True when written.
+
+    As :func:`write_atomically` (a temp file renamed into place), but an existing file is never
+    replaced: holding the same bytes the write is a no-op (a retried bundle, a restarted job
+    writing what an earlier one wrote), holding other bytes it is kept and False is returned
+    (the caller says so). Local files are linked into place (``os.link`` fails when the name
+    exists, so two writers racing for one name cannot clobber each other); other filesystems
+    check the name, then rename (Beam's ``FileSystems`` has no no-clobber rename).
+    """
+    if FileSystems.exists(path):
+        return _same_bytes(path, data)
+    return _write_via_temp(path, data, mime_type, replace=False) or _same_bytes(path, data)
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read() == data
+
+
+def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
+    """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
     temp = FileSystems.join(directory, f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}")
     try:
         with FileSystems.create(temp, mime_type, CompressionTypes.UNCOMPRESSED) as handle:
             handle.write(data)
-        FileSystems.rename([temp], [path])
+        if replace or FileSystems.get_scheme(path) is not None:
+            FileSystems.rename([temp], [path])
+            return True
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(temp)
+        return True
     except BaseException:
         try:
             if FileSystems.exists(temp):
@@ -691,12 +743,39 @@ class _KeyByShardFn(beam.DoFn):
         yield stable_shard(canonical_json(row), self._num_shards), row
 
 
-def file_name(prefix: str, shard: int, num_shards: int, pane_index: int, extension: str) -> str:
-    """A window file's name: ``prefix-SSSSS-of-NNNNN``, the pane index when past 0, extension."""
+def file_name(
+    prefix: str,
+    shard: int,
+    num_shards: int,
+    pane_index: int,
+    extension: str,
+    *,
+    digest: str | None = None,
+) -> str:
+    """An output file's name: ``prefix-SSSSS-of-NNNNN``, the pane index when past 0, the
+    content ``digest`` when given, the extension.
+
+    Window files (:class:`WriteWindowedFiles`, the columnar writer) have no digest: a window's
+    (window, shard, pane) is written once and kept (see the module docstring). Streaming
+    dead-letter and late files (:mod:`headwater.io.deadletterio`) carry one, since their panes
+    have no window to name them.
+
+    >>> file_name("part", 1, 2, 0, "parquet")
+    'part-00001-of-00002.parquet'
+    >>> file_name("dead_letters", 0, 1, 3, "jsonl", digest="0a1b2c3d")
+    'dead_letters-00000-of-00001-pane-003-0a1b2c3d.jsonl'
+    """
     name = f"{prefix}-{shard:05d}-of-{num_shards:05d}"
     if pane_index > 0:
         name += f"-pane-{pane_index:03d}"
+    if digest is not None:
+        name += f"-{digest}"
     return f"{name}.{extension}"
+
+
+def content_digest(text: str) -> str:
+    """16 hex digits of a stable hash of ``text`` (the same in every process and run)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 class _WriteGroupFn(beam.DoFn):
@@ -711,6 +790,7 @@ class _WriteGroupFn(beam.DoFn):
         self._merging = merging
         self._files = Metrics.counter(_METRICS_NAMESPACE, "files_written")
         self._rows = Metrics.counter(_METRICS_NAMESPACE, "rows_written")
+        self._kept = Metrics.counter(_METRICS_NAMESPACE, "window_files_kept")
 
     def process(
         self,
@@ -734,9 +814,16 @@ class _WriteGroupFn(beam.DoFn):
         else:
             data = encode_avro_rows(ordered, self._schema, relative)
         path = FileSystems.join(self._output, *relative.split("/"))
-        write_atomically(path, data)
-        self._files.inc()
-        self._rows.inc(len(ordered))
+        if write_once(path, data):
+            self._files.inc()
+            self._rows.inc(len(ordered))
+        else:  # an earlier job (a restart re-read part of this window) wrote this pane
+            self._kept.inc()
+            _LOG.info(
+                "kept %s, written earlier with other rows (%d rows of this pane not written)",
+                path,
+                len(ordered),
+            )
         return path
 
 
