@@ -44,6 +44,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
+    package_data={"headwater.pipelines": ["step_names/*"]},  # --update checks keys on them
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

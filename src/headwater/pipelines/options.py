@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from headwater.io.kafkaconfig import mask_setting
+from headwater.pipelines.step_names import check_mapping_is_json
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -632,6 +633,7 @@ def check_argv(argv: Sequence[str], cls: type[HeadwaterOptions], *, pipeline: st
     Every flag of a Beam ``PipelineOptions`` class passes.
     """
     argv = list(argv)
+    check_mapping_is_json(argv)  # Beam's own message would be "invalid loads value"
     parser = _beam_parser()
     known = sorted({o for action in parser._actions for o in action.option_strings})
     own = [f"--{name}" for name in cls.FLAG_NAMES]

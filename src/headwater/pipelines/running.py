@@ -31,6 +31,7 @@ from headwater.pipelines.checks import check_data, check_output_paths, dead_lett
 from headwater.pipelines.config import RunConfig, check_batch, check_streaming
 from headwater.pipelines.options import FLAGS
 from headwater.pipelines.sinks import file_outputs
+from headwater.pipelines.step_names import check_update
 from headwater.transforms.progress import ProgressLines, progress_period
 
 __all__ = [
@@ -188,6 +189,7 @@ def run_pipeline(
     started = time.monotonic()
     p = beam.Pipeline(options=options)
     built = build(p, options)
+    check_update(p, name, options)  # --transform_name_mapping: keys are steps, or refused
     # Once, before anything is written (a streaming run then writes windows over time); a
     # Dataflow --update replaces a running job that goes on writing into the same folders.
     if not options.view_as(GoogleCloudOptions).update:
