@@ -191,8 +191,11 @@ def run_pipeline(
     built = build(p, options)
     check_update(p, name, options)  # --transform_name_mapping: keys are steps, or refused
     # Once, before anything is written (a streaming run then writes windows over time); a
-    # Dataflow --update replaces a running job that goes on writing into the same folders.
-    if not options.view_as(GoogleCloudOptions).update:
+    # Dataflow --update replaces a running job that goes on writing into the same folders, and
+    # an unbounded read resumed from the group's offsets (--start=committed) writes on into the
+    # folders of the job it resumes (window files are written once: fileio.write_once).
+    resumes = unbounded_source(options) and values.get("start") == "committed"
+    if not options.view_as(GoogleCloudOptions).update and (values.get("overwrite") or not resumes):
         prepare_output_folders(
             outputs.values(),
             overwrite=bool(values.get("overwrite")),
