@@ -1,0 +1,139 @@
+"""What a cancel and a drain leave behind on Prism: open windows, written files, committed offsets.
+
+A streaming ``windowed_metrics`` job reads an unbounded Kafka topic on Prism with
+``--commit_offsets``. Events span 20 s of event time in 10 s windows with a 5 s out-of-orderness
+bound, so once all are read the watermark (~15 s) has closed window [0, 10) and window [10, 20)
+is open. Then the job is either
+
+* cancelled (SIGTERM: ``headwater run`` cancels the Prism job): the open window is never
+  written, while the offsets of every record read, those of the open window included, are
+  committed: a restart from the group's offsets does not read them again;
+* drained (one Ctrl-C): the read stops, the watermark goes to the end, the open window is written
+  and the job ends by itself (``DONE``), offsets committed: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from headwater.devtools.produce import committed_total, produce_lines
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BASE_MS = 1_700_000_040_000  # a minute boundary: 2023-11-14T22:14:00Z
+EVENTS = 40  # one every 0.5 s: event times 0 .. 19.5 s
+PARTITIONS = 2
+
+
+def _lines() -> list[tuple[bytes, bytes]]:
+    """(key, value) of EVENTS events over 20 s, three users, keyed so both partitions get some."""
+    return [
+        (
+            f"u{i % 3}-{i % PARTITIONS}".encode(),
+            json.dumps(
+                {"event_id": f"e{i}", "event_time": BASE_MS + i * 500, "user_id": f"u{i % 3}"}
+            ).encode(),
+        )
+        for i in range(EVENTS)
+    ]
+
+
+def _window_files(folder: Path, start_s: int) -> list[Path]:
+    start = dt.datetime.fromtimestamp(BASE_MS / 1000 + start_s, tz=dt.timezone.utc)
+    return sorted((folder / f"window_start={start:%Y-%m-%dT%H:%M:%SZ}").glob("*.parquet"))
+
+
+def _counts(files: list[Path]) -> int:
+    return sum(row["count"] for path in files for row in pq.read_table(path).to_pylist())
+
+
+def _start(start_stream_job: Callable[..., Any], bootstrap: str, topic: str, out: Path) -> Any:
+    return start_stream_job(
+        "windowed_metrics",
+        [
+            "--source=kafka",
+            f"--bootstrap_servers={bootstrap}",
+            f"--topic={topic}",
+            f"--group_id=g-{topic}",
+            "--commit_offsets",
+            "--event_time_field=event_time",
+            "--event_time_unit=ms",
+            "--id_field=event_id",
+            "--key_field=user_id",
+            "--window=fixed:10s",
+            "--allowed_lateness=0s",
+            "--max_out_of_orderness=5s",
+            "--metrics=count",
+            f"--output={out / 'metrics'}",
+            "--output_format=parquet",
+            f"--dead_letter={out / 'dead'}",
+            f"--late_output={out / 'late'}",
+        ],
+    )
+
+
+def _running_with_one_window_open(
+    kafka_bootstrap: str, topic: str, out: Path, job: Any, wait_until: Callable[..., Any]
+) -> None:
+    """Produces the events; waits until all are read and window [0, 10) is written."""
+    counts = produce_lines(kafka_bootstrap, topic, _lines(), partitions=PARTITIONS)
+    assert len(counts) == PARTITIONS
+    wait_until(
+        lambda: (
+            committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
+        ),
+        what=f"all {EVENTS} records read and committed",
+        job=job,
+    )
+    wait_until(lambda: _window_files(out / "metrics", 0), what="window [0, 10)'s file", job=job)
+    assert _counts(_window_files(out / "metrics", 0)) == 20
+    assert not _window_files(out / "metrics", 10), "window [10, 20) was written while open"
+
+
+def test_cancel_leaves_the_open_window_unwritten_and_its_offsets_committed(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Cancel: the open window is never written, yet every read record's offset is committed."""
+    topic = make_kafka_topic(PARTITIONS)
+    out = tmp_path / "out"
+    job = _start(start_stream_job, kafka_bootstrap, topic, out)
+    _running_with_one_window_open(kafka_bootstrap, topic, out, job, wait_until)
+    job.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: not job.running(), what="the cancelled job's exit", timeout=120)
+    summary = json.loads(job.summary_path.read_text(encoding="utf-8"))
+    assert summary["state"] == "CANCELLED"
+    assert not _window_files(out / "metrics", 10), "a cancel wrote the open window"
+    assert committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
+
+
+def test_drain_writes_the_open_window_and_ends_done(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Drain: the read stops, the open window is written, the job ends DONE, offsets committed."""
+    topic = make_kafka_topic(PARTITIONS)
+    out = tmp_path / "out"
+    job = _start(start_stream_job, kafka_bootstrap, topic, out)
+    _running_with_one_window_open(kafka_bootstrap, topic, out, job, wait_until)
+    job.drain()
+    summary = job.finish()
+    assert summary["state"] == "DONE"
+    assert _counts(_window_files(out / "metrics", 10)) == 20
+    assert _counts(_window_files(out / "metrics", 0)) == 20
+    assert (summary["records_in"], summary["output"]) == (EVENTS, EVENTS)
+    assert committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
