@@ -132,7 +132,7 @@ def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -
 
     During a Prism run (or a portable one whose SDK harness is this process, ``LOOPBACK``, e.g.
     ``--runner=PortableRunner`` against Prism's job server) the first Ctrl-C (SIGINT) drains
-    the job (:func:`headwater.io.kafkaio.request_drain`: the Kafka read stops, every open
+    the job (:func:`headwater.io.kafka.request_drain`: the Kafka read stops, every open
     window is closed and written, the job ends by itself); a second one cancels it (windows
     still open are not written). Either way the job is not left running in the background.
     """
@@ -141,7 +141,7 @@ def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -
     )
     if not here:
         return _state_name(result.wait_until_finish())
-    from headwater.io.kafkaio import request_drain, reset_drain
+    from headwater.io.kafka import request_drain, reset_drain
 
     interrupts = 0
 

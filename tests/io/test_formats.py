@@ -20,7 +20,7 @@ from headwater.io.formats import (
     JsonFormat,
     make_format,
 )
-from headwater.io.kafkaio import KafkaRecord
+from headwater.io.kafka import KafkaRecord
 
 SCHEMA = {
     "type": "record",

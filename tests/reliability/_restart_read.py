@@ -24,7 +24,7 @@ from typing import Any
 import apache_beam as beam
 
 from headwater.devtools.produce import produce_lines
-from headwater.io.kafkaio import ReadFromKafka
+from headwater.io.kafka import ReadFromKafka
 from headwater.testing.broker import start_broker, tansu_path
 
 DEADLINE_S = 30.0

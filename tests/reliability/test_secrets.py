@@ -21,8 +21,7 @@ import pytest
 from _reliability import event, line
 
 from headwater.devtools.produce import produce_lines
-from headwater.io.kafkaconfig import KafkaConnection, check_reachable
-from headwater.io.kafkaio import ReadFromKafka, WriteToKafka
+from headwater.io.kafka import KafkaConnection, ReadFromKafka, WriteToKafka, check_reachable
 
 SASL_PASSWORD = "S3cr3t-sasl-7f1c"
 KEY_PASSWORD = "K3y-passw0rd-9c2e"

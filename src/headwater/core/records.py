@@ -1,7 +1,7 @@
 """The raw records that sources emit, and how any element names its payload and origin.
 
 Sources hand the pipeline :class:`SourceRecord` values (files) or
-:class:`headwater.io.kafkaio.KafkaRecord` values (Kafka). Both carry the original bytes and where
+:class:`headwater.io.kafka.KafkaRecord` values (Kafka). Both carry the original bytes and where
 they came from, so that any stage that rejects a record can put the *unchanged* bytes and their
 coordinates into the dead-letter envelope (:mod:`headwater.transforms.deadletter`).
 """

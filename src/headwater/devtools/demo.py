@@ -30,7 +30,7 @@ from typing import Any
 
 from headwater.devtools.produce import committed_total, produce_lines
 from headwater.devtools.workload import WorkloadStats, generate
-from headwater.io.kafkaio import request_drain
+from headwater.io.kafka import request_drain
 from headwater.pipelines import windowed_metrics
 from headwater.testing.broker import start_broker
 

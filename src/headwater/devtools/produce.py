@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from headwater.io.kafkaconfig import KafkaConnection, KafkaDeliveryError
+from headwater.io.kafka import KafkaConnection, KafkaDeliveryError
 
 __all__ = ["committed_total", "ensure_topic", "partition_of", "produce_lines"]
 

@@ -9,7 +9,7 @@ and keep the original bytes and coordinates there::
     routed = records | ApplyOrDeadLetter(JsonFormat().decode, stage="decode")
 
 ``decode`` accepts the bytes themselves or any source record that carries them
-(:class:`~headwater.io.kafkaio.KafkaRecord`'s ``value``,
+(:class:`~headwater.io.kafka.KafkaRecord`'s ``value``,
 :class:`~headwater.core.records.SourceRecord`'s ``payload``).
 
 * :class:`JsonFormat` -- UTF-8 JSON, one object per record.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from headwater.io.formats import Format, JsonFormat, make_format
-from headwater.io.kafkaconfig import mask_setting
+from headwater.io.kafka import mask_setting
 from headwater.pipelines.options import (
     FILE_SOURCE_FLAGS,
     KAFKA_CONNECTION_FLAGS,

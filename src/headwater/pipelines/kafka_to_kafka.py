@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.io.formats import AvroFormat, Format, JsonFormat
-from headwater.io.kafkaio import WriteToKafka
+from headwater.io.kafka import WriteToKafka
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.config import RunConfig, validate_source

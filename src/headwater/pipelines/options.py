@@ -23,7 +23,7 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from headwater.io.kafkaconfig import mask_setting
+from headwater.io.kafka import mask_setting
 from headwater.pipelines.step_names import check_mapping_is_json
 
 if TYPE_CHECKING:

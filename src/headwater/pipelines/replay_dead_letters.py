@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from headwater.core.records import SourceRecord
 from headwater.io.deadletterio import ReadDeadLetters
-from headwater.io.kafkaio import WriteToKafka
+from headwater.io.kafka import WriteToKafka
 from headwater.pipelines import catalog, stream_etl, windowed_metrics
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.config import RunConfig

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from headwater import runners
 from headwater.core.accounting import Accounting
 from headwater.io.fileio import SUCCESS_MARKER, prepare_output_folders, write_success_marker
-from headwater.io.kafkaio import reset_drain
+from headwater.io.kafka import reset_drain
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
 from headwater.pipelines.config import RunConfig, check_batch, check_streaming

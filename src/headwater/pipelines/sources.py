@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
-from headwater.io.kafkaio import ReadFromKafka
+from headwater.io.kafka import ReadFromKafka
 from headwater.io.streamreplay import RecordEventTime, replay_stream
 from headwater.pipelines.config import (
     decoder,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from headwater import pipelines
-from headwater.io.kafkaconfig import mask_setting
+from headwater.io.kafka import mask_setting
 
 __all__ = ["add_commands", "run_command"]
 

@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from headwater.io.kafkaconfig import mask_setting
+from headwater.io.kafka import mask_setting
 from headwater.pipelines import catalog
 from headwater.pipelines.options import FLAGS, Flag
 

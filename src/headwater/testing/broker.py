@@ -354,7 +354,7 @@ def bench_kafka_read(
     import apache_beam as beam
     from confluent_kafka import Consumer, TopicPartition
 
-    from headwater.io.kafkaio import ReadFromKafka
+    from headwater.io.kafka import ReadFromKafka
 
     if records < partitions:
         raise ValueError(f"records={records!r} must be at least partitions={partitions!r}")

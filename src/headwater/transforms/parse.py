@@ -1,7 +1,7 @@
 """Parse raw records: decode, stamp with event time, validate -- or dead-letter them.
 
 Input: raw records from a source (:class:`~headwater.core.records.SourceRecord`,
-:class:`~headwater.io.kafkaio.KafkaRecord`, or plain ``bytes``; a
+:class:`~headwater.io.kafka.KafkaRecord`, or plain ``bytes``; a
 :class:`~headwater.core.records.DecodedRecord` skips decoding), in any window. Output:
 :class:`~headwater.core.deadletter.Routed` -- ``main`` holds the decoded dicts with their
 event time as the element timestamp (a :class:`~headwater.core.records.ParsedRecord` when the source

@@ -12,22 +12,22 @@ from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRest
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from headwater.core.records import origin_of, payload_of
-from headwater.io.kafkaconfig import KafkaConnection
-from headwater.io.kafkaio import (
-    _RESTRICTIONS,
-    UNBOUNDED_STOP,
+from headwater.io.kafka import (
+    KafkaConnection,
     KafkaRecord,
     PartitionRead,
     ReadFromKafka,
     WriteToKafka,
-    _allocate,
-    _PartitionRange,
-    _PartitionTracker,
-    _ReadPartitionFn,
-    _ReadPartitionUnboundedFn,
-    _resolve_starts,
     request_drain,
     reset_drain,
+)
+from headwater.io.kafka.partitions import allocate, resolve_starts
+from headwater.io.kafka.reader import ReadPartitionFn, ReadPartitionUnboundedFn
+from headwater.io.kafka.restriction import (
+    RESTRICTIONS,
+    UNBOUNDED_STOP,
+    PartitionRange,
+    PartitionTracker,
 )
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness, WatermarkState
@@ -42,33 +42,33 @@ def test_kafka_record_gives_payload_and_origin():
 
 def test_initial_restriction_is_the_partition_offset_range():
     """A bounded partition read becomes [start, stop); an unbounded one ends at UNBOUNDED_STOP."""
-    bounded = _RESTRICTIONS.initial_restriction(PartitionRead("t", 0, 5, 12))
-    unbounded = _RESTRICTIONS.initial_restriction(PartitionRead("t", 1, 3, None))
+    bounded = RESTRICTIONS.initial_restriction(PartitionRead("t", 0, 5, 12))
+    unbounded = RESTRICTIONS.initial_restriction(PartitionRead("t", 1, 3, None))
     assert (bounded.start, bounded.stop) == (5, 12)
     assert (unbounded.start, unbounded.stop) == (3, UNBOUNDED_STOP)
-    assert _RESTRICTIONS.create_tracker(bounded).is_bounded()
-    assert not _RESTRICTIONS.create_tracker(unbounded).is_bounded()
+    assert RESTRICTIONS.create_tracker(bounded).is_bounded()
+    assert not RESTRICTIONS.create_tracker(unbounded).is_bounded()
 
 
 def test_initial_split_keeps_one_restriction_per_partition():
     """The initial split does not cut a partition's range: one restriction per partition."""
     element = PartitionRead("t", 0, 0, 1000)
-    restriction = _RESTRICTIONS.initial_restriction(element)
-    assert list(_RESTRICTIONS.split(element, restriction)) == [restriction]
-    assert _RESTRICTIONS.restriction_size(element, restriction) == 1000
+    restriction = RESTRICTIONS.initial_restriction(element)
+    assert list(RESTRICTIONS.split(element, restriction)) == [restriction]
+    assert RESTRICTIONS.restriction_size(element, restriction) == 1000
 
 
 def test_truncate_drops_an_unbounded_restriction_on_drain():
     """On drain an unbounded range is dropped and a bounded one kept."""
-    unbounded = _PartitionRange(0, UNBOUNDED_STOP)
-    bounded = _PartitionRange(0, 10)
-    assert _RESTRICTIONS.truncate(None, unbounded) is None
-    assert _RESTRICTIONS.truncate(None, bounded) == bounded
+    unbounded = PartitionRange(0, UNBOUNDED_STOP)
+    bounded = PartitionRange(0, 10)
+    assert RESTRICTIONS.truncate(None, unbounded) is None
+    assert RESTRICTIONS.truncate(None, bounded) == bounded
 
 
 def test_tracker_claims_inside_the_range_only():
     """Offsets in [start, stop) are claimed; the first one at stop ends the range."""
-    tracker = _PartitionTracker(_PartitionRange(10, 13))
+    tracker = PartitionTracker(PartitionRange(10, 13))
     assert [tracker.try_claim(o) for o in (10, 11, 12)] == [True, True, True]
     assert tracker.try_claim(13) is False
     tracker.check_done()
@@ -77,7 +77,7 @@ def test_tracker_claims_inside_the_range_only():
 def test_tracker_checkpoint_hands_back_the_rest_with_the_deadline():
     """try_split(0) keeps [start, next) and returns [next, stop) with the same deadline."""
     deadline = time.time() + 3600
-    tracker = _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP, deadline=deadline))
+    tracker = PartitionTracker(PartitionRange(0, UNBOUNDED_STOP, deadline=deadline))
     assert tracker.try_claim(0)
     assert tracker.try_claim(1)
     primary, residual = tracker.try_split(0)
@@ -89,7 +89,7 @@ def test_tracker_checkpoint_hands_back_the_rest_with_the_deadline():
 
 def test_tracker_dynamic_split_halves_the_remainder():
     """A runner split at 0.5 of the remainder cuts the range in the middle of what is left."""
-    tracker = _PartitionTracker(_PartitionRange(0, 100))
+    tracker = PartitionTracker(PartitionRange(0, 100))
     assert tracker.try_claim(0)
     primary, residual = tracker.try_split(0.5)
     assert (primary.stop, residual.start, residual.stop) == (50, 50, 100)
@@ -99,7 +99,7 @@ def test_tracker_dynamic_split_halves_the_remainder():
 def test_tracker_ends_the_range_at_the_deadline_without_residual():
     """Past the deadline a claim fails and the range is cut there, so the restriction is done."""
     now = [100.0]
-    tracker = _PartitionTracker(_PartitionRange(0, 50, deadline=105.0), clock=lambda: now[0])
+    tracker = PartitionTracker(PartitionRange(0, 50, deadline=105.0), clock=lambda: now[0])
     assert tracker.try_claim(0)
     assert tracker.try_claim(1)
     now[0] = 106.0
@@ -110,10 +110,10 @@ def test_tracker_ends_the_range_at_the_deadline_without_residual():
 
 def test_allocate_spreads_max_records_over_partitions():
     """max_records is taken round-robin from what partitions hold, then past their ends."""
-    assert _allocate(7, [0, 0, 0], [10, 10, 10], stop_at_end=False) == [3, 2, 2]
-    assert _allocate(7, [0, 0, 0], [1, 10, 0], stop_at_end=False) == [1, 6, 0]
-    assert _allocate(10, [0, 5], [2, 6], stop_at_end=True) == [2, 6]
-    assert _allocate(5, [0, 5], [2, 6], stop_at_end=False) == [3, 7]
+    assert allocate(7, [0, 0, 0], [10, 10, 10], stop_at_end=False) == [3, 2, 2]
+    assert allocate(7, [0, 0, 0], [1, 10, 0], stop_at_end=False) == [1, 6, 0]
+    assert allocate(10, [0, 5], [2, 6], stop_at_end=True) == [2, 6]
+    assert allocate(5, [0, 5], [2, 6], stop_at_end=False) == [3, 7]
 
 
 def _reader(**options):
@@ -125,7 +125,7 @@ def _reader(**options):
 def test_watermark_estimator_starts_at_min_timestamp():
     """The estimator's initial state is MIN_TIMESTAMP (checkpoint-safe), not None."""
     fn = _reader().reader_fn()
-    state = fn.initial_estimator_state(PartitionRead("t", 0, 0), _PartitionRange(0, 1))
+    state = fn.initial_estimator_state(PartitionRead("t", 0, 0), PartitionRange(0, 1))
     assert fn.create_watermark_estimator(state).current_watermark() == MIN_TIMESTAMP
     assert fn.estimator_state_coder().decode(fn.estimator_state_coder().encode(state)) == state
 
@@ -155,10 +155,10 @@ def test_idle_partition_watermark_advances_with_the_clock():
 
 def test_reader_fn_kind_follows_boundedness():
     """Bounded options give the bounded DoFn; none of them gives the unbounded one."""
-    assert type(_reader(stop_at_end=True).reader_fn()) is _ReadPartitionFn
-    assert type(_reader(max_records=5).reader_fn()) is _ReadPartitionFn
-    assert type(_reader(max_duration="1m").reader_fn()) is _ReadPartitionFn
-    assert type(_reader().reader_fn()) is _ReadPartitionUnboundedFn
+    assert type(_reader(stop_at_end=True).reader_fn()) is ReadPartitionFn
+    assert type(_reader(max_records=5).reader_fn()) is ReadPartitionFn
+    assert type(_reader(max_duration="1m").reader_fn()) is ReadPartitionFn
+    assert type(_reader().reader_fn()) is ReadPartitionUnboundedFn
 
 
 class _Msg:
@@ -221,7 +221,7 @@ class _Finalizer:
 def _run(fn, consumer, restriction, element=None):
     fn._consumer = consumer
     fn._assigned = None
-    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(_PartitionTracker(restriction)))
+    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(PartitionTracker(restriction)))
     finalizer = _Finalizer()
     element = element or PartitionRead("t", 0, restriction.start)
     estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
@@ -233,7 +233,7 @@ def test_process_emits_claimed_offsets_with_kafka_timestamps():
     """A bounded range emits each offset once, timestamped with the Kafka timestamp."""
     fn = _reader(stop_at_end=True).reader_fn()
     consumer = _FakeConsumer([[_Msg(0, ts=5_000), _Msg(1, ts=6_000)], [_Msg(2, ts=7_000)]])
-    out, _, _ = _run(fn, consumer, _PartitionRange(0, 3))
+    out, _, _ = _run(fn, consumer, PartitionRange(0, 3))
     assert [(tv.value.offset, tv.timestamp.micros // 1000) for tv in out] == [
         (0, 5_000),
         (1, 6_000),
@@ -246,7 +246,7 @@ def test_process_event_time_field_overrides_kafka_timestamp():
     """event_time reads the element timestamp from the decoded value."""
     fn = _reader(stop_at_end=True, event_time=EventTimeExtractor(field="at")).reader_fn()
     consumer = _FakeConsumer([[_Msg(0, value=b'{"at": 42000}'), _Msg(1, value=b"{}", ts=9)]])
-    out, _, _ = _run(fn, consumer, _PartitionRange(0, 2))
+    out, _, _ = _run(fn, consumer, PartitionRange(0, 2))
     assert out[0].timestamp.micros // 1000 == 42_000
 
 
@@ -256,10 +256,10 @@ def test_record_without_event_time_never_moves_the_watermark():
     fn = _reader(event_time=EventTimeExtractor(field="at"), watermark=policy).reader_fn()
     now_ms = int(time.time() * 1000)
     consumer = _FakeConsumer([[_Msg(4, value=b'{"at": 42000}'), _Msg(5, value=b"junk", ts=now_ms)]])
-    restriction = _PartitionRange(4, UNBOUNDED_STOP)
+    restriction = PartitionRange(4, UNBOUNDED_STOP)
     element = PartitionRead("t", 0, 4)
     estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
-    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(_PartitionTracker(restriction)))
+    view = RestrictionTrackerView(ThreadsafeRestrictionTracker(PartitionTracker(restriction)))
     fn._consumer, fn._assigned = consumer, None
     out = []
     for tv in fn.process(element, _Finalizer(), view, watermark_estimator=estimator):
@@ -271,19 +271,19 @@ def test_record_without_event_time_never_moves_the_watermark():
 
 def test_unbounded_range_refuses_fractional_splits_but_checkpoints():
     """Splitting [n, inf) at a fraction would start a residual near 2**62: refused."""
-    tracker = _PartitionTracker(_PartitionRange(5, UNBOUNDED_STOP))
+    tracker = PartitionTracker(PartitionRange(5, UNBOUNDED_STOP))
     assert tracker.try_claim(5)
     assert tracker.try_split(0.5) is None
     primary, residual = tracker.try_split(0)
     assert (primary.stop, residual.start, residual.stop) == (6, 6, UNBOUNDED_STOP)
-    bounded = _PartitionTracker(_PartitionRange(0, 10))
+    bounded = PartitionTracker(PartitionRange(0, 10))
     assert bounded.try_split(0.5) is not None
 
 
 def test_drain_ends_unbounded_ranges_at_the_next_claim_only():
     """request_drain: an unbounded range is cut at its next claim; a bounded one reads on."""
-    unbounded = _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP))
-    bounded = _PartitionTracker(_PartitionRange(0, 3))
+    unbounded = PartitionTracker(PartitionRange(0, UNBOUNDED_STOP))
+    bounded = PartitionTracker(PartitionRange(0, 3))
     assert unbounded.try_claim(0)
     request_drain()
     try:
@@ -293,7 +293,7 @@ def test_drain_ends_unbounded_ranges_at_the_next_claim_only():
         assert all(bounded.try_claim(i) for i in range(3))
     finally:
         reset_drain()
-    assert _PartitionTracker(_PartitionRange(0, UNBOUNDED_STOP)).try_claim(0)
+    assert PartitionTracker(PartitionRange(0, UNBOUNDED_STOP)).try_claim(0)
 
 
 def test_unbounded_read_output_is_marked_unbounded():
@@ -308,7 +308,7 @@ def test_process_unbounded_checkpoints_when_caught_up():
     """Unbounded: an empty poll defers the remainder from the next offset (a checkpoint)."""
     fn = _reader(poll_interval="10ms").reader_fn()
     consumer = _FakeConsumer([[_Msg(4), _Msg(5)]])
-    out, view, _ = _run(fn, consumer, _PartitionRange(4, UNBOUNDED_STOP))
+    out, view, _ = _run(fn, consumer, PartitionRange(4, UNBOUNDED_STOP))
     assert [tv.value.offset for tv in out] == [4, 5]
     deferred = view._threadsafe_restriction_tracker.deferred_status()
     assert deferred is not None
@@ -320,7 +320,7 @@ def test_process_finishes_when_position_passes_stop_without_records():
     """Control records at the end (position past stop, no messages) end the bounded read."""
     fn = _reader(stop_at_end=True).reader_fn()
     consumer = _FakeConsumer([[_Msg(0)]], position=3)
-    out, view, _ = _run(fn, consumer, _PartitionRange(0, 3))
+    out, view, _ = _run(fn, consumer, PartitionRange(0, 3))
     assert [tv.value.offset for tv in out] == [0]
     view._threadsafe_restriction_tracker.check_done()
 
@@ -328,12 +328,12 @@ def test_process_finishes_when_position_passes_stop_without_records():
 def test_process_registers_commit_of_next_offset_only_when_asked():
     """commit_on_finalize registers the commit; without it, a no-op (Prism finalizes anyway)."""
     with_commit = _reader(stop_at_end=True, group_id="g", commit_on_finalize=True).reader_fn()
-    _, _, finalizer = _run(with_commit, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
+    _, _, finalizer = _run(with_commit, _FakeConsumer([[_Msg(0), _Msg(1)]]), PartitionRange(0, 2))
     assert len(finalizer.callbacks) == 1
     assert finalizer.callbacks[0].args == ("t", 0, 2)
     without = _reader(stop_at_end=True).reader_fn()
-    _, _, finalizer = _run(without, _FakeConsumer([[_Msg(0), _Msg(1)]]), _PartitionRange(0, 2))
-    assert [getattr(c, "func", c).__name__ for c in finalizer.callbacks] == ["_nothing_to_commit"]
+    _, _, finalizer = _run(without, _FakeConsumer([[_Msg(0), _Msg(1)]]), PartitionRange(0, 2))
+    assert [getattr(c, "func", c).__name__ for c in finalizer.callbacks] == ["nothing_to_commit"]
 
 
 class _StartConsumer:
@@ -352,15 +352,15 @@ def test_committed_start_falls_back_to_earliest_and_times_to_end():
     """committed: the group's offset, else earliest; a datetime: its offset, else the end."""
     conn = KafkaConnection("h:1")
     parts, lows, highs = [("t", 0), ("t", 1)], [0, 2], [10, 20]
-    assert _resolve_starts(
+    assert resolve_starts(
         _StartConsumer(), conn, parts, lows, highs, start="committed", timeout=1
     ) == [7, 2]
     when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    assert _resolve_starts(_StartConsumer(), conn, parts, lows, highs, start=when, timeout=1) == [
+    assert resolve_starts(_StartConsumer(), conn, parts, lows, highs, start=when, timeout=1) == [
         4,
         20,
     ]
-    assert _resolve_starts(
+    assert resolve_starts(
         _StartConsumer(), conn, parts, lows, highs, start={("t", 1): 50}, timeout=1
     ) == [0, 20]
 

@@ -19,8 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from headwater.io.formats import JsonFormat
-from headwater.io.kafkaconfig import KafkaDeliveryError
-from headwater.io.kafkaio import KafkaRecord, ReadFromKafka, WriteToKafka
+from headwater.io.kafka import KafkaDeliveryError, KafkaRecord, ReadFromKafka, WriteToKafka
 from headwater.transforms.deadletter import ApplyOrDeadLetter
 from headwater.windowing.eventtime import EventTimeExtractor
 

@@ -10,18 +10,19 @@ import apache_beam as beam
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from headwater.io.kafkaconfig import (
+from headwater.io.kafka import (
     KafkaConfigError,
     KafkaConnectError,
     KafkaConnection,
     KafkaDeliveryError,
+    ReadFromKafka,
+    WriteToKafka,
     check_reachable,
     is_secret_key,
     mask_config,
     mask_setting,
     wrap_kafka_error,
 )
-from headwater.io.kafkaio import ReadFromKafka, WriteToKafka
 
 SECRETS = {
     "sasl.password": "pw-one-1234",
