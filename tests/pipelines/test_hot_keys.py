@@ -1,0 +1,198 @@
+"""No single-key stage (issue 14): every keyed step of every pipeline sees many keys.
+
+On Dataflow and Flink a key is the unit of parallelism of a GroupByKey, a CombinePerKey and a
+stateful DoFn: a step whose key is constant runs on one worker thread whatever the job's size.
+Each pipeline is built for each mode, then every such step (a ``GroupByKey`` primitive, which
+``CombinePerKey`` and ``Reshuffle`` expand to, or a ``ParDo`` of a stateful DoFn) gets a probe on
+its input that counts the distinct keys reaching it; the pipeline runs on the local runner over
+events of many users, ids and windows (a few duplicates, one malformed line, one late record).
+A step that sees exactly one distinct key over many elements is a hot key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms import userstate
+
+from headwater import pipelines, runners
+from headwater.pipelines.config import RunConfig
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "hot_key_probe"
+BASE_MS = 1_700_000_040_000  # a minute boundary
+EVENTS = 60
+
+#: Steps known to key by a constant, each with why; every other keyed step must spread.
+LATE_ROUTER = re.compile(r"/RouteLate/")
+ONE_SHARD_WRITERS = re.compile(r"^(WriteDeadLetters|WriteLate)/GroupPerShard$")
+
+
+def _lines() -> list[str]:
+    """Events of 6 users over 3 windows of 10 s, 3 re-deliveries, a late event, 2 bad lines."""
+    events = [
+        {"event_id": f"e{i}", "event_time": BASE_MS + i * 500, "user_id": f"u{i % 6}", "n": i}
+        for i in range(EVENTS)
+    ]
+    lines = [json.dumps(e) for e in events]
+    lines += lines[:3]  # duplicates
+    late = {"event_id": "late", "event_time": BASE_MS + 1_000, "user_id": "u1", "n": 1}
+    lines.append(json.dumps(late))  # 29 s behind the newest: late once window [0, 10) closed
+    lines += ["not json {", "not json either ["]  # two dead letters: the writer sees them
+    return lines
+
+
+def _flags(tmp_path: Path, name: str, mode: str) -> list[str]:
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(_lines()) + "\n", encoding="utf-8")
+    flags = [
+        f"--input={data}",
+        "--event_time_field=event_time",
+        "--event_time_unit=ms",
+        "--id_field=event_id",
+        "--dedup_horizon=60s",
+        "--max_out_of_orderness=2s",
+        f"--dead_letter={tmp_path / 'dead'}",
+    ]
+    if name == "kafka_to_kafka":
+        flags += ["--key_field=user_id", "--bootstrap_servers=unused:9092"]
+    else:
+        flags += [
+            f"--output={tmp_path / 'out'}",
+            "--output_shards=3",  # files per window: the writers' keys are the shards
+            "--window=fixed:10s",
+            "--allowed_lateness=0s",
+            f"--late_output={tmp_path / 'late'}",
+        ]
+    if name == "windowed_metrics":
+        flags += ["--key_field=user_id", "--metrics=count,sum:n"]
+    if mode == "stream":  # files replayed as a stream: an unbounded TestStream, watermark moves
+        flags += ["--replay_as_stream", "--replay_engine=teststream"]
+    return flags
+
+
+class _ProbeFn(beam.DoFn):
+    """Counts each distinct key reaching step ``label`` (a counter per key)."""
+
+    def __init__(self, label: str):
+        self._label = label
+
+    def process(self, element: Any) -> Iterator[Any]:
+        key = element[0]
+        Metrics.counter(NAMESPACE, f"{self._label}\t{key!r}").inc()
+        return iter(())
+
+
+def _keyed_steps(p: beam.Pipeline) -> list[Any]:
+    """Every GroupByKey primitive and stateful ParDo of ``p`` (applied transforms)."""
+    steps = []
+    todo = list(p.transforms_stack[0].parts)
+    while todo:
+        applied = todo.pop()
+        todo.extend(applied.parts)
+        transform = applied.transform
+        if isinstance(transform, beam.GroupByKey) or (
+            isinstance(transform, beam.ParDo) and userstate.is_stateful_dofn(transform.fn)
+        ):
+            steps.append(applied)
+    return steps
+
+
+def _keys_per_step(tmp_path: Path, name: str, mode: str) -> dict[str, dict[str, int]]:
+    """Runs ``name`` in ``mode`` with a probe on each keyed step: step -> {key: elements}."""
+    options = PipelineOptions(_flags(tmp_path, name, mode))
+    runners.prepare(options, streaming=mode == "stream")
+    module = pipelines.load(name)
+    p = beam.Pipeline(options=options)
+    config = RunConfig.from_options(options, module.Options)
+    if name == "kafka_to_kafka":  # no broker here: the topic writes are no keyed step
+        module.build(p, options, config=config, sink=beam.Map(lambda r: r))
+    else:
+        module.build(p, options, config=config)
+    steps = _keyed_steps(p)
+    assert steps, f"{name} ({mode}) has no keyed step"
+    for i, applied in enumerate(steps):
+        (pcoll,) = applied.inputs
+        _ = pcoll | f"HotKeyProbe{i}" >> beam.ParDo(_ProbeFn(applied.full_label))
+    result = p.run()
+    result.wait_until_finish()
+    found: dict[str, dict[str, int]] = {a.full_label: {} for a in steps}
+    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    for counter in counters:
+        label, key = counter.key.metric.name.split("\t", 1)
+        value = counter.committed if counter.committed is not None else counter.attempted
+        found[label][key] = found[label].get(key, 0) + value
+    return found
+
+
+def _hot(keys: dict[str, dict[str, int]], which: re.Pattern[str] | None) -> dict[str, Any]:
+    """The steps (matching ``which``, or all but the known ones) that saw one key, many times."""
+    hot = {}
+    for label, counts in keys.items():
+        known = LATE_ROUTER.search(label) or ONE_SHARD_WRITERS.search(label)
+        if (which.search(label) is None) if which else known:
+            continue
+        if len(counts) == 1 and sum(counts.values()) > 1:
+            hot[label] = counts
+    return hot
+
+
+CASES = [
+    ("windowed_metrics", "batch"),  # the columnar engine
+    ("windowed_metrics", "stream"),
+    ("stream_etl", "batch"),
+    ("stream_etl", "stream"),
+    ("kafka_to_kafka", "batch"),
+]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]:
+    """Keys per keyed step of every case (each pipeline runs once per mode)."""
+    return {
+        (name, mode): _keys_per_step(tmp_path_factory.mktemp(f"{name}-{mode}"), name, mode)
+        for name, mode in CASES
+    }
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_no_keyed_step_sees_a_single_key(keys, name, mode):
+    """Every GroupByKey/stateful step (but the known ones below) sees more than one key."""
+    found = keys[(name, mode)]
+    exercised = [label for label, counts in found.items() if sum(counts.values()) > 1]
+    assert exercised, f"{name} ({mode}): no keyed step saw elements: {sorted(found)}"
+    hot = _hot(found, None)
+    assert not hot, f"{name} ({mode}): steps keyed by a constant (one key each): {hot}"
+
+
+@pytest.mark.xfail(strict=True, reason="late router single key (lead rewriting)")
+@pytest.mark.parametrize("name", ["windowed_metrics", "stream_etl"])
+def test_late_router_spreads_its_keys(keys, name):
+    """The streaming late router keys records by more than one key."""
+    found = {k: v for k, v in keys[(name, "stream")].items() if LATE_ROUTER.search(k)}
+    assert found, f"{name}: no late router step in the stream graph"
+    assert all(sum(c.values()) > 1 for c in found.values()), f"router not exercised: {found}"
+    hot = _hot(keys[(name, "stream")], LATE_ROUTER)
+    assert not hot, f"{name}: the late router keys everything by one key: {hot}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="WriteDeadLetters/WriteLate group by shard and write one shard: one key (reported)",
+)
+@pytest.mark.parametrize(("name", "mode"), [c for c in CASES if c[0] != "kafka_to_kafka"])
+def test_dead_letter_and_late_writers_spread_their_keys(keys, name, mode):
+    """The dead-letter and late writers group by more than one key (by shard)."""
+    found = keys[(name, mode)]
+    assert any(ONE_SHARD_WRITERS.search(k) and sum(c.values()) > 1 for k, c in found.items())
+    hot = _hot(found, ONE_SHARD_WRITERS)
+    assert not hot, f"{name} ({mode}): a writer keys everything by one shard: {hot}"
