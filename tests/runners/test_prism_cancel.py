@@ -10,6 +10,9 @@ is open. Then the job is either
   committed: a restart from the group's offsets does not read them again;
 * drained (one Ctrl-C): the read stops, the watermark goes to the end, the open window is written
   and the job ends by itself (``DONE``), offsets committed: nothing lost, nothing twice.
+
+Prism itself has no drain: its Job API answers ``Drain`` with ``UNIMPLEMENTED``, so the drain
+above is headwater's own (the Kafka source stops claiming records).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from headwater.devtools.produce import committed_total, produce_lines
 
@@ -137,3 +142,14 @@ def test_drain_writes_the_open_window_and_ends_done(
     assert _counts(_window_files(out / "metrics", 0)) == 20
     assert (summary["records_in"], summary["output"]) == (EVENTS, EVENTS)
     assert committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
+
+
+def test_prism_job_server_has_no_runner_drain(prism_endpoint: str) -> None:
+    """Prism's Job API answers Drain with UNIMPLEMENTED: a drain is headwater's source-level one."""
+    with grpc.insecure_channel(prism_endpoint) as channel:
+        stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Drain(beam_job_api_pb2.DrainJobRequest(job_id="any"), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        jobs = stub.GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=30)  # the server answers
+        assert jobs is not None
