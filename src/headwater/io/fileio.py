@@ -62,7 +62,9 @@ restart may keep an earlier job's pane where the new job's pane of that index di
 **Output folders of a run** -- a run starts with empty folders: :func:`prepare_output_folders`
 refuses a folder that holds any file (:class:`OutputFolderNotEmptyError`), or with
 ``overwrite=True`` deletes its contents first, so no file of an earlier run (another shard count,
-other windows) survives next to the new ones. A run that completes writes
+other windows) survives next to the new ones. (``headwater run`` skips the check for a streaming
+job resumed from its consumer group's offsets: it writes on into the folders of the job it
+resumes, and its window files are written once.) A run that completes writes
 :func:`write_success_marker` -- ``_SUCCESS``, a small JSON of the run's files and counts -- into
 each folder last: a folder without it is half-written or still being written.
 
