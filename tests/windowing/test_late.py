@@ -7,9 +7,11 @@ record is recognised whether or not any other record fell into its window.
 from __future__ import annotations
 
 import random
+import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -41,6 +43,7 @@ from headwater.windowing.late import (
     RouteLateData,
     WindowWithLateRouting,
     _RouteLateFn,
+    _Start,
 )
 
 US = 1
@@ -405,13 +408,13 @@ def _mixed_stream(seed: int, window_s: int, lateness_s: int):
     return stream.advance_watermark_to_infinity(), rid, expected_late
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_every_record_is_in_exactly_one_place(seed):
+@pytest.mark.parametrize(("seed", "shards"), [(1, 1), (2, 1), (1, 16), (2, 5)])
+def test_every_record_is_in_exactly_one_place(seed, shards):
     """main + late == input, late records are exactly the closed-window ones, main all in panes."""
     stream, total, expected_late = _mixed_stream(seed, window_s=10, lateness_s=5)
     assert 0 < len(expected_late) < total
     with _streaming() as p:
-        routed = p | stream | RouteLateData(FixedWindows(10), allowed_lateness=5)
+        routed = p | stream | RouteLateData(FixedWindows(10), allowed_lateness=5, shards=shards)
         windowed = routed.main | "Window" >> beam.WindowInto(
             FixedWindows(10),
             trigger=beam_trigger.AfterWatermark(late=beam_trigger.AfterCount(1)),
@@ -604,7 +607,7 @@ def test_step_labels_are_stable():
             labels.add(node.full_label)
 
     p.visit(_Collect())
-    assert {"Late/RouteLate/KeyByClock", "Late/RouteLate/Route", "Late/Window"} <= labels
+    assert {"Late/RouteLate/SpreadOverShards", "Late/RouteLate/Route", "Late/Window"} <= labels
     assert "BatchLate/RouteLate/NoLateData" in labels  # bounded input: nothing can be late
 
 
@@ -621,6 +624,8 @@ def test_late_routed_is_a_named_pair():
         ({"allowed_lateness": -1}, "allowed_lateness=-1"),
         ({"allowed_lateness": "soon"}, "allowed_lateness='soon'"),
         ({"clock_horizon": "-1h"}, "clock_horizon='-1h'"),
+        ({"shards": 0}, "shards=0"),
+        ({"shards": "4"}, "shards='4'"),
     ],
 )
 def test_route_late_data_rejects_bad_options(kwargs, bad):
@@ -690,15 +695,20 @@ def test_rule_boundary_is_exact_to_the_microsecond():
     """Known watermark W.end+L-1us leaves W open; W.end+L closes it (the DoFn driven directly)."""
     fn = _RouteLateFn(FixedWindows(60), 30 * S, 60 * S)
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
+    catching = _FakeValue()
 
     def route(micros):
-        return list(fn.process((0, {"t": micros}), _ts(micros), known, armed, newest, timer))
+        return list(
+            fn.process((0, {"t": micros}), _ts(micros), known, armed, newest, timer, catching)
+        )
 
     assert route(20 * S) == [{"t": 20 * S}]
     assert (newest.read(), timer.at) == (90 * S, _ts(30 * S))  # starts one horizon early
-    fn.on_tick(_ts(90 * S - 1 * US), known, armed, newest, timer)  # a tick 1us before close
+    fn.on_tick(
+        _ts(90 * S - 1 * US), known, armed, newest, timer, catching
+    )  # a tick 1us before close
     assert route(25 * S) == [{"t": 25 * S}]
-    fn.on_tick(_ts(90 * S), known, armed, newest, timer)
+    fn.on_tick(_ts(90 * S), known, armed, newest, timer, catching)
     assert (known.read(), armed.read(), timer.at) == (90 * S, 150 * S, _ts(150 * S))
     [late] = route(30 * S)
     assert isinstance(late, TaggedOutput)
@@ -710,11 +720,120 @@ def test_clock_walks_the_grid_and_stops_past_the_horizon():
     """Ticks start a horizon before the first close, step by window, stop a horizon past."""
     fn = _RouteLateFn(FixedWindows(60), 0, 120 * S)
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
-    list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer))
+    catching = _FakeValue()
+    list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer, catching))
     ticks = []
     while armed.read() is not None:
         ticks.append(armed.read() // S)
-        fn.on_tick(_ts(armed.read()), known, armed, newest, timer)
+        fn.on_tick(_ts(armed.read()), known, armed, newest, timer, catching)
     assert ticks == [-60, 0, 60, 120, 180]
-    list(fn.process((0, {}), _ts(200 * S), known, armed, newest, timer))  # restarts the clock
+    list(
+        fn.process((0, {}), _ts(200 * S), known, armed, newest, timer, catching)
+    )  # restarts the clock
     assert armed.read() == 240 * S
+
+
+def _counter(result, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_namespace("headwater").with_name(name))
+    return sum(c.committed or 0 for c in found["counters"])
+
+
+def test_records_are_dealt_evenly_over_the_shards():
+    """No hot key: the router's records spread round robin, counted per shard."""
+    stream = TestStream().add_elements([_rec(i, i * S) for i in range(64)])
+    p = _streaming()
+    _ = (
+        p
+        | stream.advance_watermark_to_infinity()
+        | RouteLateData(FixedWindows(60), allowed_lateness=0, shards=4)
+    )
+    result = p.run()
+    result.wait_until_finish()
+    assert [_counter(result, f"late_routing.shard_{i}") for i in range(4)] == [16] * 4
+
+
+def _minute(micros: int) -> int:
+    return micros // (60 * S) * 60 * S
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "past"])
+def test_a_silence_longer_than_the_horizon_on_idle_shards(live):
+    """Live: every shard's clock ticks through a long silence, idle shards included, so
+    stragglers after it are late; in past event time the clock stops and they are counted
+    as unverified (the windowing step drops them), never silently."""
+    base = _minute(round(time.time() * S)) - 60 * 60 * S if live else 0
+    stragglers = [_rec(100 + i, base + 20 * 60 * S + i * S) for i in range(16)]
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, base + 10 * S), _rec(2, base + 11 * S)])  # 14 shards get none
+        .advance_watermark_to(_ts(base + 61 * S))
+        .advance_watermark_to(_ts(base + 40 * 60 * S))  # a 39-minute silence, horizon 5 min
+        .add_elements([*stragglers, _rec(3, base + 40 * 60 * S + 10 * S)])
+        .advance_watermark_to_infinity()
+    )
+    p = _streaming()
+    routed = (
+        p
+        | stream
+        | WindowWithLateRouting(FixedWindows(60), allowed_lateness=0, clock_horizon="5m", shards=16)
+    )
+    late_ids = routed.late | beam.Map(lambda d: int(d.payload.split(b",")[0][6:]))
+    assert_that(late_ids, equal_to([100 + i for i in range(16)] if live else []), label="Late")
+    on_time = routed.main | "Ids" >> beam.Map(lambda r: r["id"])
+    assert_that(on_time, equal_to([1, 2, 3] if live else [1, 2, 3, *range(100, 116)]), "Main")
+    result = p.run()
+    result.wait_until_finish()
+    # Past: the 16 stragglers, and record 3, judged while the restarted clock catches up.
+    assert _counter(result, "late_routing.unverified") == (0 if live else 17)
+    assert _counter(result, "late_routing.late") == (16 if live else 0)
+
+
+def test_an_ancient_or_future_record_costs_itself_and_nothing_more():
+    """Event time 0 before the first tick and a year-2300 record: no clock walks to them."""
+    base = _minute(round(time.time() * S)) - 5 * 60 * S
+    year_2300 = 10_413_792_000 * S
+    stream = (
+        TestStream()
+        .add_elements([_rec(1, base + 10 * S)])
+        .add_elements([_rec(2, 0), _rec(3, year_2300)])
+        .advance_watermark_to(_ts(base + 2 * 60 * S))
+        .add_elements([_rec(4, 30 * S)])  # after the first tick: late
+        .advance_watermark_to_infinity()
+    )
+    p = _streaming()
+    routed = (
+        p
+        | stream
+        | WindowWithLateRouting(FixedWindows(60), allowed_lateness=0, clock_horizon="5m", shards=4)
+    )
+    assert_that(routed.late | beam.Map(lambda d: d.payload), equal_to([_payload(4)]), label="Late")
+    assert_that(
+        _counts_per_pane(routed.main) | "Counts" >> beam.Map(lambda c: c[0]),
+        equal_to([1, 1, 1]),
+        label="ThreePanes",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, "late_routing.unverified") == 1  # event time 0, before any tick
+    # From 5 min before the data to 5 min past the wall clock, one tick per minute per shard.
+    assert 0 < _counter(result, "late_routing.ticks") <= 4 * 20
+
+
+def test_a_start_note_far_ahead_moves_the_clock_up_instead_of_walking():
+    """The data jumps a day ahead: the shard's clock is re-armed there, not walked to it."""
+    fn = _RouteLateFn(FixedWindows(60), 0, 300 * S, wall_clock=lambda: 0.0)
+    known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
+    catching = _FakeValue()
+
+    def route(value, micros):
+        return list(fn.process((0, value), _ts(micros), known, armed, newest, timer, catching))
+
+    assert route(_Start(10 * S), 10 * S) == []
+    assert armed.read() == -240 * S
+    fn.on_tick(_ts(-240 * S), known, armed, newest, timer, catching)
+    assert armed.read() == -180 * S
+    day = 24 * 3600 * S
+    assert route(_Start(day), day) == []
+    assert (armed.read(), timer.at) == (day + 60 * S - 300 * S, _ts(day - 240 * S))
+    assert catching.read() == day - 240 * S + 300 * S  # distrusted until a horizon past it
+    assert route({"id": 1}, 3600 * S) == [{"id": 1}]  # in the skipped stretch: unverified

@@ -35,10 +35,11 @@ before the record's group of ``watermark_every`` records (``-inf`` for the first
 
 These are the record path's rules on the streaming DirectRunner, where every timer due at a
 watermark fires before the next records arrive; the tests replay generated and adversarial
-streams through both and compare rows, late envelopes and counters. Where the two differ the
-record path loses data: its router starts its clock ``clock_horizon`` before the first windows
-and stops it after ``clock_horizon`` of silence, and a record judged without a running clock goes
-to the windowing step, whose GroupByKey drops it when its window has expired. This path knows
+streams through both and compare rows, late envelopes and counters. Where the two can differ
+the record path counts it: a record its router judges without a running clock (after a silence
+longer than ``clock_horizon`` in past event time, or older than the data's first windows before
+the first tick) goes on unverified (``headwater/late_routing.unverified``) and the GroupByKey
+drops it if its window has expired, which breaks the run's accounting identity. This path knows
 the watermark exactly, so such a record goes to ``late``.
 
 Accounting: ``records_in == output + duplicate + dead_letter + late``, counted in bulk per

@@ -17,14 +17,14 @@ Ordering
     None within or across outputs (as everywhere in Beam).
 
 How lateness is decided
-    A window ``W`` *closes* at ``close(W) = W.end + allowed_lateness``, the GroupByKey's drop rule.
-    DoFns cannot read the watermark, so the router learns a lower bound of it, ``known_wm``, from
-    event-time timers: a *clock* that walks through every time at which some window can close --
-    for fixed, sliding and calendar windows every window end (+ allowed lateness), whether or not
-    a record fell into that window; for sessions a grid of one gap. When the clock's timer fires
+    A window ``W`` *closes* at ``close(W) = W.end + allowed_lateness``, the GroupByKey's drop rule
+    (:func:`headwater.windowing.rules.is_late`, the rule every engine calls). DoFns cannot read
+    the watermark, so the router learns a lower bound of it, ``known_wm``, from event-time
+    timers: a *clock* that walks through every time at which some window can close -- for
+    fixed, sliding and calendar windows every window end (+ allowed lateness), whether or not a
+    record fell into that window; for sessions a grid of one gap. When the clock's timer fires
     at ``T``, the watermark has reached ``T``: ``known_wm = T`` and the timer is re-armed at the
-    next close time. All routing state lives under one key, so the clock is one clock: it knows
-    of every window that any record has touched.
+    next close time.
 
     The router assigns each record its windows itself (``window_fn.assign``; for ``Sessions`` the
     pre-merge window ``[t, t + gap)``, which is what the GroupByKey checks before merging). If
@@ -39,42 +39,71 @@ How lateness is decided
     period; one gap for sessions), so this is a lower bound within one step of the truth.
     The ``window`` of a late record is the last of its windows to close.
 
+Shards: no hot key
+    The router is ``shards`` keys (default 16), each with its own clock. A spreader deals the
+    records round robin over them (each worker starting at a random shard), so the routing work
+    spreads over as many workers as there are shards; ``headwater/late_routing.shard_<i>``
+    counts each shard's records. Every spreader instance also sends each shard a *start note*
+    with its first record, and again whenever its records move more than ``clock_horizon`` past
+    its last note: every shard's clock starts with the data whether or not a record has reached
+    that shard yet (no idle shard judges without a clock), and a clock left more than
+    ``clock_horizon`` behind the data by a jump is moved up to it instead of walking there.
+
 Guarantee
     Every record either reaches its windows' panes downstream (on time, or as a late pane inside
-    the allowed lateness) or the ``late`` output: never both, never neither. Why: a record goes
-    to ``main`` only while one of its closes ``c`` is ahead of ``known_wm``; the clock's next
-    tick is at or before ``c`` and has not fired, so the watermark has not reached ``c`` --
-    on runners where timers hold the output watermark (Dataflow, Flink, Prism) because the
-    armed timer holds the windowing step's watermark at or below it, and on the single-worker
-    ``BundleBasedDirectRunner`` because a due timer fires before the next input bundle. For
-    sessions the record's own close is not on the clock's grid, so :class:`WindowWithLateRouting`
-    gives the GroupByKey one extra gap of allowed lateness: a session record up to one gap beyond
-    ``allowed_lateness`` may come out in a late pane instead of ``late`` -- still counted, never
-    dropped.
+    the allowed lateness) or the ``late`` output: never both, never neither -- for every record
+    judged while its shard's clock runs. Why: a record goes to ``main`` only while one of its
+    closes ``c`` is ahead of ``known_wm``; the shard's next tick is at or before ``c`` (ticks lie
+    on every close) and has not fired, so the watermark has not reached ``c`` -- on runners
+    where timers hold the output watermark (Dataflow, Flink, Prism) because the armed timer
+    holds the windowing step's watermark at or below it, and on the single-worker
+    ``BundleBasedDirectRunner`` because a due timer fires before the next input bundle. This
+    is per shard: each shard's armed timer holds the router's output watermark, so any number of
+    shards and workers keep it. For sessions the record's own close is not on the clock's grid,
+    so :class:`WindowWithLateRouting` gives the GroupByKey one extra gap of allowed lateness: a
+    session record up to one gap beyond ``allowed_lateness`` may come out in a late pane
+    instead of ``late`` -- still counted, never dropped.
 
-    The clock starts ``clock_horizon`` (default 10 min of event time) before the earliest window
-    close of the first records and runs up to ``clock_horizon`` beyond the newest window close
-    seen, then stops until the next record. Records that reach the router before its first tick
-    and are more than ``clock_horizon`` older than the first records, and records arriving after
-    the watermark moved on *without records reaching the router* for longer than
-    ``clock_horizon`` (every source idle and advanced by wall clock, or only rejected records),
-    are judged without a running clock and go to ``main``. Keep ``clock_horizon`` above the
-    disorder and the silences you expect.
+    When the clock runs. A shard's clock starts ``clock_horizon`` before the first window
+    close of the data (the first start note) and keeps ticking while the next tick is within
+    ``clock_horizon`` of the newest close seen, or within a day before to ``clock_horizon``
+    after the wall clock: so on a live stream it ticks through silences of any length (one
+    tick per window period) and idle shards keep their clocks. It stops only on past event
+    time (a replay of history) after a silence longer than ``clock_horizon``, and when the
+    watermark runs past the data and the wall clock (the end of a stream, a drain).
+
+    What is not verified, and counted. A record that reaches a shard whose clock stopped (a
+    silence longer than ``clock_horizon`` in a replay of past event time), or whose closes lie
+    where the clock did not tick (older than ``clock_horizon`` before the data's first windows
+    and arriving before the first tick, or inside a stretch skipped by a jump of the data),
+    cannot be judged exactly: it goes to ``main`` and is counted as
+    ``headwater/late_routing.unverified`` (a warning is logged once per worker). If its window
+    had expired, the GroupByKey drops it -- and the run's accounting identity
+    (``records_in == output + duplicate + dead_letter + late``) no longer holds, so the run
+    says so. The columnar replay, which knows the watermark exactly, sends such a record to
+    ``late``.
+
+    Cost. A record's event time costs that record and nothing more: an old record never
+    starts a clock earlier, and a record in the wall clock's future (a producer with a wrong
+    clock) does not keep clocks ticking. Timer firings: one per shard per window period (per
+    gap for sessions) of watermark progress while the clock runs, so a watermark that jumps
+    (an idle source advanced to the wall clock) is walked in window steps.
 
     In batch the watermark stays at the minimum until the input is exhausted and then jumps to
     the maximum, so nothing can be late: for bounded input the routing step is skipped and
     ``late`` is empty.
 
 State
-    Bounded and tiny: one key holding ``known_wm``, the armed tick and the newest close seen.
-    Timer firings: one per window period (one per gap for sessions) of event-time progress, from
-    ``clock_horizon`` before the first window to ``clock_horizon`` past the newest, so a drained
-    or finished stream does not walk the clock to the end of time.
+    Bounded and tiny: per shard ``known_wm``, the armed tick and the newest close seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -105,6 +134,10 @@ LATE_ERROR_TYPE = "LateData"
 
 _NAMESPACE = "headwater"
 _MIN_MICROS = MIN_TIMESTAMP.micros
+_LOG = logging.getLogger(__name__)
+# A clock within this much of the wall clock is a live stream's: it keeps ticking through
+# silences of any length (one tick per window period), and stops only past the wall clock.
+_LIVE_MICROS = 24 * 3600 * 1_000_000
 
 
 class LateRouted(NamedTuple):
@@ -191,21 +224,78 @@ class _Clock:
         return micros if self._gap_micros is not None else self.next_after(micros - 1)
 
 
+class _Start(NamedTuple):
+    """A spreader's note to every shard: records have begun (again) at ``micros`` of event time."""
+
+    micros: int
+
+
+class _SpreadFn(beam.DoFn):
+    """Deals records round robin over the router's shards; tells every shard where data begins.
+
+    Each instance (one per worker thread) sends a :class:`_Start` to every shard with its first
+    record, and again whenever its records move more than ``clock_horizon`` past the last note:
+    so every shard's clock runs from the start of the data, idle or not, and a clock left behind
+    by a jump of the data is moved up instead of walking there.
+    """
+
+    def __init__(self, shards: int, horizon_micros: int):
+        self._shards = shards
+        self._horizon_micros = horizon_micros
+        self._noted: int | None = None
+        self._next = 0
+        self._spread = [
+            Metrics.counter(_NAMESPACE, f"late_routing.shard_{i}") for i in range(shards)
+        ]
+
+    def setup(self) -> None:
+        self._next = random.randrange(self._shards)  # workers start on different shards
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        micros = timestamp.micros
+        if self._noted is None or micros > self._noted + self._horizon_micros:
+            self._noted = micros
+            for shard in range(self._shards):
+                yield beam.window.TimestampedValue((shard, _Start(micros)), timestamp)
+        shard = self._next
+        self._next = (shard + 1) % self._shards
+        self._spread[shard].inc()
+        yield shard, element
+
+
 class _RouteLateFn(beam.DoFn):
-    """One key: a clock of event-time timers walking every window close time."""
+    """One shard: a clock of event-time timers walking every window close time."""
 
     KNOWN_WM = userstate.ReadModifyWriteStateSpec("known_wm", VarIntCoder())
     ARMED_AT = userstate.ReadModifyWriteStateSpec("armed_at", VarIntCoder())
     NEWEST_CLOSE = userstate.ReadModifyWriteStateSpec("newest_close", VarIntCoder())
+    # Set when the clock restarts after a stop or moves up to the data: until it has walked
+    # clock_horizon past that point it may still be catching up with the watermark.
+    CATCHING_UP = userstate.ReadModifyWriteStateSpec("catching_up_until", VarIntCoder())
     TICK = userstate.TimerSpec("tick", TimeDomain.WATERMARK)
 
-    def __init__(self, window_fn: beam_window.WindowFn, lateness_micros: int, horizon_micros: int):
+    def __init__(
+        self,
+        window_fn: beam_window.WindowFn,
+        lateness_micros: int,
+        horizon_micros: int,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self._window_fn = window_fn
         self._lateness_micros = lateness_micros
         self._horizon_micros = horizon_micros
+        self._wall_clock = wall_clock
         self._clock = _Clock(window_fn, lateness_micros)
+        # Session closes fall between the clock's ticks (one gap apart), fixed ones on them.
+        self._off_grid_micros = (
+            window_fn.gap_size.micros if isinstance(window_fn, beam_window.Sessions) else 0
+        )
         self._main = Metrics.counter(_NAMESPACE, "late_routing.main")
         self._late = Metrics.counter(_NAMESPACE, "late_routing.late")
+        self._unverified = Metrics.counter(_NAMESPACE, "late_routing.unverified")
+        self._ticks = Metrics.counter(_NAMESPACE, "late_routing.ticks")
+        self._watermark = Metrics.gauge(_NAMESPACE, "watermark_ms")  # --metrics_port's lag
+        self._warned = False
 
     def process(
         self,
@@ -215,38 +305,74 @@ class _RouteLateFn(beam.DoFn):
         armed_state=beam.DoFn.StateParam(ARMED_AT),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
+        catching_state=beam.DoFn.StateParam(CATCHING_UP),
     ):
         _, record = element
         known_wm = known_state.read()
+        armed_at = armed_state.read()
+        windows = self._clock.windows(timestamp.micros, record)
+        closes = self._clock.closes(windows)
+        if isinstance(record, _Start):
+            start = self._clock.first_at_or_after(min(closes) - self._horizon_micros)
+            if armed_at is None or start > armed_at:  # first note, or the data jumped ahead
+                timer.set(Timestamp(micros=start))
+                armed_state.write(start)
+                if known_wm is not None or armed_at is not None:  # not the stream's start
+                    catching_state.write(start + self._horizon_micros)
+            self._note_newest(newest_state, max(closes))
+            return
         if known_wm is None:
             known_wm = _MIN_MICROS
-        windows = self._clock.windows(timestamp.micros, record)
-        open_closes = [c for c in self._clock.closes(windows) if not rules.is_late(c, known_wm)]
+        open_closes = [c for c in closes if not rules.is_late(c, known_wm)]
         if not open_closes:
             self._late.inc()
             yield beam.pvalue.TaggedOutput(
                 "late", self._late_record(record, timestamp, known_wm, windows)
             )
             return
-        newest = newest_state.read()
-        newest_close = max(open_closes)
-        if newest is None or newest_close > newest:
-            newest_state.write(newest_close)
-        armed_at = armed_state.read()
-        if known_wm == _MIN_MICROS:
-            # Not ticked yet: start the clock clock_horizon before the earliest close seen, so
-            # stragglers up to that far behind the first records are judged by a running clock.
-            wanted = self._clock.first_at_or_after(min(open_closes) - self._horizon_micros)
-            rearm = armed_at is None or wanted < armed_at
-        else:
-            # Ticking (or stopped past the horizon): resume at the next close on the grid.
-            wanted = self._clock.next_after(known_wm)
-            rearm = armed_at is None
-        if rearm:
-            timer.set(Timestamp(micros=wanted))
-            armed_state.write(wanted)
+        self._note_newest(newest_state, max(open_closes))
+        if armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
+            armed_at = self._clock.first_at_or_after(min(open_closes) - self._horizon_micros)
+            timer.set(Timestamp(micros=armed_at))
+            armed_state.write(armed_at)
+        elif armed_at is None:  # stopped after a silence: resume at the next close on the grid
+            armed_at = self._clock.next_after(known_wm)
+            timer.set(Timestamp(micros=armed_at))
+            armed_state.write(armed_at)
+            catching_state.write(armed_at + self._horizon_micros)
+            self._unverify()
+        elif max(open_closes) + self._off_grid_micros < armed_at:
+            # Its closes lie where the clock does not tick: before the clock's start, or in a
+            # stretch the clock skipped when the data jumped ahead.
+            self._unverify()
+        elif (catching_state.read() or _MIN_MICROS) > known_wm:
+            self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
+
+    def _note_newest(self, newest_state: Any, close: int) -> None:
+        # A close in the wall clock's future (a producer's wrong clock) does not extend the
+        # clock: that record costs itself and nothing more.
+        if close > self._wall_micros() + self._horizon_micros:
+            return
+        newest = newest_state.read()
+        if newest is None or close > newest:
+            newest_state.write(close)
+
+    def _wall_micros(self) -> int:
+        return round(self._wall_clock() * 1_000_000)
+
+    def _unverify(self) -> None:
+        """A record judged on time without a running clock: the windowing step may drop it."""
+        self._unverified.inc()
+        if not self._warned:
+            self._warned = True
+            _LOG.warning(
+                "late routing: a record reached a shard whose clock was not running (a silence "
+                "longer than clock_horizon in past event time, or a record older than the "
+                "stream's first windows); it went on to its window unverified. Counted as "
+                "headwater/late_routing.unverified; raise clock_horizon above such silences."
+            )
 
     @userstate.on_timer(TICK)
     def on_tick(
@@ -256,13 +382,21 @@ class _RouteLateFn(beam.DoFn):
         armed_state=beam.DoFn.StateParam(ARMED_AT),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
+        catching_state=beam.DoFn.StateParam(CATCHING_UP),
     ):
+        self._ticks.inc()
         previous = known_state.read()
         known_wm = max(fired_at.micros, _MIN_MICROS if previous is None else previous)
         known_state.write(known_wm)
+        if (catching_state.read() or _MIN_MICROS) <= known_wm:
+            catching_state.clear()
+        self._watermark.set(known_wm // 1000)  # the watermark has reached known_wm
         following = self._clock.next_after(known_wm)
         newest = newest_state.read()
-        if newest is not None and following <= newest + self._horizon_micros:
+        near_data = newest is not None and following <= newest + self._horizon_micros
+        wall = self._wall_micros()
+        live = wall - _LIVE_MICROS <= following <= wall + self._horizon_micros
+        if near_data or live:
             timer.set(Timestamp(micros=following))
             armed_state.write(following)
         else:
@@ -280,10 +414,6 @@ class _RouteLateFn(beam.DoFn):
             close=close,
             lateness_micros=self._lateness_micros,
         )
-
-
-def _key_by_clock(element: Any) -> tuple[int, Any]:
-    return 0, element
 
 
 def _check_window_fn(window_fn: Any) -> beam_window.WindowFn:
@@ -319,7 +449,8 @@ class RouteLateData(beam.PTransform):
     allowed_lateness=...)`` with the *same* ``allowed_lateness``, plus one gap for sessions --
     or use :class:`WindowWithLateRouting`, which does both); ``allowed_lateness`` is seconds, a
     ``timedelta`` or a string such as ``'30s'`` (required: there is no safe default);
-    ``clock_horizon`` is how far before the first and past the newest window the clock ticks.
+    ``clock_horizon`` is how far before the first and past the newest window the clock ticks;
+    ``shards`` how many keys (each with its own clock) the routing is spread over.
     The input must be in the global window with event times as timestamps. Bounded input
     passes through unchanged (nothing is late in batch). See the module docstring for the
     exact rule, the guarantee and the state bound.
@@ -340,11 +471,15 @@ class RouteLateData(beam.PTransform):
         *,
         allowed_lateness: DurationLike,
         clock_horizon: DurationLike = "10m",
+        shards: int = 16,
     ):
         super().__init__()
         self._window_fn = _check_window_fn(window_fn)
         self._lateness_micros = _lateness_micros(allowed_lateness)
         self._horizon_micros = round(parse_duration(clock_horizon, name="clock_horizon") * 1e6)
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
+            raise ValueError(f"shards={shards!r} must be a whole number from 1 to 4096")
+        self._shards = shards
 
     def expand(self, pcoll):
         if not isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
@@ -357,8 +492,10 @@ class RouteLateData(beam.PTransform):
             return LateRouted(pcoll, pcoll.pipeline | "NoLateData" >> beam.Create([]))
         routed = (
             pcoll
-            | "KeyByClock"
-            >> beam.Map(_key_by_clock).with_output_types(typehints.KV[int, typehints.Any])
+            | "SpreadOverShards"
+            >> beam.ParDo(_SpreadFn(self._shards, self._horizon_micros)).with_output_types(
+                typehints.KV[int, typehints.Any]
+            )
             | "Route"
             >> beam.ParDo(
                 _RouteLateFn(self._window_fn, self._lateness_micros, self._horizon_micros)
@@ -400,10 +537,11 @@ class WindowWithLateRouting(beam.PTransform):
         accumulation_mode: Any = None,
         timestamp_combiner: Any = None,
         clock_horizon: DurationLike = "10m",
+        shards: int = 16,
     ):
         super().__init__()
         self._route = RouteLateData(
-            window_fn, allowed_lateness=allowed_lateness, clock_horizon=clock_horizon
+            window_fn, allowed_lateness=allowed_lateness, clock_horizon=clock_horizon, shards=shards
         )
         self._window_fn = window_fn
         self._lateness_micros = _lateness_micros(allowed_lateness)
