@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
 
 from headwater import pipelines, runners
+from headwater.core.deadletter import DeadLetter
 from headwater.pipelines.config import RunConfig
 
 pytestmark = pytest.mark.slow
@@ -51,11 +52,26 @@ def _lines() -> list[str]:
     return lines
 
 
-def _flags(tmp_path: Path, name: str, mode: str) -> list[str]:
+def _input(tmp_path: Path, name: str) -> list[str]:
+    """The input flag: the events as a file, or (replay_dead_letters) as dead letters' payloads."""
+    if name == "replay_dead_letters":
+        letters = tmp_path / "letters" / "letters.jsonl"
+        letters.parent.mkdir()
+        rows = [DeadLetter("decode", "E", "e", line.encode()).to_json() for line in _lines()]
+        letters.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        return [
+            f"--dead_letter_input={letters}",
+            "--replay_stages=decode",
+            "--target=windowed_metrics",
+        ]
     data = tmp_path / "in.jsonl"
     data.write_text("\n".join(_lines()) + "\n", encoding="utf-8")
+    return [f"--input={data}"]
+
+
+def _flags(tmp_path: Path, name: str, mode: str) -> list[str]:
     flags = [
-        f"--input={data}",
+        *_input(tmp_path, name),
         "--event_time_field=event_time",
         "--event_time_unit=ms",
         "--id_field=event_id",
@@ -73,7 +89,7 @@ def _flags(tmp_path: Path, name: str, mode: str) -> list[str]:
             "--allowed_lateness=0s",
             f"--late_output={tmp_path / 'late'}",
         ]
-    if name == "windowed_metrics":
+    if name in ("windowed_metrics", "replay_dead_letters"):
         flags += ["--key_field=user_id", "--metrics=count,sum:n"]
     if mode == "stream":  # files replayed as a stream: an unbounded TestStream, watermark moves
         flags += ["--replay_as_stream", "--replay_engine=teststream"]
@@ -152,6 +168,8 @@ CASES = [
     ("stream_etl", "batch"),
     ("stream_etl", "stream"),
     ("kafka_to_kafka", "batch"),
+    ("kafka_to_kafka", "stream"),
+    ("replay_dead_letters", "batch"),  # target windowed_metrics, on the record path
 ]
 
 
