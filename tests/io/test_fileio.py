@@ -376,6 +376,20 @@ def test_write_once_is_a_no_op_for_the_same_bytes_and_keeps_other_bytes_out(tmp_
     assert [os.path.basename(name) for name in siblings] == ["f.bin"]
 
 
+def test_write_once_without_hard_links_still_keeps_an_existing_file(tmp_path, monkeypatch):
+    """Where hard links are refused, write_once checks the name and renames; never clobbers."""
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = str(tmp_path / "f.bin")
+    assert write_once(path, b"first")
+    assert not write_once(path, b"other")
+    assert (tmp_path / "f.bin").read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
 def test_given_schema_is_used_for_every_file(tmp_path):
     """A pyarrow schema passed as schema= is the schema of the written files."""
     schema = pa.schema([("id", pa.string()), ("n", pa.int32())])

@@ -243,8 +243,9 @@ def write_once(path: str, data: bytes, *, mime_type: str = "application/octet-st
     replaced: holding the same bytes the write is a no-op (a retried bundle, a restarted job
     writing what an earlier one wrote), holding other bytes it is kept and False is returned
     (the caller says so). Local files are linked into place (``os.link`` fails when the name
-    exists, so two writers racing for one name cannot clobber each other); other filesystems
-    check the name, then rename (Beam's ``FileSystems`` has no no-clobber rename).
+    exists, so two writers racing for one name cannot clobber each other); other filesystems,
+    and local ones without hard links, check the name, then rename (Beam's ``FileSystems`` has
+    no no-clobber rename).
     """
     if FileSystems.exists(path):
         return _same_bytes(path, data)
@@ -270,8 +271,13 @@ def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) ->
             os.link(temp, path)
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: check the name, then rename
+            if os.path.exists(path):
+                return False
+            os.rename(temp, path)
         finally:
-            os.remove(temp)
+            if os.path.exists(temp):
+                os.remove(temp)
         return True
     except BaseException:
         try:
