@@ -521,3 +521,59 @@ def test_max_duration_drains_the_job_by_itself(
     assert summary["state"] == "DONE"
     _assert_identity(summary, expected)
     assert _rows(out / "metrics") == expected["rows"]
+
+
+@pytest.mark.parametrize("workers", ["prism", "job-server-2-workers"])
+def test_adversarial_stream_puts_every_record_in_one_place(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    prism_endpoint: str,
+    tmp_path: Path,
+    workers: str,
+) -> None:
+    """One hot key, a gap of event time, stragglers into a window nothing touched and a record
+    five minutes older than the stream: each record ends in a window file or late, never both,
+    never neither -- on Prism, and on its job server with two SDK workers."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(17)
+    out = tmp_path / "out"
+    produced: list[bytes] = []
+
+    def produce(lines: list[bytes]) -> None:
+        _produce(kafka_bootstrap, topic, lines)
+        produced.extend(lines)
+
+    hot = [_event(f"hot-{i}", BASE_MS + i * 250, "hot", 1.0) for i in range(32)]  # [0 s, 8 s)
+    produce(hot)
+    extra = (
+        []
+        if workers == "prism"
+        else [
+            "--runner=PortableRunner",
+            f"--job_endpoint={prism_endpoint}",
+            "--environment_type=LOOPBACK",
+            "--sdk_worker_parallelism=2",
+        ]
+    )
+    job = start_stream_job(
+        "windowed_metrics", _argv(kafka_bootstrap, topic, out, *_group_flags(topic), *extra)
+    )
+    for k in range(6, 10):  # event time jumps to [24 s, 40 s): window [10 s, 20 s) stays empty
+        produce(_wave(k, rng))
+    wait_until(lambda: _window_file(out / "metrics", 20), what="window [20 s, 30 s)", job=job)
+    stragglers = [_event(f"gap-{i}", BASE_MS + 15_000 + i, "u9", 5.0) for i in range(3)]
+    stragglers += [_event(f"old-{i}", BASE_MS - 300_000 + i, "u1", 7.0) for i in range(2)]
+    produce(stragglers)
+    for k in range(10, 13):  # [40 s, 52 s): the window [30 s, 40 s) closes after them
+        produce(_wave(k, rng))
+    wait_until(lambda: _window_file(out / "metrics", 30), what="window [30 s, 40 s)", job=job)
+    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(produced))
+    summary = job.finish()
+
+    expected = _expected(produced, late=frozenset(stragglers))
+    _assert_identity(summary, expected)
+    assert _ids(_payloads(_letters(out / "late"))) == _ids(stragglers)
+    assert _rows(out / "metrics") == expected["rows"]
+    assert not _window_file(out / "metrics", 10), "nothing may reach the window nothing touched"
