@@ -77,11 +77,9 @@ Guarantee
     where the clock did not tick (older than ``clock_horizon`` before the data's first windows
     and arriving before the first tick, or inside a stretch skipped by a jump of the data),
     cannot be judged exactly: it goes to ``main`` and is counted as
-    ``headwater/late_routing.unverified`` (a warning is logged once per worker). If its window
-    had expired, the GroupByKey drops it -- and the run's accounting identity
-    (``records_in == output + duplicate + dead_letter + late``) no longer holds, so the run
-    says so. The columnar replay, which knows the watermark exactly, sends such a record to
-    ``late``.
+    ``headwater/late_routing.unverified`` (a warning is logged once per worker; the run summary
+    shows the count). If its window had expired, the GroupByKey drops it. The columnar replay,
+    which knows the watermark exactly, sends such a record to ``late``.
 
     Cost. A record's event time costs that record and nothing more: an old record never
     starts a clock earlier, and a record in the wall clock's future (a producer with a wrong
