@@ -5,7 +5,7 @@ stateful DoFn: a step whose key is constant runs on one worker thread whatever t
 Each pipeline is built for each mode, then every such step (a ``GroupByKey`` primitive, which
 ``CombinePerKey`` and ``Reshuffle`` expand to, or a ``ParDo`` of a stateful DoFn) gets a probe on
 its input that counts the distinct keys reaching it; the pipeline runs on the local runner over
-events of many users, ids and windows (a few duplicates, one malformed line, one late record).
+events of many users, ids and windows (a few duplicates, two malformed lines, a late record).
 A step that sees exactly one distinct key over many elements is a hot key.
 """
 
@@ -33,8 +33,8 @@ NAMESPACE = "hot_key_probe"
 BASE_MS = 1_700_000_040_000  # a minute boundary
 EVENTS = 60
 
-#: Steps known to key by a constant, each with why; every other keyed step must spread.
 LATE_ROUTER = re.compile(r"/RouteLate/")
+#: Steps known to key by a constant (one shard); every other keyed step must spread.
 ONE_SHARD_WRITERS = re.compile(r"^(WriteDeadLetters|WriteLate)/GroupPerShard$")
 
 
@@ -154,7 +154,7 @@ def _hot(keys: dict[str, dict[str, int]], which: re.Pattern[str] | None) -> dict
     """The steps (matching ``which``, or all but the known ones) that saw one key, many times."""
     hot = {}
     for label, counts in keys.items():
-        known = LATE_ROUTER.search(label) or ONE_SHARD_WRITERS.search(label)
+        known = ONE_SHARD_WRITERS.search(label)
         if (which.search(label) is None) if which else known:
             continue
         if len(counts) == 1 and sum(counts.values()) > 1:
@@ -184,7 +184,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
 
 @pytest.mark.parametrize(("name", "mode"), CASES)
 def test_no_keyed_step_sees_a_single_key(keys, name, mode):
-    """Every GroupByKey/stateful step (but the known ones below) sees more than one key."""
+    """Every GroupByKey/stateful step (but the one-shard writers) sees more than one key."""
     found = keys[(name, mode)]
     exercised = [label for label, counts in found.items() if sum(counts.values()) > 1]
     assert exercised, f"{name} ({mode}): no keyed step saw elements: {sorted(found)}"
@@ -192,7 +192,6 @@ def test_no_keyed_step_sees_a_single_key(keys, name, mode):
     assert not hot, f"{name} ({mode}): steps keyed by a constant (one key each): {hot}"
 
 
-@pytest.mark.xfail(strict=True, reason="late router single key (lead rewriting)")
 @pytest.mark.parametrize("name", ["windowed_metrics", "stream_etl"])
 def test_late_router_spreads_its_keys(keys, name):
     """The streaming late router keys records by more than one key."""
