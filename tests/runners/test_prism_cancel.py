@@ -22,7 +22,7 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pyarrow.parquet as pq
@@ -60,12 +60,28 @@ def _counts(files: list[Path]) -> int:
     return sum(row["count"] for path in files for row in pq.read_table(path).to_pylist())
 
 
-def _start(start_stream_job: Callable[..., Any], bootstrap: str, topic: str, out: Path) -> Any:
-    return start_stream_job(
+class _OpenWindowJob(NamedTuple):
+    job: Any  # conftest.StreamJob
+    metrics: Path  # the job's --output
+    committed: Callable[[], int]  # the group's committed offsets, summed over the partitions
+
+
+@pytest.fixture
+def open_window_job(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> _OpenWindowJob:
+    """A running job that has read and committed all events: [0, 10) written, [10, 20) open."""
+    topic = make_kafka_topic(PARTITIONS)
+    out = tmp_path / "out"
+    job = start_stream_job(
         "windowed_metrics",
         [
             "--source=kafka",
-            f"--bootstrap_servers={bootstrap}",
+            f"--bootstrap_servers={kafka_bootstrap}",
             f"--topic={topic}",
             f"--group_id=g-{topic}",
             "--commit_offsets",
@@ -83,65 +99,42 @@ def _start(start_stream_job: Callable[..., Any], bootstrap: str, topic: str, out
             f"--late_output={out / 'late'}",
         ],
     )
-
-
-def _running_with_one_window_open(
-    kafka_bootstrap: str, topic: str, out: Path, job: Any, wait_until: Callable[..., Any]
-) -> None:
-    """Produces the events; waits until all are read and window [0, 10) is written."""
     counts = produce_lines(kafka_bootstrap, topic, _lines(), partitions=PARTITIONS)
     assert len(counts) == PARTITIONS
-    wait_until(
-        lambda: (
-            committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
-        ),
-        what=f"all {EVENTS} records read and committed",
-        job=job,
-    )
+
+    def committed() -> int:
+        return committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS)
+
+    wait_until(lambda: committed() == EVENTS, what=f"all {EVENTS} records committed", job=job)
     wait_until(lambda: _window_files(out / "metrics", 0), what="window [0, 10)'s file", job=job)
     assert _counts(_window_files(out / "metrics", 0)) == 20
     assert not _window_files(out / "metrics", 10), "window [10, 20) was written while open"
+    return _OpenWindowJob(job, out / "metrics", committed)
 
 
 def test_cancel_leaves_the_open_window_unwritten_and_its_offsets_committed(
-    kafka_bootstrap: str,
-    make_kafka_topic: Callable[..., str],
-    start_stream_job: Callable[..., Any],
-    wait_until: Callable[..., Any],
-    tmp_path: Path,
+    open_window_job: _OpenWindowJob, wait_until: Callable[..., Any]
 ) -> None:
     """Cancel: the open window is never written, yet every read record's offset is committed."""
-    topic = make_kafka_topic(PARTITIONS)
-    out = tmp_path / "out"
-    job = _start(start_stream_job, kafka_bootstrap, topic, out)
-    _running_with_one_window_open(kafka_bootstrap, topic, out, job, wait_until)
+    job, metrics, committed = open_window_job
     job.process.send_signal(signal.SIGTERM)
     wait_until(lambda: not job.running(), what="the cancelled job's exit", timeout=120)
     summary = json.loads(job.summary_path.read_text(encoding="utf-8"))
     assert summary["state"] == "CANCELLED"
-    assert not _window_files(out / "metrics", 10), "a cancel wrote the open window"
-    assert committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
+    assert not _window_files(metrics, 10), "a cancel wrote the open window"
+    assert committed() == EVENTS
 
 
-def test_drain_writes_the_open_window_and_ends_done(
-    kafka_bootstrap: str,
-    make_kafka_topic: Callable[..., str],
-    start_stream_job: Callable[..., Any],
-    wait_until: Callable[..., Any],
-    tmp_path: Path,
-) -> None:
+def test_drain_writes_the_open_window_and_ends_done(open_window_job: _OpenWindowJob) -> None:
     """Drain: the read stops, the open window is written, the job ends DONE, offsets committed."""
-    topic = make_kafka_topic(PARTITIONS)
-    out = tmp_path / "out"
-    job = _start(start_stream_job, kafka_bootstrap, topic, out)
-    _running_with_one_window_open(kafka_bootstrap, topic, out, job, wait_until)
+    job, metrics, committed = open_window_job
     job.drain()
     summary = job.finish()
     assert summary["state"] == "DONE"
-    assert _counts(_window_files(out / "metrics", 10)) == 20
-    assert _counts(_window_files(out / "metrics", 0)) == 20
+    assert _counts(_window_files(metrics, 10)) == 20
+    assert _counts(_window_files(metrics, 0)) == 20
     assert (summary["records_in"], summary["output"]) == (EVENTS, EVENTS)
-    assert committed_total(kafka_bootstrap, topic, f"g-{topic}", partitions=PARTITIONS) == EVENTS
+    assert committed() == EVENTS
 
 
 def test_prism_job_server_has_no_runner_drain(prism_endpoint: str) -> None:
