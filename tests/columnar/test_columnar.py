@@ -285,25 +285,22 @@ def _line(event_id, millis):
     return json.dumps(record).encode() + b"\n"
 
 
-def test_dedup_forgets_an_id_once_the_watermark_passes_its_horizon(tmp_path, monkeypatch):
-    """A copy arriving after max event time - out-of-orderness passed anchor + horizon is new."""
+@pytest.mark.parametrize("block_bytes", [80, 200, 1 << 20])
+def test_batch_dedup_gives_the_record_paths_answer_whatever_the_block_size(
+    tmp_path, monkeypatch, block_bytes
+):
+    """A retry far behind the stream (same event time) is a duplicate on both engines."""
     path = tmp_path / "events.jsonl"
-    # a@0, then b moves the stream 20 min on, then a copy of a (1 s after its anchor)
+    # a@0, then b moves the stream 20 min on, then a retry of a (1 s after its anchor)
     path.write_bytes(_line("a", 0) + _line("b", 1_200_000) + _line("a", 1_000))
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)  # one line per block
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)  # 80: one line per block
 
-    def counts(result):
-        accounting = Accounting.from_result(result)
+    def counts(pipeline):
+        accounting = Accounting.from_result(pipeline.run())
         return accounting.output, accounting.duplicate
 
-    p = TestPipeline(runner="FnApiRunner", blocking=True)
-    _ = p | ComputeWindowedMetricsColumnar(pattern=str(path), file_format="json", **_options())
-    assert counts(p.run()) == (3, 0)
-
-    longer = _options(dedup=DeduplicateById(id_field="event_id", horizon="30m"))
-    p = TestPipeline(runner="FnApiRunner", blocking=True)
-    _ = p | ComputeWindowedMetricsColumnar(pattern=str(path), file_format="json", **longer)
-    assert counts(p.run()) == (2, 1)
+    record_p, _, columnar_p, _ = _run_both(path)
+    assert counts(columnar_p) == counts(record_p) == (2, 1)
 
 
 def test_emit_duplicates_outputs_the_decoded_copies(tmp_path):

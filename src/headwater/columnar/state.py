@@ -21,16 +21,15 @@ the exact sum is put together in Python, as the record path's, and converted to 
 (Exact for values below 2**64 in magnitude -- JSON allows more; a block holding such a value
 sums that field as floats.)
 
-Bounded dedup state
-    The carried ``id -> anchor`` table forgets an id once a streaming run's timer would have
-    (:func:`headwater.windowing.rules.is_forgotten_v`) at the watermark such a run would have --
-    the newest event time seen before the block minus ``max_out_of_orderness`` -- so the state is
-    bounded by the horizon, not by the input. A copy
-    that arrives *after* that point is kept as a new first copy, as a streaming run would keep it
-    (its timer would have fired). The record path in batch never forgets (its watermark only jumps
-    at the end), so the two paths agree whenever every copy arrives before the stream has moved
-    ``horizon + max_out_of_orderness`` past the id's newest copy; within a block nothing is
-    forgotten.
+Dedup state: the record path's batch rule, whatever the blocks
+    The carried ``id -> anchor`` table keeps every id of the run. The record path in batch never
+    forgets an id either (its watermark only moves when the input is exhausted, so no expiry
+    timer fires before then), so a copy is a duplicate exactly when
+    :func:`headwater.windowing.rules.is_duplicate` says so against every earlier copy in
+    arrival order (file, then line), however late in the input it comes and wherever blocks
+    are cut. Memory grows with the distinct ids of the input (the numpy table holds a 64-bit
+    hash, an anchor and the id's bytes per id). The stream replay
+    (:mod:`headwater.columnar.replay`) forgets ids as a streaming run's timers would.
 """
 
 from __future__ import annotations
@@ -154,7 +153,6 @@ class ColumnarState:
         self._check = RecordCheck(options.key_field, options.metrics)
         self.id_of = options.dedup.id_of if options.dedup is not None else None
         self._anchors = IdAnchors()  # the carried id -> anchor
-        self._max_seen = NO_TIME
         self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
         self._compacted = 0  # rows of the partials after the last merge
         self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
@@ -340,9 +338,6 @@ class ColumnarState:
         unique = encoded.dictionary
         anchors = self._anchors
         carried, handle = anchors.lookup(unique)
-        if self._max_seen != NO_TIME:
-            watermark = self._max_seen - self.options.out_of_order_micros
-            carried[rules.is_forgotten_v(carried, horizon, watermark)] = NO_TIME
         # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
         narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
         order = np.argsort(narrow, kind="stable")
@@ -373,13 +368,7 @@ class ColumnarState:
         starts = np.flatnonzero(np.concatenate(([True], ~same[1:])))
         block_max = np.maximum.reduceat(sorted_ts, starts)
         newest = np.maximum(block_max, carried[sorted_group[starts]])
-        self._max_seen = max(self._max_seen, int(rows.ts.max()))
-        # an anchor forgotten at this watermark is forgotten at every later lookup (the
-        # watermark only grows): the table may drop it
-        watermark = self._max_seen - self.options.out_of_order_micros
-        anchors.store(
-            unique, handle, newest, lambda held: rules.is_forgotten_v(held, horizon, watermark)
-        )
+        anchors.store(unique, handle, newest, _never_forgotten)  # the batch rule: see above
         return keep
 
     def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:
@@ -491,6 +480,10 @@ class ColumnarState:
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
         return iter(list(zip(*self.final_columns(), strict=True)))
+
+
+def _never_forgotten(anchors: np.ndarray) -> np.ndarray:
+    return np.zeros(len(anchors), dtype=bool)
 
 
 def _limbs(values: np.ndarray) -> np.ndarray:
