@@ -195,6 +195,12 @@ class _FakeConsumer:
         self.batches = list(batches)
         self.assigned = []
         self._position = position
+        self.end = 1 + max((m.offset() for batch in self.batches for m in batch), default=-1)
+        self.end_queries = 0
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        self.end_queries += 1
+        return (0, self.end)
 
     def assign(self, tps):
         self.assigned.append((tps[0].partition, tps[0].offset))

@@ -43,6 +43,14 @@ Delivery guarantee
     is logged and counted, not retried) and, when a runner splits one partition into parallel
     ranges, may be applied out of order.
 
+Backlog
+    The reader learns each partition's end offset (at most every 5 s per partition) and reports
+    what is left to read in messages: its restriction tracker's ``current_progress()``
+    (completed / remaining) and, for an unbounded range, ``restriction_size``; and per partition
+    the Beam gauges ``consumer_lag_messages/<topic>/<partition>`` and
+    ``consumer_lag_bytes/<topic>/<partition>`` (namespace ``headwater``). See
+    :mod:`headwater.io.kafka.backlog` and docs/operations.md, "Backlog".
+
 :class:`WriteToKafka` writes elements with an idempotent producer (``enable.idempotence``, acks
 from all in-sync replicas), flushes at the end of every bundle and fails the bundle when any
 record was not acknowledged, so the runner retries it: at-least-once into Kafka, no
@@ -52,7 +60,8 @@ Modules: :mod:`~headwater.io.kafka.record` (the element types), :mod:`~headwater
 (connection, secret masking, consumers), :mod:`~headwater.io.kafka.errors`,
 :mod:`~headwater.io.kafka.partitions` (what to read: starts and stops),
 :mod:`~headwater.io.kafka.restriction` (offset ranges, tracker, provider),
-:mod:`~headwater.io.kafka.reader` (the splittable DoFn), :mod:`~headwater.io.kafka.commit`,
+:mod:`~headwater.io.kafka.reader` (the splittable DoFn), :mod:`~headwater.io.kafka.backlog`
+(end offsets, consumer lag), :mod:`~headwater.io.kafka.commit`,
 :mod:`~headwater.io.kafka.drain`, :mod:`~headwater.io.kafka.source` (:class:`ReadFromKafka`) and
 :mod:`~headwater.io.kafka.sink` (:class:`WriteToKafka`).
 """

@@ -18,6 +18,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, FormatError
+from headwater.io.kafka.backlog import PartitionLag
 from headwater.io.kafka.commit import nothing_to_commit
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import (
@@ -129,6 +130,7 @@ class ReadPartitionFn(beam.DoFn):
         self._records = Metrics.counter(NAMESPACE, "kafka.records_read")
         self._fallbacks = Metrics.counter(NAMESPACE, "kafka.event_time_fallback")
         self._commit_failures = Metrics.counter(NAMESPACE, "kafka.commit_failures")
+        self._lags: dict[tuple[str, int], PartitionLag] = {}
 
     # -- watermark estimator provider ------------------------------------------------------
     def initial_estimator_state(self, element: PartitionRead, restriction: Any) -> Any:
@@ -144,6 +146,14 @@ class ReadPartitionFn(beam.DoFn):
     def setup(self) -> None:
         self._consumer = None
         self._assigned = None
+        self._lags = {}
+
+    def _lag(self, topic: str, partition: int) -> PartitionLag:
+        """The consumer-lag gauges of a partition (see :mod:`headwater.io.kafka.backlog`)."""
+        lag = self._lags.get((topic, partition))
+        if lag is None:
+            lag = self._lags[(topic, partition)] = PartitionLag(topic, partition)
+        return lag
 
     def _get_consumer(self) -> Any:
         if self._consumer is None:
@@ -196,6 +206,7 @@ class ReadPartitionFn(beam.DoFn):
             bundle_finalizer.register(nothing_to_commit)
             return
         consumer = self._get_consumer()
+        lag = self._lag(topic, partition)
         tp = TopicPartition(topic, partition, restriction.start)
         if self._assigned != (topic, partition, restriction.start):
             # (A resumed read of the same partition keeps the consumer's prefetched records.)
@@ -239,6 +250,7 @@ class ReadPartitionFn(beam.DoFn):
                     check_end_offset(consumer, tp, messages, self._connection)
                 claimed_to = -1
                 emitted = 0
+                emitted_bytes = 0
                 for msg in messages:
                     error = msg.error()
                     if error is not None:
@@ -261,6 +273,7 @@ class ReadPartitionFn(beam.DoFn):
                             claimed_to = offset
                         else:
                             self._records.inc(emitted)
+                            lag.observe(emitted_bytes, emitted)
                             return
                     claimed_any = True
                     next_offset = offset + 1
@@ -275,10 +288,13 @@ class ReadPartitionFn(beam.DoFn):
                         tuple(msg.headers() or ()),
                     )
                     emitted += 1
+                    emitted_bytes += len(record.payload)
                     yield TimestampedValue(
                         record, self._timestamp(record, watermark_estimator.current_watermark)
                     )
                 self._records.inc(emitted)
+                lag.observe(emitted_bytes, emitted)
+                lag.report(consumer, next_offset)  # (the end offset: at a bounded rate)
                 if next_offset >= stop:
                     return
                 if messages:
@@ -318,6 +334,7 @@ class ReadPartitionFn(beam.DoFn):
                     # Done for good (deadline or drain), not cut by a runner's checkpoint.
                     WATERMARKS.finish(self._read_id, (topic, partition))
             if not failed:
+                lag.report(consumer, next_offset)
                 # Every bundle registers a callback: Prism finalizes every bundle of a step
                 # that can ask for finalization, and the Python SDK fails (and logs at ERROR)
                 # a finalization of a bundle that registered none.

@@ -1,8 +1,10 @@
 """The Kafka source's restrictions: an offset range per partition, its tracker and provider.
 
-An unbounded range ends at :data:`UNBOUNDED_STOP`. A range also carries the read's wall-clock
-deadline (``max_duration``); a claim past the deadline, or on an unbounded range after
-:func:`~headwater.io.kafka.drain.request_drain`, ends the range with no residual.
+An unbounded range ends at :data:`UNBOUNDED_STOP`; its tracker's progress and its size count
+the messages up to the partition's latest known end offset (:mod:`headwater.io.kafka.backlog`).
+A range also carries the read's wall-clock deadline (``max_duration``); a claim past the
+deadline, or on an unbounded range after :func:`~headwater.io.kafka.drain.request_drain`, ends
+the range with no residual.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from apache_beam.io.iobase import RestrictionProgress
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
+from headwater.io.kafka.backlog import END_OFFSETS
 from headwater.io.kafka.drain import drain_requested
 from headwater.io.kafka.record import PartitionRead
 
@@ -31,31 +35,43 @@ UNBOUNDED_STOP = 2**63 - 1
 
 
 class PartitionRange(OffsetRange):
-    """An offset range that also carries the read's wall-clock deadline (``None``: none)."""
+    """An offset range that also carries the read's wall-clock deadline (``None``: none) and
+    ``key``, the ``(topic, partition)`` it belongs to (``None``: not known), whose end offset
+    its tracker looks up in :data:`~headwater.io.kafka.backlog.END_OFFSETS`."""
 
-    def __init__(self, start: int, stop: int, deadline: float | None = None):
+    def __init__(
+        self,
+        start: int,
+        stop: int,
+        deadline: float | None = None,
+        key: tuple[str, int] | None = None,
+    ):
         super().__init__(start, stop)
         self.deadline = deadline
+        self.key = key
 
     def split_at(self, split_pos: int) -> tuple[PartitionRange, PartitionRange]:
         return (
-            PartitionRange(self.start, split_pos, self.deadline),
-            PartitionRange(split_pos, self.stop, self.deadline),
+            PartitionRange(self.start, split_pos, self.deadline, self.key),
+            PartitionRange(split_pos, self.stop, self.deadline, self.key),
         )
 
     def split(self, desired_num_offsets_per_split: int, min_num_offsets_per_split: int = 1):
         for part in super().split(desired_num_offsets_per_split, min_num_offsets_per_split):
-            yield PartitionRange(part.start, part.stop, self.deadline)
+            yield PartitionRange(part.start, part.stop, self.deadline, self.key)
 
     def is_bounded(self) -> bool:
         return self.stop < UNBOUNDED_STOP
 
     def __repr__(self) -> str:
         stop = "inf" if self.stop >= UNBOUNDED_STOP else self.stop
-        return f"PartitionRange(start={self.start}, stop={stop}, deadline={self.deadline})"
+        return (
+            f"PartitionRange(start={self.start}, stop={stop}, deadline={self.deadline}, "
+            f"key={self.key})"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PartitionRange, (self.start, self.stop, self.deadline))
+        return (PartitionRange, (self.start, self.stop, self.deadline, self.key))
 
 
 def read_ends(restriction: OffsetRange, clock: Callable[[], float] = time.time) -> bool:
@@ -86,7 +102,9 @@ class PartitionTracker(OffsetRestrictionTracker):
             and (self._last_claim_attempt is None or position > self._last_claim_attempt)
             and self.ends_now()
         ):
-            self._range = PartitionRange(self._range.start, position, deadline)
+            self._range = PartitionRange(
+                self._range.start, position, deadline, getattr(self._range, "key", None)
+            )
             self._last_claim_attempt = position  # type: ignore[assignment]
             return False
         return bool(super().try_claim(position))
@@ -103,6 +121,24 @@ class PartitionTracker(OffsetRestrictionTracker):
             return None
         return super().try_split(fraction_of_remainder)
 
+    def current_progress(self) -> RestrictionProgress:
+        """Offsets claimed (``completed``) and left to read (``remaining``), in messages.
+
+        The end of an unbounded range is its partition's latest known end offset (see
+        :mod:`headwater.io.kafka.backlog`); before one is known, Beam's fraction of the range.
+        """
+        done = self._range.start if self._current_position is None else self._current_position + 1
+        end = self._range.stop
+        if end >= UNBOUNDED_STOP:
+            key = getattr(self._range, "key", None)
+            known = None if key is None else END_OFFSETS.latest(*key)
+            if known is None:
+                return super().current_progress()
+            end = known
+        return RestrictionProgress(
+            completed=float(done - self._range.start), remaining=float(max(0, end - done))
+        )
+
     def ends_now(self) -> bool:
         """Whether the read stops here: past its deadline, or an unbounded range drained."""
         return read_ends(self._range, self._clock)
@@ -113,7 +149,9 @@ class PartitionRestrictions(RestrictionProvider):
 
     def initial_restriction(self, element: PartitionRead) -> PartitionRange:
         stop = UNBOUNDED_STOP if element.stop is None else max(element.stop, element.start)
-        return PartitionRange(element.start, stop, element.deadline)
+        return PartitionRange(
+            element.start, stop, element.deadline, (element.topic, element.partition)
+        )
 
     def create_tracker(self, restriction: PartitionRange) -> PartitionTracker:
         return PartitionTracker(restriction)
@@ -124,8 +162,13 @@ class PartitionRestrictions(RestrictionProvider):
         yield restriction
 
     def restriction_size(self, element: PartitionRead, restriction: PartitionRange) -> float:
+        """Messages to read: ``stop - start``; for an unbounded range, up to the partition's
+        latest known end offset (``1.0`` while none is known: every partition weighs the same)."""
         if restriction.stop >= UNBOUNDED_STOP:
-            return 1.0  # unknown backlog; every partition weighs the same
+            end = END_OFFSETS.latest(element.topic, element.partition)
+            if end is None:
+                return 1.0
+            return float(max(0, end - restriction.start))
         return float(restriction.stop - restriction.start)
 
     def truncate(self, element: PartitionRead, restriction: PartitionRange):
