@@ -1,15 +1,120 @@
-"""Reading JSON blocks: where a refused piece is cut."""
+"""Reading JSON blocks: which lines pyarrow's refusals set aside, and what that costs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pytest
 
-from headwater.columnar.reader import _read_json
+from headwater.columnar import reader
+from headwater.columnar.reader import _parse_run, _read_json, _Refusal
 
 
-def test_a_refused_piece_names_the_row_to_cut_at():
-    """pyarrow's refusal names the odd row (0-based), which is where the piece is cut."""
+def _good(i: int) -> bytes:
+    return b'{"id":"e%d","t":%d,"k":"x","amount":1.5}' % (i, i)
+
+
+def _parse(lines: list[bytes]) -> tuple[list[int], list[int], int]:
+    """``_parse_run`` over ``lines``: (positions parsed, in order; positions set aside; calls)."""
+    data = b"".join(line + b"\n" for line in lines)
+    starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
+    calls = 0
+
+    def counted(view):
+        nonlocal calls
+        calls += 1
+        return _read_json(view)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reader, "_read_json", counted)
+        tables, aside = _parse_run(data, starts)
+    parsed = []
+    for positions, table in tables:
+        assert table.num_rows == len(positions)
+        assert table.column("id").to_pylist() == [f"e{p}" for p in positions]
+        parsed.extend(positions.tolist())
+    return sorted(parsed), aside, calls
+
+
+def test_a_refused_piece_names_the_row_and_the_column_whose_kind_changed():
+    """pyarrow's refusal names the odd row (0-based), the column and both kinds."""
     good = b'{"id":"a","t":1,"k":"x","amount":1.5}\n'
     odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
-    assert _read_json(good * 5 + odd + good * 3) == 5
+    assert _read_json(good * 5 + odd + good * 3) == _Refusal(5, "amount", "number", "string")
+    assert _read_json(good * 2 + b'{"id":"c",}\n') == _Refusal(2)
     assert isinstance(_read_json(good * 3), pa.Table)
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_value_of_another_kind_sets_aside_only_its_line(where):
+    """A string amount among numbers, first, in the middle or last: only its line is set aside."""
+    lines = [_good(i) for i in range(300)]
+    bad = {"start": 0, "middle": 150, "end": 299}[where]
+    lines[bad] = b'{"id":"e%d","t":%d,"k":"x","amount":"12 EUR"}' % (bad, bad)
+    parsed, aside, _ = _parse(lines)
+    assert aside == [bad]
+    assert parsed == [i for i in range(300) if i != bad]
+
+
+def test_many_values_of_another_kind_cost_one_parse_per_column_not_one_per_line():
+    """100 string amounts and 50 string times in 2,000 lines: three parses, all 150 set aside."""
+    lines = [_good(i) for i in range(2_000)]
+    amounts, times = set(range(7, 2_000, 20)), set(range(11, 2_000, 40))
+    for i in amounts:
+        lines[i] = b'{"id":"e%d","t":%d,"k":"x","amount":"12 EUR"}' % (i, i)
+    for i in times:
+        lines[i] = b'{"id":"e%d","t":"yesterday","k":"x","amount":1}' % i
+    parsed, aside, calls = _parse(lines)
+    assert aside == sorted(amounts | times)
+    assert len(parsed) == 2_000 - len(aside)
+    assert calls == 3  # refused at the first odd amount, then the first odd time, then parsed
+
+
+def test_the_odd_kind_first_sets_aside_the_fewer_lines():
+    """A piece whose first amount is a string sets that line aside, not the numbers after it."""
+    lines = [b'{"id":"e0","t":0,"k":"x","amount":"12 EUR"}'] + [_good(i) for i in range(1, 500)]
+    parsed, aside, calls = _parse(lines)
+    assert aside == [0]
+    assert parsed == list(range(1, 500))
+    assert calls == 2
+
+
+def test_every_kind_change_of_a_column_is_set_aside_by_line():
+    """Strings, booleans, objects and arrays among numeric amounts: exactly those lines."""
+    values = {40: b'"12"', 41: b"true", 90: b'{"v":1}', 91: b"[1]", 199: b"false"}
+    lines = [_good(i) for i in range(200)]
+    for i, value in values.items():
+        lines[i] = b'{"id":"e%d","t":%d,"k":"x","amount":%s}' % (i, i, value)
+    parsed, aside, _ = _parse(lines)
+    assert aside == sorted(values)
+    assert len(parsed) == 200 - len(values)
+
+
+def test_a_syntax_error_inside_braces_sets_aside_its_line_only():
+    """A line pyarrow cannot parse at all is cut out; the lines around it are still parsed."""
+    lines = [_good(i) for i in range(600)]
+    lines[123] = b'{"id":"e123","t":123,}'
+    lines[456] = b'{"id":"e456" "t":456}'
+    parsed, aside, calls = _parse(lines)
+    assert aside == [123, 456]
+    assert parsed == [i for i in range(600) if i not in (123, 456)]
+    assert calls <= 5
+
+
+def test_two_objects_on_one_line_set_aside_a_few_lines_around_it_not_the_piece():
+    """More rows than lines (two objects on a line): bisected down to a small group of lines."""
+    lines = [_good(i) for i in range(4_000)]
+    lines[2_100] = _good(2_100) + _good(9_999)
+    parsed, aside, _ = _parse(lines)
+    assert 2_100 in aside
+    assert len(aside) <= reader._MIN_BISECT_LINES
+    assert parsed == [i for i in range(4_000) if i not in aside]
+
+
+def test_a_nested_column_changing_kind_still_parses_the_other_lines():
+    """A type change in a nested member (no top-level name to scan for) cuts at its row."""
+    lines = [_good(i)[:-1] + b',"m":{"n":%d}}' % i for i in range(300)]
+    lines[77] = b'{"id":"e77","t":77,"k":"x","amount":1.5,"m":{"n":"x"}}'
+    parsed, aside, _ = _parse(lines)
+    assert aside == [77]
+    assert len(parsed) == 299

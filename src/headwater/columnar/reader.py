@@ -7,22 +7,27 @@ rows to ``_finish_block`` (dedup and aggregation, defined by the DoFn).
 
 A JSON block is cut into pieces of about 1 MiB that ``pyarrow.json`` parses side by side on a few
 threads (each piece on its own, types inferred over the piece), while the previous block is
-checked, deduplicated and aggregated. Lines that do not start with ``{`` and end with ``}`` never
-reach pyarrow. When the parser refuses a piece (one odd value refuses all of it), the piece is cut
-at the row pyarrow's error names (the rows before it are parsed on their own, the row goes line by
-line, the rest is parsed again), or bisected when the error names none; what still fails is
-handled line by line.
+checked, deduplicated and aggregated. Lines that do not start with ``{`` and end with ``}`` (and
+lines that are not UTF-8 or too large) never reach pyarrow: they are blanked out of the piece's
+bytes (pyarrow skips whitespace lines), so they cost their own handling, not a cut of the piece.
+When the parser refuses a piece, the piece's own worker thread sets lines aside and parses it
+again: a value of another JSON kind than the column had (``"amount":"12 EUR"`` among numbers)
+sets aside at once every line whose value of that column has the odd kind (found with one
+regular-expression scan; a false match only costs the record path a line), any other refusal
+cuts the piece at the row pyarrow's error names (the rows before it are parsed on their own,
+the row goes line by line, the rest is parsed again), or bisects it when the error names none.
+The cost of a bad line is thus its own, whatever block it sits in. Every line set aside takes
+the record path's own parse/check code, which gives its dead letter exactly.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import fastavro
@@ -53,17 +58,24 @@ _AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar
 
 
 def _invalid_utf8_lines(block: bytes, ranges: Any) -> list[int]:
-    """Indexes of the lines of ``block`` that are not valid UTF-8 (usually none)."""
+    """Indexes of the lines of ``block`` that are not valid UTF-8 (usually none).
+
+    One decode of the whole block when it is valid; otherwise only the lines holding a byte
+    past ASCII are decoded, each on its own (a newline is never inside a UTF-8 sequence).
+    """
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return []
+    high = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0x80)
     bad: list[int] = []
-    position = 0
-    while position < len(block):
+    for line in np.unique(np.searchsorted(ranges.starts, high, side="right") - 1).tolist():
         try:
-            block[position:].decode("utf-8")
-            break
-        except UnicodeDecodeError as exc:
-            line = int(np.searchsorted(ranges.starts, position + exc.start, side="right")) - 1
+            block[ranges.starts[line] : ranges.next_starts[line]].decode("utf-8")
+        except UnicodeDecodeError:
             bad.append(line)
-            position = int(ranges.next_starts[line])
     return bad
 
 
@@ -91,29 +103,128 @@ class _Ranges:
         self.last = last
 
 
-def _span(block: bytes, ranges: _Ranges, lines: np.ndarray) -> bytes:
-    """The bytes of consecutive ``lines`` of ``block``, newlines included."""
-    return block[int(ranges.starts[lines[0]]) : int(ranges.next_starts[lines[-1]])]
+class _Refusal(NamedTuple):
+    """Why pyarrow refused a piece: the row its error names (0-based), and for a value of another
+    JSON kind than its column had, the column and the two kinds (``number``, ``string`` ...)."""
+
+    row: int | None
+    column: str | None = None
+    was: str | None = None
+    now: str | None = None
 
 
 _ERROR_ROW = re.compile(r" in row (\d+)$")
+_KIND_CHANGE = re.compile(r"Column\(/(.*)\) changed from (\w+) to (\w+) in row (\d+)$")
+_KIND_STARTS = {  # the first byte of a JSON value of each kind pyarrow names
+    "number": rb"[-0-9]",
+    "string": rb'"',
+    "boolean": rb"[tf]",
+    "object": rb"\{",
+    "array": rb"\[",
+}
 
 
-def _read_json(data: bytes) -> pa.Table | int | None:
-    """JSON lines parsed by pyarrow as one block (types inferred over all of it).
+def _read_json(data: Any) -> pa.Table | _Refusal:
+    """JSON lines (bytes-like) parsed by pyarrow as one block (types inferred over all of it).
 
-    When pyarrow refuses the block: the row its error names (0-based; a type that changed, a
-    parse error), or None when the error names none. The row only guides where the block is cut
-    next; every cut is exact whichever line is set aside.
+    When pyarrow refuses the block: a :class:`_Refusal` naming the row (None when the error
+    names none) and, for a value of another kind, the column. They only guide which lines are
+    set aside; every cut is exact whichever line is set aside.
     """
     try:
         return pa_json.read_json(
-            io.BytesIO(data),
+            pa.BufferReader(pa.py_buffer(data)),
             read_options=pa_json.ReadOptions(block_size=max(len(data), 1 << 16), use_threads=False),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        row = _ERROR_ROW.search(str(exc))
-        return int(row.group(1)) if row else None
+        message = str(exc)
+        change = _KIND_CHANGE.search(message)
+        if change is not None and "/" not in change.group(1):
+            return _Refusal(int(change.group(4)), *change.group(1, 2, 3))
+        row = _ERROR_ROW.search(message)
+        return _Refusal(int(row.group(1)) if row else None)
+
+
+def _kind_lines(data: Any, starts: np.ndarray, column: str, kind: str) -> np.ndarray:
+    """Which of the lines at ``starts`` in ``data`` hold ``"column": <a value of kind>``.
+
+    A byte scan, not a parse: a nested member of the same name matches too (the line then takes
+    the record path, which is exact); a name JSON would escape matches nothing.
+    """
+    start = _KIND_STARTS.get(kind)
+    if start is None or any(c in column for c in '"\\') or not column.isprintable():
+        return np.zeros(0, dtype=np.int64)
+    name = re.escape(column.encode())
+    found = [
+        m.start() for m in re.finditer(rb'"' + name + rb'"[ \t\r\n]*:[ \t\r\n]*' + start, data)
+    ]
+    return np.unique(np.searchsorted(starts, np.asarray(found, dtype=np.int64), side="right") - 1)
+
+
+def _parse_run(
+    data: Any, starts: np.ndarray
+) -> tuple[list[tuple[np.ndarray, pa.Table]], list[int]]:
+    """Parses a run of JSON lines, setting aside the lines pyarrow refuses.
+
+    ``starts``: the byte offsets in ``data`` of the run's lines (non-blank, in order; other
+    lines of ``data`` are whitespace). Returns the tables, each with the run positions of its
+    rows, and the positions set aside for the record path. Set-aside lines are blanked in a copy
+    of ``data``, so the lines around them are parsed in one call:
+
+    - a value of another kind than its column had: every line whose value of that column has the
+      odd kind (the kind fewer lines hold) is set aside at once, and the lines parsed again;
+    - any other refusal naming a row: the rows before it are parsed on their own, the row is set
+      aside, the rest is parsed again;
+    - a refusal naming no row: halves, set aside whole below ``_MIN_BISECT_LINES``.
+
+    Each refusal sets aside at least one line, so the loop ends; runs on a parse thread.
+    """
+    n = len(starts)
+    ends = np.append(starts[1:], len(data))  # each line's bytes, up to the next line
+    text: Any = data
+    aside = np.zeros(n, dtype=bool)
+    tables: list[tuple[np.ndarray, pa.Table]] = []
+    todo = [np.arange(n)]
+    while todo:
+        alive = todo.pop()
+        alive = alive[~aside[alive]]
+        if len(alive) == 0:
+            continue
+        low = int(starts[alive[0]])
+        view = memoryview(text)[low : int(ends[alive[-1]])]
+        parsed = _read_json(view)
+        if isinstance(parsed, pa.Table) and parsed.num_rows == len(alive):
+            tables.append((alive, parsed))
+            continue
+        # more rows than lines (two objects on a line) are cut like a refusal naming no row
+        row = None if isinstance(parsed, pa.Table) else parsed.row
+        if row is None or not 0 <= row < len(alive):
+            if len(alive) <= _MIN_BISECT_LINES:
+                aside[alive] = True
+            else:
+                half = len(alive) // 2
+                todo += [alive[half:], alive[:half]]
+            continue
+        if parsed.column is None:
+            aside[alive[row]] = True
+            todo += [alive[row + 1 :], alive[:row]]
+            continue
+        column, local = parsed.column, starts[alive] - low
+        now = alive[_kind_lines(view, local, column, parsed.now or "")]
+        odd = np.append(now, alive[row])
+        if 2 * len(now) > len(alive):  # the odd kind came first: set the other kind aside
+            was = alive[_kind_lines(view, local, column, parsed.was or "")]
+            if 0 < len(was) < len(now):
+                odd = was
+        if text is data:
+            text = bytearray(data)
+        for position in odd.tolist():  # spaces up to the line's newline: pyarrow skips it
+            start, end = int(starts[position]), int(ends[position])
+            stop = text.find(b"\n", start, end)
+            text[start : end if stop < 0 else stop] = b" " * ((end if stop < 0 else stop) - start)
+        aside[odd] = True
+        todo.append(alive)
+    return tables, np.flatnonzero(aside).tolist()
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -224,45 +335,53 @@ class BlockReader(beam.DoFn):
     def _start_json_block(
         self, state: ColumnarState, path: str, first_line: int, block: bytes
     ) -> _PendingBlock:
-        """Finds the block's lines, sets aside the ones pyarrow must not see, starts parsing."""
+        """Finds the block's lines, blanks the ones pyarrow must not see, starts parsing."""
         ranges = _Ranges(block)
         blank = ranges.lengths == 0
         # A line pyarrow may see starts with "{" and ends with "}": a truncated line would make
         # pyarrow refuse its whole piece (or read on into the next line), so it goes line by line.
         candidate = (ranges.first == ord("{")) & (ranges.last == ord("}"))
         odd = ~(blank | candidate)
+        hidden = odd.copy()  # lines blanked out of what pyarrow reads
         if odd.any():  # whitespace-only lines count as blank, like the file reader
             for i in np.flatnonzero(odd):
                 if not block[ranges.starts[i] : ranges.ends[i]].strip():
                     blank[i] = True
             odd = ~(blank | candidate)
         max_bytes = self._options.max_record_bytes
-        too_large = (ranges.lengths > max_bytes) if max_bytes is not None else None
         records = np.flatnonzero(~blank)
         state.counts["records_in"] += len(records)
         # Lines pyarrow must not see (not an object, invalid UTF-8, over the size limit) take
-        # the record path one by one; the runs of lines between them stay vectorized.
+        # the record path one by one; they are blanked in a copy of the block, so the lines
+        # around them are still parsed as one piece.
         slow = odd.copy()
-        if too_large is not None:
-            slow |= too_large & ~blank
+        if max_bytes is not None:
+            slow |= (ranges.lengths > max_bytes) & ~blank
         for line_index in _invalid_utf8_lines(block, ranges):
             slow[line_index] = True
+        hidden |= slow
+        text: Any = block
+        if hidden.any():
+            text = bytearray(block)
+            for line in np.flatnonzero(hidden).tolist():
+                start, end = int(ranges.starts[line]), int(ranges.next_starts[line]) - 1
+                text[start:end] = b" " * (end - start)
         slow_lines: list[int] = np.flatnonzero(slow).tolist()
         fast = records[~slow[records]]
-        runs: list[np.ndarray] = []
-        if len(fast):
-            breaks = np.flatnonzero(np.diff(np.cumsum(slow)[fast])) + 1
-            runs = [
-                part
-                for run in np.split(fast, breaks)
-                for part in _parts(run, ranges.starts[run], _PARSE_BYTES)
-            ]
+        runs = _parts(fast, ranges.starts[fast], _PARSE_BYTES)
         pool = _parse_pool()
-        tables = [pool.submit(_read_json, _span(block, ranges, run)) for run in runs]
+        tables = [
+            pool.submit(
+                _parse_run,
+                memoryview(text)[ranges.starts[run[0]] : ranges.next_starts[run[-1]]],
+                ranges.starts[run] - ranges.starts[run[0]],
+            )
+            for run in runs
+        ]
         return _PendingBlock(path, first_line, block, ranges, records, slow_lines, runs, tables)
 
     def _end_json_block(self, state: ColumnarState, pending: _PendingBlock) -> None:
-        """Checks the parsed pieces, runs the odd lines through the record path, finishes."""
+        """Checks the parsed pieces, runs the set-aside lines through the record path, finishes."""
         block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
         path, first_line = pending.path, pending.first_line
 
@@ -272,65 +391,21 @@ class BlockReader(beam.DoFn):
 
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         for run, future in zip(pending.runs, pending.tables, strict=True):
-            parsed = future.result()
-            if isinstance(parsed, pa.Table):
-                self._parsed(state, parsed, run, pieces, slow_lines)
-            else:
-                self._refused(state, block, ranges, run, parsed, pieces, slow_lines)
-        slow_rows = []
-        for piece_positions, mask, _ in pieces:
-            slow_lines.extend(piece_positions[~mask].tolist())
+            tables, aside = future.result()
+            for positions, table in tables:
+                lines = run[positions]
+                mask, columns = state.fast(table)
+                pieces.append((lines, mask, columns))
+                slow_lines.extend(lines[~mask].tolist())
+            slow_lines.extend(run[aside].tolist())
         slow_lines.sort()
+        slow_rows = []
         for line_index in map(int, slow_lines):
             accepted = state.slow(element(line_index))
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
         self._slow.inc(len(slow_lines))
         self._finish_block(state, pending.records, pieces, slow_rows, element)
-
-    def _parse_range(self, state, block, ranges, lines, pieces, slow_lines) -> None:
-        """Parses ``lines`` (consecutive non-blank line indexes) with pyarrow, cutting refusals."""
-        if len(lines) == 0:
-            return
-        parsed = _read_json(_span(block, ranges, lines))
-        if isinstance(parsed, pa.Table):
-            self._parsed(state, parsed, lines, pieces, slow_lines)
-        else:
-            self._refused(state, block, ranges, lines, parsed, pieces, slow_lines)
-
-    def _refused(self, state, block, ranges, lines, row, pieces, slow_lines) -> None:
-        """``lines`` that pyarrow refused as one piece, its error naming ``row`` (or None).
-
-        With a row: the lines before it are parsed on their own, the line goes line by line, and
-        the rest is parsed again (each refusal costs a parse up to the row it names, so a piece
-        with k odd lines costs about two parses and k small ones). Without: halves, and line by
-        line below ``_MIN_BISECT_LINES``.
-        """
-        while row is not None and 0 <= row < len(lines):
-            self._parse_range(state, block, ranges, lines[:row], pieces, slow_lines)
-            slow_lines.append(int(lines[row]))
-            lines = lines[row + 1 :]
-            if len(lines) == 0:
-                return
-            parsed = _read_json(_span(block, ranges, lines))
-            if isinstance(parsed, pa.Table):
-                self._parsed(state, parsed, lines, pieces, slow_lines)
-                return
-            row = parsed
-        if len(lines) <= _MIN_BISECT_LINES:
-            slow_lines.extend(lines.tolist())
-            return
-        half = len(lines) // 2
-        self._parse_range(state, block, ranges, lines[:half], pieces, slow_lines)
-        self._parse_range(state, block, ranges, lines[half:], pieces, slow_lines)
-
-    @staticmethod
-    def _parsed(state, table, lines, pieces, slow_lines) -> None:
-        if table.num_rows != len(lines):  # never expected: be exact rather than fast
-            slow_lines.extend(lines.tolist())
-            return
-        mask, columns = state.fast(table)
-        pieces.append((lines, mask, columns))
 
     def _decoded(self, element: Any) -> Any:
         if isinstance(element, DecodedRecord):

@@ -173,7 +173,8 @@ class ColumnarState:
             try:
                 ident = self.id_of(record)
             except Exception as exc:  # the record path's _KeyByIdFn makes it a dead letter
-                self.dead.append(dead_letter_for(element, stage="dedup", error=exc, event_time=ts))
+                # of the parsed record (its payload canonical JSON, as in the record path)
+                self.dead.append(dead_letter_for(record, stage="dedup", error=exc, event_time=ts))
                 return None
         key, values = self._check.key_and_values(record)  # passed at parse: the key text
         return ts.micros, ident, key, values

@@ -1,0 +1,181 @@
+"""Bad lines anywhere in a JSON block: the columnar path gives the record path's rows, counters,
+dead letters (reason text, file and line) and window files, byte for byte (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from headwater.columnar import ComputeWindowedMetricsColumnar, reader
+from headwater.core.accounting import Accounting
+from headwater.io.fileio import ReadFromFiles
+from headwater.io.formats import JsonFormat
+from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.process import ComputeWindowedMetrics
+from headwater.windowing.eventtime import EventTimeExtractor
+
+_WIDTH = 160  # every line but the long one is this many bytes, so blocks hold 10 lines
+_BLOCK_LINES = 10
+_T0 = 1_700_000_000_000
+
+
+def _record(i: int, **change) -> dict:
+    record = {
+        "event_id": f"e{i - 1 if i % 13 == 0 else i}",  # every 13th line re-delivers the one before
+        "user_id": f"u{i % 4}",
+        "event_time": _T0 + 1_000 * i,
+        "amount": i % 7 + 0.5,
+    }
+    for name, value in change.items():
+        if value is _MISSING:
+            del record[name]
+        else:
+            record[name] = value
+    return record
+
+
+_MISSING = object()
+
+
+def _padded(text: bytes) -> bytes:
+    """``text`` (ending in ``}`` if an object) widened to ``_WIDTH`` with spaces inside it."""
+    assert len(text) <= _WIDTH, text
+    if text.endswith(b"}"):
+        return text[:-1] + b" " * (_WIDTH - len(text)) + b"}"
+    return text + b" " * (_WIDTH - len(text))
+
+
+def _json(record: dict) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+# Every malformed kind: the workload's (truncated JSON, invalid UTF-8, missing or non-numeric
+# event time, missing user id, non-numeric amount) and more, each a line for event ``i``.
+_KINDS = {
+    "truncated_json": lambda i: _json(_record(i))[:40],
+    "invalid_utf8": lambda i: _json(_record(i))[:-2] + b'\xff\xfe"}',
+    "missing_event_time": lambda i: _json(_record(i, event_time=_MISSING)),
+    "non_numeric_event_time": lambda i: _json(_record(i, event_time="yesterday")),
+    "missing_user_id": lambda i: _json(_record(i, user_id=_MISSING)),
+    "non_numeric_amount": lambda i: _json(_record(i, amount="12.5 EUR")),
+    "boolean_amount": lambda i: _json(_record(i, amount=True)),
+    "object_amount": lambda i: _json(_record(i, amount={"value": 1})),
+    "array_amount": lambda i: _json(_record(i, amount=[1])),
+    "null_amount": lambda i: _json(_record(i, amount=None)),
+    "huge_amount": lambda i: _json(_record(i, amount=0)).replace(b":0}", b":1e400}"),
+    "int_user_id": lambda i: _json(_record(i, user_id=7)),  # accepted: the key text "7"
+    "object_user_id": lambda i: _json(_record(i, user_id={"u": 1})),
+    "object_event_id": lambda i: _json(_record(i, event_id={"e": 1})),
+    "float_event_time": lambda i: _json(_record(i, event_time=_T0 + 1_000 * i + 0.5)),
+    "negative_event_time": lambda i: _json(_record(i, event_time=-5)),
+    "syntax_error": lambda i: _json(_record(i))[:-1] + b",}",
+    "not_an_object": lambda i: b"[1, 2, 3]",
+    "two_objects": lambda i: _json(_record(i)) + _json(_record(i + 1000)),
+    "lone_surrogate": lambda i: _json(_record(i, user_id="\ud800")).replace(b"\\\\", b"\\"),
+    "whitespace": lambda i: b"   \t ",
+}
+
+
+def _lines() -> list[bytes]:
+    """120 lines in 12 blocks of 10: bad lines at a block's start, middle and end, blocks full of
+    bad lines, every kind; then a bad line longer than a block."""
+    kinds = list(_KINDS)
+    bad: dict[int, str] = {
+        10: "non_numeric_amount",
+        25: "non_numeric_event_time",
+        39: "two_objects",
+    }
+    bad.update({40 + k: kinds[k] for k in range(10)})  # a block of bad lines only
+    bad.update({50 + k: kinds[10 + k] for k in range(7)})  # 7 of 10 bad
+    for k, kind in enumerate(kinds):  # each kind once more, spread over the later blocks
+        bad[62 + 2 * k] = kind
+    lines = []
+    for i in range(120):
+        line = _KINDS[bad[i]](i) if i in bad else _json(_record(i))
+        lines.append(_padded(line))
+    lines.append(_json(_record(120, amount="x" * 4 * _WIDTH * _BLOCK_LINES)))  # spans blocks
+    lines += [_padded(_json(_record(i))) for i in range(121, 130)]
+    return lines
+
+
+def _options():
+    return {
+        "decode": JsonFormat(),
+        "event_time": EventTimeExtractor(field="event_time", unit="ms"),
+        "dedup": DeduplicateById(id_field="event_id", horizon="10m"),
+        "window": "fixed:60s",
+        "allowed_lateness": 0,
+        "key_field": "user_id",
+        "metrics": "count,sum:amount,min:amount,max:amount",
+    }
+
+
+_SEEN: dict[str, list] = {}
+
+
+def _collect(name, actual):
+    _SEEN[name] = list(actual)
+
+
+def _letter(letter):
+    return (letter.stage, letter.error_type, letter.error_message, letter.payload, letter.origin)
+
+
+@pytest.fixture
+def dirty_file(tmp_path, monkeypatch):
+    """The dirty file, read in blocks of 10 lines, from chunks that cut lines in two."""
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", (_WIDTH + 1) * _BLOCK_LINES)
+    monkeypatch.setattr(reader, "_READ_CHUNK", 7 * _WIDTH + 13)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in _lines()))
+    return path
+
+
+@pytest.mark.parametrize("parse_lines", [None, 3])
+def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
+    dirty_file, monkeypatch, parse_lines
+):
+    """Rows, all five counters and every dead letter (reason, file, line) equal the record path's.
+
+    With ``parse_lines`` a block is parsed in pieces of three lines, side by side.
+    """
+    if parse_lines is not None:
+        monkeypatch.setattr(reader, "_PARSE_BYTES", (_WIDTH + 1) * parse_lines)
+    record_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    record = (
+        record_p | ReadFromFiles(str(dirty_file), format="json")
+    ).main | ComputeWindowedMetrics(**_options())
+    assert_that(record.rows, partial(_collect, "record_rows"), label="RecordRows")
+    assert_that(record.dead_letter, partial(_collect, "record_dead"), label="RecordDead")
+    record_counts = Accounting.from_result(record_p.run()).to_dict()
+
+    columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    fast = columnar_p | ComputeWindowedMetricsColumnar(
+        pattern=str(dirty_file), file_format="json", **_options()
+    )
+    assert_that(fast.rows, partial(_collect, "columnar_rows"), label="ColumnarRows")
+    assert_that(fast.dead_letter, partial(_collect, "columnar_dead"), label="ColumnarDead")
+    columnar_counts = Accounting.from_result(columnar_p.run()).to_dict()
+
+    assert columnar_counts == record_counts
+    assert record_counts["dead_letter"] >= 30  # most bad lines are dead letters, not dropped
+    assert record_counts["duplicate"] > 0
+
+    def row_key(row):
+        return (row["window_start"], row["key"])
+
+    assert sorted(_SEEN["columnar_rows"], key=row_key) == sorted(_SEEN["record_rows"], key=row_key)
+    assert sorted(map(_letter, _SEEN["columnar_dead"]), key=repr) == sorted(
+        map(_letter, _SEEN["record_dead"]), key=repr
+    )
+
+
+def test_bad_lines_anywhere_in_a_block_write_the_record_paths_files(dirty_file, engine_files):
+    """The dirty file's window files are the record path's bytes."""
+    files = engine_files(str(dirty_file), _options(), "parquet")
+    assert len(files["record"]) > 1
+    assert files["columnar"] == files["record"]
