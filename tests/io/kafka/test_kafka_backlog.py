@@ -8,9 +8,12 @@ import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.execution import MetricsContainer
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.runners.worker import statesampler
+from apache_beam.utils import counters
 
 from headwater import runners
 from headwater.core.accounting import NAMESPACE
@@ -21,6 +24,7 @@ from headwater.io.kafka.backlog import (
     LAG_BYTES,
     LAG_MESSAGES,
     EndOffsets,
+    PartitionLag,
     lag_metric_name,
 )
 from headwater.io.kafka.config import make_consumer
@@ -220,3 +224,52 @@ def test_a_bounded_range_reports_its_progress_in_messages():
     assert _progress(tracker) == (0, 20)
     assert tracker.try_claim(14)
     assert _progress(tracker) == (5, 15)
+
+
+class _EndAt:
+    """A consumer stand-in whose partition ends at ``end`` (the real query is tested above)."""
+
+    def __init__(self, end):
+        self.end = end
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        return (0, self.end)
+
+
+def _gauges(report) -> dict[str, int]:
+    """The headwater gauges ``report()`` sets, read from a metrics container as a worker's."""
+    sampler = statesampler.StateSampler("", counters.CounterFactory())
+    statesampler.set_current_tracker(sampler)
+    container = MetricsContainer("read")
+    sampler.start()
+    try:
+        with sampler.scoped_state("read", "process", metrics_container=container):
+            report()
+    finally:
+        sampler.stop()
+        statesampler.set_current_tracker(None)
+    updates = container.get_cumulative()
+    return {key.metric.name: data.value for key, data in updates.gauges.items()}
+
+
+def test_lag_gauges_count_messages_and_estimate_bytes():
+    """Lag = end - next offset; bytes = lag x the mean value size read; 0 and 0 when caught up."""
+    lag = PartitionLag("events", 2)
+    lag.observe(300, 3)  # a mean of 100 bytes
+    messages = lag_metric_name(LAG_MESSAGES, "events", 2)
+    size = lag_metric_name(LAG_BYTES, "events", 2)
+    assert _gauges(lambda: lag.report(_EndAt(100), 40, EndOffsets())) == {
+        messages: 60,
+        size: 6000,
+    }
+    assert _gauges(lambda: lag.report(_EndAt(100), 100, EndOffsets())) == {messages: 0, size: 0}
+    unread = PartitionLag("events", 3)  # nothing read yet: no size to estimate from
+    assert _gauges(lambda: unread.report(_EndAt(5), 0, EndOffsets())) == {
+        lag_metric_name(LAG_MESSAGES, "events", 3): 5
+    }
+    empty = PartitionLag("events", 4)  # an empty partition: no record, and nothing to read
+    assert _gauges(lambda: empty.report(_EndAt(0), 0, EndOffsets())) == {
+        lag_metric_name(LAG_MESSAGES, "events", 4): 0,
+        lag_metric_name(LAG_BYTES, "events", 4): 0,
+    }
+    assert messages.split("/") == [LAG_MESSAGES, "events", "2"]

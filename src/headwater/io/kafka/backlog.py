@@ -20,7 +20,7 @@ From it:
       every bundle of that partition;
   ``consumer_lag_bytes/<topic>/<partition>``
       that lag x the mean value size (bytes) of the records this reader read from the partition:
-      an estimate (set once a record has been read).
+      an estimate (set once a record has been read, or when the lag is 0).
 
 A topic name cannot contain ``/``, so ``name.split("/")`` gives back the metric, the topic and
 the partition. The lag is that of this reader, not of the consumer group: the group's committed
@@ -159,5 +159,5 @@ class PartitionLag:
             return
         lag = max(0, end - next_offset)
         self._messages.set(lag)
-        if self._values:
-            self._bytes.set(round(lag * self._value_bytes / self._values))
+        if lag == 0 or self._values:
+            self._bytes.set(round(lag * self._value_bytes / self._values) if lag else 0)
