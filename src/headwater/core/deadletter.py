@@ -41,7 +41,8 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the payload travels as base64 in ``payload_b64``."""
-        row = dataclasses.asdict(self)
+        # shallow (every field but origin is a scalar): dataclasses.asdict deep-copies, ~10x slower
+        row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         row["origin"] = dict(self.origin)
         row["payload_b64"] = base64.b64encode(row.pop("payload")).decode("ascii")
         return row
