@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "google-cloud-dataflow-client>=0.8",
     "confluent-kafka[schemaregistry,avro]>=2.4",
     "tzdata",  # IANA zones for calendar windows on images without /usr/share/zoneinfo
+    "prometheus-client>=0.20",  # --metrics_port: the run's SLIs for Prometheus
 ]
 
 EXTRAS_REQUIRE = {

@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from headwater.io.kafka import mask_setting
 from headwater.pipelines.step_names import check_mapping_is_json
@@ -40,6 +40,7 @@ __all__ = [
     "KAFKA_CONNECTION_FLAGS",
     "KAFKA_SOURCE_FLAGS",
     "LOCAL_FLAGS",
+    "MetricsAddress",
     "PIPELINE_SOURCE_FLAGS",
     "RUN_FLAGS",
     "check_argv",
@@ -72,6 +73,27 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{text!r} must be a fraction between 0 and 1, e.g. 0.01")
     return value
+
+
+class MetricsAddress(NamedTuple):
+    """Where ``--metrics_port`` serves: ``HOST:PORT`` (``N`` alone is ``127.0.0.1:N``)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _metrics_address(text: str) -> MetricsAddress:
+    host, sep, port = str(text).strip().rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host or " " in host:
+        raise ValueError(
+            "expected a port number N from 1 to 65535 (served on 127.0.0.1:N) or HOST:N "
+            "(e.g. 0.0.0.0:9464 to serve on every interface)"
+        )
+    return MetricsAddress(host, int(port))
 
 
 def _bool(text: str) -> bool:
@@ -456,6 +478,19 @@ FLAGS: dict[str, Flag] = {
             type=_fraction,
             regex=r"^(0(\.\d+)?|1(\.0+)?)$",
         ),
+        Flag(
+            "metrics_port",
+            "Metrics port",
+            "Serve the run's metrics (the accounting counters, freshness, watermark lag, "
+            "consumer lag, throughput: docs/operations.md) in the Prometheus text format on "
+            "http://127.0.0.1:N/metrics while the run runs; HOST:N serves on HOST instead. The "
+            "command then stays attached to the job until it ends. For runs that report metrics "
+            "while they run (Prism, Flink, the portable runner, the streaming DirectRunner); a "
+            "Dataflow job keeps them as Beam metrics (Cloud Monitoring).",
+            type=_metrics_address,
+            regex=r"^([^\s:]+:|\[[0-9a-fA-F:]+\]:)?\d{1,5}$",
+            local_only=True,
+        ),
         # --- kafka sink ---------------------------------------------------------------------
         Flag("output_topic", "Output topic", "Kafka topic for the output records.", required=True),
         Flag(
@@ -490,7 +525,7 @@ FLAGS: dict[str, Flag] = {
 
 
 #: Flags every pipeline takes (checks of the run as a whole).
-RUN_FLAGS = ("max_dead_letter_rate",)
+RUN_FLAGS = ("max_dead_letter_rate", "metrics_port")
 
 
 def __getattr__(name: str) -> Any:

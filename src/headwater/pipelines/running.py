@@ -31,6 +31,7 @@ from headwater.pipelines.checks import check_data, check_output_paths, dead_lett
 from headwater.pipelines.config import RunConfig, check_batch, check_streaming
 from headwater.pipelines.options import FLAGS
 from headwater.pipelines.sinks import file_outputs
+from headwater.pipelines.slis import MetricsEndpoint, check_metrics_port
 from headwater.pipelines.step_names import check_update
 from headwater.transforms.progress import ProgressLines, progress_period
 
@@ -172,7 +173,9 @@ def run_pipeline(
     """
     runner = runners.prepare(options, streaming=streaming, unbounded=unbounded_source(options))
     local = runners.is_local(runner)
-    waits = runners.waits_for_result(runner, options)
+    # --metrics_port serves the job's metrics from this process: it stays attached to the job.
+    check_metrics_port(values.get("metrics_port"), runner)
+    waits = runners.waits_for_result(runner, options) or bool(values.get("metrics_port"))
     if options.view_as(StandardOptions).streaming:
         check_streaming(values)
     else:
@@ -204,8 +207,12 @@ def run_pipeline(
     reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
     # A run whose workers are this process shows progress lines while it runs (not with -q).
     in_process = local or runner == runners.PRISM_RUNNER
-    with ProgressLines(period=progress_period() if in_process else None):
+    with (
+        ProgressLines(period=progress_period() if in_process else None),
+        MetricsEndpoint(values.get("metrics_port"), labels={"pipeline": name}) as endpoint,
+    ):
         result = p.run()
+        endpoint.follow(result)
         if not waits:
             job_id = getattr(result, "job_id", lambda: None)()
             print(json.dumps({"pipeline": name, "runner": runner, "job_id": job_id}))

@@ -292,7 +292,8 @@ class _RouteLateFn(beam.DoFn):
         self._late = Metrics.counter(_NAMESPACE, "late_routing.late")
         self._unverified = Metrics.counter(_NAMESPACE, "late_routing.unverified")
         self._ticks = Metrics.counter(_NAMESPACE, "late_routing.ticks")
-        self._watermark = Metrics.gauge(_NAMESPACE, "watermark_ms")  # --metrics_port's lag
+        # Its max is the newest watermark any shard has seen (--metrics_port's watermark lag).
+        self._watermark = Metrics.distribution(_NAMESPACE, "watermark_ms")
         self._warned = False
 
     def process(
@@ -388,7 +389,7 @@ class _RouteLateFn(beam.DoFn):
         known_state.write(known_wm)
         if (catching_state.read() or _MIN_MICROS) <= known_wm:
             catching_state.clear()
-        self._watermark.set(known_wm // 1000)  # the watermark has reached known_wm
+        self._watermark.update(known_wm // 1000)  # the watermark has reached known_wm
         following = self._clock.next_after(known_wm)
         newest = newest_state.read()
         near_data = newest is not None and following <= newest + self._horizon_micros
