@@ -10,10 +10,12 @@ checks do not accept. The modules, bottom up:
 ``reader``     files into blocks: JSON lines parsed by pyarrow on a thread pool, Parquet, Avro;
 ``write``      merged rows as windowed values, or written column-wise into the window files;
 ``batch``      the batch DoFn (reader + state + writer);
+``parallel``   the batch path spread over workers: splits, id-hash shards, per-window merge;
 ``replay``     the replay DoFn: the stream's watermark replayed, late records, windows closing;
 ``transform``  the PTransforms and the functions that say whether a configuration qualifies.
 """
 
+from headwater.columnar.parallel import ComputeWindowedMetricsParallel
 from headwater.columnar.transform import (
     COLUMNAR_FORMATS,
     ComputeWindowedMetricsColumnar,
@@ -27,6 +29,7 @@ from headwater.columnar.transform import (
 __all__ = [
     "COLUMNAR_FORMATS",
     "ComputeWindowedMetricsColumnar",
+    "ComputeWindowedMetricsParallel",
     "ReplayWindowedMetricsColumnar",
     "columnar_supported",
     "columnar_unsupported_reason",

@@ -275,11 +275,18 @@ def _json_pieces(path: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _parse_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that parse the pieces of a block side by side (pyarrow releases the GIL)."""
+    """The threads that parse the pieces of a block side by side (pyarrow releases the GIL).
+
+    Up to 4 (the cores), or ``HEADWATER_PARSE_THREADS`` (the bench's single-threaded workers).
+    """
     global _POOL
     if _POOL is None:
+        given = os.environ.get("HEADWATER_PARSE_THREADS", "")
+        if given and (not given.isdigit() or int(given) < 1):
+            raise ValueError(f"HEADWATER_PARSE_THREADS={given!r} must be an integer >= 1")
+        threads = int(given) if given else max(1, min(4, os.cpu_count() or 1))
         _POOL = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="headwater-json"
+            max_workers=threads, thread_name_prefix="headwater-json"
         )
     return _POOL
 
@@ -314,15 +321,17 @@ class BlockReader(beam.DoFn):
 
     # --- JSON lines ----------------------------------------------------------------------
 
-    def _json_blocks(self, state: ColumnarState, path: str) -> Iterator[None]:
-        """Handles the file's blocks in order, yielding after each.
+    def _json_blocks(
+        self, state: ColumnarState, path: str, pieces: Iterator[tuple[int, bytes]] | None = None
+    ) -> Iterator[None]:
+        """Handles the file's blocks in order, yielding after each (``pieces``: a part of it).
 
         Pipelined: block ``k + 1`` is handed to the parse pool before block ``k``'s parsed
         pieces are checked, deduplicated and aggregated, so pyarrow parses (without the GIL)
         while the Python steps run. Blocks still finish strictly in file order.
         """
         pending: _PendingBlock | None = None
-        for first_line, piece in _json_pieces(path):
+        for first_line, piece in _json_pieces(path) if pieces is None else pieces:
             started = self._start_json_block(state, path, first_line, piece)
             if pending is not None:
                 self._end_json_block(state, pending)

@@ -58,7 +58,14 @@ class PipelineSpec:
 _WINDOWED_METRICS = PipelineSpec(
     "windowed_metrics",
     "Per-key count/sum/min/max/mean per event-time window, deduplicated, late-aware.",
-    (*PIPELINE_SOURCE_FLAGS, "key_field", "metrics", *FILE_OUTPUT_FLAGS, *LOCAL_FLAGS),
+    (
+        *PIPELINE_SOURCE_FLAGS,
+        "key_field",
+        "metrics",
+        *FILE_OUTPUT_FLAGS,
+        *LOCAL_FLAGS,
+        "columnar_shards",
+    ),
 )
 _STREAM_ETL = PipelineSpec(
     "stream_etl",
@@ -83,7 +90,7 @@ _KAFKA_TO_KAFKA = PipelineSpec(
 REPLAY_TARGET_FLAGS = tuple(
     f
     for f in dict.fromkeys((*_WINDOWED_METRICS.flag_names, *_STREAM_ETL.flag_names))
-    if f not in ("source", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
+    if f not in ("source", "columnar_shards", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
 )
 _REPLAY_DEAD_LETTERS = PipelineSpec(
     "replay_dead_letters",

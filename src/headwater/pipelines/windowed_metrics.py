@@ -15,14 +15,16 @@ aggregated field.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from headwater.columnar import (
     ComputeWindowedMetricsColumnar,
+    ComputeWindowedMetricsParallel,
     ReplayWindowedMetricsColumnar,
     columnar_unsupported_reason,
     replay_unsupported_reason,
@@ -59,7 +61,7 @@ class Outputs(NamedTuple):
     late: beam.PCollection
     duplicate: beam.PCollection
     dead_letter: beam.PCollection
-    engine: str = "record"  # or "columnar", "columnar-replay": the run summary's ``engine``
+    engine: str = "record"  # or "columnar", "columnar-parallel", "columnar-replay" (summary)
     engine_reason: str | None = None  # why the record path ran (``None`` on a columnar engine)
 
 
@@ -106,10 +108,48 @@ def _replay_refusal(config: RunConfig) -> str | None:
     return reason
 
 
+#: Runners whose workers are other machines: the columnar batch path runs in parallel there.
+_REMOTE_RUNNERS = ("dataflow", "flink", "portable")
+
+
+def _runs_parallel(config: RunConfig, options: PipelineOptions) -> bool:
+    """Whether the columnar batch path runs in parallel (else on one worker, in one step).
+
+    ``--columnar_shards=N`` asks for it; without it, it runs in parallel when the run has more
+    than one worker: ``--direct_num_workers`` other than 1 (0: one per core) on the local
+    runners, or a runner with remote workers (Dataflow, Flink, portable).
+    """
+    if config.get("columnar_shards") is not None:
+        return True
+    runner = str(options.view_as(StandardOptions).runner or "direct").lower()
+    if runner.removesuffix("runner") in _REMOTE_RUNNERS:
+        return True
+    workers = options.view_as(DirectOptions).direct_num_workers
+    return "prism" not in runner and (workers if workers != 0 else os.cpu_count() or 1) > 1
+
+
 def _columnar(
     config: RunConfig, options: PipelineOptions, sink: beam.PTransform | None
 ) -> tuple[ComputeWindowedMetricsColumnar | None, str | None]:
-    """The columnar fast path when it supports this configuration, else why not (summary)."""
+    """The columnar fast path when it supports this configuration, else why not (summary).
+
+    ``--columnar_shards`` is refused (``ValueError``) when the run does not take the columnar
+    batch path.
+    """
+    chosen, reason = _columnar_engine(config, options, sink)
+    if config.get("columnar_shards") is not None and not isinstance(
+        chosen, ComputeWindowedMetricsParallel
+    ):
+        raise ValueError(
+            f"--columnar_shards={config['columnar_shards']} applies to the columnar batch path, "
+            f"which this run does not take: {reason or 'a stream replay'}"
+        )
+    return chosen, reason
+
+
+def _columnar_engine(
+    config: RunConfig, options: PipelineOptions, sink: beam.PTransform | None
+) -> tuple[ComputeWindowedMetricsColumnar | None, str | None]:
     values = config
     if values.get("source") != "files":
         return None, "the source is Kafka; the columnar engines read files"
@@ -134,6 +174,10 @@ def _columnar(
     if reason is not None:
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None, reason
+    if _runs_parallel(config, options):
+        shards = config.get("columnar_shards")
+        sharding = {"shards": int(shards)} if shards is not None else {}
+        return ComputeWindowedMetricsParallel(**sharding, **outputs, **args), None
     return ComputeWindowedMetricsColumnar(**outputs, **args), None
 
 
@@ -171,6 +215,8 @@ def build(
             late = late_folder(values)
             _ = result.late | "WriteLate" >> WriteDeadLetters(late, format=fmt)
         engine = "columnar-replay" if values.get("replay_as_stream") else "columnar"
+        if isinstance(columnar, ComputeWindowedMetricsParallel):
+            engine = "columnar-parallel"
         return Outputs(result.rows, result.late, result.duplicate, dead, engine)
     compute = _metrics(config)
     sourced = open_source(p, config, source)

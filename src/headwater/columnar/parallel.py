@@ -1,0 +1,352 @@
+"""The columnar batch path spread over workers: splits decoded anywhere, ids deduplicated by shard.
+
+:class:`ComputeWindowedMetricsParallel` computes what
+:class:`~headwater.columnar.ComputeWindowedMetricsColumnar` computes (same arguments, same
+:class:`~headwater.transforms.process.MetricsResult`, same counters, same window files), in four
+stages that a runner spreads over its workers:
+
+``Plan``     the matched files (sorted: file index = arrival order) cut into splits: a JSON-lines
+             file larger than ``split_bytes`` (uncompressed) by byte range, each cut just after a
+             newline, with the number of the split's first line (one sequential count of the
+             file's newlines, per file); other files (Parquet, Avro, compressed JSON) whole;
+``Decode``   after a ``Reshuffle``, each split read in blocks by the reader
+             (:class:`~headwater.columnar.reader.BlockReader`: vectorized checks, the record
+             path's code for every other row, dead letters as today); each accepted row gets its
+             arrival position ``(file index, line or record number)`` and a shard
+             (``hash_ids(id) % shards``; without dedup the line number ``% shards``), and goes
+             out in small Arrow batches (IPC bytes) keyed by shard;
+``Dedup``    per shard (``GroupByKey``): the shard's rows sorted by arrival position, then
+             deduplicated and pre-aggregated by :class:`~headwater.columnar.state.ColumnarState`
+             in fixed chunks of ``_CHUNK_ROWS`` rows -- an id lives in one shard, so every copy
+             is judged against all its earlier copies in arrival order, the record path's rule
+             (:func:`headwater.windowing.rules.is_duplicate`) exactly as the single-worker path
+             applies it; the shard's partial aggregates go out keyed by window start;
+``Merge``    per window (``GroupByKey``): the shards' partials merged in shard order and the
+             window's files written (:class:`~headwater.columnar.write.WindowWriter`), or its rows
+             emitted.
+
+What is identical to what
+    Counts, keys, min, max and exact integer sums (two int64 limbs, put together in Python) do
+    not depend on how the input is cut: they are the single-worker path's and the record path's,
+    byte for byte in the files, for any block size, split size, shard count and worker count.
+    Float sums are added per shard chunk in arrival order, then merged in shard order: for one
+    shard count they are the same every run, whatever the block size, split size or worker
+    count; with another shard count (or on the single-worker path, which adds per block) they
+    may differ in the last bits, as the record path's may. Files of sums that are integers
+    (or exactly representable, with exact partial sums) are therefore identical to the
+    single-worker files.
+
+Accounting: ``records_in`` and ``dead_letter`` are counted where splits are decoded,
+``output`` and ``duplicate`` where shards are deduplicated; each record once.
+
+Memory: a decode worker holds a block; a dedup worker holds its shard's accepted rows (about 100
+bytes a row) and the shard's ids (the batch rule keeps every id): raise ``shards`` with the input.
+``emit_duplicates`` is refused (duplicates are found where the records' bytes are gone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from headwater.columnar import reader
+from headwater.columnar.batch import ComputeColumnarFn
+from headwater.columnar.idtable import hash_ids
+from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
+from headwater.columnar.transform import AssignedWindows, ComputeWindowedMetricsColumnar
+from headwater.columnar.write import WindowWriter
+from headwater.core.accounting import NAMESPACE
+from headwater.io.fileio import match_files
+from headwater.transforms.process import MetricsResult
+
+__all__ = ["DEFAULT_SHARDS", "ComputeWindowedMetricsParallel"]
+
+#: Dedup shards when none are asked for: enough to keep a few workers busy; the float sums of a
+#: run depend on it, so it does not follow the worker count.
+DEFAULT_SHARDS = 8
+_DEFAULT_SPLIT_BYTES = 32 << 20
+_CHUNK_ROWS = 1 << 20  # rows of a shard deduplicated and pre-aggregated at a time
+
+
+def plan_splits(index: int, path: str, file_format: str, split_bytes: int) -> list[tuple]:
+    """The splits of one file: whole, or (uncompressed JSON lines) cut after newlines.
+
+    A cut lands just after the first newline at or past each ``split_bytes`` step, so every line
+    belongs to the one split its first byte is in; each split knows its first line's number.
+    """
+    whole = [(index, path, 0, None, 1)]
+    compressed = CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+    if file_format != "json" or compressed:
+        return whole
+    [match] = FileSystems.match([path])
+    size = match.metadata_list[0].size_in_bytes
+    if size <= split_bytes:
+        return whole
+    cuts = [(0, 1)]  # (byte offset, number of the line starting there)
+    target, offset, lines = split_bytes, 0, 0
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        while True:
+            chunk = handle.read(reader._READ_CHUNK)
+            if not chunk:
+                break
+            while target < offset + len(chunk):
+                newline = chunk.find(b"\n", max(target - offset, 0))
+                if newline < 0:
+                    break  # the cut is in a later chunk
+                cut = offset + newline + 1
+                if cut < size:
+                    cuts.append((cut, 1 + lines + chunk.count(b"\n", 0, newline + 1)))
+                target = cut + split_bytes
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    ends = [start for start, _ in cuts[1:]] + [None]
+    return [
+        (index, path, start, end, first) for (start, first), end in zip(cuts, ends, strict=True)
+    ]
+
+
+def _range_pieces(path: str, start: int, end: int | None, first_line: int) -> Iterator[Any]:
+    """``(first line number, bytes)`` pieces of bytes ``[start, end)`` of a JSON-lines file.
+
+    As the reader's own pieces: a leading BOM dropped (at the file's start), a last line without
+    a newline given one, pieces of about ``reader._BLOCK_BYTES`` ending at newlines.
+    """
+    line = first_line
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(start)
+        left = None if end is None else end - start
+        rest = b""
+        at_start = start == 0
+        while True:
+            want = reader._READ_CHUNK if left is None else min(reader._READ_CHUNK, left)
+            chunk = handle.read(want) if want else b""
+            if left is not None:
+                left -= len(chunk)
+            data = rest + chunk
+            if at_start and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            at_start = False
+            if not chunk:
+                if data:
+                    yield line, data if data.endswith(b"\n") else data + b"\n"
+                return
+            cut = data.rfind(b"\n") + 1
+            block, rest = data[:cut], data[cut:]
+            for piece in reader._split(block, reader._BLOCK_BYTES):
+                yield line, piece
+                line += piece.count(b"\n")
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+class _PlanSplitsFn(beam.DoFn):
+    """A glob -> the splits of its files (file index = sorted order)."""
+
+    def __init__(self, file_format: str, split_bytes: int):
+        self._file_format = file_format
+        self._split_bytes = split_bytes
+
+    def process(self, pattern: str) -> Iterator[tuple]:
+        for index, path in enumerate(match_files(pattern)):
+            yield from plan_splits(index, path, self._file_format, self._split_bytes)
+
+
+class _DecodeSplitFn(ComputeColumnarFn):
+    """A split -> ``(shard, Arrow IPC bytes)`` batches of accepted rows, and dead letters."""
+
+    def __init__(self, options: ColumnarOptions, shards: int):
+        super().__init__(options)
+        self._shards = shards
+        self._out: list[tuple[int, bytes]] = []
+        self._file_index = 0
+
+    def process(self, split: tuple) -> Iterator[Any]:  # type: ignore[override]
+        index, path, start, end, first_line = split
+        self._file_index = index
+        state = ColumnarState(self._options)
+        if self._options.file_format == "json":
+            pieces = _range_pieces(path, start, end, first_line)
+            blocks = self._json_blocks(state, path, pieces)
+        else:
+            blocks = self._blocks_of(state, path)
+        for _ in blocks:
+            self._blocks.inc()
+            yield from self._flush(state)
+            yield from self._out
+            self._out.clear()
+        yield from self._flush(state)
+
+    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+        """The block's accepted rows, with arrival positions, into per-shard Arrow batches."""
+        del elements
+        rows = state.accepted(pieces, slow_rows)
+        if rows is None:
+            return
+        origin = element(0).origin  # the block's first position: line (JSON) or record number
+        base = origin["line"] if "line" in origin else origin["record"]
+        arrival = rows.positions.astype(np.int64) + base
+        columns: dict[str, Any] = {"a": arrival, "t": rows.ts, "k": rows.keys}
+        if rows.ids is not None:
+            columns["i"] = rows.ids
+            shard = (hash_ids(rows.ids) % np.uint64(self._shards)).astype(np.int64)
+        else:
+            shard = arrival % self._shards
+        for i, limbs in enumerate(rows.int_values):
+            columns[f"v{i}"] = rows.values[:, i]
+            if limbs is not None:
+                columns[f"l{i}"], columns[f"h{i}"] = limbs[:, 0], limbs[:, 1]
+        table = pa.table(columns)
+        order = np.argsort(shard, kind="stable")
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        for take in np.split(order, cuts):
+            if len(take):
+                part = table.take(pa.array(take))
+                part = part.append_column("f", pa.array(np.full(len(take), self._file_index)))
+                self._out.append((int(shard[take[0]]), _to_ipc(part)))
+
+
+class _DedupShardFn(beam.DoFn):
+    """``(shard, batches)`` -> ``(window start, (shard, partial IPC bytes))`` per window."""
+
+    def __init__(self, options: ColumnarOptions):
+        self._options = options
+        self._counters = {
+            name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in ("output", "duplicate")
+        }
+
+    def process(self, element: tuple[int, Any]) -> Iterator[tuple[int, tuple[int, bytes]]]:
+        shard, batches = element
+        table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
+        order = np.lexsort((table.column("a").to_numpy(), table.column("f").to_numpy()))
+        state = ColumnarState(self._options)
+        fields = len(self._options.fields)
+        for begin in range(0, len(order), _CHUNK_ROWS):
+            chunk = table.take(pa.array(order[begin : begin + _CHUNK_ROWS]))
+            rows = _rows_of(chunk, fields, has_ids=state.id_of is not None)
+            keep = state.deduplicate(rows)
+            kept = int(keep.sum())
+            self._counters["output"].inc(kept)
+            self._counters["duplicate"].inc(len(keep) - kept)
+            state.aggregate(rows, keep)
+        if not state._partials:
+            return
+        partial = state._merge(state._partials)
+        starts = partial.column("w").to_numpy()
+        order = np.argsort(starts, kind="stable")
+        for take in np.split(order, np.flatnonzero(np.diff(starts[order])) + 1):
+            yield int(starts[take[0]]), (shard, _to_ipc(partial.take(pa.array(take))))
+
+
+def _rows_of(chunk: pa.Table, fields: int, *, has_ids: bool) -> AcceptedRows:
+    """A shard's chunk (in arrival order) as the state's accepted rows."""
+    n = chunk.num_rows
+    names = set(chunk.column_names)
+    ints: list[np.ndarray | None] = []
+    for i in range(fields):
+        low = chunk.column(f"l{i}") if f"l{i}" in names else None
+        if low is None or low.null_count:  # a block of floats: this chunk sums floats
+            ints.append(None)
+            continue
+        high = chunk.column(f"h{i}").to_numpy()
+        ints.append(np.stack([low.to_numpy(), high], axis=1))
+    return AcceptedRows(
+        ts=chunk.column("t").to_numpy(),
+        ids=chunk.column("i").combine_chunks() if has_ids else None,
+        keys=chunk.column("k").combine_chunks(),
+        values=np.stack([chunk.column(f"v{i}").to_numpy() for i in range(fields)], axis=1)
+        if fields
+        else np.zeros((n, 0), dtype=np.float64),
+        int_values=ints,
+        positions=np.arange(n, dtype=np.int64),
+    )
+
+
+class _MergeWindowFn(WindowWriter, beam.DoFn):
+    """``(window start, shard partials)`` -> the window's rows, or its written files."""
+
+    def __init__(self, options: ColumnarOptions):
+        self._options = options
+        self._files = beam.metrics.Metrics.counter("headwater.io", "files_written")
+        self._rows_written = beam.metrics.Metrics.counter("headwater.io", "rows_written")
+
+    def process(self, element: tuple[int, Any]) -> Iterator[Any]:
+        _, parts = element
+        tables = [_from_ipc(data) for _, data in sorted(parts, key=lambda part: part[0])]
+        columns = ColumnarState(self._options)._groups(tables)
+        if self._options.output is None:
+            yield from self._rows(zip(*columns, strict=True))
+            return
+        for path in self._write_columns(columns):
+            yield beam.pvalue.TaggedOutput("written", path)
+
+
+class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
+    """:class:`~headwater.columnar.ComputeWindowedMetricsColumnar` spread over workers.
+
+    Takes its arguments plus:
+
+    Args:
+      shards: id-hash shards of the dedup stage (an integer >= 1; default
+        :data:`DEFAULT_SHARDS`). Float sums depend on it (see the module docstring).
+      split_bytes: JSON-lines files larger than this are read by byte range, in splits of
+        about this size (an integer >= 1; default 32 MiB).
+
+    Returns :class:`~headwater.transforms.process.MetricsResult`; ``duplicate`` is empty
+    (``emit_duplicates=True`` is refused).
+    """
+
+    def __init__(
+        self, *, shards: int = DEFAULT_SHARDS, split_bytes: int = _DEFAULT_SPLIT_BYTES, **options
+    ):
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"shards={shards!r} must be an integer >= 1")
+        if isinstance(split_bytes, bool) or not isinstance(split_bytes, int) or split_bytes < 1:
+            raise ValueError(f"split_bytes={split_bytes!r} must be an integer >= 1")
+        if options.get("emit_duplicates"):
+            raise ValueError(
+                "emit_duplicates=True: the parallel columnar path counts duplicates but cannot "
+                "emit them (use ComputeWindowedMetricsColumnar)"
+            )
+        super().__init__(**options)
+        self._shards = shards
+        self._split_bytes = split_bytes
+
+    def expand(self, pbegin):
+        options = self._options
+        if not self._pattern.startswith(("gs://", "s3://")):
+            match_files(self._pattern)  # fail at construction for local patterns
+        decoded = (
+            pbegin
+            | "Pattern" >> beam.Create([self._pattern])
+            | "Plan" >> beam.ParDo(_PlanSplitsFn(options.file_format, self._split_bytes))
+            | "SpreadSplits" >> beam.Reshuffle()
+            | "Decode"
+            >> beam.ParDo(_DecodeSplitFn(options, self._shards)).with_outputs(
+                "dead_letter", "duplicate", main="batches"
+            )
+        )
+        merged = (
+            decoded.batches
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Dedup" >> beam.ParDo(_DedupShardFn(options))
+            | "GroupByWindow" >> beam.GroupByKey()
+            | "Merge" >> beam.ParDo(_MergeWindowFn(options)).with_outputs("written", main="rows")
+        )
+        rows = merged.rows | "Windows" >> beam.WindowInto(AssignedWindows(self._window_fn))
+        late = pbegin | "NoLateData" >> beam.Create([])
+        return MetricsResult(rows, late, decoded.duplicate, decoded.dead_letter)

@@ -1,0 +1,256 @@
+"""The parallel columnar batch path: the single-worker path's files, counters and dead letters."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from headwater.columnar import (
+    ComputeWindowedMetricsColumnar,
+    ComputeWindowedMetricsParallel,
+    reader,
+)
+from headwater.columnar.parallel import plan_splits
+from headwater.core.accounting import Accounting
+from headwater.devtools.workload import generate
+from headwater.io.deadletterio import WriteDeadLetters
+from headwater.io.fileio import ReadFromFiles, WriteWindowedFiles
+from headwater.io.formats import JsonFormat
+from headwater.transforms.dedup import DeduplicateById
+from headwater.transforms.process import ComputeWindowedMetrics
+from headwater.windowing.eventtime import EventTimeExtractor
+
+_MULTI = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+_THREADS = ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
+_COUNTERS = ("records_in", "output", "duplicate", "dead_letter", "late")
+
+
+def _options(**overrides):
+    options = {
+        "decode": JsonFormat(),
+        "event_time": EventTimeExtractor(field="event_time", unit="ms"),
+        "dedup": DeduplicateById(id_field="event_id", horizon="10m"),
+        "window": "fixed:60s",
+        "allowed_lateness": 0,
+        "key_field": "user_id",
+        "metrics": "count,sum:amount,min:amount,max:amount,mean:amount",
+    }
+    options.update(overrides)
+    return options
+
+
+def _workload(folder: Path, n: int, *, integer_amounts: bool) -> str:
+    """Two JSON-lines files: generated events with malformed lines, and late retries.
+
+    A retry repeats an earlier event (same id, same event time) hundreds of lines later, far
+    behind the stream; with ``integer_amounts`` every amount is an integer (cents).
+    """
+    rng = random.Random(7)
+    lines = []
+    for event in generate(n, seed=5, malformed_frac=0.04, ms_per_event=200):
+        line = event.line
+        if integer_amounts and event.tag == "normal":
+            record = json.loads(line)
+            record["amount"] = round(record["amount"] * 100)
+            line = json.dumps(record).encode()
+        lines.append(line)
+    for _ in range(n // 50):  # late retries
+        at = rng.randrange(len(lines) // 2, len(lines))
+        lines.insert(at, lines[rng.randrange(0, at // 2)])
+    half = len(lines) // 2
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.jsonl").write_bytes(b"".join(line + b"\n" for line in lines[:half]))
+    (folder / "b.jsonl").write_bytes(b"".join(line + b"\n" for line in lines[half:]))
+    return str(folder / "*.jsonl")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*.parquet"))}
+
+
+def _letters(root: Path) -> list[tuple]:
+    found = []
+    for path in root.rglob("*.json*"):
+        for line in path.read_text().splitlines():
+            letter = json.loads(line)
+            found.append((letter["stage"], letter["error_message"], json.dumps(letter["origin"])))
+    return sorted(found)
+
+
+def _run(transform, out: Path, argv=()) -> dict[str, int]:
+    """Runs ``transform`` (output= ``out / "rows"``), its dead letters to ``out / "dead"``."""
+    with beam.Pipeline("FnApiRunner", options=PipelineOptions(list(argv))) as p:
+        result = p | transform
+        _ = result.dead_letter | WriteDeadLetters(str(out / "dead"), format="json")
+    accounting = Accounting.from_result(p.result)
+    assert accounting.holds
+    return {name: getattr(accounting, name) for name in _COUNTERS}
+
+
+def _sequential(pattern: str, out: Path, **overrides) -> dict[str, int]:
+    return _run(
+        ComputeWindowedMetricsColumnar(
+            pattern=pattern, file_format="json", output=str(out / "rows"), **_options(**overrides)
+        ),
+        out,
+    )
+
+
+def _parallel(pattern: str, out: Path, argv=(), **parallel) -> dict[str, int]:
+    return _run(
+        ComputeWindowedMetricsParallel(
+            pattern=pattern, file_format="json", output=str(out / "rows"), **_options(), **parallel
+        ),
+        out,
+        argv,
+    )
+
+
+@pytest.fixture(scope="module")
+def integer_run(tmp_path_factory):
+    """The integer workload, its sequential columnar files and the record path's files."""
+    root = tmp_path_factory.mktemp("integer")
+    pattern = _workload(root / "in", 6_000, integer_amounts=True)
+    counters = _sequential(pattern, root / "sequential")
+    with beam.Pipeline("FnApiRunner") as p:
+        record = p | ReadFromFiles(pattern, format="json")
+        rows = record.main | ComputeWindowedMetrics(**_options())
+        _ = rows.rows | WriteWindowedFiles(str(root / "record"), format="parquet")
+    return pattern, root, counters
+
+
+@pytest.mark.parametrize(
+    ("block_bytes", "shards", "split_bytes"),
+    [(None, 1, 1 << 30), (20_000, 3, 60_000), (7_000, 8, 25_000)],
+)
+def test_parallel_files_equal_sequential_and_record_path_for_any_cut(
+    integer_run, tmp_path, monkeypatch, block_bytes, shards, split_bytes
+):
+    """Byte-identical window files, exact counters and the same dead letters, however cut."""
+    pattern, root, counters = integer_run
+    if block_bytes is not None:
+        monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)
+    got = _parallel(pattern, tmp_path, shards=shards, split_bytes=split_bytes)
+    assert got == counters
+    assert counters["duplicate"] > 0
+    assert counters["dead_letter"] > 0
+    sequential = _files(root / "sequential" / "rows")
+    assert len(sequential) > 5
+    assert _files(tmp_path / "rows") == sequential
+    assert _files(root / "record") == sequential
+    assert _letters(tmp_path / "dead") == _letters(root / "sequential" / "dead")
+
+
+@pytest.mark.parametrize("argv", [_MULTI, _THREADS], ids=["multi_processing", "threads"])
+def test_parallel_files_on_two_workers_equal_sequential(integer_run, tmp_path, argv):
+    """Two workers (processes or threads): the sequential path's files, counters, dead letters."""
+    pattern, root, counters = integer_run
+    got = _parallel(pattern, tmp_path, argv, shards=4, split_bytes=40_000)
+    assert got == counters
+    assert _files(tmp_path / "rows") == _files(root / "sequential" / "rows")
+    assert _letters(tmp_path / "dead") == _letters(root / "sequential" / "dead")
+
+
+def test_float_sums_repeat_exactly_for_one_shard_count(tmp_path, monkeypatch):
+    """Float amounts: the same bytes for any block size, split size and worker count."""
+    pattern = _workload(tmp_path / "in", 4_000, integer_amounts=False)
+    first = _parallel(pattern, tmp_path / "one", shards=4, split_bytes=1 << 30)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 9_000)
+    second = _parallel(pattern, tmp_path / "two", _MULTI, shards=4, split_bytes=30_000)
+    assert first == second
+    files = _files(tmp_path / "one" / "rows")
+    assert files
+    assert files == _files(tmp_path / "two" / "rows")
+    assert _sequential(pattern, tmp_path / "sequential") == first
+
+
+def test_splits_cut_after_newlines_and_know_their_first_line(tmp_path):
+    """Every line lands in exactly one split, which knows the line's number."""
+    lines = [b"{}" * random.Random(i).randrange(1, 40) for i in range(500)]
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    splits = plan_splits(3, str(path), "json", 700)
+    assert len(splits) > 5
+    data = path.read_bytes()
+    seen = []
+    for index, name, start, end, first_line in splits:
+        assert (index, name) == (3, str(path))
+        assert start == 0 or data[start - 1 : start] == b"\n"
+        piece = data[start:end].splitlines()
+        assert piece[0] == lines[first_line - 1]
+        seen += piece
+    assert seen == lines
+    assert plan_splits(0, str(path), "parquet", 700) == [(0, str(path), 0, None, 1)]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"shards": 0}, "shards=0 must be an integer >= 1"),
+        ({"split_bytes": "big"}, "split_bytes='big' must be an integer >= 1"),
+        ({"emit_duplicates": True}, "emit_duplicates=True"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_value(tmp_path, option, message):
+    """Shards, split size and emit_duplicates are checked at construction."""
+    (tmp_path / "a.jsonl").write_bytes(b"{}\n")
+    with pytest.raises(ValueError, match=message):
+        ComputeWindowedMetricsParallel(
+            pattern=str(tmp_path / "a.jsonl"), file_format="json", **_options(), **option
+        )
+
+
+def _run_argv(tmp_path, pattern: str, *extra: str) -> list[str]:
+    return [
+        f"--input={pattern}",
+        f"--output={tmp_path / 'rows'}",
+        f"--dead_letter={tmp_path / 'dead'}",
+        "--event_time_field=event_time",
+        "--id_field=event_id",
+        "--dedup_horizon=10m",
+        "--key_field=user_id",
+        "--metrics=count,sum:amount,min:amount,max:amount,mean:amount",
+        "--window=fixed:60s",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "engine"),
+    [
+        ((), "columnar"),
+        (_MULTI, "columnar-parallel"),
+        (("--columnar_shards=3",), "columnar-parallel"),
+    ],
+)
+def test_run_takes_the_parallel_path_with_more_than_one_worker(
+    integer_run, tmp_path, extra, engine
+):
+    """``headwater run windowed_metrics``: two workers or --columnar_shards run it in parallel."""
+    from headwater.pipelines import windowed_metrics
+
+    pattern, root, counters = integer_run
+    summary = windowed_metrics.run(_run_argv(tmp_path, pattern, *extra))
+    assert summary["engine"] == engine
+    assert {name: summary[name] for name in _COUNTERS} == counters
+    assert _files(tmp_path / "rows") == _files(root / "sequential" / "rows")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("--replay_as_stream",), ("--window=session:1m",)],
+    ids=["replay", "record-path"],
+)
+def test_columnar_shards_is_refused_where_the_batch_path_does_not_run(tmp_path, extra):
+    """--columnar_shards on a stream replay or a record-path run is a ValueError naming it."""
+    from headwater.pipelines import windowed_metrics
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
+    argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), "--columnar_shards=2", *extra)
+    with pytest.raises(ValueError, match="--columnar_shards=2 applies to the columnar batch path"):
+        windowed_metrics.run(argv)
