@@ -6,11 +6,13 @@ prometheus_client's parser) must show the accounting counters, the freshness his
 watermark lag moving between the scrapes, with the values the waves imply, and the consumer lag
 of every partition (0 once the job has read all: it reads 47 records faster than a scrape, so a
 non-zero lag is not caught here; tests/io/kafka/test_kafka_backlog.py watches one fall on Prism).
+Every metric the alert rules of docs/operations.md use must be among those served.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -83,6 +86,22 @@ def _scrape_until(
 def _summary_as_samples(summary: dict[str, Any]) -> dict[str, Any]:
     """The run summary's counters under their scraped names."""
     return {f"headwater_{k}_total": v for k, v in summary.items() if isinstance(v, int)}
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    """The Prometheus rules in docs/operations.md (its "Alert rules" section)."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("## Alert rules", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    [group] = yaml.safe_load(block)["groups"]
+    assert {rule["alert"] for rule in group["rules"]} >= {
+        "HeadwaterFreshnessP95Over5m",
+        "HeadwaterDeadLetterRateOver1Percent",
+        "HeadwaterDuplicateRateAnomaly",
+        "HeadwaterConsumerLagGrowing",
+        "HeadwaterWatermarkLag",
+    }
+    return group["rules"]
 
 
 def _accounting(samples: dict[str, Any]) -> tuple[float, ...]:
@@ -174,6 +193,11 @@ def test_scraped_counters_freshness_and_watermark_lag_move_with_the_stream(
     assert second["headwater_metrics_updated_timestamp_seconds"] > time.time() - 30
     # Every record produced has been read: no partition has a backlog.
     assert [second[lag] for lag in lags] == [0] * PARTITIONS
+    served = {name.split("{")[0] for name in second}
+    for rule in _alert_rules():
+        used = set(re.findall(r"headwater_\w+", rule["expr"]))
+        assert used, rule["alert"]
+        assert used <= served, (rule["alert"], used - served)
 
     job.drain()
     summary = job.finish()
