@@ -20,7 +20,7 @@ from apache_beam.metrics.cells import DistributionData, DistributionResult
 from apache_beam.metrics.execution import MetricKey, MetricResult
 from apache_beam.metrics.metricbase import MetricName
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -150,6 +150,24 @@ def test_freshness_is_a_cumulative_histogram_in_seconds_with_sum_count_and_max()
     assert samples["headwater_freshness_max_seconds"] == pytest.approx(4000, abs=5)
     assert samples["headwater_freshness_min_seconds"] == pytest.approx(20, abs=5)
     assert "headwater_freshness_seconds" not in samples  # no second family under the name
+
+
+def test_freshness_of_a_record_in_an_open_window_is_its_own_age():
+    """A record 20 s old whose hour window is still open is 20 s fresh, not 0 (window end)."""
+    now = time.time()
+
+    def build(p):
+        _ = (
+            p
+            | beam.Create([20.0])
+            | beam.Map(lambda age: TimestampedValue(age, now - age))
+            | beam.WindowInto(FixedWindows(3600, offset=int(now) % 3600))  # ends in an hour
+            | RecordFreshness()
+        )
+
+    samples = _samples(_run(build).metrics().query())
+    assert samples["headwater_freshness_min_seconds"] == pytest.approx(20, abs=5)
+    assert samples["headwater_freshness_seconds_bucket{le=10.0}"] == 0
 
 
 def test_watermark_is_the_newest_one_seen_with_its_lag_behind_now():
