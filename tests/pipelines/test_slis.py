@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -293,10 +295,33 @@ def test_metrics_port_in_use_is_one_line_naming_the_port(tmp_path):
             stream_etl.run(argv)
     message = str(raised.value)
     assert message == (
-        f"--metrics_port=127.0.0.1:{port}: port {port} on 127.0.0.1 is in use (another process "
+        f"--metrics_port: port {port} on 127.0.0.1 is in use (another process "
         "listens there): pick a free port"
     )
     assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+def test_cli_says_the_taken_port_in_one_line_and_exits_2(tmp_path):
+    """headwater run with a taken --metrics_port: exit status 2, one error line naming the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = _files_argv(
+            tmp_path, "--replay_as_stream", "--replay_engine=teststream", f"--metrics_port={port}"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "headwater", "run", "stream_etl", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("headwater: error")]
+    assert errors == [
+        f"headwater: error: --metrics_port: port {port} on 127.0.0.1 is in "
+        "use (another process listens there): pick a free port"
+    ]
 
 
 @pytest.mark.parametrize("bad", ["http", "0", "70000", "host:", "a b:80"])

@@ -328,8 +328,7 @@ def _port_error(address: MetricsAddress, exc: OSError) -> MetricsPortError:
         why = "needs privileges to bind: pick a port above 1023"
     else:
         why = f"cannot be bound: {exc.strerror or exc}"
-    where = f"port {address.port} on {address.host}"
-    return MetricsPortError(f"--metrics_port={address}: {where} {why}")
+    return MetricsPortError(f"--metrics_port: port {address.port} on {address.host} {why}")
 
 
 class _Collector:
