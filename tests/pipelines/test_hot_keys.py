@@ -34,16 +34,15 @@ BASE_MS = 1_700_000_040_000  # a minute boundary
 EVENTS = 60
 
 LATE_ROUTER = re.compile(r"/RouteLate/")
-#: The file writers group by shard number: with the default --output_shards=1 (rows), and always
-#: (dead letters, late records), every element has key 0, across all windows: on Dataflow one
-#: worker writes every window's file. Every other keyed step must spread.
+#: The file writers: rows are keyed by (shard, window), dead letters and late records by one of
+#: several shards (they used to be keyed by shard 0 alone: on Dataflow one worker wrote every file).
 ONE_SHARD_WRITERS = re.compile(
     r"^((WriteRows|WriteRecords)/GroupPerWindowShard|(WriteDeadLetters|WriteLate)/GroupPerShard)$"
 )
 
 
 def _lines() -> list[str]:
-    """Events of 6 users over 3 windows of 10 s, 3 re-deliveries, a late event, 2 bad lines."""
+    """Events of 6 users over 3 windows of 10 s, 3 re-deliveries, a late event, 12 bad lines."""
     events = [
         {"event_id": f"e{i}", "event_time": BASE_MS + i * 500, "user_id": f"u{i % 6}", "n": i}
         for i in range(EVENTS)
@@ -52,7 +51,7 @@ def _lines() -> list[str]:
     lines += lines[:3]  # duplicates
     late = {"event_id": "late", "event_time": BASE_MS + 1_000, "user_id": "u1", "n": 1}
     lines.append(json.dumps(late))  # 29 s behind the newest: late once window [0, 10) closed
-    lines += ["not json {", "not json either ["]  # two dead letters: the writer sees them
+    lines += [f"not json {i} {{" for i in range(12)]  # dead letters: enough to spread
     return lines
 
 
@@ -154,11 +153,10 @@ def _keys_per_step(tmp_path: Path, name: str, mode: str) -> dict[str, dict[str, 
 
 
 def _hot(keys: dict[str, dict[str, int]], which: re.Pattern[str] | None) -> dict[str, Any]:
-    """The steps (matching ``which``, or all but the known ones) that saw one key, many times."""
+    """The steps (matching ``which``, or all) that saw one key, many times."""
     hot = {}
     for label, counts in keys.items():
-        known = ONE_SHARD_WRITERS.search(label)
-        if (which.search(label) is None) if which else known:
+        if which is not None and which.search(label) is None:
             continue
         if len(counts) == 1 and sum(counts.values()) > 1:
             hot[label] = counts
@@ -187,7 +185,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
 
 @pytest.mark.parametrize(("name", "mode"), CASES)
 def test_no_keyed_step_sees_a_single_key(keys, name, mode):
-    """Every GroupByKey/stateful step (but the one-shard writers) sees more than one key."""
+    """Every GroupByKey/stateful step, the file writers included, sees more than one key."""
     found = keys[(name, mode)]
     exercised = [label for label, counts in found.items() if sum(counts.values()) > 1]
     assert exercised, f"{name} ({mode}): no keyed step saw elements: {sorted(found)}"
@@ -205,10 +203,6 @@ def test_late_router_spreads_its_keys(keys, name):
     assert not hot, f"{name}: the late router keys everything by one key: {hot}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="file writers group by shard number, one shard by default: one key (reported)",
-)
 @pytest.mark.parametrize(("name", "mode"), [c for c in CASES if c[0] != "kafka_to_kafka"])
 def test_file_writers_spread_their_keys(keys, name, mode):
     """The row, dead-letter and late writers group by more than one key."""

@@ -743,12 +743,23 @@ class _KeepWindows(beam_window.WindowFn):
 
 
 class _KeyByShardFn(beam.DoFn):
-    def __init__(self, num_shards: int):
-        self._num_shards = num_shards
+    """Keys a row by (shard, its window's bounds): every window is its own key, so the writes
+    of many windows spread over workers (runners route by key, not by window). Rows of merging
+    windows are keyed by shard alone, so that the GroupByKey can still merge their windows."""
 
-    def process(self, element: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    def __init__(self, num_shards: int, merging: bool = False):
+        self._num_shards = num_shards
+        self._merging = merging
+
+    def process(
+        self, element: Any, window=beam.DoFn.WindowParam
+    ) -> Iterator[tuple[tuple[int, int, int], Mapping[str, Any]]]:
         row = _as_row(element)
-        yield stable_shard(canonical_json(row), self._num_shards), row
+        shard = stable_shard(canonical_json(row), self._num_shards)
+        if self._merging or not isinstance(window, beam_window.IntervalWindow):
+            yield (shard, 0, 0), row
+        else:
+            yield (shard, window.start.micros, window.end.micros), row
 
 
 def file_name(
@@ -787,7 +798,7 @@ def content_digest(text: str) -> str:
 
 
 class _WriteGroupFn(beam.DoFn):
-    """(shard, rows) of one window pane -> one file, renamed into place; yields its path."""
+    """((shard, window bounds), rows) of one window pane -> one file, renamed into place."""
 
     def __init__(self, output, file_format, num_shards, schema, prefix, merging):
         self._output = output
@@ -802,11 +813,11 @@ class _WriteGroupFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[int, Iterable[Mapping[str, Any]]],
+        element: tuple[tuple[int, int, int], Iterable[Mapping[str, Any]]],
         window=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[str]:
-        shard, rows = element
+        (shard, _, _), rows = element
         keyed = sorted(((canonical_json(row), row) for row in rows), key=lambda item: item[0])
         if keyed:  # an empty pane writes no file
             yield self._write(shard, [row for _, row in keyed], window, pane)
@@ -913,7 +924,8 @@ class WriteWindowedFiles(beam.PTransform):
             )
         return (
             pcoll
-            | "KeyByShard" >> beam.ParDo(_KeyByShardFn(self._num_shards))
+            | "KeyByShard"
+            >> beam.ParDo(_KeyByShardFn(self._num_shards, windowing.windowfn.is_merging()))
             | "GroupPerWindowShard" >> beam.GroupByKey()
             | "WriteFiles"
             >> beam.ParDo(

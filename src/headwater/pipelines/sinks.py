@@ -11,7 +11,17 @@ from headwater.io.deadletterio import WriteDeadLetters
 from headwater.io.fileio import WriteWindowedFiles
 from headwater.transforms.observe import RecordFreshness
 
-__all__ = ["file_outputs", "late_folder", "write_outcomes"]
+__all__ = [
+    "DEAD_LETTER_SHARDS",
+    "dead_letter_files",
+    "file_outputs",
+    "late_folder",
+    "write_outcomes",
+]
+
+# Dead-letter and late files per pane: envelopes spread over this many keys (a stable hash of
+# their content), so a flood of bad records is written by several workers, not one.
+DEAD_LETTER_SHARDS = 4
 
 
 def late_folder(values: Mapping[str, Any]) -> str:
@@ -28,6 +38,13 @@ def file_outputs(values: Mapping[str, Any]) -> dict[str, str | None]:
         "dead_letter": values.get("dead_letter"),
         "late": late_folder(values),
     }
+
+
+def dead_letter_files(folder: str, values: Mapping[str, Any]) -> WriteDeadLetters:
+    """The sink of a pipeline's dead-letter (or late) envelopes: files in ``folder``."""
+    return WriteDeadLetters(
+        folder, format=values["dead_letter_format"], num_shards=DEAD_LETTER_SHARDS
+    )
 
 
 def write_outcomes(
@@ -54,7 +71,6 @@ def write_outcomes(
             num_shards=values["output_shards"],
             schema=schema,
         )
-    fmt = values["dead_letter_format"]
-    dead_written = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
-    late_written = late | "WriteLate" >> WriteDeadLetters(late_folder(values), format=fmt)
+    dead_written = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
+    late_written = late | "WriteLate" >> dead_letter_files(late_folder(values), values)
     return [w for w in (written, dead_written, late_written) if isinstance(w, beam.PCollection)]

@@ -29,13 +29,12 @@ from headwater.columnar import (
     columnar_unsupported_reason,
     replay_unsupported_reason,
 )
-from headwater.io.deadletterio import WriteDeadLetters
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.config import RunConfig, validate_source, value
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
-from headwater.pipelines.sinks import late_folder, write_outcomes
+from headwater.pipelines.sinks import dead_letter_files, late_folder, write_outcomes
 from headwater.pipelines.sources import all_dead_letters, open_source
 from headwater.transforms.process import ComputeWindowedMetrics
 
@@ -209,11 +208,9 @@ def build(
         dead = result.dead_letter
         if sink is not None:
             _ = result.rows | "Sink" >> sink
-        fmt = values["dead_letter_format"]
-        _ = dead | "WriteDeadLetters" >> WriteDeadLetters(values["dead_letter"], format=fmt)
+        _ = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
         if values.get("replay_as_stream"):
-            late = late_folder(values)
-            _ = result.late | "WriteLate" >> WriteDeadLetters(late, format=fmt)
+            _ = result.late | "WriteLate" >> dead_letter_files(late_folder(values), values)
         engine = "columnar-replay" if values.get("replay_as_stream") else "columnar"
         if isinstance(columnar, ComputeWindowedMetricsParallel):
             engine = "columnar-parallel"
