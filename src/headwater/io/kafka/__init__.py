@@ -66,6 +66,9 @@ Modules: :mod:`~headwater.io.kafka.record` (the element types), :mod:`~headwater
 :mod:`~headwater.io.kafka.sink` (:class:`WriteToKafka`).
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from headwater.io.kafka.config import (
     MASK,
     KafkaConnection,
@@ -85,10 +88,29 @@ from headwater.io.kafka.errors import (
     KafkaTopicError,
     wrap_kafka_error,
 )
-from headwater.io.kafka.partitions import read_partitions
-from headwater.io.kafka.record import KafkaRecord, PartitionRead
-from headwater.io.kafka.sink import WriteToKafka
-from headwater.io.kafka.source import ReadFromKafka
+
+# The source, the sink and the record types import Beam: they load on first use, so that what
+# needs only the configuration (``headwater --help``, flag checks) starts without Beam.
+_LAZY = {
+    "read_partitions": "headwater.io.kafka.partitions",
+    "KafkaRecord": "headwater.io.kafka.record",
+    "PartitionRead": "headwater.io.kafka.record",
+    "WriteToKafka": "headwater.io.kafka.sink",
+    "ReadFromKafka": "headwater.io.kafka.source",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from headwater.io.kafka.partitions import read_partitions
+    from headwater.io.kafka.record import KafkaRecord, PartitionRead
+    from headwater.io.kafka.sink import WriteToKafka
+    from headwater.io.kafka.source import ReadFromKafka
 
 __all__ = [
     "MASK",
