@@ -7,11 +7,13 @@ import json
 from functools import partial
 
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from headwater.columnar import ComputeWindowedMetricsColumnar, reader
 from headwater.core.accounting import Accounting
+from headwater.devtools.workload import generate
 from headwater.io.fileio import ReadFromFiles
 from headwater.io.formats import JsonFormat
 from headwater.transforms.dedup import DeduplicateById
@@ -99,7 +101,11 @@ def _lines() -> list[bytes]:
         lines.append(_padded(line))
     lines.append(_json(_record(120, amount="x" * 4 * _WIDTH * _BLOCK_LINES)))  # spans blocks
     lines += [_padded(_json(_record(i))) for i in range(121, 130)]
+    assert len(bad) + 1 == _BAD_LINES
     return lines
+
+
+_BAD_LINES = 42  # the long line included
 
 
 def _options():
@@ -135,6 +141,40 @@ def dirty_file(tmp_path, monkeypatch):
     return path
 
 
+def _compare_engines(path) -> tuple[dict, int]:
+    """Runs both engines over ``path``; checks rows, counters and dead letters are the same.
+
+    Returns the counters and the rows the columnar path sent through the record path's code.
+    """
+    record_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    record = (record_p | ReadFromFiles(str(path), format="json")).main | ComputeWindowedMetrics(
+        **_options()
+    )
+    assert_that(record.rows, partial(_collect, "record_rows"), label="RecordRows")
+    assert_that(record.dead_letter, partial(_collect, "record_dead"), label="RecordDead")
+    record_counts = Accounting.from_result(record_p.run()).to_dict()
+
+    columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
+    fast = columnar_p | ComputeWindowedMetricsColumnar(
+        pattern=str(path), file_format="json", **_options()
+    )
+    assert_that(fast.rows, partial(_collect, "columnar_rows"), label="ColumnarRows")
+    assert_that(fast.dead_letter, partial(_collect, "columnar_dead"), label="ColumnarDead")
+    columnar_result = columnar_p.run()
+
+    assert Accounting.from_result(columnar_result).to_dict() == record_counts
+
+    def row_key(row):
+        return (row["window_start"], row["key"])
+
+    assert sorted(_SEEN["columnar_rows"], key=row_key) == sorted(_SEEN["record_rows"], key=row_key)
+    assert sorted(map(_letter, _SEEN["columnar_dead"]), key=repr) == sorted(
+        map(_letter, _SEEN["record_dead"]), key=repr
+    )
+    slow = columnar_result.metrics().query(MetricsFilter().with_name("columnar.slow_rows"))
+    return record_counts, sum(c.committed for c in slow["counters"])
+
+
 @pytest.mark.parametrize("parse_lines", [None, 3])
 def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
     dirty_file, monkeypatch, parse_lines
@@ -145,33 +185,12 @@ def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
     """
     if parse_lines is not None:
         monkeypatch.setattr(reader, "_PARSE_BYTES", (_WIDTH + 1) * parse_lines)
-    record_p = TestPipeline(runner="FnApiRunner", blocking=True)
-    record = (
-        record_p | ReadFromFiles(str(dirty_file), format="json")
-    ).main | ComputeWindowedMetrics(**_options())
-    assert_that(record.rows, partial(_collect, "record_rows"), label="RecordRows")
-    assert_that(record.dead_letter, partial(_collect, "record_dead"), label="RecordDead")
-    record_counts = Accounting.from_result(record_p.run()).to_dict()
-
-    columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
-    fast = columnar_p | ComputeWindowedMetricsColumnar(
-        pattern=str(dirty_file), file_format="json", **_options()
-    )
-    assert_that(fast.rows, partial(_collect, "columnar_rows"), label="ColumnarRows")
-    assert_that(fast.dead_letter, partial(_collect, "columnar_dead"), label="ColumnarDead")
-    columnar_counts = Accounting.from_result(columnar_p.run()).to_dict()
-
-    assert columnar_counts == record_counts
-    assert record_counts["dead_letter"] >= 30  # most bad lines are dead letters, not dropped
-    assert record_counts["duplicate"] > 0
-
-    def row_key(row):
-        return (row["window_start"], row["key"])
-
-    assert sorted(_SEEN["columnar_rows"], key=row_key) == sorted(_SEEN["record_rows"], key=row_key)
-    assert sorted(map(_letter, _SEEN["columnar_dead"]), key=repr) == sorted(
-        map(_letter, _SEEN["record_dead"]), key=repr
-    )
+    counts, slow = _compare_engines(dirty_file)
+    assert counts["dead_letter"] >= 30  # most bad lines are dead letters, not dropped
+    assert counts["duplicate"] > 0
+    # what the bad lines cost: themselves on the record path, plus at most the ten-line block of
+    # each line holding two objects (bisected), never every line of the blocks they sit in
+    assert slow <= _BAD_LINES + 2 * _BLOCK_LINES
 
 
 def test_bad_lines_anywhere_in_a_block_write_the_record_paths_files(dirty_file, engine_files):
@@ -179,3 +198,21 @@ def test_bad_lines_anywhere_in_a_block_write_the_record_paths_files(dirty_file, 
     files = engine_files(str(dirty_file), _options(), "parquet")
     assert len(files["record"]) > 1
     assert files["columnar"] == files["record"]
+
+
+def test_bad_lines_in_a_large_block_cost_only_themselves(tmp_path):
+    """3,000 events in one block, 3% malformed of every workload kind and 1% event times with a
+    fraction: exactly those lines take the record path, with the record path's results."""
+    events = list(generate(3_000, seed=17, malformed_frac=0.03))
+    lines = [event.line for event in events]
+    bad = {i for i, event in enumerate(events) if event.tag.startswith("malformed")}
+    for i in range(5, len(lines), 100):
+        if i not in bad:
+            record = json.loads(lines[i])
+            lines[i] = _json({**record, "event_time": record["event_time"] + 0.25})
+            bad.add(i)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    counts, slow = _compare_engines(path)
+    assert counts["dead_letter"] > 0
+    assert slow == len(bad)

@@ -14,7 +14,7 @@ def _good(i: int) -> bytes:
     return b'{"id":"e%d","t":%d,"k":"x","amount":1.5}' % (i, i)
 
 
-def _parse(lines: list[bytes]) -> tuple[list[int], list[int], int]:
+def _parse(lines: list[bytes], whole: tuple[str, ...] = ()) -> tuple[list[int], list[int], int]:
     """``_parse_run`` over ``lines``: (positions parsed, in order; positions set aside; calls)."""
     data = b"".join(line + b"\n" for line in lines)
     starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
@@ -27,7 +27,7 @@ def _parse(lines: list[bytes]) -> tuple[list[int], list[int], int]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reader, "_read_json", counted)
-        tables, aside = _parse_run(data, starts)
+        tables, aside = _parse_run(data, starts, whole)
     parsed = []
     for positions, table in tables:
         assert table.num_rows == len(positions)
@@ -118,3 +118,26 @@ def test_a_nested_column_changing_kind_still_parses_the_other_lines():
     parsed, aside, _ = _parse(lines)
     assert aside == [77]
     assert len(parsed) == 299
+
+
+def test_a_fraction_in_an_integer_column_sets_aside_its_line_not_the_piece():
+    """One event time with a fraction among 500 ints: that line aside, the column stays int64."""
+    lines = [_good(i) for i in range(500)]
+    lines[250] = b'{"id":"e250","t":250.5,"k":"x","amount":1.5}'
+    lines[251] = b'{"id":"e251","t":2.51e2,"k":"x","amount":1.5}'
+    parsed, aside, calls = _parse(lines, whole=("t", "k"))
+    assert aside == [250, 251]
+    assert parsed == [i for i in range(500) if i not in (250, 251)]
+    assert calls == 2
+    data = b"".join(line + b"\n" for line in lines)
+    starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
+    tables, _ = _parse_run(data, starts, ("t",))
+    assert all(table.schema.field("t").type == pa.int64() for _, table in tables)
+
+
+def test_floats_in_a_column_the_checks_take_as_floats_stay_in_the_piece():
+    """Fractions in a column not named as integral (the amount) set nothing aside."""
+    lines = [_good(i).replace(b"1.5", b"2") for i in range(100)]
+    lines[50] = _good(50)
+    parsed, aside, calls = _parse(lines, whole=("t", "k"))
+    assert (aside, len(parsed), calls) == ([], 100, 1)

@@ -145,13 +145,15 @@ def _read_json(data: Any) -> pa.Table | _Refusal:
         return _Refusal(int(row.group(1)) if row else None)
 
 
-def _kind_lines(data: Any, starts: np.ndarray, column: str, kind: str) -> np.ndarray:
-    """Which of the lines at ``starts`` in ``data`` hold ``"column": <a value of kind>``.
+_FRACTION = rb"-?[0-9]+[.eE]"  # a JSON number with a fraction or an exponent
+
+
+def _kind_lines(data: Any, starts: np.ndarray, column: str, start: bytes | None) -> np.ndarray:
+    """Which of the lines at ``starts`` in ``data`` hold ``"column":`` then ``start`` (a regex).
 
     A byte scan, not a parse: a nested member of the same name matches too (the line then takes
     the record path, which is exact); a name JSON would escape matches nothing.
     """
-    start = _KIND_STARTS.get(kind)
     if start is None or any(c in column for c in '"\\') or not column.isprintable():
         return np.zeros(0, dtype=np.int64)
     name = re.escape(column.encode())
@@ -162,7 +164,7 @@ def _kind_lines(data: Any, starts: np.ndarray, column: str, kind: str) -> np.nda
 
 
 def _parse_run(
-    data: Any, starts: np.ndarray
+    data: Any, starts: np.ndarray, whole: tuple[str, ...] = ()
 ) -> tuple[list[tuple[np.ndarray, pa.Table]], list[int]]:
     """Parses a run of JSON lines, setting aside the lines pyarrow refuses.
 
@@ -175,9 +177,12 @@ def _parse_run(
       odd kind (the kind fewer lines hold) is set aside at once, and the lines parsed again;
     - any other refusal naming a row: the rows before it are parsed on their own, the row is set
       aside, the rest is parsed again;
-    - a refusal naming no row: halves, set aside whole below ``_MIN_BISECT_LINES``.
+    - a refusal naming no row: halves, set aside whole below ``_MIN_BISECT_LINES``;
+    - a column of ``whole`` (taken by the fast checks only as integers) read as floating point:
+      the lines holding a fraction or an exponent there (fewer than half) are set aside, and the
+      lines parsed again.
 
-    Each refusal sets aside at least one line, so the loop ends; runs on a parse thread.
+    Each of these sets aside at least one line, so the loop ends; runs on a parse thread.
     """
     n = len(starts)
     ends = np.append(starts[1:], len(data))  # each line's bytes, up to the next line
@@ -192,30 +197,38 @@ def _parse_run(
             continue
         low = int(starts[alive[0]])
         view = memoryview(text)[low : int(ends[alive[-1]])]
+        local = starts[alive] - low
         parsed = _read_json(view)
         if isinstance(parsed, pa.Table) and parsed.num_rows == len(alive):
-            tables.append((alive, parsed))
-            continue
-        # more rows than lines (two objects on a line) are cut like a refusal naming no row
-        row = None if isinstance(parsed, pa.Table) else parsed.row
-        if row is None or not 0 <= row < len(alive):
-            if len(alive) <= _MIN_BISECT_LINES:
-                aside[alive] = True
-            else:
-                half = len(alive) // 2
-                todo += [alive[half:], alive[:half]]
-            continue
-        if parsed.column is None:
-            aside[alive[row]] = True
-            todo += [alive[row + 1 :], alive[:row]]
-            continue
-        column, local = parsed.column, starts[alive] - low
-        now = alive[_kind_lines(view, local, column, parsed.now or "")]
-        odd = np.append(now, alive[row])
-        if 2 * len(now) > len(alive):  # the odd kind came first: set the other kind aside
-            was = alive[_kind_lines(view, local, column, parsed.was or "")]
-            if 0 < len(was) < len(now):
-                odd = was
+            odd = np.zeros(0, dtype=np.int64)
+            for name in whole:
+                index = parsed.schema.get_field_index(name)
+                if index >= 0 and pa.types.is_floating(parsed.schema.field(index).type):
+                    odd = np.union1d(odd, alive[_kind_lines(view, local, name, _FRACTION)])
+            if len(odd) == 0 or 2 * len(odd) > len(alive):
+                tables.append((alive, parsed))
+                continue
+        else:
+            # more rows than lines (two objects on a line) are cut like a refusal naming no row
+            row = None if isinstance(parsed, pa.Table) else parsed.row
+            if row is None or not 0 <= row < len(alive):
+                if len(alive) <= _MIN_BISECT_LINES:
+                    aside[alive] = True
+                else:
+                    half = len(alive) // 2
+                    todo += [alive[half:], alive[:half]]
+                continue
+            if parsed.column is None:
+                aside[alive[row]] = True
+                todo += [alive[row + 1 :], alive[:row]]
+                continue
+            column = parsed.column
+            now = alive[_kind_lines(view, local, column, _KIND_STARTS.get(parsed.now or ""))]
+            odd = np.append(now, alive[row])
+            if 2 * len(now) > len(alive):  # the odd kind came first: set the other kind aside
+                was = alive[_kind_lines(view, local, column, _KIND_STARTS.get(parsed.was or ""))]
+                if 0 < len(was) < len(now):
+                    odd = was
         if text is data:
             text = bytearray(data)
         for position in odd.tolist():  # spaces up to the line's newline: pyarrow skips it
@@ -378,12 +391,19 @@ class BlockReader(beam.DoFn):
         slow_lines: list[int] = np.flatnonzero(slow).tolist()
         fast = records[~slow[records]]
         runs = _parts(fast, ranges.starts[fast], _PARSE_BYTES)
+        options = self._options
+        # the columns the fast checks take only as integers (or text): a fraction there would
+        # make pyarrow read the whole column as floats, and the whole piece the record path's
+        whole: tuple[str, ...] = (options.event_time.field, options.key_field)
+        if options.dedup is not None:
+            whole += (dedup_field(options.dedup) or "",)
         pool = _parse_pool()
         tables = [
             pool.submit(
                 _parse_run,
                 memoryview(text)[ranges.starts[run[0]] : ranges.next_starts[run[-1]]],
                 ranges.starts[run] - ranges.starts[run[0]],
+                whole,
             )
             for run in runs
         ]
