@@ -6,7 +6,9 @@ prometheus_client's parser) must show the accounting counters, the freshness his
 watermark lag moving between the scrapes, with the values the waves imply, and the consumer lag
 of every partition (0 once the job has read all: it reads 47 records faster than a scrape, so a
 non-zero lag is not caught here; tests/io/kafka/test_kafka_backlog.py watches one fall on Prism).
-Every metric the alert rules of docs/operations.md use must be among those served.
+Every metric the alert rules of docs/operations.md use must be among those served. And on Beam's
+own job service (the Job API Flink's job server speaks) serving the metrics leaves the run
+summary whole: that service answers in full only once after a job has ended.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from headwater.pipelines import stream_etl
 from headwater.testing.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -204,3 +207,26 @@ def test_scraped_counters_freshness_and_watermark_lag_move_with_the_stream(
     assert summary["identity_holds"], summary
     assert _accounting(_summary_as_samples(summary)) == (47, 40, 3, 2, 2)
     assert _scrape(port) == {}, "the metrics endpoint stops with the run"
+
+
+@pytest.mark.parametrize("runner", ["FlinkRunner", "PortableRunner"])
+def test_metrics_port_leaves_a_job_service_runs_summary_whole(
+    runner: str, job_endpoint: str, events: Any, tmp_path: Path
+) -> None:
+    """A batch run on Beam's job service with --metrics_port still counts every record."""
+    summary = stream_etl.run(
+        [
+            f"--runner={runner}",
+            f"--job_endpoint={job_endpoint}",
+            "--environment_type=LOOPBACK",
+            f"--input={events.path}",
+            f"--output={tmp_path / 'rows'}",
+            f"--dead_letter={tmp_path / 'dead'}",
+            f"--metrics_port={free_port()}",
+        ]
+    )
+    assert summary["identity_holds"], summary
+    assert (summary["records_in"], summary["dead_letter"]) == (
+        events.records_in,
+        events.dead_letters,
+    )

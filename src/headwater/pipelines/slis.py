@@ -50,6 +50,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from apache_beam.runners.runner import PipelineState
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -409,11 +410,21 @@ class MetricsEndpoint:
         self._thread.start()
 
     def poll(self) -> bool:
-        """Asks the runner for the job's metrics once; whether it answered."""
+        """Asks the runner for the job's metrics once; whether it answered.
+
+        Once the job has ended, its final metrics are read through ``result.metrics()``, which
+        the result keeps: the run summary then reads the same answer. (Beam's own local job
+        service answers ``GetJobMetrics`` in full only once after a job has ended -- its
+        FnApiRunner result holds one-shot iterators -- so a second fresh query would hand the
+        summary partial counts.)
+        """
         if self._result is None:
             return False
         try:
-            query = live_metrics(self._result).query()
+            if PipelineState.is_terminal(self._result.state):
+                query = self._result.metrics().query()
+            else:
+                query = live_metrics(self._result).query()
         except Exception as exc:  # a job service that went away: keep the last answer
             _LOG.debug("metrics query failed: %s", exc)
             return False
