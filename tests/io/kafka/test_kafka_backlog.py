@@ -26,6 +26,7 @@ from headwater.io.kafka.backlog import (
     EndOffsets,
     PartitionLag,
     lag_metric_name,
+    partition_lag,
 )
 from headwater.io.kafka.config import make_consumer
 from headwater.io.kafka.restriction import (
@@ -273,3 +274,14 @@ def test_lag_gauges_count_messages_and_estimate_bytes():
         lag_metric_name(LAG_BYTES, "events", 4): 0,
     }
     assert messages.split("/") == [LAG_MESSAGES, "events", "2"]
+
+
+def test_the_mean_value_size_is_kept_per_partition_for_the_process():
+    """Reader instances share one lag per partition, so a new one estimates bytes at once."""
+    first = partition_lag("shared-topic", 0)
+    first.observe(50, 1)
+    assert partition_lag("shared-topic", 0) is first
+    assert partition_lag("shared-topic", 1) is not first
+    size = lag_metric_name(LAG_BYTES, "shared-topic", 0)
+    gauges = _gauges(lambda: partition_lag("shared-topic", 0).report(_EndAt(4), 0, EndOffsets()))
+    assert gauges[size] == 200

@@ -47,6 +47,7 @@ __all__ = [
     "EndOffsets",
     "PartitionLag",
     "lag_metric_name",
+    "partition_lag",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -137,20 +138,26 @@ END_OFFSETS = EndOffsets()
 
 
 class PartitionLag:
-    """The consumer-lag gauges of one partition, and the mean value size read from it."""
+    """The consumer-lag gauges of one partition, and the mean value size read from it.
+
+    Thread-safe; :func:`partition_lag` gives the one of the process, so the mean carries over
+    from one reader instance (bundle processor) to the next.
+    """
 
     def __init__(self, topic: str, partition: int):
         self.topic = topic
         self.partition = partition
         self._messages = Metrics.gauge(NAMESPACE, lag_metric_name(LAG_MESSAGES, topic, partition))
         self._bytes = Metrics.gauge(NAMESPACE, lag_metric_name(LAG_BYTES, topic, partition))
+        self._lock = threading.Lock()
         self._value_bytes = 0
         self._values = 0
 
     def observe(self, value_bytes: int, count: int) -> None:
         """Adds ``count`` records of ``value_bytes`` bytes in total to the mean value size."""
-        self._value_bytes += value_bytes
-        self._values += count
+        with self._lock:
+            self._value_bytes += value_bytes
+            self._values += count
 
     def report(self, consumer: Any, next_offset: int, ends: EndOffsets = END_OFFSETS) -> None:
         """Sets the gauges from the partition's end offset (refreshed at a bounded rate)."""
@@ -159,5 +166,20 @@ class PartitionLag:
             return
         lag = max(0, end - next_offset)
         self._messages.set(lag)
-        if lag == 0 or self._values:
-            self._bytes.set(round(lag * self._value_bytes / self._values) if lag else 0)
+        with self._lock:
+            value_bytes, values = self._value_bytes, self._values
+        if lag == 0 or values:
+            self._bytes.set(round(lag * value_bytes / values) if lag else 0)
+
+
+_LAGS: dict[tuple[str, int], PartitionLag] = {}
+_LAGS_LOCK = threading.Lock()
+
+
+def partition_lag(topic: str, partition: int) -> PartitionLag:
+    """The process's :class:`PartitionLag` of a partition (made on first use)."""
+    with _LAGS_LOCK:
+        lag = _LAGS.get((topic, partition))
+        if lag is None:
+            lag = _LAGS[(topic, partition)] = PartitionLag(topic, partition)
+        return lag

@@ -18,7 +18,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, FormatError
-from headwater.io.kafka.backlog import PartitionLag
+from headwater.io.kafka.backlog import partition_lag
 from headwater.io.kafka.commit import nothing_to_commit
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import (
@@ -130,7 +130,6 @@ class ReadPartitionFn(beam.DoFn):
         self._records = Metrics.counter(NAMESPACE, "kafka.records_read")
         self._fallbacks = Metrics.counter(NAMESPACE, "kafka.event_time_fallback")
         self._commit_failures = Metrics.counter(NAMESPACE, "kafka.commit_failures")
-        self._lags: dict[tuple[str, int], PartitionLag] = {}
 
     # -- watermark estimator provider ------------------------------------------------------
     def initial_estimator_state(self, element: PartitionRead, restriction: Any) -> Any:
@@ -146,14 +145,6 @@ class ReadPartitionFn(beam.DoFn):
     def setup(self) -> None:
         self._consumer = None
         self._assigned = None
-        self._lags = {}
-
-    def _lag(self, topic: str, partition: int) -> PartitionLag:
-        """The consumer-lag gauges of a partition (see :mod:`headwater.io.kafka.backlog`)."""
-        lag = self._lags.get((topic, partition))
-        if lag is None:
-            lag = self._lags[(topic, partition)] = PartitionLag(topic, partition)
-        return lag
 
     def _get_consumer(self) -> Any:
         if self._consumer is None:
@@ -206,7 +197,7 @@ class ReadPartitionFn(beam.DoFn):
             bundle_finalizer.register(nothing_to_commit)
             return
         consumer = self._get_consumer()
-        lag = self._lag(topic, partition)
+        lag = partition_lag(topic, partition)  # consumer-lag gauges: headwater.io.kafka.backlog
         tp = TopicPartition(topic, partition, restriction.start)
         if self._assigned != (topic, partition, restriction.start):
             # (A resumed read of the same partition keeps the consumer's prefetched records.)
