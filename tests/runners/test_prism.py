@@ -111,3 +111,36 @@ def test_unbounded_read_on_fnapi_runner_points_to_prism(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"FnApiRunner cannot run: use --runner=PrismRunner"):
         windowed_metrics.run(argv)
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_processing_time_dedup_over_files_finishes_on_prism_like_fnapi(
+    tmp_path: Path, keep: str
+) -> None:
+    """A batch run with --dedup_time_domain=processing ends at once on Prism (it waited a
+    horizon of wall-clock time for processing-time timers) with the FnApiRunner's counts."""
+    from headwater.devtools.workload import write_jsonl
+
+    events = tmp_path / "events.jsonl"
+    write_jsonl(events, 300, seed=4)
+    summaries = {}
+    for runner in ("FnApiRunner", "PrismRunner"):
+        summaries[runner] = windowed_metrics.run(
+            [
+                f"--runner={runner}",
+                f"--input={events}",
+                f"--output={tmp_path / runner / 'out'}",
+                f"--dead_letter={tmp_path / runner / 'dlq'}",
+                "--dedup_time_domain=processing",
+                "--dedup_horizon=1h",
+                f"--dedup_keep={keep}",
+                "--window=fixed:60s",
+                "--metrics=count",
+            ]
+        )
+    counts = {
+        runner: [s[n] for n in ("records_in", "output", "duplicate", "dead_letter", "late")]
+        for runner, s in summaries.items()
+    }
+    assert counts["PrismRunner"] == counts["FnApiRunner"]
+    assert counts["PrismRunner"][2] > 0  # the workload's re-deliveries were found

@@ -43,8 +43,11 @@ Event time (``time_domain="event"``, the default)
 
 Processing time (``time_domain="processing"``)
     An id is remembered for ``horizon`` of processing time after its most recent copy (a
-    processing-time timer, reset by each copy); event times are not compared. In batch the
-    FnApiRunner fires processing-time timers only when the input ends: one copy per id.
+    processing-time timer, reset by each copy); event times are not compared. In batch (bounded
+    input, not ``--streaming``) the whole input counts as arriving at once: no processing-time
+    timer is set and each id keeps one copy, on every runner (the FnApiRunner would fire such
+    timers only when the input ends; Prism waits for them in real time, so a 10-minute horizon
+    held a batch run for 10 minutes).
 
 ``keep``
     ``"first"``: the first *arrival* of an id is emitted at once, with its own timestamp; later
@@ -84,6 +87,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.coders import BooleanCoder, FastPrimitivesCoder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
@@ -324,9 +328,10 @@ class _DeduplicateEventTimeFn(beam.DoFn):
 class _DeduplicateProcessingTimeFn(beam.DoFn):
     """Keyed by id; an id is remembered for ``horizon`` of processing time after its last copy."""
 
-    def __init__(self, keep: str, horizon_micros: int):
+    def __init__(self, keep: str, horizon_micros: int, *, batch: bool = False):
         self._keep_last = keep == "last"
         self._horizon = horizon_micros
+        self._batch = batch  # the input arrives at once: no clock to wait for
         self._duplicates = Metrics.counter(NAMESPACE, f"{_STAGE}.duplicate")
 
     def process(
@@ -339,7 +344,8 @@ class _DeduplicateProcessingTimeFn(beam.DoFn):
         end_of_input=beam.DoFn.TimerParam(_END_OF_INPUT),
     ):
         _, element = keyed
-        expiry.set(_processing_now() + self._horizon / 1_000_000)
+        if not self._batch:
+            expiry.set(_processing_now() + self._horizon / 1_000_000)
         if self._keep_last:
             previous = held_state.read()
             held_state.write((timestamp.micros, element))
@@ -502,7 +508,9 @@ class DeduplicateById(beam.PTransform):
         if self._time_domain == "event":
             fn: beam.DoFn = _DeduplicateEventTimeFn(self._keep, self._horizon_micros)
         else:
-            fn = _DeduplicateProcessingTimeFn(self._keep, self._horizon_micros)
+            streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
+            batch = pcoll.is_bounded and not streaming
+            fn = _DeduplicateProcessingTimeFn(self._keep, self._horizon_micros, batch=batch)
         deduplicated = keyed.keyed | "Deduplicate" >> beam.ParDo(fn).with_outputs(
             "duplicate", main="main"
         )
