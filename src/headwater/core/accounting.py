@@ -25,14 +25,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["COUNTERS", "NAMESPACE", "OUTCOMES", "Accounting"]
+__all__ = ["COUNTERS", "NAMESPACE", "OUTCOMES", "Accounting", "counter_total"]
 
 NAMESPACE = "headwater"
 OUTCOMES = ("output", "duplicate", "dead_letter", "late")
 COUNTERS = ("records_in", *OUTCOMES)
 
 
-def _counter_total(result: Any, name: str) -> int:
+def counter_total(result: Any, name: str) -> int:
+    """The total of the counter ``name`` (namespace ``headwater``) in a ``PipelineResult``."""
     from apache_beam.metrics.metric import MetricsFilter
 
     query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))
@@ -63,7 +64,7 @@ class Accounting:
     @classmethod
     def from_result(cls, result: Any) -> Accounting:
         """Reads the counters from a finished ``PipelineResult``."""
-        return cls(**{name: _counter_total(result, name) for name in COUNTERS})
+        return cls(**{name: counter_total(result, name) for name in COUNTERS})
 
     def to_dict(self) -> dict[str, Any]:
         """The counters and ``identity_holds``, as the run summary writes them."""

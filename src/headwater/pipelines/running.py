@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from headwater import runners
-from headwater.core.accounting import Accounting
+from headwater.core.accounting import Accounting, counter_total
 from headwater.io.fileio import SUCCESS_MARKER, prepare_output_folders, write_success_marker
 from headwater.io.kafka import reset_drain
 from headwater.pipelines.beam_options import HeadwaterOptions
@@ -148,6 +148,14 @@ def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
     for name in ("output", "duplicate", "dead_letter", "late"):
         print(f"  {name:<12} {summary[name]:>10}", file=out)
     print(f"  records_in == output + duplicate + dead_letter + late: {ok}", file=out)
+    if summary.get("late_unverified"):
+        print(
+            f"  WARNING: {summary['late_unverified']} records went to their windows without a "
+            "verified late-data clock and may be missing from them (after a silence longer "
+            "than the late router's 10-minute clock horizon in past event time, or older than "
+            "the stream's first windows: see headwater.windowing.late)",
+            file=out,
+        )
     if summary.get("engine"):
         why = f" ({summary['engine_reason']})" if summary.get("engine_reason") else ""
         print(f"  engine       {summary['engine']}{why}", file=out)
@@ -232,6 +240,9 @@ def run_pipeline(
         summary["engine_reason"] = getattr(built, "engine_reason", None) or (
             f"{name} has no columnar engine"
         )
+    unverified = counter_total(result, "late_routing.unverified")
+    if unverified:  # judged without a running clock: the windowing step may have dropped them
+        summary["late_unverified"] = unverified
     summary["config"] = run_config(values)
     print_summary(summary)
     summary["data_check"] = check_data(  # no output, or too many dead letters: exit status 3
