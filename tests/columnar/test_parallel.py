@@ -254,3 +254,18 @@ def test_columnar_shards_is_refused_where_the_batch_path_does_not_run(tmp_path, 
     argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), "--columnar_shards=2", *extra)
     with pytest.raises(ValueError, match="--columnar_shards=2 applies to the columnar batch path"):
         windowed_metrics.run(argv)
+
+
+def test_bench_scale_out_runs_one_and_two_workers_to_the_same_bytes(tmp_path):
+    """The bench's scale-out step: 1 and 2 workers write the same bytes; spans of every stage."""
+    from headwater.devtools import bench
+
+    pattern = _workload(tmp_path / "in", 2_000, integer_amounts=False)
+    result = bench.scale_out(Path(pattern.replace("*", "a")), tmp_path / "bench")
+    assert result["two_workers_same_bytes"] is True
+    assert result["same_counters"] is True
+    assert result["runs"]["workers_2"]["engine"] == "columnar-parallel"
+    assert result["runs"]["one_step"]["engine"] == "columnar"
+    for workers in ("workers_1", "workers_2"):
+        assert set(result["runs"][workers]["stage_s"]) == {"plan", "decode", "dedup", "merge"}
+    assert result["speedup_2_vs_1_workers"] > 0

@@ -46,6 +46,8 @@ bytes a row) and the shard's ids (the batch rule keeps every id): raise ``shards
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,13 +67,63 @@ from headwater.core.accounting import NAMESPACE
 from headwater.io.fileio import match_files
 from headwater.transforms.process import MetricsResult
 
-__all__ = ["DEFAULT_SHARDS", "ComputeWindowedMetricsParallel"]
+__all__ = ["DEFAULT_SHARDS", "STAGES", "ComputeWindowedMetricsParallel", "stage_spans"]
 
 #: Dedup shards when none are asked for: enough to keep a few workers busy; the float sums of a
 #: run depend on it, so it does not follow the worker count.
 DEFAULT_SHARDS = 8
-_DEFAULT_SPLIT_BYTES = 32 << 20
+_DEFAULT_SPLIT_BYTES = 16 << 20
 _CHUNK_ROWS = 1 << 20  # rows of a shard deduplicated and pre-aggregated at a time
+_CLOCK_NAMESPACE = "headwater.columnar"
+#: The stages whose wall-clock spans :func:`stage_spans` reads from a run's metrics.
+STAGES = ("plan", "decode", "dedup", "merge")
+
+
+class _StageClock:
+    """When a stage's elements started and ended (ms since the epoch), as two distributions.
+
+    Over every worker, the smallest start and the largest end bound the stage's span
+    (:func:`stage_spans`); one update per element (a split, a shard, a window).
+    """
+
+    def __init__(self, stage: str):
+        self._stage = stage
+        self._start = beam.metrics.Metrics.distribution(
+            _CLOCK_NAMESPACE, f"parallel.{stage}.start_ms"
+        )
+        self._end = beam.metrics.Metrics.distribution(_CLOCK_NAMESPACE, f"parallel.{stage}.end_ms")
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        self._start.update(int(time.time() * 1000))
+        yield
+        self._end.update(int(time.time() * 1000))
+
+
+def stage_spans(result: Any) -> dict[str, float]:
+    """Seconds from the first start to the last end of each stage (:data:`STAGES`) of a run.
+
+    ``result``: a finished run of :class:`ComputeWindowedMetricsParallel` (its metrics).
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    found = result.metrics().query(MetricsFilter().with_namespace(_CLOCK_NAMESPACE))
+    starts: dict[str, int] = {}
+    ends: dict[str, int] = {}
+    for item in found["distributions"]:
+        _, stage, edge = item.key.metric.name.split(".")
+        value = item.committed or item.attempted
+        if value is None or not value.count:
+            continue
+        if edge == "start_ms":
+            starts[stage] = min(starts.get(stage, value.min), value.min)
+        else:
+            ends[stage] = max(ends.get(stage, value.max), value.max)
+    return {
+        stage: round((ends[stage] - starts[stage]) / 1000, 3)
+        for stage in STAGES
+        if stage in starts and stage in ends
+    }
 
 
 def plan_splits(index: int, path: str, file_format: str, split_bytes: int) -> list[tuple]:
@@ -160,8 +212,13 @@ class _PlanSplitsFn(beam.DoFn):
     def __init__(self, file_format: str, split_bytes: int):
         self._file_format = file_format
         self._split_bytes = split_bytes
+        self._clock = _StageClock("plan")
 
     def process(self, pattern: str) -> Iterator[tuple]:
+        with self._clock.timed():
+            yield from self._splits(pattern)
+
+    def _splits(self, pattern: str) -> Iterator[tuple]:
         for index, path in enumerate(match_files(pattern)):
             yield from plan_splits(index, path, self._file_format, self._split_bytes)
 
@@ -174,8 +231,13 @@ class _DecodeSplitFn(ComputeColumnarFn):
         self._shards = shards
         self._out: list[tuple[int, bytes]] = []
         self._file_index = 0
+        self._clock = _StageClock("decode")
 
     def process(self, split: tuple) -> Iterator[Any]:  # type: ignore[override]
+        with self._clock.timed():
+            yield from self._decode(split)
+
+    def _decode(self, split: tuple) -> Iterator[Any]:
         index, path, start, end, first_line = split
         self._file_index = index
         state = ColumnarState(self._options)
@@ -228,8 +290,13 @@ class _DedupShardFn(beam.DoFn):
         self._counters = {
             name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in ("output", "duplicate")
         }
+        self._clock = _StageClock("dedup")
 
     def process(self, element: tuple[int, Any]) -> Iterator[tuple[int, tuple[int, bytes]]]:
+        with self._clock.timed():
+            yield from self._dedup(element)
+
+    def _dedup(self, element: tuple[int, Any]) -> Iterator[tuple[int, tuple[int, bytes]]]:
         shard, batches = element
         table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
         order = np.lexsort((table.column("a").to_numpy(), table.column("f").to_numpy()))
@@ -283,8 +350,13 @@ class _MergeWindowFn(WindowWriter, beam.DoFn):
         self._options = options
         self._files = beam.metrics.Metrics.counter("headwater.io", "files_written")
         self._rows_written = beam.metrics.Metrics.counter("headwater.io", "rows_written")
+        self._clock = _StageClock("merge")
 
     def process(self, element: tuple[int, Any]) -> Iterator[Any]:
+        with self._clock.timed():
+            yield from self._merge(element)
+
+    def _merge(self, element: tuple[int, Any]) -> Iterator[Any]:
         _, parts = element
         tables = [_from_ipc(data) for _, data in sorted(parts, key=lambda part: part[0])]
         columns = ColumnarState(self._options)._groups(tables)
@@ -304,7 +376,7 @@ class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
       shards: id-hash shards of the dedup stage (an integer >= 1; default
         :data:`DEFAULT_SHARDS`). Float sums depend on it (see the module docstring).
       split_bytes: JSON-lines files larger than this are read by byte range, in splits of
-        about this size (an integer >= 1; default 32 MiB).
+        about this size (an integer >= 1; default 16 MiB).
 
     Returns :class:`~headwater.transforms.process.MetricsResult`; ``duplicate`` is empty
     (``emit_duplicates=True`` is refused).

@@ -21,6 +21,11 @@ meaningful within a run; absolute figures move on shared machines):
                          (``--replay-events``);
 ``kafka``                bounded Kafka read into a pipeline vs raw confluent-kafka
                          (:func:`headwater.testing.broker.bench_kafka_read`, a local Tansu broker);
+``scale_out``            the same batch run end to end (``headwater run``, a subprocess each) on
+                         the parallel columnar path with 1 and 2 worker processes
+                         (``--direct_num_workers=N --direct_running_mode=multi_processing``),
+                         each worker single-threaded (``HEADWATER_PARSE_THREADS=1``), and
+                         today's one-step path the same way; the speed-up 2 vs 1 workers;
 ``dedup_memory``         peak RSS of the columnar dedup (parse + dedup, no aggregation) over files
                          of N and 5*N generated events with the same horizon, each read in a
                          fresh subprocess.
@@ -319,6 +324,99 @@ def headwater_batch(path: Path, out: Path) -> dict[str, Any]:
 
 
 _COUNTERS = ("records_in", "output", "duplicate", "dead_letter", "late")
+
+
+SCALE_OUT_SHARDS = 8
+SCALE_OUT_TARGET = 1.7  # issue 14: 2 workers at least 1.7x one worker
+
+
+@contextlib.contextmanager
+def _single_threaded_parse() -> Iterator[None]:
+    """Runs started inside parse JSON on one thread per worker (``HEADWATER_PARSE_THREADS``)."""
+    before = os.environ.get("HEADWATER_PARSE_THREADS")
+    os.environ["HEADWATER_PARSE_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HEADWATER_PARSE_THREADS"]
+        else:
+            os.environ["HEADWATER_PARSE_THREADS"] = before
+
+
+def scale_out(path: Path, workdir: Path) -> dict[str, Any]:
+    """The batch run end to end on 1 and 2 single-threaded workers, and on today's one step.
+
+    Each run is ``headwater run windowed_metrics`` in its own process, timed from start to
+    exit (``seconds``; ``pipeline_s`` is the run itself, without interpreter start-up and graph
+    construction). The two parallel runs use the same shards, so they must write the same
+    bytes (float sums included) and counters; the one-step run the same counters. Then the
+    parallel runs again in this process (the runner here, the workers in subprocesses) for the
+    wall-clock span of each stage over all workers (:func:`headwater.columnar.parallel.
+    stage_spans`): the speed-up of the work itself, without start-up and shuffles.
+    """
+    from headwater.devtools import bench_e2e
+
+    runs: dict[str, Any] = {}
+    load_before = os.getloadavg()[0]  # other processes' demand for the cores, for the record
+    parallel = ("--runner=FnApiRunner", f"--columnar_shards={SCALE_OUT_SHARDS}")
+    with _single_threaded_parse():
+        runs["one_step"] = bench_e2e.headwater_run(
+            path, workdir / "scale-one-step", extra=("--runner=FnApiRunner",)
+        )
+        for workers in (1, 2):
+            flags = (f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing")
+            runs[f"workers_{workers}"] = bench_e2e.headwater_run(
+                path, workdir / f"scale-workers-{workers}", extra=(*parallel, *flags)
+            )
+        for workers in (1, 2):
+            runs[f"workers_{workers}"]["stage_s"] = _stage_spans(path, workdir, workers)
+    one, two = runs["workers_1"], runs["workers_2"]
+    result: dict[str, Any] = {
+        "runs": runs,
+        "shards": SCALE_OUT_SHARDS,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    work = [sum(run["stage_s"].values()) for run in (one, two)]
+    if work[1]:
+        result["speedup_2_vs_1_workers_stages"] = round(work[0] / work[1], 3)
+    result["speedup_2_vs_1_workers"] = round(one["seconds"] / two["seconds"], 3)
+    if one.get("pipeline_s") and two.get("pipeline_s"):
+        result["speedup_2_vs_1_workers_pipeline"] = round(one["pipeline_s"] / two["pipeline_s"], 3)
+    result["x_one_step_2_workers"] = round(runs["one_step"]["seconds"] / two["seconds"], 3)
+    result["target_met"] = result["speedup_2_vs_1_workers"] >= SCALE_OUT_TARGET
+    same = [_file_bytes(workdir / f"scale-workers-{n}" / "rows") for n in (1, 2)]
+    result["two_workers_same_bytes"] = bool(same[0]) and same[0] == same[1]
+    result["same_counters"] = all(
+        run[name] == one[name] for run in runs.values() for name in _COUNTERS
+    )
+    return result
+
+
+def _stage_spans(path: Path, workdir: Path, workers: int) -> dict[str, float]:
+    """The parallel run's stage spans with ``workers`` worker processes (runner in-process)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from headwater.columnar.parallel import stage_spans
+    from headwater.pipelines import windowed_metrics
+
+    out = workdir / f"scale-spans-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [
+        *_argv(path, out),
+        f"--columnar_shards={SCALE_OUT_SHARDS}",
+        f"--direct_num_workers={workers}",
+        "--direct_running_mode=multi_processing",
+    ]
+    p = beam.Pipeline("FnApiRunner", options=PipelineOptions(argv))
+    windowed_metrics.build(p, p.options)
+    result = p.run()
+    result.wait_until_finish()
+    return stage_spans(result)
+
+
+def _file_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*.parquet"))}
 
 
 def read_rows(folder: Path) -> dict[tuple[Any, Any], dict[str, Any]]:
@@ -773,6 +871,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         entry.update(bench_kafka_read(records=args.kafka_records))
 
+    def step_scale_out(entry: dict[str, Any]) -> None:
+        entry.update(scale_out(events_file, workdir), events=args.events)
+
     def step_memory(entry: dict[str, Any]) -> None:
         small, large = args.memory_events, 5 * args.memory_events
         entry["small"] = _dedup_memory_subprocess(workdir, small)
@@ -785,6 +886,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     _step(results, "pyarrow", step_pyarrow)
     _step(results, "plain_beam", step_plain_beam)
     _step(results, "headwater_batch", step_headwater_batch)
+    if not args.skip_scale_out:
+        _step(results, "scale_out", step_scale_out)
     if not args.skip_record_path:
         modes = ["in_process", "in_process_state_cache_constant_0"]
         if args.record_path_workers:  # ~1 min; the finding it measured is in the docs
@@ -866,6 +969,23 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
             f" MB, {memory['large']['events']:,} events {memory['large']['peak_rss_mb']} MB "
             f"(ids held at most {memory['small']['max_ids_held']:,} / "
             f"{memory['large']['max_ids_held']:,})",
+            file=out,
+        )
+    scale = results.get("scale_out", {})
+    if "speedup_2_vs_1_workers" in scale:
+        runs = scale["runs"]
+        print(
+            f"scale-out, {scale['events']:,} events, parallel columnar path "
+            f"({scale['shards']} shards, one parse thread per worker): 2 workers "
+            f"{scale['speedup_2_vs_1_workers']}x 1 worker end to end "
+            f"({scale.get('speedup_2_vs_1_workers_pipeline')}x within the run, "
+            f"{scale.get('speedup_2_vs_1_workers_stages')}x over the stages' spans; target "
+            f"{SCALE_OUT_TARGET}x met: {scale['target_met']}); 2 workers vs today's one step: "
+            f"{scale['x_one_step_2_workers']}x; seconds one step / 1 / 2 workers: "
+            f"{runs['one_step']['seconds']} / {runs['workers_1']['seconds']} / "
+            f"{runs['workers_2']['seconds']}; load average (1 min) before / after "
+            f"{scale['load_avg_1m']} on {os.cpu_count()} cores; same bytes on 1 and 2 workers: "
+            f"{scale['two_workers_same_bytes']}, same counters: {scale['same_counters']}",
             file=out,
         )
     _print_end_to_end(results, out)
@@ -1031,6 +1151,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-kafka", action="store_true", help="no broker measurement")
     parser.add_argument("--skip-memory", action="store_true", help="no dedup memory runs")
+    parser.add_argument(
+        "--skip-scale-out", action="store_true", help="no 1 vs 2 workers batch runs"
+    )
     parser.add_argument("--skip-record-path", action="store_true", help="no record-path runs")
     parser.add_argument(
         "--record-path-workers",

@@ -101,8 +101,13 @@ def startup(workdir: Path) -> dict[str, float]:
     return results
 
 
-def headwater_run(events: Path, out: Path, *, window: str = "fixed:60s") -> dict[str, Any]:
-    """``headwater run windowed_metrics`` over ``events`` into ``out``: wall time and summary."""
+def headwater_run(
+    events: Path, out: Path, *, window: str = "fixed:60s", extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``headwater run windowed_metrics`` over ``events`` into ``out``: wall time and summary.
+
+    ``extra``: more flags (the runner's, ``--columnar_shards`` ...).
+    """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     summary_path = out / "summary.json"
@@ -118,6 +123,7 @@ def headwater_run(events: Path, out: Path, *, window: str = "fixed:60s") -> dict
         f"--output={out / 'rows'}",
         f"--dead_letter={out / 'dead_letters'}",
         f"--summary_json={summary_path}",
+        *extra,
     ]
     result = timed_command(command, log=out / "run.log")
     summary = json.loads(summary_path.read_text())
