@@ -269,3 +269,4 @@ def test_bench_scale_out_runs_one_and_two_workers_to_the_same_bytes(tmp_path):
     for workers in ("workers_1", "workers_2"):
         assert set(result["runs"][workers]["stage_s"]) == {"plan", "decode", "dedup", "merge"}
     assert result["speedup_2_vs_1_workers"] > 0
+    assert result["control_cpu_only"]["speedup"] > 0

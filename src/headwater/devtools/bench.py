@@ -25,7 +25,9 @@ meaningful within a run; absolute figures move on shared machines):
                          the parallel columnar path with 1 and 2 worker processes
                          (``--direct_num_workers=N --direct_running_mode=multi_processing``),
                          each worker single-threaded (``HEADWATER_PARSE_THREADS=1``), and
-                         today's one-step path the same way; the speed-up 2 vs 1 workers;
+                         today's one-step path the same way; the speed-up 2 vs 1 workers,
+                         next to a CPU-only control job's (what the runner and the load on
+                         the machine allow in the same run);
 ``dedup_memory``         peak RSS of the columnar dedup (parse + dedup, no aggregation) over files
                          of N and 5*N generated events with the same horizon, each read in a
                          fresh subprocess.
@@ -371,11 +373,13 @@ def scale_out(path: Path, workdir: Path) -> dict[str, Any]:
             )
         for workers in (1, 2):
             runs[f"workers_{workers}"]["stage_s"] = _stage_spans(path, workdir, workers)
+    control = control_speedup()
     one, two = runs["workers_1"], runs["workers_2"]
     result: dict[str, Any] = {
         "runs": runs,
         "shards": SCALE_OUT_SHARDS,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "control_cpu_only": control,
     }
     work = [sum(run["stage_s"].values()) for run in (one, two)]
     if work[1]:
@@ -391,6 +395,34 @@ def scale_out(path: Path, workdir: Path) -> dict[str, Any]:
         run[name] == one[name] for run in runs.values() for name in _COUNTERS
     )
     return result
+
+
+def _burn_cpu(element: int) -> int:
+    """Half a second of this process's CPU time (the control's element)."""
+    began = time.process_time()
+    while time.process_time() - began < 0.5:
+        pass
+    return element
+
+
+def control_speedup(elements: int = 8) -> dict[str, Any]:
+    """What the runner and the machine give a job that only burns CPU: 1 vs 2 workers.
+
+    ``elements`` independent half-seconds of CPU after a ``Reshuffle``, on the FnApiRunner
+    with 1 and 2 worker processes: on idle cores 2 workers take about half the work's time
+    (plus the same start-up); this is the ceiling for the batch run's ratio in the same run.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    seconds = {}
+    for workers in (1, 2):
+        argv = [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+        began = time.perf_counter()
+        with beam.Pipeline("FnApiRunner", options=PipelineOptions(argv)) as p:
+            _ = p | beam.Create(list(range(elements))) | beam.Reshuffle() | beam.Map(_burn_cpu)
+        seconds[f"workers_{workers}"] = round(time.perf_counter() - began, 3)
+    seconds["speedup"] = round(seconds["workers_1"] / seconds["workers_2"], 3)
+    return seconds
 
 
 def _stage_spans(path: Path, workdir: Path, workers: int) -> dict[str, float]:
@@ -984,7 +1016,9 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
             f"{scale['x_one_step_2_workers']}x; seconds one step / 1 / 2 workers: "
             f"{runs['one_step']['seconds']} / {runs['workers_1']['seconds']} / "
             f"{runs['workers_2']['seconds']}; load average (1 min) before / after "
-            f"{scale['load_avg_1m']} on {os.cpu_count()} cores; same bytes on 1 and 2 workers: "
+            f"{scale['load_avg_1m']} on {os.cpu_count()} cores; a CPU-only control job in the "
+            f"same run: 2 workers {scale['control_cpu_only']['speedup']}x 1; same bytes on 1 "
+            "and 2 workers: "
             f"{scale['two_workers_same_bytes']}, same counters: {scale['same_counters']}",
             file=out,
         )
