@@ -160,12 +160,14 @@ def test_float_sums_repeat_exactly_for_one_shard_count(tmp_path, monkeypatch):
     """Float amounts: the same bytes for any block size, split size and worker count."""
     pattern = _workload(tmp_path / "in", 4_000, integer_amounts=False)
     first = _parallel(pattern, tmp_path / "one", shards=4, split_bytes=1 << 30)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 9_000)
     second = _parallel(pattern, tmp_path / "two", _MULTI, shards=4, split_bytes=30_000)
-    assert first == second
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 9_000)  # reaches in-process workers only
+    third = _parallel(pattern, tmp_path / "three", shards=4, split_bytes=50_000)
+    assert first == second == third
     files = _files(tmp_path / "one" / "rows")
     assert files
     assert files == _files(tmp_path / "two" / "rows")
+    assert files == _files(tmp_path / "three" / "rows")
     assert _sequential(pattern, tmp_path / "sequential") == first
 
 
