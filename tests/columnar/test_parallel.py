@@ -272,3 +272,59 @@ def test_bench_scale_out_runs_one_and_two_workers_to_the_same_bytes(tmp_path):
         assert set(result["runs"][workers]["stage_s"]) == {"plan", "decode", "dedup", "merge"}
     assert result["speedup_2_vs_1_workers"] > 0
     assert result["control_cpu_only"]["speedup"] > 0
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "avro"])
+def test_decoded_files_are_split_by_file_and_give_the_sequential_files(tmp_path, file_format):
+    """Parquet and Avro files (one split each): the one-step path's files, counters, letters."""
+    import fastavro
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "event_id": f"e{i % 700}",  # re-deliveries, across files
+            "user_id": None if i % 97 == 0 else f"u{i % 13}",
+            "event_time": 1_700_000_000_000 + 250 * i,
+            "amount": i % 50,
+        }
+        for i in range(2_400)
+    ]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": "E",
+            "fields": [
+                {"name": "event_id", "type": "string"},
+                {"name": "user_id", "type": ["null", "string"]},
+                {"name": "event_time", "type": "long"},
+                {"name": "amount", "type": "long"},
+            ],
+        }
+    )
+    for part in range(3):
+        chunk = rows[part * 800 : (part + 1) * 800]
+        path = folder / f"part-{part}.{file_format}"
+        if file_format == "parquet":
+            pq.write_table(pa.Table.from_pylist(chunk), path)
+        else:
+            with open(path, "wb") as out:
+                fastavro.writer(out, schema, chunk)
+    pattern = str(folder / f"*.{file_format}")
+    options = {"pattern": pattern, "file_format": file_format, **_options()}
+    sequential = _run(
+        ComputeWindowedMetricsColumnar(output=str(tmp_path / "one" / "rows"), **options),
+        tmp_path / "one",
+    )
+    parallel = _run(
+        ComputeWindowedMetricsParallel(output=str(tmp_path / "two" / "rows"), shards=3, **options),
+        tmp_path / "two",
+        _MULTI,
+    )
+    assert parallel == sequential
+    assert sequential["duplicate"] > 0
+    assert sequential["dead_letter"] > 0
+    assert _files(tmp_path / "two" / "rows") == _files(tmp_path / "one" / "rows")
+    assert _letters(tmp_path / "two" / "dead") == _letters(tmp_path / "one" / "dead")
