@@ -74,6 +74,7 @@ __all__ = ["DEFAULT_SHARDS", "STAGES", "ComputeWindowedMetricsParallel", "stage_
 DEFAULT_SHARDS = 8
 _DEFAULT_SPLIT_BYTES = 16 << 20
 _CHUNK_ROWS = 1 << 20  # rows of a shard deduplicated and pre-aggregated at a time
+_LINE_BITS = 40  # an arrival position is file index * 2**40 + line (or record) number
 _CLOCK_NAMESPACE = "headwater.columnar"
 #: The stages whose wall-clock spans :func:`stage_spans` reads from a run's metrics.
 STAGES = ("plan", "decode", "dedup", "merge")
@@ -255,13 +256,19 @@ class _DecodeSplitFn(ComputeColumnarFn):
 
     def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
         """The block's accepted rows, with arrival positions, into per-shard Arrow batches."""
-        del elements
         rows = state.accepted(pieces, slow_rows)
         if rows is None:
             return
         origin = element(0).origin  # the block's first position: line (JSON) or record number
         base = origin["line"] if "line" in origin else origin["record"]
-        arrival = rows.positions.astype(np.int64) + base
+        del elements
+        last = base + int(rows.positions.max())
+        if last >= 1 << _LINE_BITS or self._file_index >= 1 << (63 - _LINE_BITS):
+            raise OverflowError(
+                f"file {self._file_index} line {base}: arrival positions hold up to 2**23 files "
+                "of 2**40 lines each"
+            )
+        arrival = rows.positions.astype(np.int64) + (base + (self._file_index << _LINE_BITS))
         columns: dict[str, Any] = {"a": arrival, "t": rows.ts, "k": rows.keys}
         if rows.ids is not None:
             columns["i"] = rows.ids
@@ -278,7 +285,6 @@ class _DecodeSplitFn(ComputeColumnarFn):
         for take in np.split(order, cuts):
             if len(take):
                 part = table.take(pa.array(take))
-                part = part.append_column("f", pa.array(np.full(len(take), self._file_index)))
                 self._out.append((int(shard[take[0]]), _to_ipc(part)))
 
 
@@ -299,7 +305,7 @@ class _DedupShardFn(beam.DoFn):
     def _dedup(self, element: tuple[int, Any]) -> Iterator[tuple[int, tuple[int, bytes]]]:
         shard, batches = element
         table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
-        order = np.lexsort((table.column("a").to_numpy(), table.column("f").to_numpy()))
+        order = np.argsort(table.column("a").to_numpy(), kind="stable")
         state = ColumnarState(self._options)
         fields = len(self._options.fields)
         for begin in range(0, len(order), _CHUNK_ROWS):
