@@ -328,3 +328,23 @@ def test_decoded_files_are_split_by_file_and_give_the_sequential_files(tmp_path,
     assert sequential["dead_letter"] > 0
     assert _files(tmp_path / "two" / "rows") == _files(tmp_path / "one" / "rows")
     assert _letters(tmp_path / "two" / "dead") == _letters(tmp_path / "one" / "dead")
+
+
+@pytest.mark.parametrize(
+    ("runner", "engine"),
+    [
+        ("DataflowRunner", "columnar-parallel"),
+        ("FlinkRunner", "columnar-parallel"),
+        ("PortableRunner", "columnar-parallel"),
+        ("PrismRunner", "columnar"),
+        ("FnApiRunner", "columnar"),
+    ],
+)
+def test_runners_with_remote_workers_build_the_parallel_path(tmp_path, runner, engine):
+    """Dataflow, Flink and portable runners get the parallel path; local one-worker runs do not."""
+    from headwater.pipelines import windowed_metrics
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
+    argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), f"--runner={runner}")
+    built = windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
+    assert built.engine == engine
