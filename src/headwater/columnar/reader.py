@@ -49,7 +49,7 @@ from headwater.io.fileio import (
     unreadable_file_letter,
 )
 
-_READ_CHUNK = 8 << 20  # bytes read from a file at a time
+_READ_CHUNK = 4 << 20  # bytes read from a file at a time (one block each)
 _BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time
 _PARSE_BYTES = 1 << 20  # JSON bytes per pyarrow call (a block's pieces are parsed in parallel)
 _MIN_BISECT_LINES = 256  # below this a refused piece is parsed line by line
@@ -261,28 +261,33 @@ def _json_pieces(path: str) -> Iterator[tuple[int, bytes]]:
     """``(first line number, bytes)`` pieces of a JSON-lines file, each ending at a newline.
 
     Compression is detected from the extension; a leading BOM is dropped; a last line without a
-    newline gets one. Pieces are about ``_BLOCK_BYTES``.
+    newline gets one. Pieces are about ``_BLOCK_BYTES``; each byte is copied once (the carried
+    part of a line joined to the chunk up to its last newline), not once per slice.
     """
     line = 1
     rest = b""
     first = True
     with FileSystems.open(path) as handle:
         while True:
-            chunk = handle.read(_READ_CHUNK)
-            data = rest + chunk
-            if first and data.startswith(b"\xef\xbb\xbf"):
-                data = data[3:]
+            raw = handle.read(_READ_CHUNK)
+            chunk = raw.removeprefix(b"\xef\xbb\xbf") if first else raw
             first = False
-            if not chunk:
-                if data:
-                    yield line, data + b"\n"
+            if not raw:
+                if rest:
+                    yield line, rest + b"\n"
                 return
-            cut = data.rfind(b"\n") + 1
+            cut = chunk.rfind(b"\n") + 1
             if cut == 0:
-                rest = data
+                rest += chunk
                 continue
-            block, rest = data[:cut], data[cut:]
-            for piece in _split(block, _BLOCK_BYTES):
+            carried = len(rest)
+            data = b"".join((rest, memoryview(chunk)[:cut])) if rest or cut < len(chunk) else chunk
+            rest = chunk[cut:]
+            # one read is one piece (with the line carried into it); a read larger than a block
+            # is cut into blocks
+            big = len(data) > _BLOCK_BYTES + carried
+            pieces = _split(data, _BLOCK_BYTES) if big else (data,)
+            for piece in pieces:
                 yield line, piece
                 line += piece.count(b"\n")
 
