@@ -820,8 +820,9 @@ def test_an_ancient_or_future_record_costs_itself_and_nothing_more():
 
 
 def test_a_start_note_far_ahead_moves_the_clock_up_instead_of_walking():
-    """The data jumps a day ahead: the shard's clock is re-armed there, not walked to it."""
-    fn = _RouteLateFn(FixedWindows(60), 0, 300 * S, wall_clock=lambda: 0.0)
+    """The data jumps a day (1,440 ticks) ahead: the clock is re-armed there, not walked; a
+    jump of a few ticks is walked, and a note from the wall clock's future is ignored."""
+    fn = _RouteLateFn(FixedWindows(60), 0, 300 * S, wall_clock=lambda: 30 * 24 * 3600.0)
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
     catching = _FakeValue()
 
@@ -837,3 +838,7 @@ def test_a_start_note_far_ahead_moves_the_clock_up_instead_of_walking():
     assert (armed.read(), timer.at) == (day + 60 * S - 300 * S, _ts(day - 240 * S))
     assert catching.read() == day - 240 * S + 300 * S  # distrusted until a horizon past it
     assert route({"id": 1}, 3600 * S) == [{"id": 1}]  # in the skipped stretch: unverified
+    assert route(_Start(day + 20 * 60 * S), day + 20 * 60 * S) == []  # 20 ticks on: walked
+    assert armed.read() == day - 240 * S
+    assert route(_Start(365 * day), 365 * day) == []  # a year ahead of the wall clock
+    assert armed.read() == day - 240 * S

@@ -46,8 +46,10 @@ Shards: no hot key
     counts each shard's records. Every spreader instance also sends each shard a *start note*
     with its first record, and again whenever its records move more than ``clock_horizon`` past
     its last note: every shard's clock starts with the data whether or not a record has reached
-    that shard yet (no idle shard judges without a clock), and a clock left more than
-    ``clock_horizon`` behind the data by a jump is moved up to it instead of walking there.
+    that shard yet (no idle shard judges without a clock), and a clock left more than 256 ticks
+    (and ``clock_horizon``) behind the data by a jump is moved up to it instead of walking
+    there; a shorter walk is taken, so every close stays verified. Records in the wall clock's
+    future send no note.
 
 Guarantee
     Every record either reaches its windows' panes downstream (on time, or as a late pane inside
@@ -136,6 +138,8 @@ _LOG = logging.getLogger(__name__)
 # A clock within this much of the wall clock is a live stream's: it keeps ticking through
 # silences of any length (one tick per window period), and stops only past the wall clock.
 _LIVE_MICROS = 24 * 3600 * 1_000_000
+# A clock further behind the data than this many ticks is moved up, not walked (see _far_behind).
+_JUMP_TICKS = 256
 
 
 class LateRouted(NamedTuple):
@@ -233,8 +237,8 @@ class _SpreadFn(beam.DoFn):
 
     Each instance (one per worker thread) sends a :class:`_Start` to every shard with its first
     record, and again whenever its records move more than ``clock_horizon`` past the last note:
-    so every shard's clock runs from the start of the data, idle or not, and a clock left behind
-    by a jump of the data is moved up instead of walking there.
+    so every shard's clock runs from the start of the data, idle or not, and a clock left far
+    behind by a jump of the data is moved up instead of walking there.
     """
 
     def __init__(self, shards: int, horizon_micros: int):
@@ -251,10 +255,11 @@ class _SpreadFn(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
-        if self._noted is None or micros > self._noted + self._horizon_micros:
+        future = micros > time.time() * 1_000_000 + self._horizon_micros  # a wrong clock
+        if not future and (self._noted is None or micros > self._noted + self._horizon_micros):
             self._noted = micros
             for shard in range(self._shards):
-                yield beam.window.TimestampedValue((shard, _Start(micros)), timestamp)
+                yield beam_window.TimestampedValue((shard, _Start(micros)), timestamp)
         shard = self._next
         self._next = (shard + 1) % self._shards
         self._spread[shard].inc()
@@ -312,8 +317,10 @@ class _RouteLateFn(beam.DoFn):
         windows = self._clock.windows(timestamp.micros, record)
         closes = self._clock.closes(windows)
         if isinstance(record, _Start):
+            if min(closes) > self._wall_micros() + self._horizon_micros:
+                return  # a note from the wall clock's future (a producer's wrong clock)
             start = self._clock.first_at_or_after(min(closes) - self._horizon_micros)
-            if armed_at is None or start > armed_at:  # first note, or the data jumped ahead
+            if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
                 timer.set(Timestamp(micros=start))
                 armed_state.write(start)
                 if known_wm is not None or armed_at is not None:  # not the stream's start
@@ -330,7 +337,10 @@ class _RouteLateFn(beam.DoFn):
             )
             return
         self._note_newest(newest_state, max(open_closes))
-        if armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
+        future = min(open_closes) > self._wall_micros() + self._horizon_micros
+        if armed_at is None and known_wm == _MIN_MICROS and future:
+            pass  # on time; a clock started in the wall clock's future would never tick
+        elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
             armed_at = self._clock.first_at_or_after(min(open_closes) - self._horizon_micros)
             timer.set(Timestamp(micros=armed_at))
             armed_state.write(armed_at)
@@ -348,6 +358,13 @@ class _RouteLateFn(beam.DoFn):
             self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
+
+    def _far_behind(self, armed_at: int, start: int) -> bool:
+        """Whether walking the clock from ``armed_at`` up to ``start`` takes over
+        ``_JUMP_TICKS`` ticks: then it is moved up instead (a jump of the data, e.g. from a
+        first record far in the past); a shorter walk keeps every close verified."""
+        step = max(1, self._clock.next_after(armed_at) - armed_at)
+        return start - armed_at > max(self._horizon_micros, _JUMP_TICKS * step)
 
     def _note_newest(self, newest_state: Any, close: int) -> None:
         # A close in the wall clock's future (a producer's wrong clock) does not extend the
