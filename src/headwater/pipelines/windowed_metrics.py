@@ -15,12 +15,11 @@ aggregated field.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from headwater.columnar import (
     ComputeWindowedMetricsColumnar,
@@ -114,17 +113,16 @@ _REMOTE_RUNNERS = ("dataflow", "flink", "portable")
 def _runs_parallel(config: RunConfig, options: PipelineOptions) -> bool:
     """Whether the columnar batch path runs in parallel (else on one worker, in one step).
 
-    ``--columnar_shards=N`` asks for it; without it, it runs in parallel when the run has more
-    than one worker: ``--direct_num_workers`` other than 1 (0: one per core) on the local
-    runners, or a runner with remote workers (Dataflow, Flink, portable).
+    ``--columnar_shards=N`` asks for it; without it, it runs in parallel on a runner with
+    remote workers (Dataflow, Flink, portable). Local runs keep the one-step path: with
+    ``--direct_num_workers=2`` the parallel form measured slower on this kind of machine
+    (``make bench``, ``scale_out``: every shuffled byte passes through the local runner's one
+    Python process), so it is taken there only when asked for.
     """
     if config.get("columnar_shards") is not None:
         return True
     runner = str(options.view_as(StandardOptions).runner or "direct").lower()
-    if runner.removesuffix("runner") in _REMOTE_RUNNERS:
-        return True
-    workers = options.view_as(DirectOptions).direct_num_workers
-    return "prism" not in runner and (workers if workers != 0 else os.cpu_count() or 1) > 1
+    return runner.removesuffix("runner") in _REMOTE_RUNNERS
 
 
 def _columnar(
