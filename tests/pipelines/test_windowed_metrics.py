@@ -61,33 +61,3 @@ def test_every_early_trigger_is_refused_by_run_in_batch(tmp_path, trigger):
     """run() raises ValueError naming --trigger for every form with early panes."""
     with pytest.raises(ValueError, match=f"--trigger={trigger} in a batch run"):
         windowed_metrics.run(_argv(tmp_path, f"--trigger={trigger}"))
-
-
-def test_records_judged_without_a_late_clock_are_counted_in_the_summary(tmp_path, capsys):
-    """A replay of past event time with a silence longer than the router's clock horizon: the
-    straggler after it cannot be judged, and the summary counts and warns about it."""
-    source = tmp_path / "events.jsonl"
-    times = [1_000, 2_000, 3_000] + [7_200_000 + 1_000 * i for i in range(40)] + [1_800_000]
-    records = [
-        {"event_id": f"e{i}", "user_id": f"u{i % 3}", "event_time": t, "amount": 1}
-        for i, t in enumerate(times)
-    ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = windowed_metrics.run(
-        [
-            f"--input={source}",
-            f"--output={tmp_path / 'rows'}",
-            f"--dead_letter={tmp_path / 'dlq'}",
-            "--event_time_field=event_time",
-            "--id_field=event_id",
-            "--key_field=user_id",
-            "--metrics=count",
-            "--window=fixed:60s",
-            "--replay_as_stream",
-            "--replay_engine=teststream",
-        ]
-    )
-    assert summary["late_unverified"] >= 1
-    assert "records went to their windows without a verified late-data clock" in (
-        capsys.readouterr().out
-    )

@@ -38,9 +38,9 @@ watermark fires before the next records arrive; the tests replay generated and a
 streams through both and compare rows, late envelopes and counters. Where the two can differ
 the record path counts it: a record its router judges without a running clock (after a silence
 longer than ``clock_horizon`` in past event time, or older than the data's first windows before
-the first tick) goes on unverified (``headwater/late_routing.unverified``, in the run summary) and the
-GroupByKey drops it if its window has expired. This path knows
-the watermark exactly, so such a record goes to ``late``.
+the first tick) goes on unverified (``headwater/late_routing.unverified``, in the run
+summary) and the GroupByKey drops it if its window has expired. This path knows the watermark
+exactly, so such a record goes to ``late``.
 
 Accounting: ``records_in == output + duplicate + dead_letter + late``, counted in bulk per
 block under the ``headwater`` namespace, like the record path.

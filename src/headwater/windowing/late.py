@@ -66,10 +66,10 @@ Guarantee
     session record up to one gap beyond ``allowed_lateness`` may come out in a late pane
     instead of ``late`` -- still counted, never dropped.
 
-    When the clock runs. A shard's clock starts ``clock_horizon`` before the first window
-    close of the data (the first start note) and keeps ticking while the next tick is within
-    ``clock_horizon`` of the newest close seen, or within a day before to ``clock_horizon``
-    after the wall clock: so on a live stream it ticks through silences of any length (one
+    When the clock runs. A shard's clock starts ``clock_horizon`` (at most 16 window periods)
+    before the first window close of the data (the first start note) and keeps ticking while
+    the next tick is within ``clock_horizon`` of the newest close seen, or within a day before
+    the wall clock: so on a live stream it ticks through silences of any length (one
     tick per window period) and idle shards keep their clocks. It stops only on past event
     time (a replay of history) after a silence longer than ``clock_horizon``, and when the
     watermark runs past the data and the wall clock (the end of a stream, a drain).
@@ -140,6 +140,8 @@ _LOG = logging.getLogger(__name__)
 _LIVE_MICROS = 24 * 3600 * 1_000_000
 # A clock further behind the data than this many ticks is moved up, not walked (see _far_behind).
 _JUMP_TICKS = 256
+# A clock starts at most this many ticks before the data's first close (see _start_for).
+_LEAD_TICKS = 16
 
 
 class LateRouted(NamedTuple):
@@ -319,7 +321,7 @@ class _RouteLateFn(beam.DoFn):
         if isinstance(record, _Start):
             if min(closes) > self._wall_micros() + self._horizon_micros:
                 return  # a note from the wall clock's future (a producer's wrong clock)
-            start = self._clock.first_at_or_after(min(closes) - self._horizon_micros)
+            start = self._start_for(min(closes))
             if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
                 timer.set(Timestamp(micros=start))
                 armed_state.write(start)
@@ -341,7 +343,7 @@ class _RouteLateFn(beam.DoFn):
         if armed_at is None and known_wm == _MIN_MICROS and future:
             pass  # on time; a clock started in the wall clock's future would never tick
         elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
-            armed_at = self._clock.first_at_or_after(min(open_closes) - self._horizon_micros)
+            armed_at = self._start_for(min(open_closes))
             timer.set(Timestamp(micros=armed_at))
             armed_state.write(armed_at)
         elif armed_at is None:  # stopped after a silence: resume at the next close on the grid
@@ -358,6 +360,13 @@ class _RouteLateFn(beam.DoFn):
             self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
+
+    def _start_for(self, close: int) -> int:
+        """Where a clock starts for data whose earliest close is ``close``: ``clock_horizon``
+        before it, but at most ``_LEAD_TICKS`` ticks (short windows would walk a long lead
+        before any window could close, delaying every result)."""
+        step = max(1, self._clock.next_after(close) - close)
+        return self._clock.first_at_or_after(close - min(self._horizon_micros, _LEAD_TICKS * step))
 
     def _far_behind(self, armed_at: int, start: int) -> bool:
         """Whether walking the clock from ``armed_at`` up to ``start`` takes over
@@ -411,7 +420,7 @@ class _RouteLateFn(beam.DoFn):
         newest = newest_state.read()
         near_data = newest is not None and following <= newest + self._horizon_micros
         wall = self._wall_micros()
-        live = wall - _LIVE_MICROS <= following <= wall + self._horizon_micros
+        live = wall - _LIVE_MICROS <= following <= wall
         if near_data or live:
             timer.set(Timestamp(micros=following))
             armed_state.write(following)

@@ -9,6 +9,7 @@ the range with no residual.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,15 +134,31 @@ class PartitionTracker(OffsetRestrictionTracker):
             key = getattr(self._range, "key", None)
             known = None if key is None else END_OFFSETS.latest(*key)
             if known is None:
-                return super().current_progress()
+                return _finite(super().current_progress())
             end = known
-        return RestrictionProgress(
-            completed=float(done - self._range.start), remaining=float(max(0, end - done))
+        return _finite(
+            RestrictionProgress(
+                completed=float(done - self._range.start), remaining=float(max(0, end - done))
+            )
         )
 
     def ends_now(self) -> bool:
         """Whether the read stops here: past its deadline, or an unbounded range drained."""
         return read_ends(self._range, self._clock)
+
+
+_LEAST_SIZE = 1e-3  # the size of an unbounded range with nothing left to read
+
+
+def _finite(progress: RestrictionProgress) -> RestrictionProgress:
+    """``progress``, or no work done of one left when it has no finite fraction: Beam's split
+    arithmetic turns a NaN fraction into an error that fails the bundle (seen on Prism)."""
+    completed, remaining = progress.completed_work, progress.remaining_work
+    fraction = progress.fraction_completed
+    finite = all(math.isfinite(v) for v in (completed, remaining, fraction))
+    if finite and completed + remaining > 0:
+        return progress
+    return RestrictionProgress(completed=0.0, remaining=_LEAST_SIZE)
 
 
 class PartitionRestrictions(RestrictionProvider):
@@ -168,7 +185,8 @@ class PartitionRestrictions(RestrictionProvider):
             end = END_OFFSETS.latest(element.topic, element.partition)
             if end is None:
                 return 1.0
-            return float(max(0, end - restriction.start))
+            # Never 0: a runner divides by sizes (Prism's split fraction became NaN at a drain).
+            return max(_LEAST_SIZE, float(end - restriction.start))
         return float(restriction.stop - restriction.start)
 
     def truncate(self, element: PartitionRead, restriction: PartitionRange):
