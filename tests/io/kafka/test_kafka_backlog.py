@@ -123,9 +123,11 @@ def test_reader_learns_the_end_offset_and_reports_nothing_left_once_read(
     assert END_OFFSETS.latest(topic, 0) == BACKLOG
     assert tracker.current_progress().remaining_work == 0
     assert restriction.start == BACKLOG
-    assert RESTRICTIONS.restriction_size(element, restriction) == 0
-    # The residual's own tracker, before any claim: nothing left to read.
-    assert _progress(RESTRICTIONS.create_tracker(restriction)) == (0, 0)
+    # Nothing left: the least size, never 0 (runners divide by sizes and fractions).
+    assert RESTRICTIONS.restriction_size(element, restriction) < 0.01
+    # The residual's own tracker, before any claim: nothing left to read (a finite fraction).
+    completed, remaining = _progress(RESTRICTIONS.create_tracker(restriction))
+    assert completed == 0 and remaining < 0.01
 
 
 def test_end_offsets_are_queried_at_a_bounded_rate(kafka_bootstrap, make_kafka_topic):
