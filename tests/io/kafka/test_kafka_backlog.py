@@ -127,7 +127,8 @@ def test_reader_learns_the_end_offset_and_reports_nothing_left_once_read(
     assert RESTRICTIONS.restriction_size(element, restriction) < 0.01
     # The residual's own tracker, before any claim: nothing left to read (a finite fraction).
     completed, remaining = _progress(RESTRICTIONS.create_tracker(restriction))
-    assert completed == 0 and remaining < 0.01
+    assert completed == 0
+    assert remaining < 0.01
 
 
 def test_end_offsets_are_queried_at_a_bounded_rate(kafka_bootstrap, make_kafka_topic):
