@@ -164,38 +164,6 @@ def plan_splits(index: int, path: str, file_format: str, split_bytes: int) -> li
     ]
 
 
-def _range_pieces(path: str, start: int, end: int | None, first_line: int) -> Iterator[Any]:
-    """``(first line number, bytes)`` pieces of bytes ``[start, end)`` of a JSON-lines file.
-
-    As the reader's own pieces: a leading BOM dropped (at the file's start), a last line without
-    a newline given one, pieces of about ``reader._BLOCK_BYTES`` ending at newlines.
-    """
-    line = first_line
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.seek(start)
-        left = None if end is None else end - start
-        rest = b""
-        at_start = start == 0
-        while True:
-            want = reader._READ_CHUNK if left is None else min(reader._READ_CHUNK, left)
-            chunk = handle.read(want) if want else b""
-            if left is not None:
-                left -= len(chunk)
-            data = rest + chunk
-            if at_start and data.startswith(b"\xef\xbb\xbf"):
-                data = data[3:]
-            at_start = False
-            if not chunk:
-                if data:
-                    yield line, data if data.endswith(b"\n") else data + b"\n"
-                return
-            cut = data.rfind(b"\n") + 1
-            block, rest = data[:cut], data[cut:]
-            for piece in reader._split(block, reader._BLOCK_BYTES):
-                yield line, piece
-                line += piece.count(b"\n")
-
-
 def _to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -243,7 +211,7 @@ class _DecodeSplitFn(ComputeColumnarFn):
         self._file_index = index
         state = ColumnarState(self._options)
         if self._options.file_format == "json":
-            pieces = _range_pieces(path, start, end, first_line)
+            pieces = reader._json_pieces(path, start, end, first_line)
             blocks = self._json_blocks(state, path, pieces)
         else:
             blocks = self._blocks_of(state, path)

@@ -257,19 +257,31 @@ class _PendingBlock:
     tables: list[concurrent.futures.Future]  # their parsed tables (None: refused)
 
 
-def _json_pieces(path: str) -> Iterator[tuple[int, bytes]]:
+def _json_pieces(
+    path: str, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[tuple[int, bytes]]:
     """``(first line number, bytes)`` pieces of a JSON-lines file, each ending at a newline.
 
     Compression is detected from the extension; a leading BOM is dropped; a last line without a
     newline gets one. Pieces are about ``_BLOCK_BYTES``; each byte is copied once (the carried
-    part of a line joined to the chunk up to its last newline), not once per slice.
+    part of a line joined to the chunk up to its last newline), not once per slice. ``start``,
+    ``end`` and ``first_line`` read bytes ``[start, end)`` of an uncompressed file whose line
+    ``first_line`` starts at ``start`` (a split of :mod:`headwater.columnar.parallel`).
     """
-    line = 1
+    line = first_line
     rest = b""
-    first = True
-    with FileSystems.open(path) as handle:
+    first = start == 0
+    ranged = start > 0 or end is not None
+    left = None if end is None else end - start
+    compression = CompressionTypes.UNCOMPRESSED if ranged else CompressionTypes.AUTO
+    with FileSystems.open(path, compression_type=compression) as handle:
+        if start:
+            handle.seek(start)
         while True:
-            raw = handle.read(_READ_CHUNK)
+            want = _READ_CHUNK if left is None else min(_READ_CHUNK, left)
+            raw = handle.read(want) if want else b""
+            if left is not None:
+                left -= len(raw)
             chunk = raw.removeprefix(b"\xef\xbb\xbf") if first else raw
             first = False
             if not raw:
