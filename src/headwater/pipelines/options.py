@@ -402,10 +402,10 @@ FLAGS: dict[str, Flag] = {
             "columnar_shards",
             "Columnar shards",
             "Run the columnar batch path (files in batch) in parallel, its dedup spread over N "
-            "id-hash shards. It runs in parallel with 8 shards by default when the run has more "
-            "than one worker (--direct_num_workers other than 1, Dataflow, Flink, a portable "
-            "runner); this flag asks for it on one worker too, or sets the shards. Refused when "
-            "the run does not take the columnar batch path.",
+            "id-hash shards. It runs in parallel with 8 shards by default on runners with remote "
+            "workers (Dataflow, Flink, a portable runner); local runs keep the one-step path "
+            "unless this flag asks for it (it also sets the shards). Refused when the run does "
+            "not take the columnar batch path.",
             type=_positive_int,
             regex=_POSITIVE_INT_RE,
         ),

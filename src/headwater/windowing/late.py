@@ -228,6 +228,12 @@ class _Clock:
         return micros if self._gap_micros is not None else self.next_after(micros - 1)
 
 
+def _future_after(wall_seconds: float, horizon_micros: int) -> int:
+    """Event times past this are in the wall clock's future (a producer's wrong clock): they
+    neither start nor extend a clock."""
+    return round(wall_seconds * 1_000_000) + horizon_micros
+
+
 class _Start(NamedTuple):
     """A spreader's note to every shard: records have begun (again) at ``micros`` of event time."""
 
@@ -248,6 +254,7 @@ class _SpreadFn(beam.DoFn):
         self._horizon_micros = horizon_micros
         self._noted: int | None = None
         self._next = 0
+        self._future = _future_after(time.time(), horizon_micros)
         self._spread = [
             Metrics.counter(_NAMESPACE, f"late_routing.shard_{i}") for i in range(shards)
         ]
@@ -255,9 +262,12 @@ class _SpreadFn(beam.DoFn):
     def setup(self) -> None:
         self._next = random.randrange(self._shards)  # workers start on different shards
 
+    def start_bundle(self) -> None:
+        self._future = _future_after(time.time(), self._horizon_micros)  # once per bundle
+
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
-        future = micros > time.time() * 1_000_000 + self._horizon_micros  # a wrong clock
+        future = micros > self._future  # a producer's wrong clock: no note
         if not future and (self._noted is None or micros > self._noted + self._horizon_micros):
             self._noted = micros
             for shard in range(self._shards):
@@ -290,6 +300,7 @@ class _RouteLateFn(beam.DoFn):
         self._lateness_micros = lateness_micros
         self._horizon_micros = horizon_micros
         self._wall_clock = wall_clock
+        self._wall: int | None = None
         self._clock = _Clock(window_fn, lateness_micros)
         # Session closes fall between the clock's ticks (one gap apart), fixed ones on them.
         self._off_grid_micros = (
@@ -319,7 +330,7 @@ class _RouteLateFn(beam.DoFn):
         windows = self._clock.windows(timestamp.micros, record)
         closes = self._clock.closes(windows)
         if isinstance(record, _Start):
-            if min(closes) > self._wall_micros() + self._horizon_micros:
+            if min(closes) > self._future():
                 return  # a note from the wall clock's future (a producer's wrong clock)
             start = self._start_for(min(closes))
             if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
@@ -339,7 +350,7 @@ class _RouteLateFn(beam.DoFn):
             )
             return
         self._note_newest(newest_state, max(open_closes))
-        future = min(open_closes) > self._wall_micros() + self._horizon_micros
+        future = min(open_closes) > self._future()
         if armed_at is None and known_wm == _MIN_MICROS and future:
             pass  # on time; a clock started in the wall clock's future would never tick
         elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
@@ -378,14 +389,22 @@ class _RouteLateFn(beam.DoFn):
     def _note_newest(self, newest_state: Any, close: int) -> None:
         # A close in the wall clock's future (a producer's wrong clock) does not extend the
         # clock: that record costs itself and nothing more.
-        if close > self._wall_micros() + self._horizon_micros:
+        if close > self._future():
             return
         newest = newest_state.read()
         if newest is None or close > newest:
             newest_state.write(close)
 
+    def start_bundle(self) -> None:
+        self._wall = None  # read the wall clock once per bundle, not per record
+
     def _wall_micros(self) -> int:
-        return round(self._wall_clock() * 1_000_000)
+        if self._wall is None:
+            self._wall = round(self._wall_clock() * 1_000_000)
+        return self._wall
+
+    def _future(self) -> int:
+        return _future_after(self._wall_micros() / 1_000_000, self._horizon_micros)
 
     def _unverify(self) -> None:
         """A record judged on time without a running clock: the windowing step may drop it."""
