@@ -46,7 +46,7 @@ The output is the ``PCollection`` of final paths.
 **Written once** -- a (window, shard, pane) file, once written, is never replaced
 (:func:`write_once`): the same bytes again (a retried bundle; a restarted job that re-read all
 of a window's records) are a no-op, other bytes are *kept out*: the earlier file stays, the new
-pane is not written (logged at INFO, counted as ``headwater.io/window_files_kept``). That is
+pane is not written (logged as a warning, counted as ``headwater.io/window_files_kept``). That is
 what a streaming job restarted from committed offsets needs: it re-reads records after the last
 committed offset, and those of a window an earlier job already wrote form a pane 0 holding only
 the re-read part (a subset of what the earlier file holds, or records that job routed to its
@@ -838,7 +838,7 @@ class _WriteGroupFn(beam.DoFn):
             self._rows.inc(len(ordered))
         else:  # an earlier job (a restart re-read part of this window) wrote this pane
             self._kept.inc()
-            _LOG.info(
+            _LOG.warning(  # rows counted as output that this folder does not hold: say so
                 "kept %s, written earlier with other rows (%d rows of this pane not written)",
                 path,
                 len(ordered),
