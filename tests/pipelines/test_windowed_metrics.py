@@ -61,3 +61,29 @@ def test_every_early_trigger_is_refused_by_run_in_batch(tmp_path, trigger):
     """run() raises ValueError naming --trigger for every form with early panes."""
     with pytest.raises(ValueError, match=f"--trigger={trigger} in a batch run"):
         windowed_metrics.run(_argv(tmp_path, f"--trigger={trigger}"))
+
+
+def test_summary_warns_about_records_judged_without_a_late_clock():
+    """A summary with late_unverified prints a warning line with the count; none without it."""
+    import io
+
+    from headwater.pipelines.running import print_summary
+
+    summary = {
+        "pipeline": "windowed_metrics",
+        "runner": "PrismRunner",
+        "records_in": 10,
+        "wall_s": 1.0,
+        "output": 9,
+        "duplicate": 0,
+        "dead_letter": 0,
+        "late": 1,
+        "identity_holds": True,
+    }
+    quiet, warned = io.StringIO(), io.StringIO()
+    print_summary(summary, quiet)
+    print_summary({**summary, "late_unverified": 3}, warned)
+    assert "WARNING" not in quiet.getvalue()
+    assert "WARNING: 3 records went to their windows without a verified late-data clock" in (
+        warned.getvalue()
+    )
