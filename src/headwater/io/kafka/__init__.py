@@ -45,8 +45,8 @@ Delivery guarantee
 
 Backlog
     The reader learns each partition's end offset (at most every 5 s per partition) and reports
-    what is left to read in messages: its restriction tracker's ``current_progress()``
-    (completed / remaining) and, for an unbounded range, ``restriction_size``; and per partition
+    what is left to read in messages: for an unbounded range its ``restriction_size`` (a
+    bounded range's tracker progress counts messages too); and per partition
     the Beam gauges ``consumer_lag_messages/<topic>/<partition>`` and
     ``consumer_lag_bytes/<topic>/<partition>`` (namespace ``headwater``). See
     :mod:`headwater.io.kafka.backlog` and docs/operations.md, "Backlog".

@@ -7,9 +7,9 @@ its consumer with ``get_watermark_offsets`` -- the value cached from the last fe
 never per record, and keeps the answer in :data:`END_OFFSETS`, shared by the worker process.
 From it:
 
-* the restriction tracker's ``current_progress()`` reports ``completed`` (offsets claimed) and
-  ``remaining`` (end offset - next offset, in messages), which Beam's SDK harness sends to the
-  runner as the step's ``work_completed`` / ``work_remaining`` progress;
+* the restriction tracker's ``current_progress()`` reports messages for a bounded range only;
+  for an unbounded one it stays Beam's fraction of the offset range (message counts there made
+  Prism split at NaN fractions and fail the bundle at every drain);
 * ``restriction_size`` of an unbounded range (the residual a caught-up read hands back at every
   checkpoint) is the messages from its start to the latest known end offset (``1.0`` before any
   end offset is known);

@@ -123,22 +123,22 @@ class PartitionTracker(OffsetRestrictionTracker):
         return super().try_split(fraction_of_remainder)
 
     def current_progress(self) -> RestrictionProgress:
-        """Offsets claimed (``completed``) and left to read (``remaining``), in messages.
+        """Offsets claimed (``completed``) and left to read (``remaining``), in messages, for a
+        bounded range; for an unbounded one Beam's own fraction of the offset range.
 
-        The end of an unbounded range is its partition's latest known end offset (see
-        :mod:`headwater.io.kafka.backlog`); before one is known, Beam's fraction of the range.
+        An unbounded range's backlog in messages is its size
+        (:meth:`PartitionRestrictions.restriction_size`) and the ``consumer_lag_*`` gauges, not
+        its progress: reported as progress, a caught-up
+        partition's few remaining messages made Prism ask for a split at a NaN fraction (the SDK
+        then fails the bundle), seen on every drain of the Prism streaming bench.
         """
+        if self._range.stop >= UNBOUNDED_STOP:
+            return _finite(super().current_progress())
         done = self._range.start if self._current_position is None else self._current_position + 1
-        end = self._range.stop
-        if end >= UNBOUNDED_STOP:
-            key = getattr(self._range, "key", None)
-            known = None if key is None else END_OFFSETS.latest(*key)
-            if known is None:
-                return _finite(super().current_progress())
-            end = known
         return _finite(
             RestrictionProgress(
-                completed=float(done - self._range.start), remaining=float(max(0, end - done))
+                completed=float(done - self._range.start),
+                remaining=float(max(0, self._range.stop - done)),
             )
         )
 
@@ -147,7 +147,7 @@ class PartitionTracker(OffsetRestrictionTracker):
         return read_ends(self._range, self._clock)
 
 
-_LEAST_SIZE = 1e-3  # the size of an unbounded range with nothing left to read
+_LEAST_SIZE = 1e-3  # the size of an unbounded range that has nothing left to read
 
 
 def _finite(progress: RestrictionProgress) -> RestrictionProgress:
