@@ -73,6 +73,7 @@ __all__ = [
     "is_local",
     "is_portable",
     "prepare",
+    "runs_here",
     "wait_for",
     "waits_for_result",
 ]
@@ -127,6 +128,16 @@ def _loopback(options: PipelineOptions) -> bool:
     return (options.view_as(PortableOptions).environment_type or "").upper() == "LOOPBACK"
 
 
+def runs_here(runner: str, options: PipelineOptions | None) -> bool:
+    """Whether a run's SDK workers are this process: a local runner, Prism, or a portable
+    runner with ``--environment_type=LOOPBACK`` (its progress can be counted here)."""
+    return (
+        is_local(runner)
+        or runner == PRISM_RUNNER
+        or (is_portable(runner) and options is not None and _loopback(options))
+    )
+
+
 def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -> str:
     """Waits for a run to end and returns its final state (``"DONE"``, ``"CANCELLED"`` ...).
 
@@ -136,10 +147,7 @@ def wait_for(result: Any, runner: str, options: PipelineOptions | None = None) -
     window is closed and written, the job ends by itself); a second one cancels it (windows
     still open are not written). Either way the job is not left running in the background.
     """
-    here = runner == PRISM_RUNNER or (
-        is_portable(runner) and options is not None and _loopback(options)
-    )
-    if not here:
+    if is_local(runner) or not runs_here(runner, options):
         return _state_name(result.wait_until_finish())
     from headwater.io.kafka import request_drain, reset_drain
 

@@ -214,7 +214,7 @@ def run_pipeline(
         )
     reset_drain()  # a drain asked for in an earlier run of this process does not stop this one
     # A run whose workers are this process shows progress lines while it runs (not with -q).
-    in_process = local or runner == runners.PRISM_RUNNER
+    in_process = runners.runs_here(runner, options)
     with (
         ProgressLines(period=progress_period() if in_process else None),
         MetricsEndpoint(values.get("metrics_port"), labels={"pipeline": name}) as endpoint,
