@@ -41,24 +41,29 @@ REPLAY = ["--dead_letter_input=gs://hw-bucket/dlq/*.jsonl", "--dead_letter=gs://
 # batch: a read that ends (files, or Kafka up to its end offsets); streaming: --streaming, as
 # `headwater run` submits an unbounded Kafka read or a --streaming job.
 BATCH, STREAMING = [], ["--streaming"]
+# ... committing offsets as the outcomes are written (the commit steps are stateful too)
+COMMIT = ["--commit_offsets", "--group_id=g", "--start=committed", *STREAMING]
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "windowed_metrics": {
         "files-batch": [*FILES, *DEAD, *BATCH],
         "files-streaming": [*FILES, *DEAD, *STREAMING],
         "kafka-batch": [*KAFKA, "--stop_at_end", "--output=gs://hw-bucket/out", *DEAD],
         "kafka-streaming": [*KAFKA, "--output=gs://hw-bucket/out", *DEAD, *STREAMING],
+        "kafka-streaming-commit": [*KAFKA, "--output=gs://hw-bucket/out", *DEAD, *COMMIT],
     },
     "stream_etl": {
         "files-batch": [*FILES, *DEAD, *BATCH],
         "files-streaming": [*FILES, *DEAD, *STREAMING],
         "kafka-batch": [*KAFKA, "--stop_at_end", "--output=gs://hw-bucket/out", *DEAD],
         "kafka-streaming": [*KAFKA, "--output=gs://hw-bucket/out", *DEAD, *STREAMING],
+        "kafka-streaming-commit": [*KAFKA, "--output=gs://hw-bucket/out", *DEAD, *COMMIT],
     },
     "kafka_to_kafka": {
         "files-batch": [FILES[0], "--bootstrap_servers=broker:9092", *TOPICS, *BATCH],
         "files-streaming": [FILES[0], "--bootstrap_servers=broker:9092", *TOPICS, *STREAMING],
         "kafka-batch": [*KAFKA, "--stop_at_end", *TOPICS],
         "kafka-streaming": [*KAFKA, *TOPICS, *STREAMING],
+        "kafka-streaming-commit": [*KAFKA, *TOPICS, *COMMIT],
     },
     "replay_dead_letters": {
         f"{target}-{mode}": [

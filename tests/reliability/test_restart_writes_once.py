@@ -3,11 +3,11 @@
 On Prism with a real broker: ``windowed_metrics`` reads a two-partition topic unbounded, commits
 its offsets to a consumer group and writes Parquet window files. The job is killed (SIGKILL, its
 whole process tree: the runner loses every open window) after two windows were written and
-offsets committed, the group is set back to the start of a wave whose records lie partly in a
-written window (what a commit that follows the window writes would leave: the job died after
-writing the window, before committing the offsets of the records in it), and a second job
-resumes with ``--start=committed`` into the same folders while more records arrive. Its folders
-must equal, file for file and byte for byte, those of one uninterrupted job over the same topic.
+offsets committed. The commit follows the writes (``headwater.io.kafka.ledger``): every record
+before a committed offset is in a written window (or a duplicate), and the records of the open
+windows are not committed. A second job resumes from the committed offsets as they are, into the
+same folders, while more records arrive. Its folders must equal, file for file and byte for byte,
+those of one uninterrupted job over the same topic.
 
 The events are the streaming suite's waves (``tests/runners/test_prism_streaming.py``: 16 events
 per 4 s of event time, shuffled, two exact re-deliveries each; bounded out-of-orderness 5 s),
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import random
 import signal
@@ -56,7 +57,7 @@ PARTITIONS = _streaming.PARTITIONS
 LINES_PER_WAVE = _streaming.PER_WAVE + 2
 FIRST_WAVES = 8  # event time [0 s, 32 s): windows [0, 10) and [10, 20) close while it runs
 LATER_WAVES = 4  # [32 s, 48 s), produced while the restarted job runs
-REREAD_WAVE = 2  # [8 s, 12 s): its records of window [0, 10) are read again after the restart
+TOTAL = (FIRST_WAVES + LATER_WAVES) * LINES_PER_WAVE
 
 
 def _descendants(pid: int) -> list[int]:
@@ -99,15 +100,13 @@ def _offsets(bootstrap: str, topic: str, group: str) -> list[int]:
         consumer.close()
 
 
-def _set_offsets(bootstrap: str, topic: str, group: str, offsets: list[int]) -> None:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        parts = [TopicPartition(topic, p, o) for p, o in enumerate(offsets)]
-        consumer.commit(offsets=parts, asynchronous=False)
-    finally:
-        consumer.close()
+def _window_starts(lines: list[bytes]) -> list[list[int]]:
+    """Per partition, by offset: the start (s after BASE_MS) of each record's window."""
+    starts: list[list[int]] = [[] for _ in range(PARTITIONS)]
+    for i, line in enumerate(lines):  # produced round-robin: line i -> partition i % 2
+        at_s = (json.loads(line)["event_time"] - _streaming.BASE_MS) / 1000
+        starts[i % PARTITIONS].append(int(at_s // _streaming.WINDOW_S) * _streaming.WINDOW_S)
+    return starts
 
 
 def _folder(out: Path) -> dict[str, bytes]:
@@ -120,15 +119,15 @@ def _folder(out: Path) -> dict[str, bytes]:
 
 
 def _run_until_read(
-    job: Any, wait: Callable[..., Any], bootstrap: str, topic: str, group: str, count: int
+    job: Any, wait: Callable[..., Any], count: int, committed: Callable[[], list[int]]
 ) -> dict[str, Any]:
-    wait(
-        lambda: sum(max(o, 0) for o in _offsets(bootstrap, topic, group)) == count,
-        what=f"all {count} records read by {group}",
-        job=job,
-    )
+    """Drains the job once it has read ``count`` records; its summary. The drain writes every
+    open window, after which the group has committed every record: the end offsets."""
+    wait(lambda: job.records_read() == count, what=f"{count} records read", job=job)
     job.drain()
-    return job.finish()
+    summary = job.finish()
+    assert committed() == [TOTAL // PARTITIONS] * PARTITIONS, "the drained job's commit"
+    return summary
 
 
 def test_killed_and_restarted_job_writes_the_files_of_an_uninterrupted_run(
@@ -152,26 +151,35 @@ def test_killed_and_restarted_job_writes_the_files_of_an_uninterrupted_run(
 
     killed = start_stream_job("windowed_metrics", argv, "killed")
     wait_until(lambda: _streaming._window_file(metrics, 10), what="window [10 s, 20 s)", job=killed)
-    reread_from = REREAD_WAVE * LINES_PER_WAVE // PARTITIONS
     wait_until(
-        lambda: min(_offsets(kafka_bootstrap, topic, group)) >= reread_from,
-        what="offsets committed past the re-read wave",
+        lambda: min(_offsets(kafka_bootstrap, topic, group)) > 0,
+        what="offsets committed in every partition",
         job=killed,
     )
     _kill_job(killed)
     written = _folder(metrics)
-    assert any(name.startswith("window_start=2023-11-14T22:14:00Z/") for name in written)
-    # The job died after writing window [0 s, 10 s) but before committing the offsets of the
-    # records in it: a commit that follows the window writes would stand at most here.
-    _set_offsets(kafka_bootstrap, topic, group, [reread_from] * PARTITIONS)
+    assert {name.split("/")[0] for name in written} == {
+        "window_start=2023-11-14T22:14:00Z",
+        "window_start=2023-11-14T22:14:10Z",
+    }
+    committed = _offsets(kafka_bootstrap, topic, group)
+    starts = _window_starts(first)
+    for partition, offset in enumerate(committed):
+        # Every record before the commit point is in a written window (or is a duplicate of
+        # one, which shares its event time); the open windows' records are all after it.
+        assert all(start < 20 for start in starts[partition][:offset]), (partition, committed)
+        assert 20 in starts[partition][offset:], (partition, committed)
 
     resumed = start_stream_job("windowed_metrics", argv, "resumed")
     _streaming._produce(kafka_bootstrap, topic, later)
     summary = _run_until_read(
-        resumed, wait_until, kafka_bootstrap, topic, group, len(first) + len(later)
+        resumed,
+        wait_until,
+        TOTAL - sum(committed),
+        lambda: _offsets(kafka_bootstrap, topic, group),
     )
     assert summary["identity_holds"], summary
-    assert summary["records_in"] == len(first) + len(later) - PARTITIONS * reread_from
+    assert summary["records_in"] == TOTAL - sum(committed)
 
     uninterrupted, other = tmp_path / "uninterrupted", f"g-uninterrupted-{topic}"
     job = start_stream_job(
@@ -186,7 +194,7 @@ def test_killed_and_restarted_job_writes_the_files_of_an_uninterrupted_run(
         ),
         "uninterrupted",
     )
-    once = _run_until_read(job, wait_until, kafka_bootstrap, topic, other, len(first) + len(later))
+    once = _run_until_read(job, wait_until, TOTAL, lambda: _offsets(kafka_bootstrap, topic, other))
     _streaming._assert_identity(once, _streaming._expected(first + later))
 
     after = _folder(restarted)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from headwater.testing.broker import free_port, stop_process
+from headwater.transforms.progress import last_records_read
 
 BASE_MS = 1_699_999_980_000  # a minute boundary: 2023-11-14T22:13:00Z
 UNIQUE = 120
@@ -131,6 +132,14 @@ class StreamJob:
         """The last lines the job printed (for failure messages)."""
         text = self.log.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def records_read(self) -> int:
+        """The count of the job's last progress line (``headwater: N records read, ...``).
+
+        What a test waits for before a drain (which stops the read where it is): the group's
+        committed offsets trail the open windows, so they do not say what was read.
+        """
+        return last_records_read(self.log.read_text(encoding="utf-8", errors="replace"))
 
     def drain(self) -> None:
         """Ctrl-C: the Kafka read stops, open windows are written, the job ends by itself."""

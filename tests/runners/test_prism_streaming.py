@@ -176,12 +176,13 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
         produce(_wave(k, rng))
     wait_until(lambda: _window_file(out / "metrics", 20), what="the third window's file", job=job)
     wait_until(
-        lambda: _committed(kafka_bootstrap, topic, group) == len(produced),
+        lambda: job.records_read() == len(produced),
         what="every record read (a drain stops the read where it is)",
         job=job,
     )
     job.drain()
     summary = job.finish()
+    assert _committed(kafka_bootstrap, topic, group) == len(produced)  # the drain wrote all
 
     expected = _expected(produced, late=frozenset(stragglers))
     _assert_identity(summary, expected)
@@ -212,7 +213,7 @@ def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
         produced.extend(lines)
     wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
     assert job.running(), "the window must close while the job runs, not at the drain"
-    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(produced))
+    _drain_once_read(job, wait_until, len(produced))
     summary = job.finish()
     expected = _expected(produced)
     _assert_identity(summary, expected)
@@ -242,12 +243,11 @@ def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
         "windowed_metrics", _argv(kafka_bootstrap, topic, out, *committed), "first"
     )
     wait_until(
-        lambda: _committed(kafka_bootstrap, topic, group) == len(first_lines),
-        what="the first job's offsets committed",
-        job=first,
+        lambda: first.records_read() == len(first_lines), what="the first job's reads", job=first
     )
     first.drain()
     first_summary = first.finish()
+    assert _committed(kafka_bootstrap, topic, group) == len(first_lines)
     first_files = {p: p.read_bytes() for p in (out / "metrics").rglob("*.parquet")}
     assert len(first_files) == 2
 
@@ -258,7 +258,7 @@ def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
     )
     wait_until(lambda: _window_file(again / "metrics", 20), what="a second window", job=second)
     wait_until(
-        lambda: _committed(kafka_bootstrap, topic, group) == len(first_lines) + len(second_lines),
+        lambda: second.records_read() == len(second_lines),
         what="the second job's records read",
         job=second,
     )
@@ -276,14 +276,10 @@ def test_restart_from_committed_loses_nothing_and_counts_nothing_twice(
     assert _committed(kafka_bootstrap, topic, group) == len(first_lines) + len(second_lines)
 
 
-def _drain_once_read(job: Any, wait_until: Any, bootstrap: str, topic: str, count: int) -> None:
-    """Drains ``job`` once its group (``g-<topic>``) committed ``count`` records: a drain
-    stops the read where it is, so records not read yet would not be counted."""
-    wait_until(
-        lambda: _committed(bootstrap, topic, f"g-{topic}") == count,
-        what=f"all {count} records read",
-        job=job,
-    )
+def _drain_once_read(job: Any, wait_until: Any, count: int) -> None:
+    """Drains ``job`` once it has read ``count`` records: a drain stops the read where it is,
+    so records not read yet would not be counted."""
+    wait_until(lambda: job.records_read() == count, what=f"all {count} records read", job=job)
     job.drain()
 
 
@@ -336,7 +332,14 @@ def test_kafka_to_kafka_streaming_writes_input_minus_duplicates_and_dead_letters
     expected = _expected(lines)
     written = _consume_values(kafka_bootstrap, target, 1, expected["output"])
     dead = _consume_values(kafka_bootstrap, dlq, 1, expected["dead_letter"])
-    _drain_once_read(job, wait_until, kafka_bootstrap, source, len(lines))
+    # Offsets are committed as the records are delivered (or dropped as duplicates or dead):
+    # before the drain, with nothing waiting for a window.
+    wait_until(
+        lambda: _committed(kafka_bootstrap, source, f"g-{source}") == len(lines),
+        what="every record's offset committed once delivered",
+        job=job,
+    )
+    _drain_once_read(job, wait_until, len(lines))
     summary = job.finish()
     _assert_identity(summary, expected)
     unique = {json.loads(line)["event_id"]: json.loads(line) for line in lines[:-2]}
@@ -376,13 +379,9 @@ def test_parallelism_two_on_prisms_job_server_writes_the_same_files_as_one(
             _argv(kafka_bootstrap, topic, out, f"--group_id={group}", "--commit_offsets", *extra),
             name,
         )
-        wait_until(
-            lambda group=group: _committed(kafka_bootstrap, topic, group) == len(lines),
-            what=f"every record read with parallelism {name}",
-            job=job,
-        )
-        job.drain()
+        _drain_once_read(job, wait_until, len(lines))
         summary = job.finish()
+        assert _committed(kafka_bootstrap, topic, group) == len(lines)
         assert summary["runner"] == ("PortableRunner" if name == "two" else "PrismRunner")
         _assert_identity(summary, _expected(lines))
         files[name] = {
@@ -423,20 +422,12 @@ def test_partition_behind_another_is_not_judged_late(
     )
     lines = produce(0, [1, 2, 3], "a0") + produce(1, [1, 2, 3], "a1")
     lines += produce(0, [100], "ahead")  # partition 0 alone moves to 95 s
-    wait_until(
-        lambda: _committed(kafka_bootstrap, topic, group) == len(lines),
-        what="partition 0's jump read and committed",
-        job=job,
-    )
+    wait_until(lambda: job.records_read() == len(lines), what="partition 0's jump read", job=job)
     lines += produce(1, [5, 6, 7, 8], "behind")  # within partition 1's bound: on time
     lines += produce(1, [200], "end1") + produce(0, [200], "end0")
-    wait_until(
-        lambda: _committed(kafka_bootstrap, topic, group) == len(lines),
-        what="every record read",
-        job=job,
-    )
-    job.drain()
+    _drain_once_read(job, wait_until, len(lines))
     summary = job.finish()
+    assert _committed(kafka_bootstrap, topic, group) == len(lines)
     expected = _expected(lines)
     _assert_identity(summary, expected)
     assert summary["late"] == 0
@@ -487,7 +478,7 @@ def test_stream_etl_writes_each_on_time_record_once_into_its_window(
     _produce(kafka_bootstrap, topic, lines)
     wait_until(lambda: _window_file(out / "metrics", 0), what="the first window's file", job=job)
     assert job.running()
-    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(lines))
+    _drain_once_read(job, wait_until, len(lines))
     summary = job.finish()
     expected = _expected(lines)
     _assert_identity(summary, expected)
@@ -569,7 +560,7 @@ def test_adversarial_stream_puts_every_record_in_one_place(
     for k in range(10, 13):  # [40 s, 52 s): the window [30 s, 40 s) closes after them
         produce(_wave(k, rng))
     wait_until(lambda: _window_file(out / "metrics", 30), what="window [30 s, 40 s)", job=job)
-    _drain_once_read(job, wait_until, kafka_bootstrap, topic, len(produced))
+    _drain_once_read(job, wait_until, len(produced))
     summary = job.finish()
 
     expected = _expected(produced, late=frozenset(stragglers))

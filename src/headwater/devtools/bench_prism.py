@@ -91,12 +91,6 @@ class _CpuSampler:
             self.seconds["prism"] = max(total, self.seconds.get("prism", 0.0))
 
 
-def _committed(bootstrap: str, topic: str) -> int:
-    from headwater.devtools.produce import committed_total
-
-    return committed_total(bootstrap, topic, _GROUP, partitions=_PARTITIONS)
-
-
 def _window_files(folder: Path) -> dict[str, float]:
     """Window folder name -> the earliest mtime of its files (wall clock seconds)."""
     found: dict[str, float] = {}
@@ -142,6 +136,12 @@ class _Job:
 
     def tail(self) -> str:
         return "\n".join((self.out / "job.log").read_text(errors="replace").splitlines()[-20:])
+
+    def records_read(self) -> int:
+        """The job's last progress count (its committed offsets trail the open windows)."""
+        from headwater.transforms.progress import last_records_read
+
+        return last_records_read((self.out / "job.log").read_text(errors="replace"))
 
     def drain(self, timeout: float = 300.0, *, check: bool = True) -> dict[str, Any]:
         """SIGINT, then waits for the exit (0 unless not ``check``); returns the run summary."""
@@ -215,9 +215,9 @@ def throughput(broker: Any, lines: Sequence[bytes], out: Path, *, topic: str) ->
             lambda: _window_files(out / "rows"), job, "the first window file", sampler.sample
         )
         read_all = _wait(
-            lambda: _committed(broker.bootstrap_servers, topic) >= len(lines),
+            lambda: job.records_read() >= len(lines),
             job,
-            "every record read (committed offsets)",
+            "every record read",
             sampler.sample,
         )
         sampler.sample()
@@ -299,7 +299,7 @@ def latency(broker: Any, out: Path, *, topic: str, rate: int, seconds: float) ->
         producer.flush(60)
         files = _window_files(out / "rows")
         _wait(
-            lambda: _committed(broker.bootstrap_servers, topic) >= produced,
+            lambda: job.records_read() >= produced,
             job,
             "every latency record read",
         )
@@ -391,7 +391,7 @@ def profile(broker: Any, lines: Sequence[bytes], out: Path, *, topic: str) -> di
     _produce_backlog(broker.bootstrap_servers, topic, lines)
     job = _Job(command, out)
     try:
-        _wait(lambda: _committed(broker.bootstrap_servers, topic) >= len(lines), job, "all read")
+        _wait(lambda: job.records_read() >= len(lines), job, "all read")
         # Under the profiler Prism may split bundles that hold timers (apache/beam#35771) and
         # the run's counters stop adding up (exit 1): the profile is still what the worker did.
         summary = job.drain(check=False)

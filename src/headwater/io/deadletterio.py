@@ -65,6 +65,7 @@ from headwater.io.fileio import (
     stable_shard,
     write_once,
 )
+from headwater.io.kafka.ledger import done_notices
 from headwater.windowing.durations import parse_duration
 
 __all__ = [
@@ -141,16 +142,25 @@ class _KeyByShardFn(beam.DoFn):
 
 
 class _WriteShardPaneFn(beam.DoFn):
-    def __init__(self, output: str, file_format: str, num_shards: int, *, batch: bool = False):
+    def __init__(
+        self,
+        output: str,
+        file_format: str,
+        num_shards: int,
+        *,
+        batch: bool = False,
+        report_written: bool = False,
+    ):
         self._output = output
         self._format = file_format
         self._num_shards = num_shards
         self._batch = batch
+        self._report = report_written
         self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
 
     def process(
         self, element: tuple[int, Iterable[DeadLetter]], pane=beam.DoFn.PaneInfoParam
-    ) -> Iterator[str]:
+    ) -> Iterator[Any]:
         shard, letters = element
         if self._batch:  # deterministic files: no wall-clock instant in them
             letters = [dataclasses.replace(letter, failed_at="") for letter in letters]
@@ -180,7 +190,10 @@ class _WriteShardPaneFn(beam.DoFn):
             self._files.inc()
         else:  # same letters (digest) written earlier, failing at another instant
             _LOG.info("kept %s: written earlier with the same letters", path)
-        yield path
+        if self._report:
+            yield from done_notices(ordered)  # on disk: their Kafka reads may be committed
+        else:
+            yield path
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -195,6 +208,9 @@ class WriteDeadLetters(beam.PTransform):
       max_records_per_file: streaming only: a pane fires after this many envelopes per shard.
       max_delay: streaming only: ... or this long (processing time) after its first envelope;
         seconds, ``timedelta`` or ``"60s"`` (rounded up to whole seconds).
+      report_written: instead of the paths, return, per file written, the "done" reports of
+        the Kafka records whose letters it holds (``((topic, partition), ("done", offsets))``,
+        for :class:`headwater.io.kafka.commit.CommitWhenWritten`).
 
     >>> import tempfile
     >>> from headwater.transforms.deadletter import dead_letter_for
@@ -214,8 +230,10 @@ class WriteDeadLetters(beam.PTransform):
         num_shards: int = 1,
         max_records_per_file: int = 10_000,
         max_delay: Any = "60s",
+        report_written: bool = False,
     ):
         super().__init__()
+        self._report = bool(report_written)
         if not isinstance(output, str) or not output.strip():
             raise ValueError(f"output={output!r} must be a non-empty folder path")
         if format not in DEAD_LETTER_FORMATS:
@@ -259,7 +277,13 @@ class WriteDeadLetters(beam.PTransform):
             | "GroupPerShard" >> beam.GroupByKey()
             | "WriteFiles"
             >> beam.ParDo(
-                _WriteShardPaneFn(self._output, self._format, self._num_shards, batch=batch)
+                _WriteShardPaneFn(
+                    self._output,
+                    self._format,
+                    self._num_shards,
+                    batch=batch,
+                    report_written=self._report,
+                )
             )
         )
 

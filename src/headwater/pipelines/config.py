@@ -28,6 +28,7 @@ from headwater.pipelines.options import (
     value,
 )
 from headwater.transforms.dedup import DeduplicateById
+from headwater.windowing.durations import parse_duration
 from headwater.windowing.eventtime import EventTimeExtractor
 
 if TYPE_CHECKING:
@@ -118,6 +119,11 @@ class RunConfig(Mapping[str, Any]):
             "allowed_lateness": value(self, "allowed_lateness"),
             "max_record_bytes": self.get("max_record_bytes"),
         }
+
+    @property
+    def allowed_lateness_s(self) -> float:
+        """``--allowed_lateness`` in seconds."""
+        return parse_duration(value(self, "allowed_lateness"), name="allowed_lateness")
 
     @functools.cached_property
     def kafka_config(self) -> dict[str, str]:
@@ -244,7 +250,6 @@ def validate_source(values: Mapping[str, Any], *, injected: bool, kafka_sink: bo
 def check_specs(values: Mapping[str, Any]) -> None:
     """Parses the spec-valued flags that are set; ``ValueError`` starts with the flag name."""
     from headwater.transforms.aggregate import parse_metrics
-    from headwater.windowing.durations import parse_duration
     from headwater.windowing.triggers import parse_trigger_spec
     from headwater.windowing.windows import parse_window_spec
 

@@ -127,8 +127,12 @@ def build(
     sourced = open_source(p, config, source)
     result = sourced.records | "ProcessEvents" >> process
     dead = all_dead_letters(sourced, result.dead_letter)
+    # A streaming read commits as the records are delivered: the writers report them.
+    report = sourced.reports_outcomes
+    final = [result.duplicate]  # nothing is written for a duplicate
     if sink is not None:
         written = result.main | "Sink" >> sink
+        final.append(result.main)  # (an injected sink's writes are not awaited)
     else:
         written = result.main | "WriteOutputTopic" >> WriteToKafka(
             bootstrap_servers=values["bootstrap_servers"],
@@ -136,10 +140,11 @@ def build(
             config=config.kafka_config,
             key_fn=_KeyOf(values.get("key_field")),
             format=output_format(values),
+            report_written=report,
         )
-    sinks = [written]
+    letters = []
     if values.get("dlq_topic") and values.get("bootstrap_servers"):
-        sinks.append(
+        letters.append(
             dead
             | "WriteDlqTopic"
             >> WriteToKafka(
@@ -148,9 +153,14 @@ def build(
                 config=config.kafka_config,
                 key_fn=_dead_letter_key,
                 value_fn=_dead_letter_value,
+                report_written=report,
             )
         )
-    sourced.commit_after(*(s for s in sinks if isinstance(s, beam.PCollection)))
+    else:
+        final.append(dead)  # counted, written nowhere
+    outputs = [s for s in (written, *letters) if isinstance(s, beam.PCollection)]
+    reports = ([] if sink is not None else [written]) + letters
+    sourced.commit(outputs, reports=reports, final=final)
     return Outputs(result.main, result.duplicate, dead)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 
@@ -13,6 +13,7 @@ from headwater.transforms.observe import RecordFreshness
 
 __all__ = [
     "DEAD_LETTER_SHARDS",
+    "Written",
     "dead_letter_files",
     "file_outputs",
     "late_folder",
@@ -40,11 +41,38 @@ def file_outputs(values: Mapping[str, Any]) -> dict[str, str | None]:
     }
 
 
-def dead_letter_files(folder: str, values: Mapping[str, Any]) -> WriteDeadLetters:
+def dead_letter_files(
+    folder: str, values: Mapping[str, Any], *, report_written: bool = False
+) -> WriteDeadLetters:
     """The sink of a pipeline's dead-letter (or late) envelopes: files in ``folder``."""
     return WriteDeadLetters(
-        folder, format=values["dead_letter_format"], num_shards=DEAD_LETTER_SHARDS
+        folder,
+        format=values["dead_letter_format"],
+        num_shards=DEAD_LETTER_SHARDS,
+        report_written=report_written,
     )
+
+
+class Written(NamedTuple):
+    """What :func:`write_outcomes` wired, for the source's offset commit (``Sourced.commit``)."""
+
+    sinks: list[beam.PCollection]  # every sink's output: what a bounded read's commit waits for
+    reports: list[beam.PCollection]  # dead-letter and late writers' "done" reports
+    trailing: list[beam.PCollection]  # the main sink's output: windows are written behind it
+
+    def commit(
+        self, sourced: Any, *, on_time: beam.PCollection, duplicate: beam.PCollection, config: Any
+    ) -> None:
+        """Commits a windowed pipeline's Kafka offsets (``Sourced.commit``) behind these sinks:
+        ``on_time`` records once their windows are written, ``duplicate`` ones on arrival."""
+        sourced.commit(
+            self.sinks,
+            reports=self.reports,
+            final=[duplicate],
+            on_time=on_time,
+            allowed_lateness_s=config.allowed_lateness_s,
+            trailing=self.trailing,
+        )
 
 
 def write_outcomes(
@@ -56,10 +84,12 @@ def write_outcomes(
     sink: beam.PTransform | None,
     label: str,
     schema: Any = None,
-) -> list[beam.PCollection]:
+    report_written: bool = False,
+) -> Written:
     """Main output to ``sink`` or files per window; dead letters and late records to theirs.
 
-    Returns the sinks' outputs (what a Kafka offset commit waits for).
+    ``report_written``: the dead-letter and late writers report the Kafka records they wrote
+    (a streaming read's commit follows them).
     """
     emitted = emitted | "Freshness" >> RecordFreshness()
     if sink is not None:
@@ -71,6 +101,11 @@ def write_outcomes(
             num_shards=values["output_shards"],
             schema=schema,
         )
-    dead_written = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
-    late_written = late | "WriteLate" >> dead_letter_files(late_folder(values), values)
-    return [w for w in (written, dead_written, late_written) if isinstance(w, beam.PCollection)]
+    report = {"report_written": report_written}
+    dead_written = dead | "WriteDeadLetters" >> dead_letter_files(
+        values["dead_letter"], values, **report
+    )
+    late_written = late | "WriteLate" >> dead_letter_files(late_folder(values), values, **report)
+    main = [written] if isinstance(written, beam.PCollection) else []
+    letters = [dead_written, late_written]
+    return Written(sinks=main + letters, reports=letters if report_written else [], trailing=main)

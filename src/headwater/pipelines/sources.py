@@ -6,7 +6,8 @@ a local run) and the dead letters of the read itself (a corrupt file).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
 from headwater.io.kafka import ReadFromKafka
+from headwater.io.kafka.commit import DoneNotices, WindowNotices
 from headwater.io.streamreplay import RecordEventTime, replay_stream
 from headwater.pipelines.config import (
     decoder,
@@ -24,9 +26,18 @@ from headwater.pipelines.config import (
 )
 from headwater.transforms.accounting import CountAs
 from headwater.transforms.observe import ShowProgress
+from headwater.transforms.process import to_window_fn
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
 __all__ = ["Sourced", "all_dead_letters", "open_source", "read_source"]
+
+_LOG = logging.getLogger("headwater.pipelines")
+
+
+def _merging_windows(values: Mapping[str, Any]) -> bool:
+    """Whether the run's windows merge (sessions): a record's last window end is unknown."""
+    window = values.get("window")
+    return window is not None and to_window_fn(window).is_merging()
 
 
 class Sourced(NamedTuple):
@@ -36,10 +47,48 @@ class Sourced(NamedTuple):
     dead_letter: beam.PCollection
     kafka: ReadFromKafka | None = None  # commits its offsets once the sinks are written
 
-    def commit_after(self, *sinks: beam.PCollection) -> None:
-        """Commits a bounded Kafka read's offsets after ``sinks`` are complete (if asked)."""
-        if self.kafka is not None:
+    @property
+    def reports_outcomes(self) -> bool:
+        """Whether the read commits as each record's outcome is written (``commit``).
+
+        An unbounded Kafka read with ``--commit_offsets``: its sinks must then report what they
+        wrote (``report_written=True``).
+        """
+        return self.kafka is not None and self.kafka.reports_ranges
+
+    def commit(
+        self,
+        sinks: Sequence[beam.PCollection],
+        *,
+        reports: Sequence[beam.PCollection] = (),
+        final: Sequence[beam.PCollection] = (),
+        on_time: beam.PCollection | None = None,
+        allowed_lateness_s: float = 0.0,
+        trailing: Sequence[beam.PCollection] = (),
+    ) -> None:
+        """Commits the Kafka read's offsets, if ``--commit_offsets`` asked for it.
+
+        A bounded read commits once every ``sinks`` collection is complete. An unbounded read
+        commits each partition up to its first record whose outcome is not written yet
+        (:class:`headwater.io.kafka.commit.CommitWhenWritten`), from: ``reports`` (what the
+        writers of dead letters, late records or Kafka output report as written), ``final``
+        (records final on arrival: duplicates, letters no sink writes) and ``on_time`` (windowed
+        records, final once the watermark of the ``trailing`` sinks -- the window files -- has
+        passed their windows' ends plus ``allowed_lateness_s``).
+        """
+        if self.kafka is None:
+            return
+        if not self.reports_outcomes:
             self.kafka.commit_after(self.records.pipeline, *sinks)
+            return
+        outcomes = list(reports)
+        for i, records in enumerate(final):
+            outcomes.append(records | f"FinalOnArrival{i}" >> DoneNotices())
+        if on_time is not None:
+            outcomes.append(
+                on_time | "OnTimeOutcomes" >> WindowNotices(allowed_lateness_s=allowed_lateness_s)
+            )
+        self.kafka.commit_when_written(outcomes=outcomes, trailing=trailing)
 
 
 def _local_records(pattern: str, fmt: str) -> tuple[list[Any], list[Any]]:
@@ -82,8 +131,23 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
     # The source's event times only drive its watermark. A batch run (a read that ends by
     # itself, not --streaming) has no use for them: the parse step stamps every record with
     # its event time anyway, so the source does not decode each value a second time.
-    batch = bounded and not p.options.view_as(StandardOptions).streaming
+    streaming = bool(p.options.view_as(StandardOptions).streaming)
+    batch = bounded and not streaming
     source_time = None if batch else extractor
+    commit = bool(values.get("commit_offsets"))
+    # A streaming read (unbounded, or live until --max_duration) commits as each record's
+    # outcome is written; with session windows it cannot know when a record's window is
+    # written, and commits when the runner finalizes the read's bundles instead.
+    live = not bounded or (
+        streaming and not values.get("stop_at_end") and values.get("max_records") is None
+    )
+    on_finalize = commit and live and _merging_windows(values)
+    if on_finalize:
+        _LOG.warning(
+            "--commit_offsets with session windows commits each partition's offsets when the "
+            "runner finalizes the bundle that read them, before the sessions are written: a job "
+            "stopped without a drain loses its open sessions on restart (docs/reliability.md)"
+        )
     read = ReadFromKafka(
         bootstrap_servers=values["bootstrap_servers"],
         topics=[t.strip() for t in values["topic"].split(",") if t.strip()],
@@ -98,8 +162,8 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
             max_delay=value(values, "max_out_of_orderness"),
             idle_timeout=values.get("idle_timeout"),
         ),
-        commit_on_finalize=bool(values.get("commit_offsets")) and not bounded,
-        commit_after_sinks=bool(values.get("commit_offsets")) and bounded,
+        commit_on_finalize=on_finalize,
+        commit_after_sinks=commit and not on_finalize,
         group_id=values.get("group_id"),
     )
     records = p | "ReadKafka" >> read | "Progress" >> ShowProgress()

@@ -123,10 +123,17 @@ def build(
     result = sourced.records | "ProcessEvents" >> process
     dead = all_dead_letters(sourced, result.dead_letter)
     avro_schema = schema if values["output_format"] == "avro" else None
-    sinks = write_outcomes(
-        result.main, dead, result.late, values, sink=sink, label="WriteRecords", schema=avro_schema
+    written = write_outcomes(
+        result.main,
+        dead,
+        result.late,
+        values,
+        sink=sink,
+        label="WriteRecords",
+        schema=avro_schema,
+        report_written=sourced.reports_outcomes,
     )
-    sourced.commit_after(*sinks)
+    written.commit(sourced, on_time=result.main, duplicate=result.duplicate, config=config)
     return Outputs(result.main, result.late, result.duplicate, dead)
 
 

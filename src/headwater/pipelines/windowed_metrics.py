@@ -217,8 +217,16 @@ def build(
     sourced = open_source(p, config, source)
     result = sourced.records | "WindowedMetrics" >> compute
     dead = all_dead_letters(sourced, result.dead_letter)
-    sinks = write_outcomes(result.rows, dead, result.late, values, sink=sink, label="WriteRows")
-    sourced.commit_after(*sinks)
+    written = write_outcomes(
+        result.rows,
+        dead,
+        result.late,
+        values,
+        sink=sink,
+        label="WriteRows",
+        report_written=sourced.reports_outcomes,
+    )
+    written.commit(sourced, on_time=result.records, duplicate=result.duplicate, config=config)
     return Outputs(result.rows, result.late, result.duplicate, dead, engine_reason=reason)
 
 

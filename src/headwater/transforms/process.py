@@ -64,6 +64,7 @@ class MetricsResult(NamedTuple):
     late: beam.PCollection
     duplicate: beam.PCollection
     dead_letter: beam.PCollection
+    records: beam.PCollection | None = None  # the windowed on-time records the rows fold
 
 
 def to_window_fn(window: str | WindowSpec | WindowFn) -> WindowFn:
@@ -240,7 +241,9 @@ class ComputeWindowedMetrics(beam.PTransform):
         # dead-letter output stays empty; it is kept in the dead-letter output all the same.
         aggregate_dead = aggregated.dead_letter | "Unwindow" >> beam.WindowInto(GlobalWindows())
         dead = (processed.dead_letter, aggregate_dead) | "FlattenDeadLetters" >> beam.Flatten()
-        return MetricsResult(aggregated.main, processed.late, processed.duplicate, dead)
+        return MetricsResult(
+            aggregated.main, processed.late, processed.duplicate, dead, processed.main
+        )
 
 
 class MetricsCheck:

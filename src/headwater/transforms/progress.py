@@ -9,6 +9,7 @@ run runs. Nothing is printed or logged per element.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_PROGRESS_PERIOD",
     "ProgressLines",
     "count_read",
+    "last_records_read",
     "progress_period",
     "records_read",
     "set_progress_period",
@@ -46,6 +48,19 @@ def count_read(n: int) -> None:
 def records_read() -> int:
     """Records read in this process since the last :class:`ProgressLines` started."""
     return _read
+
+
+_LINE = re.compile(r"headwater: ([\d,]+) records read, ")
+
+
+def last_records_read(log: str) -> int:
+    """The count of the last progress line in a run's output ``log`` (0 before the first).
+
+    What a caller waits for before draining a streaming job (a drain stops the read where it
+    is): the consumer group's committed offsets trail the open windows, so they cannot say it.
+    """
+    counts = _LINE.findall(log)
+    return int(counts[-1].replace(",", "")) if counts else 0
 
 
 def set_progress_period(period: float | None) -> float | None:

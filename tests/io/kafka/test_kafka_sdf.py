@@ -422,12 +422,22 @@ def test_stall_timeout_is_validated():
         )
 
 
-def test_commit_after_sinks_needs_a_bounded_read_and_excludes_finalize_commits():
-    """commit_after_sinks takes every bounded read, not an unbounded one or finalize commits."""
+def test_commit_after_sinks_reports_ranges_when_read_live_and_excludes_finalize_commits():
+    """commit_after_sinks: a bounded read commits after its sinks; a read that runs live
+    (unbounded, or until max_duration in a streaming job) reports the ranges it consumed for the
+    commit that follows the writes. It excludes finalize commits."""
     base = {"bootstrap_servers": "localhost:9092", "topics": "t", "group_id": "g"}
     for bound in ({"stop_at_end": True}, {"max_records": 5}, {"max_duration": 60}):
-        assert ReadFromKafka(**base, **bound, commit_after_sinks=True).commit_after_sinks
-    with pytest.raises(ValueError, match="needs a bounded read"):
-        ReadFromKafka(**base, commit_after_sinks=True)
+        read = ReadFromKafka(**base, **bound, commit_after_sinks=True)
+        assert read.commit_after_sinks
+        assert not read.reader_fn(streaming=False).reports_ranges
+    assert (
+        ReadFromKafka(**base, max_duration=60, commit_after_sinks=True)
+        .reader_fn(streaming=True)
+        .reports_ranges
+    )
+    unbounded = ReadFromKafka(**base, commit_after_sinks=True)
+    assert unbounded.reader_fn(streaming=True).reports_ranges
+    assert not ReadFromKafka(**base, commit_on_finalize=True).reader_fn().reports_ranges
     with pytest.raises(ValueError, match="choose one"):
         ReadFromKafka(**base, stop_at_end=True, commit_after_sinks=True, commit_on_finalize=True)

@@ -35,13 +35,18 @@ Timestamps and watermark
 Delivery guarantee
     At-least-once into the pipeline: a record is emitted after its offset is claimed, and a
     runner that retries a bundle reads its offsets again (exactly-once processing comes from the
-    runner's checkpoints, not from Kafka). With ``commit_on_finalize=True`` the next offset of
-    each partition is committed to the consumer group ``group_id`` only after the runner has
-    durably committed the bundle that read it (bundle finalization) -- never before, so a
-    restart from ``start="committed"`` does not skip records, but may re-read records of bundles
-    that were committed by the runner and not yet finalized. Commits are advisory (a failed commit
-    is logged and counted, not retried) and, when a runner splits one partition into parallel
-    ranges, may be applied out of order.
+    runner's checkpoints, not from Kafka). Commits to the consumer group ``group_id`` never run
+    ahead of the output. A bounded read with ``commit_after_sinks=True`` commits its end offsets
+    once every sink is written (:meth:`ReadFromKafka.commit_after`). An unbounded one reports
+    each consumed batch, and commits each partition up to its first record whose outcome is not
+    written yet, from the reports the pipeline gives :meth:`ReadFromKafka.commit_when_written`
+    (:mod:`headwater.io.kafka.ledger`): a job killed or cancelled mid-stream has not committed
+    the records of its open windows, and a restart from ``start="committed"`` reads them again.
+    ``commit_on_finalize=True`` instead commits each partition's next offset when the runner
+    finalizes the bundle that read it: ahead of the windows, so a job stopped without a drain
+    loses its open windows (the pipelines use it only for session windows, whose end a record
+    does not tell). Commits are advisory: a failed commit is logged and counted
+    (``kafka.commit_failures``), and the next one covers it.
 
 Backlog
     The reader learns each partition's end offset (at most every 5 s per partition) and reports

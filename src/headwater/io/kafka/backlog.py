@@ -24,7 +24,7 @@ From it:
 
 A topic name cannot contain ``/``, so ``name.split("/")`` gives back the metric, the topic and
 the partition. The lag is that of this reader, not of the consumer group: the group's committed
-offsets (``commit_on_finalize``) trail it by the bundles not yet finalized.
+offsets trail it by the records whose outcome is not written yet (the open windows).
 """
 
 from __future__ import annotations

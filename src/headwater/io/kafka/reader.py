@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -19,12 +19,10 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, FormatError
 from headwater.io.kafka.backlog import partition_lag
-from headwater.io.kafka.commit import nothing_to_commit
+from headwater.io.kafka.commit import commit_or_warn, nothing_to_commit
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import (
-    KafkaCommitError,
     KafkaConsumeError,
-    KafkaIOError,
     wrap_kafka_error,
 )
 from headwater.io.kafka.record import KafkaRecord, PartitionRead
@@ -33,7 +31,46 @@ from headwater.io.partitionwatermarks import WATERMARKS, SharedWatermarkProvider
 from headwater.windowing.eventtime import EventTimeExtractor, timestamp_from_millis
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
-__all__ = ["ReadPartitionFn", "ReadPartitionUnboundedFn", "check_end_offset"]
+__all__ = [
+    "READ_RANGES",
+    "ReadPartitionFn",
+    "ReadPartitionUnboundedFn",
+    "ReadRange",
+    "check_end_offset",
+    "split_read_ranges",
+]
+
+
+class ReadRange(NamedTuple):
+    """With ``report_ranges``, the reader's report of one consumed batch, among its records:
+    ``key`` ``(topic, partition)``, ``notice`` ``("read", base, start, stop, runs)``, ``runs``
+    the ``(first, last + 1)`` runs of offsets holding its records
+    (:class:`headwater.io.kafka.ledger.OffsetLedger`). :func:`split_read_ranges` takes them out.
+    """
+
+    key: tuple[str, int]
+    notice: tuple[Any, ...]
+
+
+#: The tag of the reports :func:`split_read_ranges` takes out of the records.
+READ_RANGES = "read_ranges"
+
+
+class _SplitRangesFn(beam.DoFn):
+    def process(self, element: Any) -> Iterator[Any]:
+        if isinstance(element, ReadRange):
+            yield beam.pvalue.TaggedOutput(READ_RANGES, (element.key, element.notice))
+        else:
+            yield element
+
+
+def split_read_ranges(read: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    """The reader's output as ``records`` (main) and its :class:`ReadRange` reports
+    (``READ_RANGES``). (They share the reader's one output, so that its step keeps its label.)"""
+    return read | "SplitReadRanges" >> beam.ParDo(_SplitRangesFn()).with_outputs(
+        READ_RANGES, main="records"
+    )
+
 
 _LOG = logging.getLogger(__name__)
 
@@ -107,8 +144,12 @@ class ReadPartitionFn(beam.DoFn):
         bounded: bool,
         clock: Callable[[], float] | None = None,
         read_id: str | None = None,
+        report_ranges: bool = False,
     ):
         self._connection = connection
+        # Each consumed batch as a READ_RANGES output (headwater.io.kafka.ledger): what a
+        # commit that follows the writes needs to know it has seen every record of a range.
+        self.reports_ranges = report_ranges
         self._group_id = group_id
         self._policy = policy
         self._read_id = read_id
@@ -129,7 +170,6 @@ class ReadPartitionFn(beam.DoFn):
         self._assigned: tuple[str, int, int] | None = None
         self._records = Metrics.counter(NAMESPACE, "kafka.records_read")
         self._fallbacks = Metrics.counter(NAMESPACE, "kafka.event_time_fallback")
-        self._commit_failures = Metrics.counter(NAMESPACE, "kafka.commit_failures")
 
     # -- watermark estimator provider ------------------------------------------------------
     def initial_estimator_state(self, element: PartitionRead, restriction: Any) -> Any:
@@ -212,6 +252,8 @@ class ReadPartitionFn(beam.DoFn):
                     cls=KafkaConsumeError,
                 ) from None
         next_offset = restriction.start
+        range_from = next_offset  # the next range to report begins here
+        runs: list[list[int]] = []  # ... and its records are at these runs of offsets
         claimed_any = False
         failed = False
         resume_at: int | None = None  # set when the consumer's queue holds nothing past next_offset
@@ -265,8 +307,14 @@ class ReadPartitionFn(beam.DoFn):
                         else:
                             self._records.inc(emitted)
                             lag.observe(emitted_bytes, emitted)
+                            yield from self._range(element, range_from, next_offset, runs)
                             return
                     claimed_any = True
+                    if self.reports_ranges:
+                        if runs and runs[-1][1] == offset:
+                            runs[-1][1] = offset + 1
+                        else:
+                            runs.append([offset, offset + 1])
                     next_offset = offset + 1
                     ts_type, ts_ms = msg.timestamp()
                     record = KafkaRecord(
@@ -285,6 +333,8 @@ class ReadPartitionFn(beam.DoFn):
                     )
                 self._records.inc(emitted)
                 lag.observe(emitted_bytes, emitted)
+                yield from self._range(element, range_from, next_offset, runs)
+                range_from, runs = next_offset, []
                 lag.report(consumer, next_offset)  # (the end offset: at a bounded rate)
                 if next_offset >= stop:
                     return
@@ -297,6 +347,7 @@ class ReadPartitionFn(beam.DoFn):
                         return
                 else:
                     if self._caught_up_to_stop(consumer, tp, next_offset, stop, tracker):
+                        yield from self._range(element, next_offset, stop, [])  # no record
                         return
                     stalled = time.monotonic() - progressed
                     if self._bounded and stop < UNBOUNDED_STOP and stalled > self._stall_timeout:
@@ -335,6 +386,17 @@ class ReadPartitionFn(beam.DoFn):
                     else nothing_to_commit
                 )
 
+    def _range(
+        self, element: PartitionRead, start: int, stop: int, runs: list[list[int]]
+    ) -> Iterator[Any]:
+        """The READ_RANGES report of ``[start, stop)`` (records at ``runs``), when asked for."""
+        if self.reports_ranges and stop > start:
+            key = (element.topic, element.partition)
+            # (No timestamp of its own: the committer does not read it, and the reader's
+            # watermark estimator must not see one.)
+            notice = ("read", element.start, start, stop, tuple((a, b) for a, b in runs))
+            yield ReadRange(key, notice)
+
     def _caught_up_to_stop(
         self, consumer: Any, tp: Any, next_offset: int, stop: int, tracker: Any
     ) -> bool:
@@ -351,21 +413,7 @@ class ReadPartitionFn(beam.DoFn):
         return False
 
     def _commit(self, topic: str, partition: int, offset: int) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        try:
-            self._get_consumer().commit(
-                offsets=[TopicPartition(topic, partition, offset)], asynchronous=False
-            )
-        except (KafkaException, KafkaIOError) as exc:
-            self._commit_failures.inc()
-            error = wrap_kafka_error(
-                exc,
-                action=f"committing offset {offset} of {topic}[{partition}]",
-                connection=self._connection,
-                cls=KafkaCommitError,
-            )
-            _LOG.warning("%s (the next run from start='committed' re-reads these records)", error)
+        commit_or_warn(self._get_consumer(), self._connection, topic, partition, offset)
 
 
 def _split_of(element: Any) -> Any:

@@ -11,11 +11,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, JsonFormat, make_format
 from headwater.io.kafka.config import KafkaConnection, check_reachable
 from headwater.io.kafka.errors import KafkaDeliveryError, wrap_kafka_error
+from headwater.io.kafka.ledger import done_notices, kafka_position
 from headwater.io.kafka.record import KafkaRecord
 from headwater.windowing.durations import DurationLike, parse_duration
 
@@ -47,6 +50,9 @@ class _WriteFn(beam.DoFn):
         self._errors: list[str] = []
         self._failed = 0
         self._written = Metrics.counter(NAMESPACE, "kafka.records_written")
+        self._report = write.report_written
+        self._delivered: list[Any] = []  # elements of the bundle to report once flushed
+        self._first: Any = None  # their earliest timestamp
 
     def setup(self) -> None:
         from confluent_kafka import KafkaException, Producer
@@ -68,6 +74,8 @@ class _WriteFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._errors = []
         self._failed = 0
+        self._delivered = []
+        self._first = None
 
     def _on_delivery(self, error: Any, msg: Any) -> None:
         if error is not None:
@@ -117,7 +125,7 @@ class _WriteFn(beam.DoFn):
             ts = self._timestamp_fn(element)
         return key, value, headers, ts
 
-    def process(self, element: Any) -> Iterator[Any]:
+    def process(self, element: Any, timestamp=beam.DoFn.TimestampParam) -> Iterator[Any]:
         from confluent_kafka import KafkaException
 
         key, value, headers, ts = self._fields(element)
@@ -148,9 +156,12 @@ class _WriteFn(beam.DoFn):
                 ) from None
         self._producer.poll(0)
         self._written.inc()
+        if self._report and kafka_position(element) is not None:
+            self._delivered.append(element)
+            self._first = timestamp if self._first is None else min(self._first, timestamp)
         return iter(())
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         remaining = self._producer.flush(self._flush_timeout)
         if self._failed:
             raise KafkaDeliveryError(
@@ -165,6 +176,10 @@ class _WriteFn(beam.DoFn):
                 "so the runner retries it",
                 retriable=True,
             )
+        # Every record of the bundle is acknowledged: their reads may be committed.
+        for notice in done_notices(self._delivered):
+            yield WindowedValue(notice, self._first, (GlobalWindow(),))
+        self._delivered = []
 
     def teardown(self) -> None:
         if self._producer is not None:
@@ -187,6 +202,11 @@ class WriteToKafka(beam.PTransform):
     at-least-once, never fire-and-forget. ``enable.idempotence`` keeps a retry inside the
     producer from writing duplicates; a retried bundle may write its records again.
 
+    Output: nothing; with ``report_written=True``, once a bundle is acknowledged, the "done"
+    reports of the Kafka records it wrote, ``((topic, partition), ("done", offsets))``, for
+    :class:`~headwater.io.kafka.commit.CommitWhenWritten` (a streaming read's commit then
+    follows the delivery).
+
     >>> _ = p | beam.Create([{"id": 1}]) | WriteToKafka(     # doctest: +SKIP
     ...     bootstrap_servers="localhost:9092", topic="out", key_fn=lambda r: str(r["id"]))
     """
@@ -204,9 +224,13 @@ class WriteToKafka(beam.PTransform):
         format: Format | str | None = None,
         flush_timeout: DurationLike = 30.0,
         connect_timeout: DurationLike = 10.0,
+        report_written: bool = False,
     ):
         super().__init__()
         self.connection = KafkaConnection(bootstrap_servers, config)
+        if not isinstance(report_written, bool):
+            raise ValueError(f"report_written={report_written!r} must be True or False")
+        self.report_written = report_written
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topic={topic!r} must be a non-empty topic name")
         for key in ("enable.idempotence", "acks"):

@@ -14,10 +14,15 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from headwater.io.formats import Format, JsonFormat, make_format
-from headwater.io.kafka.commit import CommitOffsetsFn
+from headwater.io.kafka.commit import CommitOffsetsFn, CommitWhenWritten
 from headwater.io.kafka.config import KafkaConnection
 from headwater.io.kafka.partitions import read_partitions, start_label, validate_start
-from headwater.io.kafka.reader import ReadPartitionFn, ReadPartitionUnboundedFn
+from headwater.io.kafka.reader import (
+    READ_RANGES,
+    ReadPartitionFn,
+    ReadPartitionUnboundedFn,
+    split_read_ranges,
+)
 from headwater.io.kafka.record import PartitionRead
 from headwater.windowing.durations import DurationLike, parse_duration
 from headwater.windowing.eventtime import EventTimeExtractor
@@ -69,9 +74,11 @@ class ReadFromKafka(beam.PTransform):
     * ``event_time`` (an ``EventTimeExtractor``; decodes values with ``value_format``, default
       JSON) or ``None`` for the Kafka timestamp; ``watermark`` (a ``BoundedOutOfOrderness``).
     * ``commit_on_finalize`` commits offsets to ``group_id`` after each bundle is finalized
-      (streaming); ``commit_after_sinks`` (a bounded read) commits the offsets read through
-      :meth:`commit_after` once the given sinks are written -- what the pipelines use for every
-      bounded read.
+      (ahead of the windows of a streaming job: a killed job loses its open windows).
+      ``commit_after_sinks`` commits only what is written: a bounded read commits the offsets
+      read through :meth:`commit_after` once the given sinks are written; an unbounded read
+      commits each partition up to its first record whose outcome is not yet written, from the
+      reports given to :meth:`commit_when_written` -- what the pipelines use for every read.
     * ``stall_timeout``: a bounded read that gets no record for this long before its stop
       offset fails with :class:`~headwater.io.kafka.KafkaConsumeError` (broker gone or
       restarted empty) instead of polling forever or returning a short result.
@@ -129,13 +136,6 @@ class ReadFromKafka(beam.PTransform):
         self.start = validate_start(start, self.topics)
         if commit_on_finalize and commit_after_sinks:
             raise ValueError("commit_on_finalize=True and commit_after_sinks=True: choose one")
-        if commit_after_sinks and not (
-            stop_at_end or max_records is not None or max_duration is not None
-        ):
-            raise ValueError(
-                "commit_after_sinks=True needs a bounded read (stop_at_end=True, max_records or "
-                "max_duration); an unbounded read commits with commit_on_finalize=True"
-            )
         if (start == "committed" or commit_on_finalize or commit_after_sinks) and not self.group_id:
             what = (
                 "start='committed'"
@@ -186,6 +186,8 @@ class ReadFromKafka(beam.PTransform):
         self.partitions: list[PartitionRead] | None = None  # resolved in the driver (see expand)
         self._read_id = uuid.uuid4().hex  # tells this read's partitions from other reads'
         self._records: beam.PCollection | None = None
+        self._ranges: beam.PCollection | None = None  # READ_RANGES of an unbounded read
+        self.reports_ranges = False  # set in expand: commits follow commit_when_written's reports
 
     @property
     def bounded(self) -> bool:
@@ -213,10 +215,11 @@ class ReadFromKafka(beam.PTransform):
             bounded=bounded,
             stall_timeout=self.stall_timeout,
             read_id=None if bounded else self._read_id,
+            report_ranges=self.commit_after_sinks and not bounded,
         )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        if self.commit_after_sinks and self.max_duration is None:
+        if self.commit_after_sinks and self.bounded and self.max_duration is None:
             # The ranges are fixed in the driver, so what to commit is known before the run.
             self.partitions = list(_ListPartitionsFn(self).process(None))
             listed = pbegin | "Partitions" >> beam.Create(self.partitions, reshuffle=False)
@@ -231,11 +234,38 @@ class ReadFromKafka(beam.PTransform):
         self._records = (
             listed | "SpreadPartitions" >> beam.Reshuffle() | "ReadPartitions" >> beam.ParDo(reader)
         )
+        if reader.reports_ranges:
+            split = split_read_ranges(self._records)
+            self._records, self._ranges = split.records, split[READ_RANGES]
         # Beam's Python SDK marks a splittable DoFn's output bounded whatever the restriction;
         # steps that act only on unbounded input (late-data routing) must see the truth, or on
         # Prism they skip themselves and the windows silently drop late records.
         self._records.is_bounded = not isinstance(reader, ReadPartitionUnboundedFn)
+        self.reports_ranges = reader.reports_ranges
         return self._records
+
+    def commit_when_written(
+        self,
+        *,
+        outcomes: Sequence[beam.PCollection],
+        trailing: Sequence[beam.PCollection] = (),
+    ) -> None:
+        """Commits an unbounded read (``commit_after_sinks=True``) as its records are written.
+
+        ``outcomes``: every record's report that its outcome is final, as
+        :class:`~headwater.io.kafka.commit.DoneNotices` and
+        :class:`~headwater.io.kafka.commit.WindowNotices` make them (``((topic, partition),
+        notice)``); ``trailing``: the outputs of the sinks whose writes a window report waits for
+        (its release waits until their watermark has passed the windows). Each partition is
+        committed up to its first record not reported final (:mod:`headwater.io.kafka.ledger`).
+        A read that does not report ranges (bounded, or without ``commit_after_sinks``) ignores
+        this.
+        """
+        if not self.reports_ranges or self._ranges is None:
+            return
+        _ = (self._ranges, *outcomes) | "CommitWhenWritten" >> CommitWhenWritten(
+            self.connection, self.group_id, trailing=trailing
+        )
 
     def commit_after(self, pipeline: beam.Pipeline, *sinks: beam.PCollection) -> None:
         """Commits the read's end offsets once every ``sinks`` collection is complete.
@@ -249,7 +279,7 @@ class ReadFromKafka(beam.PTransform):
         finalized, which in batch is when the read stage ends, before later stages have written
         anything.) Without ``commit_after_sinks`` this is a no-op.
         """
-        if not self.commit_after_sinks or self._records is None:
+        if not self.commit_after_sinks or self._records is None or self.reports_ranges:
             return
         waits = {f"wait{i}": beam.pvalue.AsList(sink) for i, sink in enumerate(sinks)}
         if self.partitions is not None:
