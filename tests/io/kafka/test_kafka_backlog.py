@@ -100,10 +100,6 @@ def test_reader_learns_the_end_offset_and_reports_nothing_left_once_read(
     restriction = RESTRICTIONS.initial_restriction(element)
     estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
 
-    class _Finalizer:
-        def register(self, callback):
-            pass
-
     read_count = 0
     deadline = time.monotonic() + 60
     try:
@@ -111,7 +107,7 @@ def test_reader_learns_the_end_offset_and_reports_nothing_left_once_read(
             tracker = RESTRICTIONS.create_tracker(restriction)
             safe = ThreadsafeRestrictionTracker(tracker)
             view = RestrictionTrackerView(safe)
-            read_count += sum(1 for _ in fn.process(element, _Finalizer(), view, estimator))
+            read_count += sum(1 for _ in fn.process(element, view, estimator))
             deferred = safe.deferred_status()
             assert deferred is not None, "an unbounded read ends its bundle with a checkpoint"
             restriction = deferred[0]

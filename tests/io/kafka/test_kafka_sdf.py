@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import time
 
 import apache_beam as beam
@@ -231,7 +232,7 @@ def _run(fn, consumer, restriction, element=None):
     finalizer = _Finalizer()
     element = element or PartitionRead("t", 0, restriction.start)
     estimator = fn.create_watermark_estimator(fn.initial_estimator_state(element, restriction))
-    out = list(fn.process(element, finalizer, view, watermark_estimator=estimator))
+    out = list(fn._read(element, view, estimator, finalizer.register))
     return out, view, finalizer
 
 
@@ -268,7 +269,7 @@ def test_record_without_event_time_never_moves_the_watermark():
     view = RestrictionTrackerView(ThreadsafeRestrictionTracker(PartitionTracker(restriction)))
     fn._consumer, fn._assigned = consumer, None
     out = []
-    for tv in fn.process(element, _Finalizer(), view, watermark_estimator=estimator):
+    for tv in fn.process(element, view, watermark_estimator=estimator):
         estimator.observe_timestamp(tv.timestamp)  # what the SDK does with every output
         out.append(tv)
     assert out[1].timestamp == Timestamp(37)  # the watermark after the first record
@@ -332,14 +333,22 @@ def test_process_finishes_when_position_passes_stop_without_records():
 
 
 def test_process_registers_commit_of_next_offset_only_when_asked():
-    """commit_on_finalize registers the commit; without it, a no-op (Prism finalizes anyway)."""
+    """commit_on_finalize registers the commit; without it, the read takes no bundle finalizer:
+    Prism would finalize each of its bundles, and the SDK fails those that registered nothing."""
     with_commit = _reader(stop_at_end=True, group_id="g", commit_on_finalize=True).reader_fn()
+    assert "bundle_finalizer" in inspect.signature(with_commit.process).parameters
     _, _, finalizer = _run(with_commit, _FakeConsumer([[_Msg(0), _Msg(1)]]), PartitionRange(0, 2))
     assert len(finalizer.callbacks) == 1
     assert finalizer.callbacks[0].args == ("t", 0, 2)
-    without = _reader(stop_at_end=True).reader_fn()
-    _, _, finalizer = _run(without, _FakeConsumer([[_Msg(0), _Msg(1)]]), PartitionRange(0, 2))
+    _, _, finalizer = _run(with_commit, _FakeConsumer([[]]), PartitionRange(2, 2))
     assert [getattr(c, "func", c).__name__ for c in finalizer.callbacks] == ["nothing_to_commit"]
+    for read in (_reader(stop_at_end=True), _reader(group_id="g", commit_after_sinks=True)):
+        for streaming in (False, True):
+            fn = read.reader_fn(streaming=streaming)
+            assert "bundle_finalizer" not in inspect.signature(fn.process).parameters
+    unbounded = _reader(group_id="g", commit_on_finalize=True).reader_fn(streaming=True)
+    assert "bundle_finalizer" in inspect.signature(unbounded.process).parameters
+    assert unbounded.__class__.__name__ == "FinalizingUnboundedReadFn"
 
 
 class _StartConsumer:

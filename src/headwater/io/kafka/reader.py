@@ -37,6 +37,7 @@ __all__ = [
     "ReadPartitionUnboundedFn",
     "ReadRange",
     "check_end_offset",
+    "reader_class",
     "split_read_ranges",
 ]
 
@@ -138,7 +139,6 @@ class ReadPartitionFn(beam.DoFn):
         policy: BoundedOutOfOrderness,
         event_time: EventTimeExtractor | None,
         value_format: Format | None,
-        commit_on_finalize: bool,
         poll_interval: float,
         stall_timeout: float = 60.0,
         bounded: bool,
@@ -162,7 +162,6 @@ class ReadPartitionFn(beam.DoFn):
             )
         self._event_time = event_time
         self._value_format = value_format
-        self._commit_on_finalize = commit_on_finalize
         self._poll_interval = poll_interval
         self._stall_timeout = stall_timeout
         self._bounded = bounded
@@ -224,17 +223,29 @@ class ReadPartitionFn(beam.DoFn):
     def process(
         self,
         element: PartitionRead,
-        # (Beam places the finalizer positionally: it must precede the keyword-only params.)
-        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
         tracker=beam.DoFn.RestrictionParam(RESTRICTIONS),
         watermark_estimator=beam.DoFn.WatermarkEstimatorParam(),
     ) -> Iterator[Any]:
+        # (No bundle finalizer: a step that takes one is finalized by Prism bundle by bundle,
+        # and the SDK fails each finalization of a bundle that registered nothing -- "Bundle is
+        # not in a finalizable state". Only commit_on_finalize needs it: FinalizingReadFn.)
+        yield from self._read(element, tracker, watermark_estimator, None)
+
+    def _read(
+        self,
+        element: PartitionRead,
+        tracker: Any,
+        watermark_estimator: Any,
+        finalize: Callable[[Callable[[], None]], None] | None,
+    ) -> Iterator[Any]:
+        """Reads ``element``'s restriction; ``finalize`` registers the bundle's commit."""
         from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         restriction = tracker.current_restriction()
         topic, partition = element.topic, element.partition
         if restriction.start >= restriction.stop:
-            bundle_finalizer.register(nothing_to_commit)
+            if finalize is not None:
+                finalize(nothing_to_commit)
             return
         consumer = self._get_consumer()
         lag = partition_lag(topic, partition)  # consumer-lag gauges: headwater.io.kafka.backlog
@@ -377,12 +388,13 @@ class ReadPartitionFn(beam.DoFn):
                     WATERMARKS.finish(self._read_id, (topic, partition))
             if not failed:
                 lag.report(consumer, next_offset)
+            if not failed and finalize is not None:
                 # Every bundle registers a callback: Prism finalizes every bundle of a step
                 # that can ask for finalization, and the Python SDK fails (and logs at ERROR)
                 # a finalization of a bundle that registered none.
-                bundle_finalizer.register(
+                finalize(
                     functools.partial(self._commit, topic, partition, next_offset)
-                    if self._commit_on_finalize and claimed_any
+                    if claimed_any
                     else nothing_to_commit
                 )
 
@@ -423,3 +435,37 @@ def _split_of(element: Any) -> Any:
 @beam.DoFn.unbounded_per_element()
 class ReadPartitionUnboundedFn(ReadPartitionFn):
     """The unbounded variant: the runner knows the output never ends."""
+
+
+def _finalizing_process(
+    self: ReadPartitionFn,
+    element: PartitionRead,
+    # (Beam places the finalizer positionally: it must precede the keyword-only params.)
+    bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+    tracker=beam.DoFn.RestrictionParam(RESTRICTIONS),
+    watermark_estimator=beam.DoFn.WatermarkEstimatorParam(),
+) -> Iterator[Any]:
+    """The reader's ``process`` with a bundle finalizer: each bundle registers its commit."""
+    yield from self._read(element, tracker, watermark_estimator, bundle_finalizer.register)
+
+
+class FinalizingReadFn(ReadPartitionFn):
+    """:class:`ReadPartitionFn` committing each partition's next offset when the runner
+    finalizes the bundle that read it (``commit_on_finalize``)."""
+
+    process = _finalizing_process  # type: ignore[assignment]  # (one more parameter)
+
+
+@beam.DoFn.unbounded_per_element()
+class FinalizingUnboundedReadFn(ReadPartitionUnboundedFn):
+    """:class:`ReadPartitionUnboundedFn` committing on bundle finalization, likewise."""
+
+    process = _finalizing_process  # type: ignore[assignment]
+
+
+def reader_class(*, bounded: bool, commit_on_finalize: bool) -> type[ReadPartitionFn]:
+    """The reading DoFn for a bounded or unbounded read, with a bundle finalizer only when it
+    commits on finalization."""
+    if commit_on_finalize:
+        return FinalizingReadFn if bounded else FinalizingUnboundedReadFn
+    return ReadPartitionFn if bounded else ReadPartitionUnboundedFn

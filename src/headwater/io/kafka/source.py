@@ -21,6 +21,7 @@ from headwater.io.kafka.reader import (
     READ_RANGES,
     ReadPartitionFn,
     ReadPartitionUnboundedFn,
+    reader_class,
     split_read_ranges,
 )
 from headwater.io.kafka.record import PartitionRead
@@ -203,14 +204,13 @@ class ReadFromKafka(beam.PTransform):
         """
         live = streaming and not self.stop_at_end and self.max_records is None
         bounded = self.bounded and not live
-        cls = ReadPartitionFn if bounded else ReadPartitionUnboundedFn
+        cls = reader_class(bounded=bounded, commit_on_finalize=self.commit_on_finalize)
         return cls(
             self.connection,
             group_id=self.group_id,
             policy=self.watermark,
             event_time=self.event_time,
             value_format=self.value_format,
-            commit_on_finalize=self.commit_on_finalize,
             poll_interval=self.poll_interval,
             bounded=bounded,
             stall_timeout=self.stall_timeout,
