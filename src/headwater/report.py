@@ -1,5 +1,8 @@
 """A picture of a run: one self-contained HTML page from the run summary and the files it wrote.
 
+Over 600 lines: about 150 of them are the page's own CSS and markup, kept beside the code that
+fills them so the page is one self-contained file written by one function.
+
 Inputs, all read after the run has finished (plain Python, no Beam pipeline):
 
 * ``summary`` -- the run summary dict the pipelines produce (``pipeline``, ``runner``,

@@ -1,5 +1,8 @@
 """``make bench``: headwater's throughput and memory next to plain Python and plain Beam, one run.
 
+Over 600 lines: a developer tool, not the product: the steps of one ``make bench`` run and its
+report; the end-to-end and Prism measurements live in ``bench_e2e`` and ``bench_prism``.
+
 Generates the reference workload with headwater's own generator
 (:func:`headwater.devtools.workload.write_jsonl`: ~1,000 events per second of event time, 10%
 re-deliveries, 1% late events), then measures, in this one process run (ratios are only

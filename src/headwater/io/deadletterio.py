@@ -74,6 +74,7 @@ __all__ = [
     "MalformedDeadLetterError",
     "DEAD_LETTER_AVRO_SCHEMA",
     "DEAD_LETTER_FORMATS",
+    "read_dead_letter_file",
 ]
 
 #: Formats :class:`WriteDeadLetters` writes.
@@ -286,6 +287,12 @@ class WriteDeadLetters(beam.PTransform):
                 )
             )
         )
+
+
+def read_dead_letter_file(path: str) -> Iterator[DeadLetter]:
+    """The envelopes of one dead-letter file (JSON lines or Avro, by its extension), in order:
+    what :class:`ReadDeadLetters` reads on workers, here in this process."""
+    return _ReadDeadLetterFileFn().process(path)
 
 
 class _ReadDeadLetterFileFn(beam.DoFn):

@@ -1,5 +1,9 @@
 """Files in and out: JSON lines, Avro and Parquet from glob patterns; Parquet/Avro per window.
 
+Over 600 lines: reading, encoding and writing share the file-name, canonical-JSON and write-once
+rules defined here, which every engine (record path, columnar, dead letters) calls; the sections
+below are marked.
+
 **Reading** -- :class:`ReadFromFiles` expands a glob (local paths and every scheme Beam's
 ``FileSystems`` knows, e.g. ``gs://``) and reads each matched file whole, in one DoFn call, after a
 reshuffle (parallelism: one file per worker thread; a file is never split). The output is bounded,
@@ -126,6 +130,7 @@ __all__ = [
     "match_files",
     "parquet_bytes",
     "prepare_output_folders",
+    "read_files_here",
     "stable_shard",
     "unreadable_file_letter",
     "window_directory",
@@ -467,6 +472,22 @@ class _ReadFileFn(beam.DoFn):
         parquet = pq.ParquetFile(handle)
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
             yield from batch.to_pylist()
+
+
+def read_files_here(pattern: str, file_format: str) -> tuple[list[Any], list[Any]]:
+    """Reads the files matching ``pattern`` in this process, as :class:`ReadFromFiles` reads
+    them on workers: (records in file order, dead letters of unreadable files or lines). What a
+    stream replay (``--replay_as_stream``) feeds its TestStream from, in the driver."""
+    reader = _ReadFileFn(file_format)
+    records: list[Any] = []
+    dead: list[Any] = []
+    for path in sorted(match_files(pattern)):
+        for item in reader.process(path):
+            if isinstance(item, beam.pvalue.TaggedOutput):
+                dead.append(item.value)
+            else:
+                records.append(item)
+    return records, dead
 
 
 class ReadFromFiles(beam.PTransform):

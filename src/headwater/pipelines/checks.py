@@ -140,7 +140,7 @@ def _letters(folder: str | None) -> list[Any]:
     """Up to ``_SAMPLE`` dead letters from the files directly in ``folder``."""
     if not folder:
         return []
-    from headwater.io.deadletterio import _ReadDeadLetterFileFn
+    from headwater.io.deadletterio import read_dead_letter_file
 
     base = folder.rstrip("/")
     try:
@@ -150,10 +150,9 @@ def _letters(folder: str | None) -> list[Any]:
     except Exception:  # nothing written there
         return []
     letters: list[Any] = []
-    reader = _ReadDeadLetterFileFn()
     for path in sorted(m.path for result in matched for m in result.metadata_list):
         try:
-            for letter in reader.process(path):
+            for letter in read_dead_letter_file(path):
                 letters.append(letter)
                 if len(letters) >= _SAMPLE:
                     return letters

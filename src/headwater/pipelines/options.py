@@ -1,5 +1,8 @@
 """Pipeline flags, declared once: argparse, ``--help``, validation and template metadata.
 
+Over 600 lines: it is the one table of every flag (name, type, default, help, template
+metadata); a default is written here and nowhere else, so the table is not split.
+
 Every ready-made pipeline lists the :class:`Flag` names it uses
 (:mod:`headwater.pipelines.catalog`, from the groups declared here); the declaration carries the
 help text, type, choices, default, the regex a Flex Template parameter must match, and whether

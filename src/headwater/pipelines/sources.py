@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
-from headwater.io.fileio import ReadFromFiles, _ReadFileFn, match_files
+from headwater.io.fileio import ReadFromFiles, read_files_here
 from headwater.io.kafka import ReadFromKafka
 from headwater.io.kafka.commit import DoneNotices, WindowNotices
 from headwater.io.streamreplay import RecordEventTime, replay_stream
@@ -91,25 +91,12 @@ class Sourced(NamedTuple):
         self.kafka.commit_when_written(outcomes=outcomes, trailing=trailing)
 
 
-def _local_records(pattern: str, fmt: str) -> tuple[list[Any], list[Any]]:
-    """Reads files in the driver for stream replay: (records in file order, dead letters)."""
-    reader = _ReadFileFn("json" if fmt == "json" else fmt)
-    records: list[Any] = []
-    dead: list[Any] = []
-    for path in sorted(match_files(pattern)):
-        for item in reader.process(path):
-            (dead if isinstance(item, beam.pvalue.TaggedOutput) else records).append(
-                item.value if isinstance(item, beam.pvalue.TaggedOutput) else item
-            )
-    return records, dead
-
-
 def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
     """Raw records from ``--source`` (files, files replayed as a stream, or Kafka)."""
     source = values.get("source")
     fmt = value(values, "format")
     if source == "files" and values.get("replay_as_stream"):
-        records, dead = _local_records(values["input"], fmt)
+        records, dead = read_files_here(values["input"], fmt)
         stream = replay_stream(
             records,
             event_time=RecordEventTime(decoder(values), event_time_extractor(values)),

@@ -1,5 +1,8 @@
 """Late-data routing: records too late for their windows go to a ``late`` output, never a drop.
 
+Over 600 lines: the argument that every record lands in exactly one place (windows or ``late``),
+with its limits, is written out below next to the code it is about.
+
 Beam's GroupByKey drops an element whose window has expired (``input watermark > window.end +
 allowed_lateness``) and only bumps a runner counter. headwater routes such records *before* the
 windowing step instead, because a DoFn downstream of the GroupByKey never sees them.
