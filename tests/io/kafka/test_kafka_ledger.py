@@ -50,7 +50,7 @@ def test_commit_point_never_passes_a_record_not_done_whatever_the_report_order(s
         else:
             released_upto = payload  # type: ignore[assignment]
             ledger.release(released_upto)
-            final |= {o for o, at in waits.items() if at < released_upto}
+            final |= {o for o, at in waits.items() if at <= released_upto}
         point = ledger.advance()
         if point is not None:
             committed.append(point)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from headwater.core.accounting import NAMESPACE
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import KafkaCommitError, KafkaIOError, wrap_kafka_error
 from headwater.io.kafka.ledger import OffsetLedger, done_notices, kafka_position
+from headwater.windowing.rules import window_close
 
 __all__ = [
     "CommitOffsetsFn",
@@ -134,8 +134,9 @@ class DoneNotices(beam.PTransform):
 
 
 class _LastWindowEndFn(beam.DoFn):
-    """A windowed Kafka record -> ``((topic, partition), offset, time)`` (global window), ``time``
-    its window's end plus the allowed lateness (its panes' last firing), in microseconds."""
+    """A windowed Kafka record -> ``((topic, partition), offset, close)`` (global window),
+    ``close`` its window's close (:func:`~headwater.windowing.rules.window_close`: the end plus
+    the allowed lateness, after its panes' last firing), in microseconds."""
 
     def __init__(self, allowed_lateness_s: float):
         self._lateness_us = round(allowed_lateness_s * 1_000_000)
@@ -143,7 +144,7 @@ class _LastWindowEndFn(beam.DoFn):
     def process(self, element: Any, window=beam.DoFn.WindowParam) -> Iterator[Any]:
         position = kafka_position(element)
         if position is not None:
-            yield (*position, window.max_timestamp().micros + self._lateness_us)
+            yield (*position, window_close(window.end.micros, self._lateness_us))
 
 
 class _WindowNoticesFn(beam.DoFn):
@@ -171,12 +172,13 @@ class _WindowNoticesFn(beam.DoFn):
 
 
 class WindowNotices(beam.PTransform):
-    """Reports on-time records as final once the watermark has passed their windows' ends.
+    """Reports on-time records as final once the watermark has closed their windows.
 
     Apply it to the records a window-writing sink aggregates, after window assignment and late
     routing (a non-merging window function: a merged session's end is not known from a record).
     :class:`CommitWhenWritten` releases the report when its input watermark, which trails the
-    sinks given as ``trailing``, passes the record's last window end plus ``allowed_lateness_s``:
+    sinks given as ``trailing``, reaches the close of the record's last window (its end plus
+    ``allowed_lateness_s``, :func:`headwater.windowing.rules.window_close`):
     by then every pane of those windows has been written.
     """
 
@@ -196,9 +198,9 @@ class WindowNotices(beam.PTransform):
 # -- the committer -----------------------------------------------------------------------------
 
 
-def _timer_time(at_us: int) -> Timestamp:
-    """The first whole millisecond after ``at_us`` (timers travel in milliseconds)."""
-    return Timestamp(micros=int(math.floor(at_us / 1000) + 1) * 1000)
+def _timer_time(close_us: int) -> Timestamp:
+    """The first whole millisecond at or after ``close_us`` (timers travel in milliseconds)."""
+    return Timestamp(micros=-(-close_us // 1000) * 1000)
 
 
 class _CommitWhenWrittenFn(beam.DoFn):

@@ -11,8 +11,8 @@ the commit follows the writes instead:
   are in no run);
 * every record reports once that its outcome is final (**done**): a duplicate when dedup drops
   it, a dead letter or late record once its file is written, an on-time record once its windows'
-  files are written (a **wait** until the watermark passes the last of its windows' ends plus the
-  allowed lateness: :meth:`release`);
+  files are written (a **wait** until the watermark reaches the close of its last window, its end
+  plus the allowed lateness: :meth:`release`, :func:`headwater.windowing.rules.is_late`);
 * the commit point is the first offset, from where the read began, that was read and is not
   done, or the end of what was read when every record is done. A restart from it re-reads every
   record whose outcome was not written (and some whose outcome was: window files are written
@@ -29,7 +29,7 @@ the waits.
 >>> ledger.done([11, 10]); ledger.wait(at=5_000, offsets=[12])
 >>> ledger.advance()  # offset 12 waits for its window
 12
->>> ledger.release(5_001); ledger.done([13]); ledger.advance()
+>>> ledger.release(5_000); ledger.done([13]); ledger.advance()
 15
 """
 
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.core.records import origin_of
+from headwater.windowing.rules import is_late
 
 __all__ = ["OffsetLedger", "done_notices", "kafka_position", "offset_runs"]
 
@@ -157,18 +158,19 @@ class OffsetLedger:
             at += len(pieces)
 
     def wait(self, *, at: int, offsets: Iterable[int]) -> None:
-        """These records are done once :meth:`release` is given a time past ``at``."""
+        """These records are done once the watermark given to :meth:`release` has reached
+        ``at``, the close of their last window (``rules.is_late(at, watermark)``)."""
         self._waits.append((at, tuple(offsets)))
 
-    def release(self, upto: int) -> None:
-        """Marks done every record waiting for a time before ``upto`` (the watermark)."""
-        ready = [offsets for at, offsets in self._waits if at < upto]
+    def release(self, watermark: int) -> None:
+        """Marks done every record whose last window has closed at ``watermark``."""
+        ready = [offsets for at, offsets in self._waits if is_late(at, watermark)]
         if ready:
-            self._waits = [(at, offsets) for at, offsets in self._waits if at >= upto]
+            self._waits = [(at, o) for at, o in self._waits if not is_late(at, watermark)]
             self.done(o for offsets in ready for o in offsets)
 
     def next_wait(self) -> int | None:
-        """The earliest time a waiting record is released at, or ``None``."""
+        """The earliest watermark that releases a waiting record, or ``None``."""
         return min((at for at, _ in self._waits), default=None)
 
     def advance(self) -> int | None:
