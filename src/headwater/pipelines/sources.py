@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from headwater.io.fileio import ReadFromFiles, read_files_here
 from headwater.io.kafka import ReadFromKafka
 from headwater.io.kafka.commit import DoneNotices, WindowNotices
+from headwater.io.kafka.source import reads_live
 from headwater.io.streamreplay import RecordEventTime, replay_stream
 from headwater.pipelines.config import (
     decoder,
@@ -125,8 +126,11 @@ def read_source(p: beam.Pipeline, values: Mapping[str, Any]) -> Sourced:
     # A streaming read (unbounded, or live until --max_duration) commits as each record's
     # outcome is written; with session windows it cannot know when a record's window is
     # written, and commits when the runner finalizes the read's bundles instead.
-    live = not bounded or (
-        streaming and not values.get("stop_at_end") and values.get("max_records") is None
+    live = reads_live(
+        streaming=streaming,
+        stop_at_end=bool(values.get("stop_at_end")),
+        max_records=values.get("max_records"),
+        max_duration=values.get("max_duration"),
     )
     on_finalize = commit and live and _merging_windows(values)
     if on_finalize:

@@ -26,12 +26,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 from headwater.core.accounting import NAMESPACE
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import KafkaCommitError, KafkaIOError, wrap_kafka_error
-from headwater.io.kafka.ledger import OffsetLedger, done_notices, kafka_position
+from headwater.io.kafka.ledger import OffsetLedger, kafka_position
 from headwater.windowing.rules import window_close
 
 __all__ = [
     "CommitOffsetsFn",
     "CommitWhenWritten",
+    "DoneBatch",
     "DoneNotices",
     "WindowNotices",
     "commit_or_warn",
@@ -102,24 +103,41 @@ class CommitOffsetsFn(beam.DoFn):
 # -- reports of final outcomes (per bundle, one element per partition) -------------------------
 
 
+class DoneBatch:
+    """One bundle's "done" reports: the Kafka offsets of its elements per partition, emitted at
+    the end of the bundle as ``((topic, partition), ("done", offsets))`` in the global window,
+    at the earliest timestamp seen (what the bundle's watermark hold allows)."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], list[int]] = {}
+        self._first: Timestamp | None = None
+
+    def add(self, element: Any, timestamp: Timestamp) -> None:
+        """Counts ``element`` (a Kafka record, a record parsed from one or its dead letter)."""
+        position = kafka_position(element)
+        if position is not None:
+            self._offsets.setdefault(position[0], []).append(position[1])
+            self._first = timestamp if self._first is None else min(self._first, timestamp)
+
+    def flush(self) -> Iterator[WindowedValue]:
+        """The reports of what was added, then empty again."""
+        if self._first is not None:
+            for key, offsets in self._offsets.items():
+                yield WindowedValue((key, ("done", tuple(offsets))), self._first, (GlobalWindow(),))
+        self._offsets, self._first = {}, None
+
+
 class _DoneNoticesFn(beam.DoFn):
     """Records or dead letters -> ``((topic, partition), ("done", offsets))`` per bundle."""
 
     def start_bundle(self) -> None:
-        self._seen: list[Any] = []
-        self._at: Timestamp | None = None
+        self._batch = DoneBatch()
 
     def process(self, element: Any, timestamp=beam.DoFn.TimestampParam) -> None:
-        if kafka_position(element) is not None:
-            self._seen.append(element)
-            self._at = timestamp if self._at is None else min(self._at, timestamp)
+        self._batch.add(element, timestamp)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._at is None:
-            return
-        for notice in done_notices(self._seen):
-            yield WindowedValue(notice, self._at, (GlobalWindow(),))
-        self._seen = []
+        yield from self._batch.flush()
 
 
 class DoneNotices(beam.PTransform):
@@ -214,9 +232,6 @@ class _CommitWhenWrittenFn(beam.DoFn):
         self._group_id = group_id
         self._consumer: Any = None
         self._commits = Metrics.counter(NAMESPACE, "kafka.offsets_committed")
-
-    def setup(self) -> None:
-        self._consumer = None
 
     def teardown(self) -> None:
         if self._consumer is not None:

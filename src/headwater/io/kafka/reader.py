@@ -25,6 +25,7 @@ from headwater.io.kafka.errors import (
     KafkaConsumeError,
     wrap_kafka_error,
 )
+from headwater.io.kafka.ledger import offset_runs
 from headwater.io.kafka.record import KafkaRecord, PartitionRead
 from headwater.io.kafka.restriction import RESTRICTIONS, UNBOUNDED_STOP, read_ends
 from headwater.io.partitionwatermarks import WATERMARKS, SharedWatermarkProvider
@@ -264,7 +265,7 @@ class ReadPartitionFn(beam.DoFn):
                 ) from None
         next_offset = restriction.start
         range_from = next_offset  # the next range to report begins here
-        runs: list[list[int]] = []  # ... and its records are at these runs of offsets
+        offsets: list[int] = []  # ... and its records are at these offsets
         claimed_any = False
         failed = False
         resume_at: int | None = None  # set when the consumer's queue holds nothing past next_offset
@@ -318,14 +319,11 @@ class ReadPartitionFn(beam.DoFn):
                         else:
                             self._records.inc(emitted)
                             lag.observe(emitted_bytes, emitted)
-                            yield from self._range(element, range_from, next_offset, runs)
+                            yield from self._range(element, range_from, next_offset, offsets)
                             return
                     claimed_any = True
                     if self.reports_ranges:
-                        if runs and runs[-1][1] == offset:
-                            runs[-1][1] = offset + 1
-                        else:
-                            runs.append([offset, offset + 1])
+                        offsets.append(offset)
                     next_offset = offset + 1
                     ts_type, ts_ms = msg.timestamp()
                     record = KafkaRecord(
@@ -344,8 +342,8 @@ class ReadPartitionFn(beam.DoFn):
                     )
                 self._records.inc(emitted)
                 lag.observe(emitted_bytes, emitted)
-                yield from self._range(element, range_from, next_offset, runs)
-                range_from, runs = next_offset, []
+                yield from self._range(element, range_from, next_offset, offsets)
+                range_from, offsets = next_offset, []
                 lag.report(consumer, next_offset)  # (the end offset: at a bounded rate)
                 if next_offset >= stop:
                     return
@@ -399,14 +397,14 @@ class ReadPartitionFn(beam.DoFn):
                 )
 
     def _range(
-        self, element: PartitionRead, start: int, stop: int, runs: list[list[int]]
+        self, element: PartitionRead, start: int, stop: int, offsets: list[int]
     ) -> Iterator[Any]:
-        """The READ_RANGES report of ``[start, stop)`` (records at ``runs``), when asked for."""
+        """The READ_RANGES report of ``[start, stop)`` (records at ``offsets``), when asked for."""
         if self.reports_ranges and stop > start:
             key = (element.topic, element.partition)
             # (No timestamp of its own: the committer does not read it, and the reader's
             # watermark estimator must not see one.)
-            notice = ("read", element.start, start, stop, tuple((a, b) for a, b in runs))
+            notice = ("read", element.start, start, stop, offset_runs(offsets))
             yield ReadRange(key, notice)
 
     def _caught_up_to_stop(

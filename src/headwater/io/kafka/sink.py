@@ -11,14 +11,13 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, JsonFormat, make_format
+from headwater.io.kafka.commit import DoneBatch
 from headwater.io.kafka.config import KafkaConnection, check_reachable
 from headwater.io.kafka.errors import KafkaDeliveryError, wrap_kafka_error
-from headwater.io.kafka.ledger import done_notices, kafka_position
 from headwater.io.kafka.record import KafkaRecord
 from headwater.windowing.durations import DurationLike, parse_duration
 
@@ -51,8 +50,7 @@ class _WriteFn(beam.DoFn):
         self._failed = 0
         self._written = Metrics.counter(NAMESPACE, "kafka.records_written")
         self._report = write.report_written
-        self._delivered: list[Any] = []  # elements of the bundle to report once flushed
-        self._first: Any = None  # their earliest timestamp
+        self._delivered = DoneBatch()  # the bundle's records, reported once flushed
 
     def setup(self) -> None:
         from confluent_kafka import KafkaException, Producer
@@ -74,8 +72,7 @@ class _WriteFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._errors = []
         self._failed = 0
-        self._delivered = []
-        self._first = None
+        self._delivered = DoneBatch()
 
     def _on_delivery(self, error: Any, msg: Any) -> None:
         if error is not None:
@@ -156,9 +153,8 @@ class _WriteFn(beam.DoFn):
                 ) from None
         self._producer.poll(0)
         self._written.inc()
-        if self._report and kafka_position(element) is not None:
-            self._delivered.append(element)
-            self._first = timestamp if self._first is None else min(self._first, timestamp)
+        if self._report:
+            self._delivered.add(element, timestamp)
         return iter(())
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -177,9 +173,7 @@ class _WriteFn(beam.DoFn):
                 retriable=True,
             )
         # Every record of the bundle is acknowledged: their reads may be committed.
-        for notice in done_notices(self._delivered):
-            yield WindowedValue(notice, self._first, (GlobalWindow(),))
-        self._delivered = []
+        yield from self._delivered.flush()
 
     def teardown(self) -> None:
         if self._producer is not None:

@@ -29,7 +29,7 @@ from headwater.windowing.durations import DurationLike, parse_duration
 from headwater.windowing.eventtime import EventTimeExtractor
 from headwater.windowing.watermark import BoundedOutOfOrderness
 
-__all__ = ["ReadFromKafka"]
+__all__ = ["ReadFromKafka", "reads_live"]
 
 
 class _ListPartitionsFn(beam.DoFn):
@@ -56,6 +56,16 @@ class _ListPartitionsFn(beam.DoFn):
             group_id=self._group_id,
             timeout=self._timeout,
         )
+
+
+def reads_live(
+    *, streaming: bool, stop_at_end: bool, max_records: int | None, max_duration: Any
+) -> bool:
+    """Whether a read runs live (an unbounded reader: checkpoints at the tail, the watermark and
+    the windows advance while it runs): every unbounded read, and in a ``streaming`` job a read
+    bounded only by ``max_duration`` (it ends at its deadline, which drains the job)."""
+    bounded = stop_at_end or max_records is not None or max_duration is not None
+    return not bounded or (streaming and not stop_at_end and max_records is None)
 
 
 class ReadFromKafka(beam.PTransform):
@@ -202,8 +212,12 @@ class ReadFromKafka(beam.PTransform):
         unbounded one (checkpointing at the tail, so the watermark and the windows advance
         while it runs) and ends at its deadline, which drains the job.
         """
-        live = streaming and not self.stop_at_end and self.max_records is None
-        bounded = self.bounded and not live
+        bounded = not reads_live(
+            streaming=streaming,
+            stop_at_end=self.stop_at_end,
+            max_records=self.max_records,
+            max_duration=self.max_duration,
+        )
         cls = reader_class(bounded=bounded, commit_on_finalize=self.commit_on_finalize)
         return cls(
             self.connection,
