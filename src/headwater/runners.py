@@ -66,6 +66,7 @@ __all__ = [
     "LOCAL_RUNNERS",
     "PORTABLE_RUNNERS",
     "PRISM_ENV",
+    "PRISM_NO_SPLIT",
     "PRISM_RUNNER",
     "SETUP_FILE_ENV",
     "find_prism",
@@ -90,6 +91,18 @@ SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
 
 PRISM_ENV = "HEADWATER_PRISM"
 """Environment variable naming the Prism binary (when ``--prism_location`` is not given)."""
+
+PRISM_NO_SPLIT = "prism_disable_sdf_split"
+"""The experiment that stops Prism splitting a running bundle; every Prism run sets it.
+
+Prism (Beam 2.77) splits a bundle that makes no progress for a while. For a stateful step it
+cuts the bundle's element list at the SDK's first-residual index, but the SDK counts data
+elements only while the list also holds the bundle's timers (``splitBundle`` in Prism's
+``elementmanager.go``, apache/beam#35771). Records before the cut that the SDK already
+processed are then sent again: dedup, the late router and the commit step saw some records
+twice under load, and the run's accounting identity broke (1,502 outcomes for 1,500 records).
+Without runner splits each bundle runs to its end; the Kafka reader still checkpoints itself.
+"""
 
 _CANONICAL = {
     name.lower(): name
@@ -279,6 +292,7 @@ def prepare(options: PipelineOptions, *, streaming: bool, unbounded: bool = Fals
     elif runner == PRISM_RUNNER:
         prism = options.view_as(PrismRunnerOptions)
         prism.prism_location = find_prism(prism.prism_location)
+        options.view_as(DebugOptions).add_experiment(PRISM_NO_SPLIT)
     return str(runner)
 
 

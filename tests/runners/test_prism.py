@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
+from apache_beam.metrics import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import (
+    DebugOptions,
     PipelineOptions,
     PrismRunnerOptions,
     StandardOptions,
@@ -144,3 +149,39 @@ def test_processing_time_dedup_over_files_finishes_on_prism_like_fnapi(
     }
     assert counts["PrismRunner"] == counts["FnApiRunner"]
     assert counts["PrismRunner"][2] > 0  # the workload's re-deliveries were found
+
+
+class _CountBundles(beam.DoFn):
+    """Each element takes longer than Prism's progress tick, so Prism sees a stalled bundle."""
+
+    def __init__(self) -> None:
+        self._bundles = Metrics.counter("test", "bundles")
+
+    def start_bundle(self) -> None:
+        self._bundles.inc()
+
+    def process(self, element: int) -> Iterator[int]:
+        deadline = time.perf_counter() + 0.4  # CPU work of one element, not a wait
+        while time.perf_counter() < deadline:
+            pass
+        yield element
+
+
+def _bundles_on_prism(*, split: bool) -> int:
+    options = PipelineOptions(["--runner=PrismRunner", "--environment_type=LOOPBACK"])
+    runners.prepare(options, streaming=False)
+    if split:  # what Prism does without headwater's experiment
+        options.view_as(DebugOptions).experiments.remove(runners.PRISM_NO_SPLIT)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | beam.Create(list(range(6))) | beam.Reshuffle() | beam.ParDo(_CountBundles())
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("bundles"))["counters"]
+    return sum(counter.committed for counter in counters)
+
+
+def test_prism_runs_never_split_a_running_bundle() -> None:
+    """Every Prism run sets runners.PRISM_NO_SPLIT (Prism re-sends processed records when it
+    splits a stateful bundle that holds timers); without it the same stalled bundle is split."""
+    assert _bundles_on_prism(split=False) == 1
+    assert _bundles_on_prism(split=True) > 1

@@ -85,7 +85,7 @@ from headwater.io.timeline import (
     build_stream,
     resolve_window,
 )
-from headwater.runners import find_prism
+from headwater.runners import PRISM_NO_SPLIT, find_prism
 from headwater.testing.assertions import assert_accounting, pane_timing
 from headwater.windowing.durations import DurationLike, parse_duration
 
@@ -370,6 +370,7 @@ class StreamHarness:
         if self._runner == "PrismRunner":
             location = options.get_all_options().get("prism_location")
             args.append(f"--prism_location={find_prism(location)}")
+            args.append(f"--experiments={PRISM_NO_SPLIT}")  # see runners.PRISM_NO_SPLIT
         return args
 
     def run(self, transform: Any, events: Iterable[Any] | str | os.PathLike) -> HarnessResult:
