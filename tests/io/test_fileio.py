@@ -640,3 +640,33 @@ def test_remote_folders_are_refused_emptied_and_marked_through_beam_filesystems(
     assert json.loads(store[marker]) == {"output": 1, "files": ["w/part.parquet"]}
     assert list_output_files("hwmem://b/out") == ["hwmem://b/out/w/part.parquet"]
     assert not [p for p in store if ".tmp-" in p]
+
+
+def test_each_session_gets_its_own_folder_whatever_other_keys_do(tmp_path):
+    """Sessions of two keys that overlap are written under their own bounds, not their union.
+
+    Key ``a`` is active from 0 s to 420 s (one session, gap 300 s); key ``b`` has one record at
+    100 s, inside ``a``'s session, and a second session of one record at 1000 s, when ``b`` alone
+    is active. A union per shard would give one folder [0 s, 720 s) holding both keys.
+    """
+    events = [("a", 0), ("a", 210), ("a", 420), ("b", 100), ("b", 1000)]
+    out = tmp_path / "out"
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = (
+            p
+            | beam.Create(events)
+            | beam.MapTuple(lambda key, t: window.TimestampedValue((key, 1), t))
+            | beam.WindowInto(window.Sessions(300))
+            | beam.CombinePerKey(sum)
+            | beam.MapTuple(lambda key, n: {"key": key, "n": n})
+            | WriteWindowedFiles(str(out), format="avro")
+        )
+    folders = {
+        str(path.parent.relative_to(out)): [r["key"] for r in fastavro.reader(path.open("rb"))]
+        for path in out.rglob("*.avro")
+    }
+    assert folders == {
+        "window_start=1970-01-01T00:00:00Z/window_end=1970-01-01T00:12:00Z": ["a"],
+        "window_start=1970-01-01T00:01:40Z/window_end=1970-01-01T00:06:40Z": ["b"],
+        "window_start=1970-01-01T00:16:40Z/window_end=1970-01-01T00:21:40Z": ["b"],
+    }

@@ -38,7 +38,8 @@ input always gives byte-identical files under the same names::
     {output}/window=global/part-00000-of-00001.avro                                global window
 
 Window bounds are RFC 3339 UTC (``Z``; fractional seconds only when not whole). Merging windows
-(sessions) add a ``window_end=`` level because two sessions may start at the same instant. Late
+(sessions) add a ``window_end=`` level because two sessions may start at the same instant: each
+folder holds the rows of one exact session (start and end), of every key that has it. Late
 data (panes after the on-time one) gets its own pane files; nothing is dropped beyond what the
 input's allowed lateness already drops. The writer always groups in *discarding* mode (an
 accumulating input is re-windowed, windows unchanged): the files of one window hold each row
@@ -266,10 +267,19 @@ def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) ->
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
     temp = FileSystems.join(directory, f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}")
+    plain = FileSystems.get_scheme(path) is None  # a local path without file://
     try:
-        with FileSystems.create(temp, mime_type, CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(data)
-        if replace or FileSystems.get_scheme(path) is not None:
+        if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
+            # write thousands of small files)
+            os.makedirs(directory or ".", exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            if replace:
+                os.replace(temp, path)
+                return True
+        else:
+            with FileSystems.create(temp, mime_type, CompressionTypes.UNCOMPRESSED) as handle:
+                handle.write(data)
             FileSystems.rename([temp], [path])
             return True
         try:
@@ -765,19 +775,23 @@ class _KeepWindows(beam_window.WindowFn):
 
 class _KeyByShardFn(beam.DoFn):
     """Keys a row by (shard, its window's bounds): every window is its own key, so the writes
-    of many windows spread over workers (runners route by key, not by window). Rows of merging
-    windows are keyed by shard alone, so that the GroupByKey can still merge their windows."""
+    of many windows spread over workers (runners route by key, not by window).
 
-    def __init__(self, num_shards: int, merging: bool = False):
+    Session rows too: all windows under one key are then equal, so the GroupByKey's merge
+    leaves each session its own group. (Keyed by shard alone, overlapping sessions of different
+    keys would merge into one file named by their union -- in a stream, one that grows while
+    any key stays active, its file held back all that time.)
+    """
+
+    def __init__(self, num_shards: int):
         self._num_shards = num_shards
-        self._merging = merging
 
     def process(
         self, element: Any, window=beam.DoFn.WindowParam
     ) -> Iterator[tuple[tuple[int, int, int], Mapping[str, Any]]]:
         row = _as_row(element)
         shard = stable_shard(canonical_json(row), self._num_shards)
-        if self._merging or not isinstance(window, beam_window.IntervalWindow):
+        if not isinstance(window, beam_window.IntervalWindow):
             yield (shard, 0, 0), row
         else:
             yield (shard, window.start.micros, window.end.micros), row
@@ -945,8 +959,7 @@ class WriteWindowedFiles(beam.PTransform):
             )
         return (
             pcoll
-            | "KeyByShard"
-            >> beam.ParDo(_KeyByShardFn(self._num_shards, windowing.windowfn.is_merging()))
+            | "KeyByShard" >> beam.ParDo(_KeyByShardFn(self._num_shards))
             | "GroupPerWindowShard" >> beam.GroupByKey()
             | "WriteFiles"
             >> beam.ParDo(
