@@ -159,3 +159,73 @@ def test_sessions_have_no_per_instant_rule():
     """Session windows merge per key: the assigner refuses them with a message naming them."""
     with pytest.raises(ValueError, match="sessions merge per key"):
         rules.assigner(beam_window.Sessions(60))
+
+
+class _MergeContext(beam_window.WindowFn.MergeContext):
+    """Beam's merge callbacks, applied to a set of windows (the GroupByKey's bookkeeping)."""
+
+    def __init__(self, windows):
+        super().__init__(windows)
+        self.result = set(windows)
+
+    def merge(self, to_be_merged, merge_result):
+        self.result -= set(to_be_merged)
+        self.result.add(merge_result)
+
+
+def _beam_sessions(gap: int, ts: list[int]) -> list[tuple[int, int]]:
+    fn = beam_window.Sessions(Timestamp(micros=gap) - Timestamp(micros=0))
+    windows = [
+        w for t in ts for w in fn.assign(beam_window.WindowFn.AssignContext(Timestamp(micros=t)))
+    ]
+    context = _MergeContext(windows)
+    fn.merge(context)
+    return sorted((w.start.micros, w.end.micros) for w in context.result)
+
+
+# gaps and instants on a small grid so that windows often touch (end == next start) exactly
+GRID = st.integers(min_value=0, max_value=400).map(lambda k: k * 250_000)
+GAPS = st.integers(min_value=1, max_value=8).map(lambda k: k * 250_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(per_key=st.lists(st.lists(GRID, max_size=30), min_size=1, max_size=5), gap=GAPS)
+def test_sessions_scalar_vector_and_beam_agree(per_key, gap):
+    """merge_sessions (one key), merge_sessions_v (many keys at once) and Beam's Sessions merge
+    give the same sessions, touching windows kept apart."""
+    groups, starts = [], []
+    for key, ts in enumerate(per_key):
+        expected = _beam_sessions(gap, ts)
+        assert rules.merge_sessions([rules.session_window(t, gap) for t in ts]) == expected
+        groups += [key] * len(ts)
+        starts += ts
+    groups_v, starts_v = np.array(groups, dtype=np.int64), np.array(starts, dtype=np.int64)
+    order = np.lexsort((starts_v, groups_v))
+    session, first, last = rules.merge_sessions_v(
+        groups_v[order], starts_v[order], starts_v[order] + gap
+    )
+    for key, ts in enumerate(per_key):
+        rows = np.flatnonzero(groups_v[order] == key)
+        got = sorted({(int(first[s]), int(last[s])) for s in session[rows]})
+        assert got == _beam_sessions(gap, ts)
+        for row in rows:  # each record lies in its session
+            assert first[session[row]] <= starts_v[order][row] < last[session[row]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    groups=st.lists(st.integers(min_value=0, max_value=6), max_size=40),
+    data=st.data(),
+    wide=st.booleans(),
+)
+def test_running_max_per_group(groups, data, wide):
+    """running_max_v equals a plain loop, for narrow and for very wide value ranges (ranks)."""
+    groups = sorted(groups)
+    top = 2**62 if wide else 1_000
+    values = [data.draw(st.integers(min_value=-top, max_value=top)) for _ in groups]
+    got = rules.running_max_v(np.array(groups, dtype=np.int64), np.array(values, dtype=np.int64))
+    expected, best = [], {}
+    for g, v in zip(groups, values, strict=True):
+        best[g] = max(best.get(g, v), v)
+        expected.append(best[g])
+    assert got.tolist() == expected

@@ -27,6 +27,14 @@ Window assignment
     calendar windows the local day, week or month of the instant
     (:mod:`headwater.windowing.windows` says where a DST-changed day starts).
 
+Sessions (merging windows)
+    A record at ``ts`` opens the window ``[ts, ts + gap)`` (:func:`session_window`); per key, a
+    window joins the session before it iff it starts *before* that session's end (windows that
+    only touch stay apart), and the session spans its first start to its latest end
+    (:func:`merge_sessions`, :func:`merge_sessions_v`). This is Beam's ``Sessions`` merge, which
+    the record path's GroupByKey runs; ``tests/windowing/test_rules.py`` checks both forms
+    against it on random inputs. The result does not depend on the order windows are merged in.
+
 Lateness
     A window closes at :func:`window_close` ``= end + allowed_lateness`` (the GroupByKey's drop
     rule). A record is late iff every window it belongs to has closed at the watermark a router
@@ -53,6 +61,10 @@ __all__ = [
     "calendar_window",
     "closes_v",
     "latest_close",
+    "merge_sessions",
+    "merge_sessions_v",
+    "running_max_v",
+    "session_window",
     "dedup_expiry",
     "dedup_expiry_v",
     "is_duplicate",
@@ -120,6 +132,76 @@ def is_forgotten(anchor: int, horizon: int, watermark: int) -> bool:
 def is_forgotten_v(anchors: np.ndarray, horizon: int, watermark: np.ndarray | int) -> np.ndarray:
     """:func:`is_forgotten` over arrays (``NO_TIME`` anchors are never "forgotten")."""
     return (anchors != NO_TIME) & (dedup_expiry_v(anchors, horizon) <= watermark)
+
+
+# -- per-group running maxima ------------------------------------------------------------------
+
+
+def running_max_v(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row, the largest of ``values`` over the rows of its group up to and including it.
+
+    ``groups`` are non-negative ``int64`` codes in ascending order (rows sorted by group). Each
+    group's composite values (``group * span + value``) lie above the previous group's, so one
+    running maximum over all rows serves every group.
+
+    >>> running_max_v(np.array([0, 0, 0, 1, 1]), np.array([5, 3, 9, 1, 0])).tolist()
+    [5, 5, 9, 1, 1]
+    """
+    if len(values) == 0:
+        return np.asarray(values, dtype=np.int64)
+    low = int(values.min())
+    span = int(values.max()) - low + 1
+    if span * (int(groups[-1]) + 1) < 1 << 62:
+        running = np.maximum.accumulate(groups * span + (values - low))
+        return running - groups * span + low
+    distinct, ranks = np.unique(values, return_inverse=True)  # ranks keep the products small
+    span = len(distinct)
+    return distinct[np.maximum.accumulate(groups * span + ranks) - groups * span]
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def session_window(ts: int, gap: int) -> tuple[int, int]:
+    """The window a record at ``ts`` opens: ``[ts, ts + gap)``, before merging."""
+    return ts, ts + gap
+
+
+def merge_sessions(windows: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """One key's windows merged into sessions, oldest first.
+
+    >>> merge_sessions([(0, 10), (5, 15), (15, 25), (40, 50)])
+    [(0, 15), (15, 25), (40, 50)]
+    """
+    sessions: list[tuple[int, int]] = []
+    for start, end in sorted(windows):
+        if sessions and start < sessions[-1][1]:
+            first, reach = sessions[-1]
+            sessions[-1] = (first, max(reach, end))
+        else:
+            sessions.append((start, end))
+    return sessions
+
+
+def merge_sessions_v(
+    groups: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`merge_sessions` for many keys at once: ``(session, session_starts, session_ends)``.
+
+    The rows are sorted by ``(groups, starts)`` (``groups`` as :func:`running_max_v` takes
+    them); ``session[i]`` is the index of row ``i``'s merged session, whose bounds are
+    ``session_starts[session[i]]`` and ``session_ends[session[i]]``.
+    """
+    n = len(starts)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    reach = running_max_v(groups, ends)  # the end of the session so far, per row
+    opens = np.ones(n, dtype=bool)
+    opens[1:] = (groups[1:] != groups[:-1]) | (starts[1:] >= reach[:-1])
+    session = np.cumsum(opens) - 1
+    firsts = np.flatnonzero(opens)
+    return session, starts[firsts], np.maximum.reduceat(ends, firsts)
 
 
 # -- lateness -----------------------------------------------------------------------------------
