@@ -17,7 +17,7 @@ EngineFiles = dict[str, dict[str, bytes]]
 
 
 def _engine_files(
-    tmp_path: Path, pattern: str, options: Mapping[str, Any], output_format: str
+    tmp_path: Path, pattern: str, options: Mapping[str, Any], output_format: str, shards: int = 1
 ) -> EngineFiles:
     """Writes the window files of the record path and of the columnar path over ``pattern``.
 
@@ -26,13 +26,16 @@ def _engine_files(
     with TestPipeline(runner="FnApiRunner") as p:
         read = p | ReadFromFiles(pattern, format="json")
         record = read.main | ComputeWindowedMetrics(**options)
-        _ = record.rows | WriteWindowedFiles(str(tmp_path / "record"), format=output_format)
+        _ = record.rows | WriteWindowedFiles(
+            str(tmp_path / "record"), format=output_format, num_shards=shards
+        )
     with TestPipeline(runner="FnApiRunner") as p:
         _ = p | ComputeWindowedMetricsColumnar(
             pattern=pattern,
             file_format="json",
             output=str(tmp_path / "columnar"),
             output_format=output_format,
+            output_shards=shards,
             **options,
         )
     files: EngineFiles = {}
@@ -45,8 +48,8 @@ def _engine_files(
 
 
 @pytest.fixture
-def engine_files(tmp_path: Path) -> Callable[[str, Mapping[str, Any], str], EngineFiles]:
-    """``engine_files(pattern, options, output_format)``: both engines' files, by engine."""
-    return lambda pattern, options, output_format: _engine_files(
-        tmp_path, pattern, options, output_format
+def engine_files(tmp_path: Path) -> Callable[..., EngineFiles]:
+    """``engine_files(pattern, options, output_format, shards=1)``: both engines' files."""
+    return lambda pattern, options, output_format, shards=1: _engine_files(
+        tmp_path, pattern, options, output_format, shards
     )

@@ -324,7 +324,7 @@ def test_emit_duplicates_outputs_the_decoded_copies(tmp_path):
     [
         ({"file_format": "csv"}, "format 'csv'"),
         ({"streaming": True}, "streaming"),
-        ({"window": "session:5m"}, "not fixed, sliding or calendar"),
+        ({"window": beam.window.GlobalWindows()}, "not fixed, sliding, calendar or session"),
         ({"trigger": "early:10s"}, "early panes"),
         ({"checks": [lambda r: None]}, "checks"),
         ({"key_field": "user.id"}, "key_field='user.id'"),

@@ -244,18 +244,26 @@ def test_run_takes_the_parallel_path_when_asked_for(integer_run, tmp_path, extra
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [("--replay_as_stream",), ("--window=session:1m",)],
-    ids=["replay", "record-path"],
+    ("extra", "why"),
+    [
+        (("--replay_as_stream",), "a stream replay"),
+        (("--window=session:1m",), "session windows merge per key across the id shards"),
+        (("--dedup_keep=last",), "dedup is not keep='first'"),
+    ],
+    ids=["replay", "sessions", "record-path"],
 )
-def test_columnar_shards_is_refused_where_the_batch_path_does_not_run(tmp_path, extra):
-    """--columnar_shards on a stream replay or a record-path run is a ValueError naming it."""
+def test_columnar_shards_is_refused_where_the_parallel_path_does_not_run(tmp_path, extra, why):
+    """--columnar_shards on a stream replay, a session run (the one-step columnar path) or a
+    record-path run is a ValueError naming the flag and why."""
     from headwater.pipelines import windowed_metrics
 
     (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
     argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), "--columnar_shards=2", *extra)
-    with pytest.raises(ValueError, match="--columnar_shards=2 applies to the columnar batch path"):
+    with pytest.raises(
+        ValueError, match="--columnar_shards=2 applies to the columnar batch path"
+    ) as err:
         windowed_metrics.run(argv)
+    assert why in str(err.value)
 
 
 def test_bench_scale_out_runs_one_and_two_workers_to_the_same_bytes(tmp_path):
@@ -348,3 +356,16 @@ def test_runners_with_remote_workers_build_the_parallel_path(tmp_path, runner, e
     argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), f"--runner={runner}")
     built = windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
     assert built.engine == engine
+
+
+def test_sessions_on_a_runner_with_remote_workers_take_the_one_step_columnar_path(tmp_path):
+    """Session windows cannot merge per window start across shards: a Dataflow run of them
+    builds the one-step columnar path, not the parallel one (and not the record path)."""
+    from headwater.pipelines import windowed_metrics
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
+    argv = _run_argv(
+        tmp_path, str(tmp_path / "a.jsonl"), "--runner=DataflowRunner", "--window=session:5m"
+    )
+    built = windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
+    assert built.engine == "columnar"

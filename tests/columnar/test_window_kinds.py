@@ -1,4 +1,5 @@
-"""Calendar windows on the columnar batch path: the record path's rows and counters (DST days)."""
+"""Calendar and session windows on the columnar batch path: the record path's rows, counters
+and files (DST days; sessions merged per key across blocks)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from headwater.columnar import ComputeWindowedMetricsColumnar, columnar_unsupported_reason
+from headwater.columnar import (
+    ComputeWindowedMetricsColumnar,
+    ComputeWindowedMetricsParallel,
+    columnar_unsupported_reason,
+    reader,
+    replay_unsupported_reason,
+)
 from headwater.core.accounting import Accounting
 from headwater.io.fileio import ReadFromFiles
 from headwater.io.formats import JsonFormat
@@ -79,19 +86,20 @@ def _run_both(tmp_path, lines, window):
     return record_counts, columnar_counts
 
 
-def test_calendar_windows_run_on_the_columnar_path():
-    """Calendar windows no longer fall back to the record path; sessions still do, with a reason."""
+def test_calendar_and_session_windows_run_on_the_columnar_path():
+    """Calendar and session windows no longer fall back to the record path in batch; a
+    session replay still does, and the parallel form refuses sessions, each with a reason."""
     common = _options("calendar:day@Europe/Berlin")
     del common["window"]
-    assert (
-        columnar_unsupported_reason(
-            file_format="json", window="calendar:day@Europe/Berlin", **common
-        )
-        is None
-    )
-    assert "sessions" in columnar_unsupported_reason(
+    for window in ("calendar:day@Europe/Berlin", "session:5m"):
+        assert columnar_unsupported_reason(file_format="json", window=window, **common) is None
+    assert "not fixed or calendar" in replay_unsupported_reason(
         file_format="json", window="session:5m", **common
     )
+    with pytest.raises(ValueError, match=r"^window='session:5m': session windows merge per key"):
+        ComputeWindowedMetricsParallel(
+            pattern="x", file_format="json", window="session:5m", **common
+        )
 
 
 def test_calendar_days_over_dst_give_the_record_paths_rows_and_counters(tmp_path):
@@ -124,6 +132,57 @@ def test_calendar_day_files_are_the_record_paths_bytes(tmp_path, output_format, 
     window = "calendar:day@Europe/Berlin"
     files = engine_files(str(path), _options(window), output_format)
     assert len(files["record"]) >= 8
+    assert files["columnar"] == files["record"]
+
+
+_GAP_MS = 300_000  # session:5m
+
+
+def _session_lines(seed, n=600):
+    """Bursts per key with gaps around the session gap (exactly it, just under, far over), in
+    disorder, with retried copies, a bad line and int and string keys."""
+    rng = random.Random(seed)
+    lines = []
+    clock = {key: 1_717_200_000_000 + rng.randrange(10**6) for key in ("a", "b", 7, "7x")}
+    for i in range(n):
+        key = rng.choice(list(clock))
+        step = rng.choice([1_000, 60_000, _GAP_MS - 1, _GAP_MS, _GAP_MS + 1, 4 * _GAP_MS])
+        clock[key] += step
+        ts = clock[key] - (rng.randrange(2 * _GAP_MS) if rng.random() < 0.2 else 0)
+        event = {"id": f"e{rng.randrange(n // 2)}", "t": ts, "u": key, "amount": i % 17}
+        lines.append(json.dumps(event).encode())
+    lines.insert(n // 2, b'{"id": "bad", "t": 1, "u": "a", "amount": "ten"}')
+    return lines
+
+
+@pytest.mark.parametrize("block_bytes", [90, 2_000, 4 << 20])
+def test_session_windows_give_the_record_paths_rows_and_counters(
+    tmp_path, monkeypatch, block_bytes
+):
+    """Sessions merged per key (touching windows apart, disorder across blocks): the record
+    path's rows, bounds and counters, wherever blocks are cut."""
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)  # 90: about one line per block
+    record, columnar = _run_both(tmp_path, _session_lines(3), "session:5m")
+    assert _SEEN["columnar"] == _SEEN["record"]
+    lengths = {end - start for start, end, *_ in _SEEN["record"]}
+    assert dt.timedelta(minutes=5) in lengths  # single-record sessions
+    assert max(lengths) > dt.timedelta(minutes=10)  # merged ones
+    assert {k: getattr(columnar, k) for k in _COUNTERS} == {
+        k: getattr(record, k) for k in _COUNTERS
+    }
+    assert record.duplicate > 0
+    assert record.dead_letter == 1
+
+
+@pytest.mark.parametrize(("output_format", "shards"), [("parquet", 1), ("avro", 1), ("parquet", 3)])
+def test_session_files_are_the_record_paths_bytes(tmp_path, output_format, shards, engine_files):
+    """Session window files: the record path's window_start=/window_end= folders (one per
+    exact session, keys that share it together) and bytes."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in _session_lines(11, 300)))
+    files = engine_files(str(path), _options("session:5m"), output_format, shards)
+    assert len(files["record"]) >= 20
+    assert all("window_end=" in name for name in files["record"])
     assert files["columnar"] == files["record"]
 
 

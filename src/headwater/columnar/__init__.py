@@ -15,7 +15,10 @@ checks do not accept. The modules, bottom up:
 ``transform``  the PTransforms and the functions that say whether a configuration qualifies.
 """
 
-from headwater.columnar.parallel import ComputeWindowedMetricsParallel
+from headwater.columnar.parallel import (
+    ComputeWindowedMetricsParallel,
+    parallel_unsupported_reason,
+)
 from headwater.columnar.transform import (
     COLUMNAR_FORMATS,
     ComputeWindowedMetricsColumnar,
@@ -33,6 +36,7 @@ __all__ = [
     "ReplayWindowedMetricsColumnar",
     "columnar_supported",
     "columnar_unsupported_reason",
+    "parallel_unsupported_reason",
     "replay_supported",
     "replay_unsupported_reason",
 ]

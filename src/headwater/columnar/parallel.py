@@ -65,9 +65,15 @@ from headwater.columnar.transform import AssignedWindows, ComputeWindowedMetrics
 from headwater.columnar.write import WindowWriter
 from headwater.core.accounting import NAMESPACE
 from headwater.io.fileio import match_files
-from headwater.transforms.process import MetricsResult
+from headwater.transforms.process import MetricsResult, to_window_fn
 
-__all__ = ["DEFAULT_SHARDS", "STAGES", "ComputeWindowedMetricsParallel", "stage_spans"]
+__all__ = [
+    "DEFAULT_SHARDS",
+    "STAGES",
+    "ComputeWindowedMetricsParallel",
+    "parallel_unsupported_reason",
+    "stage_spans",
+]
 
 #: Dedup shards when none are asked for: enough to keep a few workers busy; the float sums of a
 #: run depend on it, so it does not follow the worker count.
@@ -341,6 +347,17 @@ class _MergeWindowFn(WindowWriter, beam.DoFn):
             yield beam.pvalue.TaggedOutput("written", path)
 
 
+def parallel_unsupported_reason(window: Any) -> str | None:
+    """Why the parallel form cannot compute ``window``'s rows (the one-step form can), or None.
+
+    Its merge stage is keyed by window start, and a session's bounds are known only once every
+    shard's windows of its key are merged.
+    """
+    if isinstance(to_window_fn(window), beam.transforms.window.Sessions):
+        return "session windows merge per key across the id shards (the one-step columnar path)"
+    return None
+
+
 class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
     """:class:`~headwater.columnar.ComputeWindowedMetricsColumnar` spread over workers.
 
@@ -368,6 +385,9 @@ class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
                 "emit_duplicates=True: the parallel columnar path counts duplicates but cannot "
                 "emit them (use ComputeWindowedMetricsColumnar)"
             )
+        reason = parallel_unsupported_reason(options.get("window"))
+        if reason is not None:
+            raise ValueError(f"window={options.get('window')!r}: {reason}")
         super().__init__(**options)
         self._shards = shards
         self._split_bytes = split_bytes

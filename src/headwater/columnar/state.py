@@ -114,6 +114,12 @@ class ColumnarOptions:
         return self.dedup.horizon_micros if self.dedup is not None else 0
 
     @functools.cached_property
+    def session_gap(self) -> int | None:
+        """The gap of session windows (micros), or None for windows with a per-instant rule."""
+        fn = self.window_fn
+        return fn.gap_size.micros if isinstance(fn, beam_window.Sessions) else None
+
+    @functools.cached_property
     def assigner(self) -> rules.WindowAssigner:
         """The window rule of :attr:`window_fn` (:func:`headwater.windowing.rules.assigner`)."""
         return rules.assigner(self.window_fn)
@@ -134,6 +140,12 @@ class ColumnarOptions:
         """
         first, end = self.assigner.windows(start)[-1]
         assert first == start, f"no window starts at {start}"
+        return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
+
+    def window_of(self, start: int, end: int | None) -> beam_window.IntervalWindow:
+        """A group's window: a session's own bounds (``end`` given), else :meth:`window_for`."""
+        if end is None:
+            return self.window_for(start)
         return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
 
 
@@ -344,23 +356,12 @@ class ColumnarState:
         order = np.argsort(narrow, kind="stable")
         sorted_group = group[order]
         sorted_ts = rows.ts[order]
-        # running max of earlier copies within the block, per id: each id's composite values
-        # (id * span + time) lie above the previous id's, so one running max serves all ids
-        low = int(sorted_ts.min())
-        span = int(sorted_ts.max()) - low + 1
-        uniq_ts = None
-        if span * (len(unique) + 1) < 1 << 62:
-            times = sorted_ts - low
-        else:  # ranks keep the products small
-            uniq_ts, times = np.unique(sorted_ts, return_inverse=True)
-            span = len(uniq_ts)
-        composite = sorted_group * span + times
-        running = np.maximum.accumulate(composite)
+        # the newest earlier copy within the block, per id (rows grouped by id)
+        running = rules.running_max_v(sorted_group, sorted_ts)
         previous = np.full(n, NO_TIME, dtype=np.int64)
         same = np.zeros(n, dtype=bool)
         same[1:] = sorted_group[1:] == sorted_group[:-1]
-        earlier = running[:-1][same[1:]] - sorted_group[1:][same[1:]] * span
-        previous[1:][same[1:]] = earlier + low if uniq_ts is None else uniq_ts[earlier]
+        previous[1:][same[1:]] = running[:-1][same[1:]]
         anchor = np.maximum(previous, carried[sorted_group])
         duplicate_sorted = rules.is_duplicate_v(sorted_ts, anchor, horizon)
         keep = np.ones(n, dtype=bool)
@@ -385,7 +386,8 @@ class ColumnarState:
         if len(take) == 0:
             return
         ts = rows.ts[take]
-        starts, repeat = self.options.window_starts(ts)
+        gap = self.options.session_gap
+        starts, repeat = (ts, None) if gap is not None else self.options.window_starts(ts)
         values = rows.values[take]
         ints = [None if a is None else a[take] for a in rows.int_values]
         if repeat is not None:
@@ -393,6 +395,8 @@ class ColumnarState:
             ints = [None if a is None else a[repeat] for a in ints]
             take = take[repeat]
         columns: dict[str, Any] = {"w": starts, "k": rows.keys.take(pa.array(take))}
+        if gap is not None:  # each record's own session window, merged per key in _partial
+            columns["e"] = starts + gap
         for i, limbs in enumerate(ints):
             # min and max over the float64 values: float() is monotonic, so the float of the
             # exact minimum is the minimum of the floats, which is what the rows carry
@@ -413,12 +417,24 @@ class ColumnarState:
             self._compacted = self._partials[0].num_rows
 
     def _partial(self, table: pa.Table, aggs: list[tuple[str, str]]) -> pa.Table:
-        """``table`` grouped by (w, k) with ``aggs``: w, k, n, then s h m x per field."""
-        grouped = table.group_by(["w", "k"], use_threads=False).aggregate(aggs)
+        """``table`` grouped by (w, k) with ``aggs``: w, k, n, then s h m x per field.
+
+        Session windows are merged per key first and grouped by (w, e, k); their ``e`` (the
+        session's end) comes last.
+        """
+        group = ["w", "k"]
+        if self.options.session_gap is not None:
+            table = _merged_sessions(table)
+            group = ["w", "e", "k"]
+        grouped = table.group_by(group, use_threads=False).aggregate(aggs)
         names = ["w", "k", "n"]
         for i in range(len(self.fields)):
             names += [f"s{i}", f"h{i}", f"m{i}", f"x{i}"]
-        return grouped.select(["w", "k", *(f"{c}_{f}" for c, f in aggs)]).rename_columns(names)
+        columns = ["w", "k", *(f"{c}_{f}" for c, f in aggs)]
+        if len(group) == 3:
+            columns.append("e")
+            names.append("e")
+        return grouped.select(columns).rename_columns(names)
 
     def _merge(self, tables: list[pa.Table]) -> pa.Table:
         """Partials merged into one partial with the same columns."""
@@ -446,6 +462,8 @@ class ColumnarState:
                 [lo + (hi << _LOW_BITS) if hi else lo for lo, hi in zip(low, high, strict=True)]
             )
             columns += [table.column(f"m{i}").to_pylist(), table.column(f"x{i}").to_pylist()]
+        if self.options.session_gap is not None:
+            columns.append(table.column("e").to_pylist())
         return columns
 
     def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
@@ -475,12 +493,36 @@ class ColumnarState:
     def final_columns(self) -> list[list[Any]]:
         """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
         if not self._partials:
-            return [[] for _ in range(3 + 3 * len(self.fields))]
+            ends = self.options.session_gap is not None
+            return [[] for _ in range(3 + 3 * len(self.fields) + ends)]
         return self._groups(self._partials)
 
     def final(self) -> Iterator[tuple[Any, ...]]:
-        """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged."""
+        """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged.
+
+        Session windows add the session's end last.
+        """
         return iter(list(zip(*self.final_columns(), strict=True)))
+
+
+def _merged_sessions(table: pa.Table) -> pa.Table:
+    """``table`` (columns w, e, k ...) with each row's window replaced by its key's merged
+    session (:func:`headwater.windowing.rules.merge_sessions_v`)."""
+    if table.num_rows == 0:
+        return table
+    keys = table.column("k")
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    codes = keys.dictionary_encode().indices.to_numpy().astype(np.int64)
+    starts = table.column("w").to_numpy()
+    ends = table.column("e").to_numpy()
+    order = np.lexsort((starts, codes))
+    session, first, last = rules.merge_sessions_v(codes[order], starts[order], ends[order])
+    merged_starts = np.empty_like(starts)
+    merged_ends = np.empty_like(ends)
+    merged_starts[order] = first[session]
+    merged_ends[order] = last[session]
+    table = table.set_column(table.schema.get_field_index("w"), "w", pa.array(merged_starts))
+    return table.set_column(table.schema.get_field_index("e"), "e", pa.array(merged_ends))
 
 
 def _never_forgotten(anchors: np.ndarray) -> np.ndarray:

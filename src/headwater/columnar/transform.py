@@ -44,8 +44,9 @@ pipelines fall back to the record path otherwise): JSON lines (decoded with
 :class:`~headwater.io.formats.JsonFormat`), Parquet or Avro (fastavro) files, batch; an
 :class:`~headwater.windowing.eventtime.EventTimeExtractor` in ``s``/``ms``/``us`` on a top-level
 field; dedup ``None`` or :class:`~headwater.transforms.dedup.DeduplicateById` by a top-level
-``id_field``, ``keep="first"``, ``time_domain="event"``; fixed, sliding or calendar
-windows (sessions merge per key: record path); the on-time trigger; no extra checks; top-level
+``id_field``, ``keep="first"``, ``time_domain="event"``; fixed, sliding, calendar or session
+windows (sessions merged per key by :func:`headwater.windowing.rules.merge_sessions_v`, within
+each block and again as blocks are merged); the on-time trigger; no extra checks; top-level
 key and metric fields; count/sum/min/max/mean.
 
 Parallelism: the files are read by one worker, in order (dedup needs the arrival order); the JSON
@@ -157,10 +158,9 @@ def columnar_unsupported_reason(
         window_fn = to_window_fn(window) if window is not None else None
     except ValueError as exc:
         return str(exc)
-    if not isinstance(
-        window_fn, (beam_window.FixedWindows, beam_window.SlidingWindows, CalendarWindows)
-    ):
-        return f"window={window!r} is not fixed, sliding or calendar (sessions: record path)"
+    kinds = (beam_window.FixedWindows, beam_window.SlidingWindows, CalendarWindows)
+    if not isinstance(window_fn, (*kinds, beam_window.Sessions)):
+        return f"window={window!r} is not fixed, sliding, calendar or session windows"
     try:
         spec = to_trigger_spec(trigger)
     except ValueError as exc:

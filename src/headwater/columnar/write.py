@@ -57,13 +57,15 @@ class WindowWriter:
             else:
                 offset = {"sum": 0, "min": 1, "max": 2, "mean": 0}[metric.kind]
                 columns.append((metric.column, slot[metric.field] + offset, metric.kind))
-        windows: dict[int, tuple[Any, dt.datetime, dt.datetime, Timestamp]] = {}
+        sessions = self._options.session_gap is not None  # a session's end comes last
+        windows: dict[tuple[int, int | None], tuple[Any, dt.datetime, dt.datetime, Timestamp]] = {}
         for group in groups:
             start = group[0]
-            bounds = windows.get(start)
+            which = (start, group[-1] if sessions else None)
+            bounds = windows.get(which)
             if bounds is None:
-                window = self._options.window_for(start)
-                bounds = windows[start] = (
+                window = self._options.window_of(*which)
+                bounds = windows[which] = (
                     window,
                     _EPOCH + dt.timedelta(microseconds=start),
                     _EPOCH + dt.timedelta(microseconds=window.end.micros),
@@ -95,9 +97,6 @@ class WindowWriter:
         groups = groups if isinstance(groups, list) else list(groups)
         if not groups:
             return
-        if self._options.output_format != "parquet" or self._layout() is None:
-            yield from self._write_rows(groups)
-            return
         yield from self._write_columns([list(column) for column in zip(*groups, strict=True)])
 
     def _write_columns(self, columns: list[list[Any]]) -> Iterator[str]:
@@ -109,12 +108,9 @@ class WindowWriter:
         if options.output_format != "parquet" or layout is None:
             yield from self._write_rows(list(zip(*columns, strict=True)))
             return
-        starts = np.array(columns[0], dtype=np.int64)
-        order = np.argsort(starts, kind="stable")
-        cuts = np.flatnonzero(np.diff(starts[order])) + 1
-        for idx in np.split(order, cuts):
-            start = int(starts[idx[0]])
-            window = options.window_for(start)
+        sessions = options.session_gap is not None  # a session's end comes last
+        for start, end, idx in _windows_of(columns, sessions=sessions):
+            window = options.window_of(start, end)
             rows = idx.tolist()
             values = {name: self._column(columns, source, rows) for name, source in layout.items()}
             bounds = (
@@ -133,7 +129,7 @@ class WindowWriter:
             for shard, positions in sorted(shards.items()):
                 positions.sort(key=texts.__getitem__)
                 relative = posixpath.join(
-                    window_directory(window),
+                    window_directory(window, merging=sessions),
                     file_name("part", shard, options.output_shards, 0, options.output_format),
                 )
                 table = _parquet_table(layout, values, window, positions)
@@ -184,19 +180,22 @@ class WindowWriter:
     def _write_rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[str]:
         """:meth:`_write` through row dicts (Avro output, colliding column names)."""
         options = self._options
+        sessions = options.session_gap is not None
         per_window: dict[Any, list[dict[str, Any]]] = {}
         for rows in self._rows(groups):
             per_window.setdefault(rows.windows[0], []).append(rows.value)
-        for window, rows in sorted(per_window.items(), key=lambda item: item[0].start):
+        by_bounds = sorted(per_window.items(), key=lambda item: (item[0].start, item[0].end))
+        for window, rows in by_bounds:
             shards: dict[int, list[tuple[str, dict[str, Any]]]] = {}
             for row in rows:
                 text = canonical_json(row)
-                shards.setdefault(stable_shard(text, options.output_shards), []).append((text, row))
+                shard = stable_shard(text, options.output_shards)
+                shards.setdefault(shard, []).append((text, row))
             for shard, keyed in sorted(shards.items()):
                 keyed.sort(key=lambda item: item[0])
                 ordered = [row for _, row in keyed]
                 relative = posixpath.join(
-                    window_directory(window),
+                    window_directory(window, merging=sessions),
                     file_name("part", shard, options.output_shards, 0, options.output_format),
                 )
                 if options.output_format == "parquet":
@@ -208,6 +207,23 @@ class WindowWriter:
                 self._files.inc()
                 self._rows_written.inc(len(ordered))
                 yield path
+
+
+def _windows_of(
+    columns: list[list[Any]], *, sessions: bool
+) -> Iterator[tuple[int, int | None, np.ndarray]]:
+    """``(start, end, group indexes)`` per window of the groups: by start, and for sessions by
+    (start, end) (a session's end is the last column; other windows follow from their start)."""
+    starts = np.array(columns[0], dtype=np.int64)
+    if sessions:
+        ends = np.array(columns[-1], dtype=np.int64)
+        order = np.lexsort((ends, starts))
+        changes = (np.diff(starts[order]) != 0) | (np.diff(ends[order]) != 0)
+    else:
+        order = np.argsort(starts, kind="stable")
+        changes = np.diff(starts[order]) != 0
+    for idx in np.split(order, np.flatnonzero(changes) + 1):
+        yield int(starts[idx[0]]), int(ends[idx[0]]) if sessions else None, idx
 
 
 def _json_texts(values: list[Any]) -> list[str]:

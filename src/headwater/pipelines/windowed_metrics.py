@@ -26,6 +26,7 @@ from headwater.columnar import (
     ComputeWindowedMetricsParallel,
     ReplayWindowedMetricsColumnar,
     columnar_unsupported_reason,
+    parallel_unsupported_reason,
     replay_unsupported_reason,
 )
 from headwater.pipelines import catalog
@@ -138,8 +139,8 @@ def _columnar(
         chosen, ComputeWindowedMetricsParallel
     ):
         raise ValueError(
-            f"--columnar_shards={config['columnar_shards']} applies to the columnar batch path, "
-            f"which this run does not take: {reason or 'a stream replay'}"
+            f"--columnar_shards={config['columnar_shards']} applies to the columnar batch path "
+            f"in parallel, which this run does not take: {reason or 'a stream replay'}"
         )
     return chosen, reason
 
@@ -172,6 +173,10 @@ def _columnar_engine(
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None, reason
     if _runs_parallel(config, options):
+        why_not = parallel_unsupported_reason(args["window"])
+        if why_not is not None:
+            _LOG.info("windowed_metrics: columnar batch path in one step (%s)", why_not)
+            return ComputeWindowedMetricsColumnar(**outputs, **args), why_not
         shards = config.get("columnar_shards")
         sharding = {"shards": int(shards)} if shards is not None else {}
         return ComputeWindowedMetricsParallel(**sharding, **outputs, **args), None
