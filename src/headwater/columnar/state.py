@@ -13,9 +13,14 @@ blocks), and the copy is a duplicate by :func:`headwater.windowing.rules.is_dupl
 record path's rule, exactly. The carried ``id -> anchor`` map is a numpy open-addressing table keyed
 by a 64-bit hash of each id's bytes; every hit is confirmed by comparing the ids themselves
 (ids whose hash another id holds go to a plain dict), so two different ids never share an
-anchor. Windows (fixed or sliding) are assigned with integer arithmetic, each block is
-pre-aggregated with ``pyarrow`` ``group_by`` into partials, and the partials are merged at the
-end into one row per (window, key), single-threaded so that float sums are the same every run.
+anchor. Windows are assigned by :mod:`headwater.windowing.rules` (integer arithmetic for fixed
+and sliding windows, the zone's calendar for calendar windows), each block is pre-aggregated
+with ``pyarrow`` ``group_by`` into partials, and the partials are merged at the end into one row
+per (window, key), single-threaded so that float sums are the same every run. Session windows
+have no per-instant rule: each row opens ``[ts, ts + gap)``, a block's rows are merged per key
+into sessions before they are grouped, and every merge of partials merges the sessions again
+(:func:`headwater.windowing.rules.merge_sessions_v`), so a session that spans blocks ends up
+as one row, as the record path's GroupByKey makes it.
 Integer sums are held in two int64 limbs (low 32 bits, the rest), so they never wrap around:
 the exact sum is put together in Python, as the record path's, and converted to float once.
 (Exact for values below 2**64 in magnitude -- JSON allows more; a block holding such a value
