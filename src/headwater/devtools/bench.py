@@ -742,8 +742,10 @@ def _end_to_end(
         prefix = _prefix(files[_MALFORMED[1]], e2e / "windows-prefix.jsonl", events)
         entry["events"] = events
         for name, spec in _WINDOWS:
-            run = bench_e2e.headwater_run(prefix, e2e / f"window-{name}", window=spec)
+            out = e2e / f"window-{name}"
+            run = bench_e2e.headwater_run(prefix, out, window=spec)
             _e2e_rate(run, events)
+            run["window_files"] = sum(1 for _ in (out / "rows").rglob("*.parquet"))
             entry[name] = run
         for name, _ in _WINDOWS[1:]:
             entry[f"{name}_x_fixed_time"] = round(
@@ -1074,12 +1076,13 @@ def _print_end_to_end(results: dict[str, Any], out: Any) -> None:
     windows = results.get("e2e_windows", {})
     if "fixed" in windows:
         parts = [
-            f"{name} {windows[name]['seconds']:.2f} s ({windows[name]['engine']})"
+            f"{name} {windows[name]['seconds']:.2f} s ({windows[name]['engine']}, "
+            f"{windows[name].get('window_files', '?')} files)"
             + (f", {windows[f'{name}_x_fixed_time']}x fixed" if name != "fixed" else "")
             for name, _ in _WINDOWS
         ]
         print(
-            f"windows end to end ({windows['events']:,}-event prefix): " + "; ".join(parts),
+            f"windows end to end ({windows['events']:,} events): " + "; ".join(parts),
             file=out,
         )
     stages = results.get("headwater_batch", {}).get("stages_s")
@@ -1144,8 +1147,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window-events",
         type=int,
-        default=100_000,
-        help="prefix for the session/calendar vs fixed windows runs (1000000 for the whole file)",
+        default=1_000_000,
+        help="events of the session/calendar vs fixed windows runs (a prefix when below --events)",
     )
     parser.add_argument(
         "--prism-events",
