@@ -2,22 +2,24 @@
 
 With ``output=`` the rows are written as :class:`~headwater.io.fileio.WriteWindowedFiles` writes
 them, byte for byte, but column-wise: each row's canonical JSON (which shards and orders the rows)
-is assembled from its values' own JSON, and the Arrow table gets the schema the writer would infer
-(a file with unusual value types takes the writer's row-dict code).
+is assembled from its values' own JSON, and one Arrow table of every row, with the schema the
+writer would infer, is put in file order once and sliced file by file (a run whose column holds
+values of mixed kinds takes the writer's row-dict code). A run of many small windows (sessions:
+one folder per session) pays per file only the Parquet encoding and the file system's calls.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -109,18 +111,42 @@ class WindowWriter:
             yield from self._write_rows(list(zip(*columns, strict=True)))
             return
         sessions = options.session_gap is not None  # a session's end comes last
+        every = range(len(columns[0]))
+        values = {name: self._column(columns, source, every) for name, source in layout.items()}
+        whole = _arrow_table(layout, values, columns[0], self._group_ends(columns, sessions))
+        if whole is None:  # a column of mixed kinds: the writer's row-dict code, per file
+            yield from self._write_rows(list(zip(*columns, strict=True)))
+            return
+        # the files' rows in file order, taken at once, then sliced file by file
+        plans = list(self._file_plans(columns, layout, values, sessions))
+        ordered = whole.take(pa.array(np.concatenate([picked for _, picked in plans])))
+        offset = 0
+        for relative, picked in plans:
+            data = parquet_bytes(ordered.slice(offset, len(picked)))
+            offset += len(picked)
+            yield self._write_file(relative, data, len(picked))
+
+    def _file_plans(
+        self,
+        columns: list[list[Any]],
+        layout: dict[str, Any],
+        values: dict[str, list[Any] | None],
+        sessions: bool,
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """``(relative path, groups)`` per file: the groups of each (window, shard),
+        in the order of their canonical JSON, as ``WriteWindowedFiles`` shards and sorts them."""
+        options = self._options
+        encoded = {name: None if v is None else _json_texts(v) for name, v in values.items()}
         for start, end, idx in _windows_of(columns, sessions=sessions):
             window = options.window_of(start, end)
-            rows = idx.tolist()
-            values = {name: self._column(columns, source, rows) for name, source in layout.items()}
             bounds = (
                 _EPOCH + dt.timedelta(microseconds=start),
                 _EPOCH + dt.timedelta(microseconds=window.end.micros),
             )
-            texts = _canonical_texts(layout, values, bounds, len(rows))
+            texts = _canonical_texts(layout, encoded, bounds, idx.tolist())
             shards: dict[int, list[int]] = {}
             if options.output_shards == 1:
-                shards[0] = list(range(len(rows)))
+                shards[0] = list(range(len(idx)))
             else:
                 for position, text in enumerate(texts):
                     shards.setdefault(stable_shard(text, options.output_shards), []).append(
@@ -132,18 +158,26 @@ class WindowWriter:
                     window_directory(window, merging=sessions),
                     file_name("part", shard, options.output_shards, 0, options.output_format),
                 )
-                table = _parquet_table(layout, values, window, positions)
-                if table is None:  # unusual kinds: the writer's own inference, row by row
-                    picked = [tuple(column[rows[p]] for column in columns) for p in positions]
-                    ordered = [wv.value for wv in self._rows(picked)]
-                    data = encode_parquet(ordered, None)
-                else:
-                    data = parquet_bytes(table)
-                path = FileSystems.join(str(options.output), *relative.split("/"))
-                write_atomically(path, data)
-                self._files.inc()
-                self._rows_written.inc(len(positions))
-                yield path
+                yield relative, idx[positions]
+
+    def _write_file(self, relative: str, data: bytes, rows: int) -> str:
+        output = str(self._options.output)
+        parts = relative.split("/")
+        plain = FileSystems.get_scheme(output) is None  # a local path: no FileSystems lookup
+        path = os.path.join(output, *parts) if plain else FileSystems.join(output, *parts)
+        write_atomically(path, data)
+        self._files.inc()
+        self._rows_written.inc(rows)
+        return path
+
+    def _group_ends(self, columns: list[list[Any]], sessions: bool) -> np.ndarray:
+        """Each group's window end (micros): a session's own, else its start's window's."""
+        if sessions:
+            return np.array(columns[-1], dtype=np.int64)
+        ends: dict[int, int] = {}
+        for start in set(columns[0]):
+            ends[start] = self._options.window_for(start).end.micros
+        return np.array([ends[start] for start in columns[0]], dtype=np.int64)
 
     def _layout(self) -> dict[str, Any] | None:
         """Row column -> where its value comes from, in the row dict's order (None: collisions)."""
@@ -161,7 +195,7 @@ class WindowWriter:
         return layout
 
     @staticmethod
-    def _column(columns: list[list[Any]], source: Any, rows: list[int]) -> list[Any] | None:
+    def _column(columns: list[list[Any]], source: Any, rows: Sequence[int]) -> list[Any] | None:
         """One row column's values for the groups ``rows``, as :meth:`_rows` computes them."""
         if source in ("start", "end"):
             return None
@@ -202,11 +236,7 @@ class WindowWriter:
                     data = encode_parquet(ordered, None)  # type: ignore[arg-type]
                 else:
                     data = encode_avro_rows(ordered, None, relative)  # type: ignore[arg-type]
-                path = FileSystems.join(str(options.output), *relative.split("/"))
-                write_atomically(path, data)
-                self._files.inc()
-                self._rows_written.inc(len(ordered))
-                yield path
+                yield self._write_file(relative, data, len(ordered))
 
 
 def _windows_of(
@@ -240,66 +270,75 @@ def _json_texts(values: list[Any]) -> list[str]:
 
 def _canonical_texts(
     layout: dict[str, Any],
-    values: dict[str, list[Any] | None],
+    encoded: dict[str, list[str] | None],
     bounds: tuple[dt.datetime, dt.datetime],
-    n: int,
+    rows: list[int],
 ) -> list[str]:
-    """``canonical_json(row)`` of each row of one window, built from the values' own JSON.
+    """``canonical_json(row)`` of the groups ``rows`` of one window, from each value's own JSON.
 
     ``json.dumps(row, sort_keys=True, separators=(",", ":"))`` writes ``{``, then per key in
     sorted order the key's JSON, ``:`` and the value's JSON, joined by ``,``, then ``}``; every
-    value is encoded on its own, so the concatenation equals the text of the whole row.
+    value is encoded on its own (``encoded``: per column, every group's value as
+    :func:`_json_texts` writes it; None for the window bounds), so the concatenation equals the
+    text of the whole row.
     """
     constant = {"window_start": canonical_json(bounds[0]), "window_end": canonical_json(bounds[1])}
     parts: list[str] = []
-    encoded: list[list[str]] = []
+    picked: list[list[str]] = []
     for name in sorted(layout):
         head = _encode_string(name) + ":"
-        column = values[name]
+        column = encoded[name]
         if column is None:
             parts.append((head + constant[name]).replace("%", "%%"))
         else:
             parts.append(head.replace("%", "%%") + "%s")
-            encoded.append(_json_texts(column))
+            picked.append([column[i] for i in rows])
     template = "{" + ",".join(parts) + "}"
-    if not encoded:
-        return [template.replace("%%", "%")] * n
-    return [template % texts for texts in zip(*encoded, strict=True)]
+    if not picked:
+        return [template.replace("%%", "%")] * len(rows)
+    return [template % texts for texts in zip(*picked, strict=True)]
 
 
-def _parquet_table(
+def _arrow_table(
     layout: dict[str, Any],
     values: dict[str, list[Any] | None],
-    window: beam_window.IntervalWindow,
-    positions: list[int],
+    starts: Any,
+    ends: np.ndarray,
 ) -> pa.Table | None:
-    """The Arrow table ``WriteWindowedFiles`` would infer for these rows, or None if unusual.
+    """Rows as the Arrow table ``WriteWindowedFiles`` would infer for them, or None if unusual.
 
-    The writer infers, in the row dict's column order: timezone-aware datetimes ->
-    ``timestamp[us, UTC]``, ``int`` -> int64, ``float`` -> double, ``str`` -> string, nothing
-    nullable (no value is ever ``None``). Other kinds (mixed keys, ``bool``) return None.
+    ``values``: per row column, its values (None for the window bounds, given as ``starts`` and
+    ``ends`` in micros). The writer infers, in the row dict's column order: timezone-aware
+    datetimes -> ``timestamp[us, UTC]``, ``int`` -> int64, ``float`` -> double, ``str`` ->
+    string, nothing nullable (no value is ever ``None``). Other kinds (mixed keys, ``bool``)
+    return None. Built over every group of a run, a file's table is its rows of it (``take``):
+    one kind over all rows is one kind in each file.
     """
-    fields = []
-    arrays = []
     timestamp = pa.timestamp("us", tz="UTC")
+    bounds = {"window_start": np.array(starts, dtype=np.int64), "window_end": ends}
+    fields, arrays = [], []
     for name in layout:
         column = values[name]
         if column is None:
-            micros = window.start.micros if name == "window_start" else window.end.micros
-            array = pa.array(np.full(len(positions), micros, dtype=np.int64)).view(timestamp)
             kind = timestamp
+            array = pa.array(bounds[name]).view(timestamp)
         else:
-            picked = [column[p] for p in positions]
-            kinds = set(map(type, picked))
-            if kinds == {str}:
-                kind = pa.string()
-            elif kinds == {float}:
-                kind = pa.float64()
-            elif kinds == {int} and all(-(2**63) <= v < 2**63 for v in picked):
-                kind = pa.int64()
-            else:
+            kind = _one_kind(column)
+            if kind is None:
                 return None
-            array = pa.array(picked, type=kind)
+            array = pa.array(column, type=kind)
         fields.append(pa.field(name, kind, nullable=False))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _one_kind(values: list[Any]) -> pa.DataType | None:
+    """The Arrow type the writer infers for a column of these values, or None (mixed kinds)."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        return pa.string()
+    if kinds == {float}:
+        return pa.float64()
+    if kinds == {int} and all(-(2**63) <= v < 2**63 for v in values):
+        return pa.int64()
+    return None

@@ -265,9 +265,10 @@ def _same_bytes(path: str, data: bytes) -> bool:
 
 def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
-    directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
-    temp = FileSystems.join(directory, f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}")
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
+    directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
+    temp_name = f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
+    temp = os.path.join(directory, temp_name) if plain else FileSystems.join(directory, temp_name)
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
