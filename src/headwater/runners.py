@@ -377,6 +377,8 @@ def _prepare_portable(options: PipelineOptions, *, runner: str) -> None:
             "--job_endpoint is required with --runner=PortableRunner "
             "(HOST:PORT of a Beam job server, e.g. Flink's on port 8099)"
         )
+    if runner == "PortableRunner":  # the job server may be Prism's (other servers ignore it)
+        options.view_as(DebugOptions).add_experiment(PRISM_NO_SPLIT)
     environment = (portable.environment_type or "DOCKER").upper()
     if environment == "LOOPBACK":
         return  # the SDK harness is this process: headwater is already importable

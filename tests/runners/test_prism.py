@@ -185,3 +185,13 @@ def test_prism_runs_never_split_a_running_bundle() -> None:
     splits a stateful bundle that holds timers); without it the same stalled bundle is split."""
     assert _bundles_on_prism(split=False) == 1
     assert _bundles_on_prism(split=True) > 1
+
+
+def test_portable_runs_ask_a_prism_job_server_for_no_splits_too() -> None:
+    """PortableRunner may point at Prism's job server (``prism --job_port``): the experiment is
+    set there as well (other job servers ignore it)."""
+    options = PipelineOptions(
+        ["--runner=PortableRunner", "--job_endpoint=localhost:1", "--environment_type=LOOPBACK"]
+    )
+    assert runners.prepare(options, streaming=True) == "PortableRunner"
+    assert runners.PRISM_NO_SPLIT in options.view_as(DebugOptions).experiments
