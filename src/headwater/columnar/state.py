@@ -401,7 +401,7 @@ class ColumnarState:
             take = take[repeat]
         columns: dict[str, Any] = {"w": starts, "k": rows.keys.take(pa.array(take))}
         if gap is not None:  # each record's own session window, merged per key in _partial
-            columns["e"] = starts + gap
+            columns["w"], columns["e"] = rules.session_window(starts, gap)
         for i, limbs in enumerate(ints):
             # min and max over the float64 values: float() is monotonic, so the float of the
             # exact minimum is the minimum of the floats, which is what the rows carry
@@ -427,16 +427,16 @@ class ColumnarState:
         Session windows are merged per key first and grouped by (w, e, k); their ``e`` (the
         session's end) comes last.
         """
-        group = ["w", "k"]
-        if self.options.session_gap is not None:
+        sessions = self.options.session_gap is not None
+        if sessions:
             table = _merged_sessions(table)
-            group = ["w", "e", "k"]
+        group = ["w", "e", "k"] if sessions else ["w", "k"]
         grouped = table.group_by(group, use_threads=False).aggregate(aggs)
         names = ["w", "k", "n"]
         for i in range(len(self.fields)):
             names += [f"s{i}", f"h{i}", f"m{i}", f"x{i}"]
         columns = ["w", "k", *(f"{c}_{f}" for c, f in aggs)]
-        if len(group) == 3:
+        if sessions:
             columns.append("e")
             names.append("e")
         return grouped.select(columns).rename_columns(names)

@@ -65,6 +65,7 @@ __all__ = [
     "merge_sessions_v",
     "running_max_v",
     "session_window",
+    "timer_at",
     "dedup_expiry",
     "dedup_expiry_v",
     "is_duplicate",
@@ -85,6 +86,19 @@ MAX_TIMER_MICROS = 9_223_371_950_454_774_000
 """Timers cannot be set past Beam's end of the global window (in whole milliseconds)."""
 
 
+# -- timers -------------------------------------------------------------------------------------
+
+
+def timer_at(micros: Any) -> Any:
+    """The first whole millisecond at or after ``micros`` (an int or an ``int64`` array): when
+    a timer meant for that instant fires (timers carry milliseconds, and must not fire early).
+
+    >>> timer_at(1_000_001), timer_at(1_000_000)
+    (1001000, 1000000)
+    """
+    return -(-micros // 1000) * 1000
+
+
 # -- deduplication ------------------------------------------------------------------------------
 
 
@@ -97,12 +111,12 @@ def dedup_expiry(anchor: int, horizon: int) -> int:
     >>> dedup_expiry(1_000_001, 2_000_000)
     3001000
     """
-    return min(-(-(anchor + horizon) // 1000) * 1000, MAX_TIMER_MICROS)
+    return min(timer_at(anchor + horizon), MAX_TIMER_MICROS)
 
 
 def dedup_expiry_v(anchors: np.ndarray, horizon: int) -> np.ndarray:
     """:func:`dedup_expiry` of an array of anchors (``NO_TIME`` stays ``NO_TIME``)."""
-    expiry = np.minimum(-(-(anchors + horizon) // 1000) * 1000, MAX_TIMER_MICROS)
+    expiry = np.minimum(timer_at(anchors + horizon), MAX_TIMER_MICROS)
     return np.where(anchors == NO_TIME, NO_TIME, expiry)
 
 
@@ -162,8 +176,9 @@ def running_max_v(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
 # -- sessions -----------------------------------------------------------------------------------
 
 
-def session_window(ts: int, gap: int) -> tuple[int, int]:
-    """The window a record at ``ts`` opens: ``[ts, ts + gap)``, before merging."""
+def session_window(ts: Any, gap: int) -> tuple[Any, Any]:
+    """The window a record at ``ts`` (an int or an ``int64`` array) opens: ``[ts, ts + gap)``,
+    before merging."""
     return ts, ts + gap
 
 

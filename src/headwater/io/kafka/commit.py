@@ -27,7 +27,7 @@ from headwater.core.accounting import NAMESPACE
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import KafkaCommitError, KafkaIOError, wrap_kafka_error
 from headwater.io.kafka.ledger import OffsetLedger, kafka_position
-from headwater.windowing.rules import window_close
+from headwater.windowing.rules import timer_at, window_close
 
 __all__ = [
     "CommitOffsetsFn",
@@ -217,8 +217,8 @@ class WindowNotices(beam.PTransform):
 
 
 def _timer_time(close_us: int) -> Timestamp:
-    """The first whole millisecond at or after ``close_us`` (timers travel in milliseconds)."""
-    return Timestamp(micros=-(-close_us // 1000) * 1000)
+    """When the release timer for a close at ``close_us`` fires (:func:`rules.timer_at`)."""
+    return Timestamp(micros=timer_at(close_us))
 
 
 class _CommitWhenWrittenFn(beam.DoFn):
