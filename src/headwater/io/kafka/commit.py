@@ -26,7 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from headwater.core.accounting import NAMESPACE
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import KafkaCommitError, KafkaIOError, wrap_kafka_error
-from headwater.io.kafka.ledger import OffsetLedger, kafka_position
+from headwater.io.kafka.ledger import OffsetLedger, kafka_position, position_notices
 from headwater.windowing.rules import timer_at, window_close
 
 __all__ = [
@@ -109,22 +109,23 @@ class DoneBatch:
     at the earliest timestamp seen (what the bundle's watermark hold allows)."""
 
     def __init__(self) -> None:
-        self._offsets: dict[tuple[str, int], list[int]] = {}
+        self._positions: list[tuple[tuple[str, int], int]] = []
         self._first: Timestamp | None = None
 
     def add(self, element: Any, timestamp: Timestamp) -> None:
         """Counts ``element`` (a Kafka record, a record parsed from one or its dead letter)."""
         position = kafka_position(element)
         if position is not None:
-            self._offsets.setdefault(position[0], []).append(position[1])
+            self._positions.append(position)
             self._first = timestamp if self._first is None else min(self._first, timestamp)
 
     def flush(self) -> Iterator[WindowedValue]:
-        """The reports of what was added, then empty again."""
+        """The reports of what was added (:func:`~headwater.io.kafka.ledger.position_notices`),
+        then empty again."""
         if self._first is not None:
-            for key, offsets in self._offsets.items():
-                yield WindowedValue((key, ("done", tuple(offsets))), self._first, (GlobalWindow(),))
-        self._offsets, self._first = {}, None
+            for notice in position_notices(self._positions):
+                yield WindowedValue(notice, self._first, (GlobalWindow(),))
+        self._positions, self._first = [], None
 
 
 class _DoneNoticesFn(beam.DoFn):

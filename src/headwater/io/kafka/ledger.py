@@ -43,7 +43,7 @@ from typing import Any
 from headwater.core.records import origin_of
 from headwater.windowing.rules import is_late
 
-__all__ = ["OffsetLedger", "done_notices", "kafka_position", "offset_runs"]
+__all__ = ["OffsetLedger", "done_notices", "kafka_position", "offset_runs", "position_notices"]
 
 Runs = tuple[tuple[int, int], ...]
 
@@ -60,9 +60,16 @@ def kafka_position(element: Any) -> tuple[tuple[str, int], int] | None:
 
 def done_notices(elements: Iterable[Any]) -> list[tuple[tuple[str, int], tuple[Any, ...]]]:
     """The "done" reports of ``elements`` (records, dead letters): one per partition."""
+    return position_notices(map(kafka_position, elements))
+
+
+def position_notices(
+    positions: Iterable[tuple[tuple[str, int], int] | None],
+) -> list[tuple[tuple[str, int], tuple[Any, ...]]]:
+    """The "done" reports of Kafka positions (:func:`kafka_position`; None is skipped):
+    ``((topic, partition), ("done", offsets))``, one per partition."""
     by_partition: dict[tuple[str, int], list[int]] = {}
-    for element in elements:
-        position = kafka_position(element)
+    for position in positions:
         if position is not None:
             by_partition.setdefault(position[0], []).append(position[1])
     return [(key, ("done", tuple(offsets))) for key, offsets in by_partition.items()]
