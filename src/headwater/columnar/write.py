@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -31,6 +29,7 @@ from headwater.io.fileio import (
     encode_avro_rows,
     encode_parquet,
     file_name,
+    join_path,
     parquet_bytes,
     stable_shard,
     window_directory,
@@ -161,10 +160,7 @@ class WindowWriter:
                 yield relative, idx[positions]
 
     def _write_file(self, relative: str, data: bytes, rows: int) -> str:
-        output = str(self._options.output)
-        parts = relative.split("/")
-        plain = FileSystems.get_scheme(output) is None  # a local path: no FileSystems lookup
-        path = os.path.join(output, *parts) if plain else FileSystems.join(output, *parts)
+        path = join_path(str(self._options.output), *relative.split("/"))
         write_atomically(path, data)
         self._files.inc()
         self._rows_written.inc(rows)

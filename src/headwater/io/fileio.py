@@ -127,6 +127,7 @@ __all__ = [
     "encode_avro_rows",
     "encode_parquet",
     "file_name",
+    "join_path",
     "list_output_files",
     "match_files",
     "parquet_bytes",
@@ -207,6 +208,15 @@ def _is_local(pattern: str) -> bool:
     return FileSystems.get_scheme(pattern) in (None, "file")
 
 
+def join_path(base: str, *parts: str) -> str:
+    """``FileSystems.join(base, *parts)``; a local path without a scheme is joined by ``os``
+    (Beam's FileSystems looks the scheme up on every call, and sessions write thousands of
+    small files)."""
+    if FileSystems.get_scheme(base) is None:
+        return os.path.join(base, *parts)
+    return FileSystems.join(base, *parts)
+
+
 def match_files(pattern: str) -> list[str]:
     """The files ``pattern`` matches, sorted, without writers' ``.tmp-*`` files or folders.
 
@@ -267,8 +277,7 @@ def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) ->
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
-    temp_name = f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
-    temp = os.path.join(directory, temp_name) if plain else FileSystems.join(directory, temp_name)
+    temp = join_path(directory, f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}")
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
