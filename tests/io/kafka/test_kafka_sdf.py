@@ -323,6 +323,55 @@ def test_process_unbounded_checkpoints_when_caught_up():
     assert (residual.start, residual.stop) == (6, UNBOUNDED_STOP)
 
 
+class _ClockedConsumer(_FakeConsumer):
+    """Each consume takes ``step`` seconds of a fake monotonic clock; on a ``live`` tail the
+    partition's end offset is just past the records consumed so far."""
+
+    def __init__(self, batches, clock, step, *, live):
+        super().__init__(batches)
+        self._clock, self._step, self._live = clock, step, live
+
+    def consume(self, n, timeout):
+        self._clock[0] += self._step
+        batch = super().consume(n, timeout)
+        if self._live and batch:
+            self.end = batch[-1].offset() + 1
+        return batch
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        assert cached, "the tail check must not ask the broker"
+        return (0, self.end)
+
+
+@pytest.mark.parametrize(
+    ("batch", "live", "read"),
+    [
+        (2, True, 6),  # caught up (short batches, at the end offset): after 0.25 s
+        (3, True, 15),  # full batches: after 5 s
+        (2, False, 10),  # short batches behind the end offset (a slow fetch): after 5 s
+    ],
+    ids=["tail", "full-batches", "behind-the-end"],
+)
+def test_unbounded_read_hands_back_its_remainder_by_time(monkeypatch, batch, live, read):
+    """An unbounded read ends its bundle after _TAIL_BUNDLE_SECONDS once it has caught up with
+    the partition's end (so every partition of a live stream is read every few tenths of a
+    second), and after _MAX_BUNDLE_SECONDS otherwise; the rest is deferred from the next offset."""
+    from headwater.io.kafka import reader
+
+    clock = [100.0]
+    monkeypatch.setattr(reader, "_CONSUME_BATCH", 3)
+    monkeypatch.setattr(reader.time, "monotonic", lambda: clock[0])
+    fn = _reader().reader_fn()
+    step = 0.1 if batch == 2 and live else 1.0  # seconds per consume
+    batches = [[_Msg(o) for o in range(i * batch, (i + 1) * batch)] for i in range(40)]
+    out, view, _ = _run(
+        fn, _ClockedConsumer(batches, clock, step, live=live), PartitionRange(0, UNBOUNDED_STOP)
+    )
+    assert [tv.value.offset for tv in out] == list(range(read))
+    residual = view._threadsafe_restriction_tracker.deferred_status()[0]
+    assert (residual.start, residual.stop) == (read, UNBOUNDED_STOP)
+
+
 def test_process_finishes_when_position_passes_stop_without_records():
     """Control records at the end (position past stop, no messages) end the bounded read."""
     fn = _reader(stop_at_end=True).reader_fn()

@@ -78,7 +78,15 @@ _LOG = logging.getLogger(__name__)
 
 _CONSUME_BATCH = 1000
 _BATCH_WAIT_S = 0.05
+# An unbounded read hands its remainder back to the runner (which then sees its records and its
+# watermark) after reading a partition this long: with a backlog, long bundles carry many
+# records each ...
 _MAX_BUNDLE_SECONDS = 5.0
+# ... and after this long once it has caught up with the partition's end offset: on a live tail
+# every partition is read every few tenths of a second, so records and the watermark move on at
+# once (5 s per partition, Prism reading the partitions one after another, held a stream's
+# watermark 10-15 s back, and its window files about 30 s behind the input).
+_TAIL_BUNDLE_SECONDS = 0.25
 
 
 def check_end_offset(
@@ -349,7 +357,9 @@ class ReadPartitionFn(beam.DoFn):
                     return
                 if messages:
                     progressed = time.monotonic()
-                    if not self._bounded and progressed - began >= _MAX_BUNDLE_SECONDS:
+                    if not self._bounded and self._hand_back(
+                        progressed - began, consumer, tp, next_offset, len(messages)
+                    ):
                         # Let the runner commit (and finalize) what was read so far.
                         resume_at = next_offset
                         tracker.defer_remainder()
@@ -395,6 +405,22 @@ class ReadPartitionFn(beam.DoFn):
                     if claimed_any
                     else nothing_to_commit
                 )
+
+    @staticmethod
+    def _hand_back(spent: float, consumer: Any, tp: Any, next_offset: int, got: int) -> bool:
+        """Whether an unbounded read that has read for ``spent`` seconds hands its remainder
+        back now: after ``_MAX_BUNDLE_SECONDS``, or after ``_TAIL_BUNDLE_SECONDS`` once it has
+        caught up: its last consume returned ``got`` < a full batch and ``next_offset`` is at
+        the partition's end offset as the consumer last heard it (no broker round trip)."""
+        if spent >= _MAX_BUNDLE_SECONDS:
+            return True
+        if spent < _TAIL_BUNDLE_SECONDS or got >= _CONSUME_BATCH:
+            return False
+        try:
+            end = consumer.get_watermark_offsets(tp, cached=True)
+        except Exception:  # (a closed consumer, a broker error: not known to be caught up)
+            return False
+        return end is not None and 0 <= end[1] <= next_offset
 
     def _range(
         self, element: PartitionRead, start: int, stop: int, offsets: list[int]
