@@ -684,11 +684,26 @@ class _FakeValue:
 
 
 class _FakeTimer:
-    def __init__(self):
-        self.at: Timestamp | None = None
+    """The armed ticks by tag, as a runner keeps them."""
 
-    def set(self, when):
-        self.at = when
+    def __init__(self):
+        self.armed: dict[str, Timestamp] = {}
+
+    def set(self, when, dynamic_timer_tag=""):
+        self.armed[dynamic_timer_tag] = when
+
+    def clear(self, dynamic_timer_tag=""):
+        self.armed.pop(dynamic_timer_tag, None)
+
+    @property
+    def at(self) -> Timestamp | None:
+        """The next tick to fire."""
+        return min(self.armed.values(), default=None)
+
+    def fire(self, fn, *states):
+        """Fires the next tick (the runner drops it from the armed ones first)."""
+        tag = min(self.armed, key=self.armed.__getitem__)
+        fn.on_tick(self.armed.pop(tag), *states)
 
 
 def test_rule_boundary_is_exact_to_the_microsecond():
@@ -709,7 +724,8 @@ def test_rule_boundary_is_exact_to_the_microsecond():
     )  # a tick 1us before close
     assert route(25 * S) == [{"t": 25 * S}]
     fn.on_tick(_ts(90 * S), known, armed, newest, timer, catching)
-    assert (known.read(), armed.read(), timer.at) == (90 * S, 150 * S, _ts(150 * S))
+    assert (known.read(), armed.read()) == (90 * S, (150 * S, 150 * S))
+    assert _ts(150 * S) in timer.armed.values()
     [late] = route(30 * S)
     assert isinstance(late, TaggedOutput)
     assert late.tag == "late"
@@ -722,15 +738,19 @@ def test_clock_walks_the_grid_and_stops_past_the_horizon():
     known, armed, newest, timer = _FakeValue(), _FakeValue(), _FakeValue(), _FakeTimer()
     catching = _FakeValue()
     list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer, catching))
+    # armed ahead: every tick up to a horizon past the newest close, at most 16
+    assert armed.read() == (-60 * S, 180 * S)
+    assert sorted(timer.armed.values()) == [_ts(t * S) for t in (-60, 0, 60, 120, 180)]
     ticks = []
     while armed.read() is not None:
-        ticks.append(armed.read() // S)
-        fn.on_tick(_ts(armed.read()), known, armed, newest, timer, catching)
+        ticks.append(timer.at.micros // S)
+        timer.fire(fn, known, armed, newest, timer, catching)
     assert ticks == [-60, 0, 60, 120, 180]
+    assert timer.armed == {}
     list(
         fn.process((0, {}), _ts(200 * S), known, armed, newest, timer, catching)
     )  # restarts the clock
-    assert armed.read() == 240 * S
+    assert armed.read() == (240 * S, 360 * S)
 
 
 def _counter(result, name: str) -> int:
@@ -830,15 +850,18 @@ def test_a_start_note_far_ahead_moves_the_clock_up_instead_of_walking():
         return list(fn.process((0, value), _ts(micros), known, armed, newest, timer, catching))
 
     assert route(_Start(10 * S), 10 * S) == []
-    assert armed.read() == -240 * S
-    fn.on_tick(_ts(-240 * S), known, armed, newest, timer, catching)
-    assert armed.read() == -180 * S
+    assert armed.read() == (-240 * S, 360 * S)  # a horizon past the newest close
+    timer.fire(fn, known, armed, newest, timer, catching)
+    assert armed.read() == (-180 * S, 360 * S)
     day = 24 * 3600 * S
     assert route(_Start(day), day) == []
-    assert (armed.read(), timer.at) == (day + 60 * S - 300 * S, _ts(day - 240 * S))
+    # moved up: the ticks armed before are cleared (they would hold the watermark back)
+    assert armed.read() == (day - 240 * S, day + 360 * S)
+    assert min(timer.armed.values()) == _ts(day - 240 * S)
+    assert len(timer.armed) == 11
     assert catching.read() == day - 240 * S + 300 * S  # distrusted until a horizon past it
     assert route({"id": 1}, 3600 * S) == [{"id": 1}]  # in the skipped stretch: unverified
     assert route(_Start(day + 20 * 60 * S), day + 20 * 60 * S) == []  # 20 ticks on: walked
-    assert armed.read() == day - 240 * S
+    assert armed.read()[0] == day - 240 * S
     assert route(_Start(365 * day), 365 * day) == []  # a year ahead of the wall clock
-    assert armed.read() == day - 240 * S
+    assert armed.read()[0] == day - 240 * S

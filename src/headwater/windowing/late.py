@@ -25,9 +25,14 @@ How lateness is decided
     the watermark, so the router learns a lower bound of it, ``known_wm``, from event-time
     timers: a *clock* that walks through every time at which some window can close -- for
     fixed, sliding and calendar windows every window end (+ allowed lateness), whether or not a
-    record fell into that window; for sessions a grid of one gap. When the clock's timer fires
-    at ``T``, the watermark has reached ``T``: ``known_wm = T`` and the timer is re-armed at the
-    next close time.
+    record fell into that window; for sessions a grid of one gap. When one of the clock's timers
+    fires at ``T``, the watermark has reached ``T``: ``known_wm = T``. The clock keeps its next
+    16 ticks armed (one timer each, tagged by its time), not just the next one: a runner fires
+    every tick the watermark has passed in one round (one bundle of the routing step), so the
+    clock walks up to 16 window periods per round and keeps up with a watermark that moves
+    faster than the rounds (with one tick per round, a clock that starts 16 ticks before the
+    data, or walks after a drain or a jump, could only catch up one window period per round).
+    The earliest armed tick holds the watermark, as the single one did.
 
     The router assigns each record its windows itself (``window_fn.assign``; for ``Sessions`` the
     pre-merge window ``[t, t + gap)``, which is what the GroupByKey checks before merging). If
@@ -58,8 +63,9 @@ Guarantee
     Every record either reaches its windows' panes downstream (on time, or as a late pane inside
     the allowed lateness) or the ``late`` output: never both, never neither -- for every record
     judged while its shard's clock runs. Why: a record goes to ``main`` only while one of its
-    closes ``c`` is ahead of ``known_wm``; the shard's next tick is at or before ``c`` (ticks lie
-    on every close) and has not fired, so the watermark has not reached ``c`` -- on runners
+    closes ``c`` is ahead of ``known_wm``; the shard's earliest armed tick is at or before ``c``
+    (ticks lie on every close, and every tick from it to the last armed one is armed) and has
+    not fired, so the watermark has not reached ``c`` -- on runners
     where timers hold the output watermark (Dataflow, Flink, Prism) because the armed timer
     holds the windowing step's watermark at or below it, and on the single-worker
     ``BundleBasedDirectRunner`` because a due timer fires before the next input bundle. This
@@ -97,7 +103,8 @@ Guarantee
     ``late`` is empty.
 
 State
-    Bounded and tiny: per shard ``known_wm``, the armed tick and the newest close seen.
+    Bounded and tiny: per shard ``known_wm``, the span of armed ticks (at most 16 timers) and
+    the newest close seen.
 """
 
 from __future__ import annotations
@@ -111,7 +118,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import typehints
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import userstate
@@ -145,6 +152,10 @@ _LIVE_MICROS = 24 * 3600 * 1_000_000
 _JUMP_TICKS = 256
 # A clock starts at most this many ticks before the data's first close (see _start_for).
 _LEAD_TICKS = 16
+# A clock keeps this many ticks armed ahead of the watermark it knows: a runner fires every due
+# tick of a round together (a round -- one bundle of the routing step -- walks up to this many
+# window periods), so the clock keeps up with a watermark that moves faster than a round.
+_LOOKAHEAD_TICKS = 16
 
 
 class LateRouted(NamedTuple):
@@ -285,7 +296,8 @@ class _RouteLateFn(beam.DoFn):
     """One shard: a clock of event-time timers walking every window close time."""
 
     KNOWN_WM = userstate.ReadModifyWriteStateSpec("known_wm", VarIntCoder())
-    ARMED_AT = userstate.ReadModifyWriteStateSpec("armed_at", VarIntCoder())
+    # (first, last): the clock's armed ticks, every close on its grid from first to last.
+    ARMED = userstate.ReadModifyWriteStateSpec("armed", TupleCoder([VarIntCoder(), VarIntCoder()]))
     NEWEST_CLOSE = userstate.ReadModifyWriteStateSpec("newest_close", VarIntCoder())
     # Set when the clock restarts after a stop or moves up to the data: until it has walked
     # clock_horizon past that point it may still be catching up with the watermark.
@@ -322,26 +334,26 @@ class _RouteLateFn(beam.DoFn):
         element,
         timestamp=beam.DoFn.TimestampParam,
         known_state=beam.DoFn.StateParam(KNOWN_WM),
-        armed_state=beam.DoFn.StateParam(ARMED_AT),
+        armed_state=beam.DoFn.StateParam(ARMED),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
         catching_state=beam.DoFn.StateParam(CATCHING_UP),
     ):
         _, record = element
         known_wm = known_state.read()
-        armed_at = armed_state.read()
+        armed = armed_state.read()
+        armed_at = None if armed is None else armed[0]
         windows = self._clock.windows(timestamp.micros, record)
         closes = self._clock.closes(windows)
         if isinstance(record, _Start):
             if min(closes) > self._future():
                 return  # a note from the wall clock's future (a producer's wrong clock)
             start = self._start_for(min(closes))
+            self._note_newest(newest_state, max(closes))
             if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
-                timer.set(Timestamp(micros=start))
-                armed_state.write(start)
+                self._start_clock(timer, armed_state, armed, start, newest_state.read())
                 if known_wm is not None or armed_at is not None:  # not the stream's start
                     catching_state.write(start + self._horizon_micros)
-            self._note_newest(newest_state, max(closes))
             return
         if known_wm is None:
             known_wm = _MIN_MICROS
@@ -357,14 +369,12 @@ class _RouteLateFn(beam.DoFn):
         if armed_at is None and known_wm == _MIN_MICROS and future:
             pass  # on time; a clock started in the wall clock's future would never tick
         elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
-            armed_at = self._start_for(min(open_closes))
-            timer.set(Timestamp(micros=armed_at))
-            armed_state.write(armed_at)
+            start = self._start_for(min(open_closes))
+            self._start_clock(timer, armed_state, armed, start, newest_state.read())
         elif armed_at is None:  # stopped after a silence: resume at the next close on the grid
-            armed_at = self._clock.next_after(known_wm)
-            timer.set(Timestamp(micros=armed_at))
-            armed_state.write(armed_at)
-            catching_state.write(armed_at + self._horizon_micros)
+            start = self._clock.next_after(known_wm)
+            self._start_clock(timer, armed_state, armed, start, newest_state.read())
+            catching_state.write(start + self._horizon_micros)
             self._unverify()
         elif max(open_closes) + self._off_grid_micros < armed_at:
             # Its closes lie where the clock does not tick: before the clock's start, or in a
@@ -374,6 +384,52 @@ class _RouteLateFn(beam.DoFn):
             self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
+
+    def _start_clock(
+        self, timer: Any, armed_state: Any, armed: tuple[int, int] | None, start: int, newest: Any
+    ) -> None:
+        """(Re)starts the clock at ``start`` (a close on its grid): the ticks armed elsewhere
+        are cleared, ``start`` and the ticks after it (see :meth:`_arm_ahead`) armed."""
+        if armed is not None:
+            for tick in self._ticks_between(*armed):
+                timer.clear(dynamic_timer_tag=str(tick))
+        timer.set(Timestamp(micros=start), dynamic_timer_tag=str(start))
+        self._arm_ahead(timer, armed_state, (start, start), newest)
+
+    def _ticks_between(self, first: int, last: int) -> list[int]:
+        """The clock's ticks from ``first`` to ``last`` (both on its grid)."""
+        ticks = [first]
+        while ticks[-1] < last:
+            ticks.append(self._clock.next_after(ticks[-1]))
+        return ticks
+
+    def _arm_ahead(
+        self, timer: Any, armed_state: Any, armed: tuple[int, int], newest: int | None
+    ) -> None:
+        """Arms the clock's next ``_LOOKAHEAD_TICKS`` ticks from ``armed[0]`` on (those after
+        ``armed[1]`` are new), while :meth:`_keeps_ticking`; writes the armed span, or clears
+        it when nothing is armed (the clock stopped)."""
+        first, last = armed
+        tick = first
+        for _ in range(_LOOKAHEAD_TICKS):
+            if tick > last:
+                if not self._keeps_ticking(tick, newest):
+                    break
+                timer.set(Timestamp(micros=tick), dynamic_timer_tag=str(tick))
+                last = tick
+            tick = self._clock.next_after(tick)
+        if last >= first:
+            armed_state.write((first, last))
+        else:
+            armed_state.clear()  # stopped: the next record restarts the clock
+
+    def _keeps_ticking(self, tick: int, newest: int | None) -> bool:
+        """Whether the clock goes on to ``tick``: within ``clock_horizon`` of the newest close
+        seen, or on a live stream (within a day before the wall clock)."""
+        if newest is not None and tick <= newest + self._horizon_micros:
+            return True
+        wall = self._wall_micros()
+        return wall - _LIVE_MICROS <= tick <= wall
 
     def _start_for(self, close: int) -> int:
         """Where a clock starts for data whose earliest close is ``close``: ``clock_horizon``
@@ -426,7 +482,7 @@ class _RouteLateFn(beam.DoFn):
         self,
         fired_at=beam.DoFn.TimestampParam,
         known_state=beam.DoFn.StateParam(KNOWN_WM),
-        armed_state=beam.DoFn.StateParam(ARMED_AT),
+        armed_state=beam.DoFn.StateParam(ARMED),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
         catching_state=beam.DoFn.StateParam(CATCHING_UP),
@@ -438,16 +494,13 @@ class _RouteLateFn(beam.DoFn):
         if (catching_state.read() or _MIN_MICROS) <= known_wm:
             catching_state.clear()
         self._watermark.update(known_wm // 1000)  # the watermark has reached known_wm
-        following = self._clock.next_after(known_wm)
-        newest = newest_state.read()
-        near_data = newest is not None and following <= newest + self._horizon_micros
-        wall = self._wall_micros()
-        live = wall - _LIVE_MICROS <= following <= wall
-        if near_data or live:
-            timer.set(Timestamp(micros=following))
-            armed_state.write(following)
-        else:
-            armed_state.clear()  # stopped: the next record restarts the clock
+        armed = armed_state.read()
+        if armed is None or armed[1] <= known_wm:  # every armed tick has fired
+            following = self._clock.next_after(known_wm)
+            armed = (following, following - 1)
+        elif armed[0] <= known_wm:  # (a round may fire its ticks in any order)
+            armed = (self._clock.next_after(known_wm), armed[1])
+        self._arm_ahead(timer, armed_state, armed, newest_state.read())
 
     def _late_record(
         self, record: Any, timestamp: Timestamp, known_wm: int, windows: list[tuple[int, int]]
