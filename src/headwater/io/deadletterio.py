@@ -110,10 +110,6 @@ class MalformedDeadLetterError(ValueError):
     """A dead-letter file holds a row that is not an envelope; the message names file and line."""
 
 
-def _sort_key(letter: DeadLetter) -> str:
-    return letter.to_json()
-
-
 def _shard_text(letter: DeadLetter) -> str:
     row = letter.to_dict()
     row.pop("failed_at", None)  # wall-clock: would move a letter between shards across runs
@@ -165,10 +161,13 @@ class _WriteShardPaneFn(beam.DoFn):
         shard, letters = element
         if self._batch:  # deterministic files: no wall-clock instant in them
             letters = [dataclasses.replace(letter, failed_at="") for letter in letters]
-        ordered = sorted(letters, key=_sort_key)
-        if not ordered:
+        letters = list(letters)
+        texts = [letter.to_json() for letter in letters]  # the line of each, once
+        order = sorted(range(len(letters)), key=texts.__getitem__)
+        if not order:
             return
-        lines = [letter.to_json() for letter in ordered]
+        ordered = [letters[i] for i in order]
+        lines = [texts[i] for i in order]
         digest = None  # batch: one pane per shard, its name stable across re-runs
         if not self._batch:
             digest = content_digest("\n".join(sorted(map(_shard_text, ordered))))
