@@ -109,6 +109,10 @@ def _server_properties(workdir: Path, host: str, port: int, controller_port: int
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # No time-based retention: tests and the bench produce records stamped in 2023, which
+        # the default 7 days would delete at the next retention check (every 5 minutes), in the
+        # middle of a test
+        "log.retention.ms": "-1",
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 

@@ -381,6 +381,40 @@ def test_process_finishes_when_position_passes_stop_without_records():
     view._threadsafe_restriction_tracker.check_done()
 
 
+class _RetainedConsumer(_FakeConsumer):
+    """A partition whose records before ``low`` the broker deleted (retention)."""
+
+    def __init__(self, batches, low):
+        super().__init__(batches)
+        self.low = low
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        return (self.low, max(self.end, self.low))
+
+
+@pytest.mark.parametrize(
+    ("records", "stop", "read"),
+    [
+        ([], 2, []),  # the whole range is gone: the read ends (it used to stall, then fail)
+        ([10, 11, 12], 13, [10, 11, 12]),  # the rest is read from the broker's first offset
+    ],
+    ids=["all-gone", "part-gone"],
+)
+def test_records_deleted_before_the_read_are_named_and_counted_not_waited_for(
+    caplog, records, stop, read
+):
+    """Retention deleted offsets 0-9 between planning and reading a bounded range [0, stop)."""
+    fn = _reader(stop_at_end=True, poll_interval="10ms").reader_fn()
+    counted = []
+    fn._deleted = type("C", (), {"inc": lambda self, n: counted.append(n)})()
+    consumer = _RetainedConsumer([[_Msg(o) for o in records]] if records else [], low=10)
+    out, view, _ = _run(fn, consumer, PartitionRange(0, stop))
+    assert [tv.value.offset for tv in out] == read
+    view._threadsafe_restriction_tracker.check_done()
+    assert counted == [min(10, stop)]
+    assert f"offsets 0 to {min(10, stop) - 1} of t[0] were deleted by the broker" in caplog.text
+
+
 def test_process_registers_commit_of_next_offset_only_when_asked():
     """commit_on_finalize registers the commit; without it, the read takes no bundle finalizer:
     Prism would finalize each of its bundles, and the SDK fails those that registered nothing."""

@@ -178,6 +178,7 @@ class ReadPartitionFn(beam.DoFn):
         self._assigned: tuple[str, int, int] | None = None
         self._records = Metrics.counter(NAMESPACE, "kafka.records_read")
         self._fallbacks = Metrics.counter(NAMESPACE, "kafka.event_time_fallback")
+        self._deleted = Metrics.counter(NAMESPACE, "kafka.offsets_deleted_before_read")
 
     # -- watermark estimator provider ------------------------------------------------------
     def initial_estimator_state(self, element: PartitionRead, restriction: Any) -> Any:
@@ -318,6 +319,8 @@ class ReadPartitionFn(beam.DoFn):
                     offset = msg.offset()
                     if offset < next_offset or msg.partition() != partition or msg.topic() != topic:
                         continue  # left over from an earlier assignment
+                    if offset > next_offset:  # a gap: compaction, transaction markers ... or
+                        next_offset = self._skip_deleted(consumer, tp, next_offset, stop)
                     if offset > claimed_to:
                         target = min(batch_last, stop - 1)
                         if target > offset and tracker.try_claim(target):
@@ -368,6 +371,12 @@ class ReadPartitionFn(beam.DoFn):
                     if self._caught_up_to_stop(consumer, tp, next_offset, stop, tracker):
                         yield from self._range(element, next_offset, stop, [])  # no record
                         return
+                    skipped = self._skip_deleted(consumer, tp, next_offset, stop)
+                    if skipped >= stop > next_offset:  # the rest of the range no longer exists
+                        tracker.try_claim(stop - 1)
+                        yield from self._range(element, range_from, stop, [])
+                        return
+                    next_offset = skipped
                     stalled = time.monotonic() - progressed
                     if self._bounded and stop < UNBOUNDED_STOP and stalled > self._stall_timeout:
                         raise KafkaConsumeError(
@@ -405,6 +414,37 @@ class ReadPartitionFn(beam.DoFn):
                     if claimed_any
                     else nothing_to_commit
                 )
+
+    def _skip_deleted(self, consumer: Any, tp: Any, next_offset: int, stop: int) -> int:
+        """Where the read goes on: past the records the broker deleted before this read reached
+        them (retention, a delete-records call), up to ``stop``; else ``next_offset``.
+
+        Deleted: the partition's first offset, as the broker last told the consumer (no round
+        trip), is past ``next_offset``. The consumer goes on from there by itself (it resets to
+        the earliest offset); the loss is not silent: a warning names the offsets and
+        ``kafka.offsets_deleted_before_read`` counts them. (A bounded read used to wait
+        ``stall_timeout`` for such records and then fail.)
+        """
+        from confluent_kafka import KafkaException
+
+        try:
+            low = consumer.get_watermark_offsets(tp, cached=True)[0]
+        except (KafkaException, RuntimeError, TypeError):  # (None: nothing heard yet)
+            return next_offset
+        if low is None or low <= next_offset:
+            return next_offset
+        self._deleted.inc(min(low, stop) - next_offset)
+        _LOG.warning(
+            "offsets %d to %d of %s[%d] were deleted by the broker (retention, or deleted "
+            "records) before this read reached them; it goes on from offset %d (counted as "
+            "kafka.offsets_deleted_before_read)",
+            next_offset,
+            min(low, stop) - 1,
+            tp.topic,
+            tp.partition,
+            low,
+        )
+        return int(min(low, stop))
 
     @staticmethod
     def _hand_back(spent: float, consumer: Any, tp: Any, next_offset: int, got: int) -> bool:
