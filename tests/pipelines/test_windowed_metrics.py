@@ -63,27 +63,35 @@ def test_every_early_trigger_is_refused_by_run_in_batch(tmp_path, trigger):
         windowed_metrics.run(_argv(tmp_path, f"--trigger={trigger}"))
 
 
-def test_summary_warns_about_records_judged_without_a_late_clock():
-    """A summary with late_unverified prints a warning line with the count; none without it."""
+_SUMMARY = {  # a run summary, as running.summarize makes it
+    "pipeline": "windowed_metrics",
+    "runner": "PrismRunner",
+    "records_in": 10,
+    "wall_s": 1.0,
+    "output": 9,
+    "duplicate": 0,
+    "dead_letter": 0,
+    "late": 1,
+    "identity_holds": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "warning"),
+    [
+        ("late_unverified", "3 records went to their windows without a verified late-data clock"),
+        ("kafka_offsets_deleted", "3 Kafka offsets were deleted by the broker"),
+    ],
+)
+def test_summary_warns_with_the_count(field, warning):
+    """Records judged without a late clock, Kafka offsets deleted before the read: a summary
+    with the count prints a warning line; none without it."""
     import io
 
     from headwater.pipelines.running import print_summary
 
-    summary = {
-        "pipeline": "windowed_metrics",
-        "runner": "PrismRunner",
-        "records_in": 10,
-        "wall_s": 1.0,
-        "output": 9,
-        "duplicate": 0,
-        "dead_letter": 0,
-        "late": 1,
-        "identity_holds": True,
-    }
     quiet, warned = io.StringIO(), io.StringIO()
-    print_summary(summary, quiet)
-    print_summary({**summary, "late_unverified": 3}, warned)
+    print_summary(_SUMMARY, quiet)
+    print_summary({**_SUMMARY, field: 3}, warned)
     assert "WARNING" not in quiet.getvalue()
-    assert "WARNING: 3 records went to their windows without a verified late-data clock" in (
-        warned.getvalue()
-    )
+    assert f"WARNING: {warning}" in warned.getvalue()

@@ -156,6 +156,13 @@ def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
             "the stream's first windows: see headwater.windowing.late)",
             file=out,
         )
+    if summary.get("kafka_offsets_deleted"):
+        print(
+            f"  WARNING: {summary['kafka_offsets_deleted']} Kafka offsets were deleted by the "
+            "broker (retention, or deleted records) before the read reached them: their records "
+            "are not in this run (the log names the partitions and offsets)",
+            file=out,
+        )
     if summary.get("engine"):
         why = f" ({summary['engine_reason']})" if summary.get("engine_reason") else ""
         print(f"  engine       {summary['engine']}{why}", file=out)
@@ -243,6 +250,9 @@ def run_pipeline(
     unverified = counter_total(result, "late_routing.unverified")
     if unverified:  # judged without a running clock: the windowing step may have dropped them
         summary["late_unverified"] = unverified
+    deleted = counter_total(result, "kafka.offsets_deleted_before_read")
+    if deleted:  # gone from the broker before the read got to them: not in records_in
+        summary["kafka_offsets_deleted"] = deleted
     summary["config"] = run_config(values)
     print_summary(summary)
     summary["data_check"] = check_data(  # no output, or too many dead letters: exit status 3

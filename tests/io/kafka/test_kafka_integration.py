@@ -496,3 +496,46 @@ def test_dead_letters_of_later_stages_name_topic_partition_offset(
     ]
     assert letter["stage"] == "dedup"
     assert letter["origin"] == {"topic": kafka_topic, "partition": 1, "offset": 1}
+
+
+def test_records_deleted_before_the_read_are_counted_and_the_rest_is_read(
+    kafka_bootstrap, kafka_topic, caplog, monkeypatch
+):
+    """The broker deletes partition 0's first 6 records after the read has planned to start at 0
+    (delete-records, as retention does between planning and reading): the read names and counts
+    them, reads the rest, and does not wait stall_timeout for records that no longer exist."""
+    from confluent_kafka.admin import AdminClient
+
+    from headwater.core.accounting import counter_total
+    from headwater.io.kafka import partitions
+
+    produce(kafka_bootstrap, kafka_topic, events(30))  # 10 per partition
+    plan = partitions.resolve_starts
+
+    def plan_then_delete(*args, **kwargs):
+        starts = plan(*args, **kwargs)
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.delete_records([TopicPartition(kafka_topic, 0, 6)]).values():
+            future.result(timeout=30)
+        return starts
+
+    monkeypatch.setattr(partitions, "resolve_starts", plan_then_delete)
+    began = time.monotonic()
+    p = beam.Pipeline("FnApiRunner")
+    out = (
+        p
+        | ReadFromKafka(
+            bootstrap_servers=kafka_bootstrap,
+            topics=kafka_topic,
+            stop_at_end=True,
+            stall_timeout="30s",
+        )
+        | beam.Map(lambda r: (r.partition, r.offset))
+    )
+    expected = [(0, o) for o in range(6, 10)] + [(p_, o) for p_ in (1, 2) for o in range(10)]
+    assert_that(out, equal_to(expected), label="offsets")
+    result = p.run()
+    result.wait_until_finish()
+    assert time.monotonic() - began < 30  # not a stall_timeout
+    assert counter_total(result, "kafka.offsets_deleted_before_read") == 6
+    assert f"offsets 0 to 5 of {kafka_topic}[0] were deleted by the broker" in caplog.text
