@@ -92,7 +92,10 @@ class ReadFromKafka(beam.PTransform):
       reports given to :meth:`commit_when_written` -- what the pipelines use for every read.
     * ``stall_timeout``: a bounded read that gets no record for this long before its stop
       offset fails with :class:`~headwater.io.kafka.KafkaConsumeError` (broker gone or
-      restarted empty) instead of polling forever or returning a short result.
+      restarted empty) instead of polling forever or returning a short result. Records the
+      broker deleted before the read reached them (retention) are not waited for: a warning
+      names their offsets, ``kafka.offsets_deleted_before_read`` counts them, and the read
+      goes on from the partition's first record.
     * ``connect_timeout``: how long to wait for the broker at pipeline start before failing
       with :class:`~headwater.io.kafka.KafkaConnectError`; ``poll_interval``: the wait of
       one poll, and the resume delay of a caught-up unbounded read.
