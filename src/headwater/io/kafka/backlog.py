@@ -46,6 +46,7 @@ __all__ = [
     "LAG_MESSAGES",
     "EndOffsets",
     "PartitionLag",
+    "cached_offsets",
     "lag_metric_name",
     "partition_lag",
 ]
@@ -118,14 +119,30 @@ class EndOffsets:
             self._asked.clear()
 
 
+def cached_offsets(consumer: Any, tp: Any) -> tuple[int, int] | None:
+    """The partition's ``(first, end)`` offsets as the broker last told ``consumer`` in a fetch
+    response (``get_watermark_offsets(cached=True)``: no round trip); ``None`` before any
+    (``first`` may still be negative: not reported yet)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        found = consumer.get_watermark_offsets(tp, cached=True)
+    except (KafkaException, RuntimeError):  # (RuntimeError: a closed consumer)
+        return None
+    if found is None or found[1] < 0:
+        return None
+    return int(found[0]), int(found[1])
+
+
 def _query_end(consumer: Any, topic: str, partition: int) -> int | None:
     from confluent_kafka import KafkaException, TopicPartition
 
     tp = TopicPartition(topic, partition)
-    try:
-        found = consumer.get_watermark_offsets(tp, cached=True)
-        if found is None or found[1] < 0:  # no fetch response yet: ask the broker
-            found = consumer.get_watermark_offsets(tp, timeout=_QUERY_TIMEOUT_S, cached=False)
+    cached = cached_offsets(consumer, tp)
+    if cached is not None:
+        return cached[1]
+    try:  # no fetch response yet: ask the broker
+        found = consumer.get_watermark_offsets(tp, timeout=_QUERY_TIMEOUT_S, cached=False)
     except (KafkaException, RuntimeError) as exc:  # (RuntimeError: a closed consumer)
         _LOG.debug("end offset of %s[%d] unknown: %s", topic, partition, exc)
         return None

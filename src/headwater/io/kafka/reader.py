@@ -18,7 +18,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.io.formats import Format, FormatError
-from headwater.io.kafka.backlog import partition_lag
+from headwater.io.kafka.backlog import cached_offsets, partition_lag
 from headwater.io.kafka.commit import commit_or_warn, nothing_to_commit
 from headwater.io.kafka.config import KafkaConnection, make_consumer
 from headwater.io.kafka.errors import (
@@ -425,13 +425,9 @@ class ReadPartitionFn(beam.DoFn):
         ``kafka.offsets_deleted_before_read`` counts them. (A bounded read used to wait
         ``stall_timeout`` for such records and then fail.)
         """
-        from confluent_kafka import KafkaException
-
-        try:
-            low = consumer.get_watermark_offsets(tp, cached=True)[0]
-        except (KafkaException, RuntimeError, TypeError):  # (None: nothing heard yet)
-            return next_offset
-        if low is None or low <= next_offset:
+        offsets = cached_offsets(consumer, tp)
+        low = next_offset if offsets is None else offsets[0]
+        if low <= next_offset:
             return next_offset
         self._deleted.inc(min(low, stop) - next_offset)
         _LOG.warning(
@@ -444,7 +440,7 @@ class ReadPartitionFn(beam.DoFn):
             tp.partition,
             low,
         )
-        return int(min(low, stop))
+        return min(low, stop)
 
     @staticmethod
     def _hand_back(spent: float, consumer: Any, tp: Any, next_offset: int, got: int) -> bool:
@@ -456,11 +452,8 @@ class ReadPartitionFn(beam.DoFn):
             return True
         if spent < _TAIL_BUNDLE_SECONDS or got >= _CONSUME_BATCH:
             return False
-        try:
-            end = consumer.get_watermark_offsets(tp, cached=True)
-        except Exception:  # (a closed consumer, a broker error: not known to be caught up)
-            return False
-        return end is not None and 0 <= end[1] <= next_offset
+        offsets = cached_offsets(consumer, tp)  # (None: not known to be caught up)
+        return offsets is not None and offsets[1] <= next_offset
 
     def _range(
         self, element: PartitionRead, start: int, stop: int, offsets: list[int]
