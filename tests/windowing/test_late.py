@@ -753,6 +753,48 @@ def test_clock_walks_the_grid_and_stops_past_the_horizon():
     assert armed.read() == (240 * S, 360 * S)
 
 
+class _CountingValue(_FakeValue):
+    """A state cell that counts its reads: each is a round trip to a runner without a cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        return super().read()
+
+
+def test_a_bundle_reads_each_state_cell_once_and_the_next_bundle_reads_it_again():
+    """Prism hands out no cache tokens, so every read of a cell not written in the bundle asks
+    the runner. The router reads its clock once per bundle and shard, not once per record (it
+    did per record: most of the SDK harness's time on Prism); a new bundle reads afresh."""
+    fn = _RouteLateFn(FixedWindows(60), 0, 120 * S)
+    known, armed, newest, catching = cells = [_CountingValue() for _ in range(4)]
+    timer = _FakeTimer()
+
+    def route(micros, n=0):
+        return list(fn.process((0, {"n": n}), _ts(micros), known, armed, newest, timer, catching))
+
+    fn.start_bundle()
+    route(10 * S)  # starts the clock
+    fn.finish_bundle()
+    for cell in cells:
+        cell.reads = 0
+    fn.start_bundle()
+    timer.fire(fn, known, armed, newest, timer, catching)  # the clock learns -60 s
+    routed = [route((70 + n) * S, n) for n in range(50)]
+    fn.finish_bundle()
+    assert routed == [[{"n": n}] for n in range(50)]
+    assert [cell.reads for cell in cells] == [1, 1, 1, 1]
+    known.value = 3_600 * S  # the cell moved on outside this bundle (another worker's ticks)
+    fn.start_bundle()
+    [late] = route(80 * S)
+    fn.finish_bundle()
+    assert late.tag == "late"
+    assert known.reads == 2
+
+
 def _counter(result, name: str) -> int:
     found = result.metrics().query(MetricsFilter().with_namespace("headwater").with_name(name))
     return sum(c.committed or 0 for c in found["counters"])

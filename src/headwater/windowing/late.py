@@ -126,6 +126,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
@@ -317,6 +318,8 @@ class _RouteLateFn(beam.DoFn):
         self._wall_clock = wall_clock
         self._wall: int | None = None
         self._clock = _Clock(window_fn, lateness_micros)
+        # Every read, write and clear of this DoFn's state goes through it (core.bundlestate).
+        self._cells = BundleState()
         # Session closes fall between the clock's ticks (one gap apart), fixed ones on them.
         self._off_grid_micros = (
             window_fn.gap_size.micros if isinstance(window_fn, beam_window.Sessions) else 0
@@ -340,8 +343,8 @@ class _RouteLateFn(beam.DoFn):
         catching_state=beam.DoFn.StateParam(CATCHING_UP),
     ):
         _, record = element
-        known_wm = known_state.read()
-        armed = armed_state.read()
+        known_wm = self._cells.read(known_state)
+        armed = self._cells.read(armed_state)
         armed_at = None if armed is None else armed[0]
         windows = self._clock.windows(timestamp.micros, record)
         closes = self._clock.closes(windows)
@@ -351,9 +354,9 @@ class _RouteLateFn(beam.DoFn):
             start = self._start_for(min(closes))
             self._note_newest(newest_state, max(closes))
             if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
-                self._start_clock(timer, armed_state, armed, start, newest_state.read())
+                self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
                 if known_wm is not None or armed_at is not None:  # not the stream's start
-                    catching_state.write(start + self._horizon_micros)
+                    self._cells.write(catching_state, start + self._horizon_micros)
             return
         if known_wm is None:
             known_wm = _MIN_MICROS
@@ -370,17 +373,17 @@ class _RouteLateFn(beam.DoFn):
             pass  # on time; a clock started in the wall clock's future would never tick
         elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
             start = self._start_for(min(open_closes))
-            self._start_clock(timer, armed_state, armed, start, newest_state.read())
+            self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
         elif armed_at is None:  # stopped after a silence: resume at the next close on the grid
             start = self._clock.next_after(known_wm)
-            self._start_clock(timer, armed_state, armed, start, newest_state.read())
-            catching_state.write(start + self._horizon_micros)
+            self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
+            self._cells.write(catching_state, start + self._horizon_micros)
             self._unverify()
         elif max(open_closes) + self._off_grid_micros < armed_at:
             # Its closes lie where the clock does not tick: before the clock's start, or in a
             # stretch the clock skipped when the data jumped ahead.
             self._unverify()
-        elif (catching_state.read() or _MIN_MICROS) > known_wm:
+        elif (self._cells.read(catching_state) or _MIN_MICROS) > known_wm:
             self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
@@ -419,9 +422,9 @@ class _RouteLateFn(beam.DoFn):
                 last = tick
             tick = self._clock.next_after(tick)
         if last >= first:
-            armed_state.write((first, last))
+            self._cells.write(armed_state, (first, last))
         else:
-            armed_state.clear()  # stopped: the next record restarts the clock
+            self._cells.clear(armed_state)  # stopped: the next record restarts the clock
 
     def _keeps_ticking(self, tick: int, newest: int | None) -> bool:
         """Whether the clock goes on to ``tick``: within ``clock_horizon`` of the newest close
@@ -450,12 +453,16 @@ class _RouteLateFn(beam.DoFn):
         # clock: that record costs itself and nothing more.
         if close > self._future():
             return
-        newest = newest_state.read()
+        newest = self._cells.read(newest_state)
         if newest is None or close > newest:
-            newest_state.write(close)
+            self._cells.write(newest_state, close)
 
     def start_bundle(self) -> None:
         self._wall = None  # read the wall clock once per bundle, not per record
+        self._cells.reset()
+
+    def finish_bundle(self) -> None:
+        self._cells.reset()
 
     def _wall_micros(self) -> int:
         if self._wall is None:
@@ -488,19 +495,20 @@ class _RouteLateFn(beam.DoFn):
         catching_state=beam.DoFn.StateParam(CATCHING_UP),
     ):
         self._ticks.inc()
-        previous = known_state.read()
+        previous = self._cells.read(known_state)
         known_wm = max(fired_at.micros, _MIN_MICROS if previous is None else previous)
-        known_state.write(known_wm)
-        if (catching_state.read() or _MIN_MICROS) <= known_wm:
-            catching_state.clear()
+        self._cells.write(known_state, known_wm)
+        catching_until = self._cells.read(catching_state)
+        if catching_until is not None and catching_until <= known_wm:
+            self._cells.clear(catching_state)
         self._watermark.update(known_wm // 1000)  # the watermark has reached known_wm
-        armed = armed_state.read()
+        armed = self._cells.read(armed_state)
         if armed is None or armed[1] <= known_wm:  # every armed tick has fired
             following = self._clock.next_after(known_wm)
             armed = (following, following - 1)
         elif armed[0] <= known_wm:  # (a round may fire its ticks in any order)
             armed = (self._clock.next_after(known_wm), armed[1])
-        self._arm_ahead(timer, armed_state, armed, newest_state.read())
+        self._arm_ahead(timer, armed_state, armed, self._cells.read(newest_state))
 
     def _late_record(
         self, record: Any, timestamp: Timestamp, known_wm: int, windows: list[tuple[int, int]]
