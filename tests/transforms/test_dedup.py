@@ -665,3 +665,47 @@ def test_batch_equals_plain_python_on_generated_records(keep):
             label="dead letter",
         )
         _assert_identity(out, [r for r, _ in arrivals])
+
+
+class _Cell:
+    """A state cell that logs every request a runner would get for it."""
+
+    def __init__(self):
+        self.value, self.requests = None, []
+
+    def read(self):
+        self.requests.append("read")
+        return self.value
+
+    def write(self, value):
+        self.requests.append("write")
+        self.value = value
+
+    def clear(self):
+        self.requests.append("clear")
+        self.value = None
+
+
+class _Timer:
+    def set(self, when):
+        self.at = when
+
+    def clear(self):
+        self.at = None
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_an_expiring_id_touches_only_the_cells_its_keep_writes(keep):
+    """Each state request is a round trip on Prism: keep="first" never writes ``held``, so
+    neither reading nor clearing it is asked for; keep="last" reads, flushes and clears it."""
+    fn = dedup._DeduplicateEventTimeFn(keep, HORIZON * 1_000_000)
+    anchor, held, timer = _Cell(), _Cell(), _Timer()
+    kept = list(fn.process(("a", {"v": 1}), Timestamp(5), anchor, held, timer))
+    flushed = list(fn.expire(timer.at, anchor, held, timer))
+    assert anchor.value is None
+    assert anchor.requests == ["read", "write", "read", "clear"]
+    if keep == "first":
+        assert (kept, flushed, held.requests) == ([{"v": 1}], [], [])
+    else:
+        assert (kept, [f.value for f in flushed]) == ([], [{"v": 1}])
+        assert held.requests == ["write", "read", "clear"]

@@ -317,11 +317,11 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         if self._expiry(anchor) > fired_at:  # a firing overtaken by a newer copy: wait for it
             expiry.set(self._expiry(anchor))
             return
-        if self._keep_last:
+        if self._keep_last:  # (keep="first" never writes held: no clear request for it)
             held = held_state.read()
             if held is not None:
                 yield TimestampedValue(held[1], Timestamp(micros=held[0]))
-        held_state.clear()
+            held_state.clear()
         anchor_state.clear()
 
 
@@ -366,11 +366,14 @@ class _DeduplicateProcessingTimeFn(beam.DoFn):
         yield element
 
     def _flush(self, seen_state, held_state):
-        held = held_state.read() if self._keep_last else None
+        # Each keep writes one of the two cells: the other is left alone (no clear request).
+        if not self._keep_last:
+            seen_state.clear()
+            return
+        held = held_state.read()
         if held is not None:
             yield TimestampedValue(held[1], Timestamp(micros=held[0]))
         held_state.clear()
-        seen_state.clear()
 
     @on_timer(_PROCESSING_EXPIRY)
     def expire(
