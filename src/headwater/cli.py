@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater import pipelines
+from headwater._startup import load_pipeline
 from headwater.pipelines.catalog import SPECS, spec
 from headwater.pipelines.checks import DATA_CHECK_EXIT, DataCheckError, OutputPathError
 from headwater.pipelines.options import check_argv
@@ -147,7 +148,7 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     if "-h" in rest or "--help" in rest:
         print(_pipeline_help(args.pipeline))
         return 0
-    module = pipelines.load(args.pipeline)
+    module = load_pipeline(lambda: pipelines.load(args.pipeline), rest)
     check_argv(rest, module.Options, pipeline=args.pipeline)
     return _verdict(module.run(rest))
 

@@ -60,6 +60,7 @@ from headwater._compat import (
     shorten_state_sampling,
     skip_embedded_state_cache,
 )
+from headwater._startup import LOCAL_RUNNERS, PRISM_RUNNER  # (one list: the CLI reads it too)
 
 __all__ = [
     "DATAFLOW_RUNNER",
@@ -81,10 +82,8 @@ __all__ = [
 
 _LOG = logging.getLogger("headwater.runners")
 
-LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 PORTABLE_RUNNERS = ("FlinkRunner", "PortableRunner")
 DATAFLOW_RUNNER = "DataflowRunner"
-PRISM_RUNNER = "PrismRunner"
 
 SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
 """Environment variable naming the ``setup.py`` to stage when the package has no checkout."""

@@ -1,0 +1,109 @@
+"""A local run imports Apache Beam without its Google Cloud integrations (no Beam import here).
+
+Apache Beam imports every Google Cloud client library it finds when it is imported: Cloud
+Storage (for ``gs://`` paths), BigQuery, Pub/Sub and the Dataflow API, with google-auth and
+google-api-core under them. headwater installs them (Dataflow runs and Flex Templates need them),
+so every ``headwater run`` paid for them: about a third of Beam's import time on this machine
+kind (``python -X importtime``), before the first record of a local run, which uses none of them.
+
+:func:`load_pipeline` imports a pipeline's module for ``headwater run``. When the run is local
+(no ``--runner``, or a runner that runs here: the direct runners, the FnApiRunner, Prism), no
+argument names a ``gs://`` path, and Beam is not imported yet in this process, it imports the
+module with those libraries refused (``ImportError``), which Beam takes as "not installed": its
+Google Cloud IO, ``gs://`` file system and Dataflow runner stay unavailable *in this process*,
+which the run does not use. Anything imported after that, lazily, imports normally. Any other
+run (Dataflow, a portable job server, a ``gs://`` path anywhere in the arguments) imports Beam
+as it is.
+
+>>> runs_here_without_cloud(["--input=events/*.jsonl", "--runner=FnApiRunner"])
+True
+>>> runs_here_without_cloud(["--input=gs://bucket/events/*.jsonl"])
+False
+>>> runs_here_without_cloud(["--runner", "DataflowRunner"])
+False
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = ["LOCAL_RUNNERS", "PRISM_RUNNER", "load_pipeline", "runs_here_without_cloud"]
+
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+PRISM_RUNNER = "PrismRunner"
+
+#: Beam imports these only inside ``try: ... except ImportError`` (checked for apache-beam 2.77).
+_GOOGLE_CLOUD = (
+    "apitools",
+    "google.api_core",
+    "google.auth",
+    "google.cloud.bigquery",
+    "google.cloud.bigquery_storage_v1",
+    "google.cloud.dataflow",
+    "google.cloud.dataflow_v1beta3",
+    "google.cloud.pubsub",
+    "google.cloud.pubsub_v1",
+    "google.cloud.storage",
+    "google.iam",
+    "google.oauth2",
+    "google.pubsub_v1",
+    "google.resumable_media",
+    "google_auth_httplib2",
+    "oauth2client",
+)
+
+_HERE = {name.lower() for name in (*LOCAL_RUNNERS, PRISM_RUNNER)}
+
+T = TypeVar("T")
+
+
+def _runner(argv: Sequence[str]) -> str | None:
+    """The last ``--runner`` in ``argv`` (Beam's parser keeps the last one), or ``None``."""
+    runner = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+        elif arg == "--runner" and i + 1 < len(argv):
+            runner = argv[i + 1]
+    return runner
+
+
+def runs_here_without_cloud(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a run on this machine that names no ``gs://`` path."""
+    if any("gs://" in arg for arg in argv):
+        return False
+    runner = _runner(argv)
+    if runner is None:
+        return True
+    name = runner.lower()
+    return name in _HERE or f"{name}runner" in _HERE
+
+
+class _RefuseGoogleCloud(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        for name in _GOOGLE_CLOUD:
+            if fullname == name or fullname.startswith(name + "."):
+                raise ImportError(f"{fullname} is left out of a local run's Beam import")
+        return None
+
+
+def load_pipeline(load: Callable[[], T], argv: Sequence[str]) -> T:
+    """``load()`` (a pipeline module's import), without Beam's Google Cloud libraries when
+    :func:`runs_here_without_cloud` and Beam is not imported yet; else ``load()`` as it is."""
+    if "apache_beam" in sys.modules or not runs_here_without_cloud(argv):
+        return load()
+    refuse = _RefuseGoogleCloud()
+    # Beam warns that it could not load its gs:// file system: true, and meant.
+    quiet = logging.getLogger("apache_beam.io.filesystems")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    sys.meta_path.insert(0, refuse)
+    try:
+        return load()
+    finally:
+        sys.meta_path.remove(refuse)
+        quiet.setLevel(level)

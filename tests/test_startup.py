@@ -1,0 +1,74 @@
+"""A local run imports Beam without its Google Cloud libraries; any other run imports them."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import subprocess
+import sys
+
+import pytest
+
+from headwater import _startup
+
+# In a fresh interpreter (this test process has Beam imported already): load windowed_metrics
+# the way `headwater run` does, then report what was imported and whether gs:// resolves.
+_PROBE = """
+import importlib, json, sys
+from headwater._startup import load_pipeline
+module = load_pipeline(
+    lambda: importlib.import_module("headwater.pipelines.windowed_metrics"), sys.argv[1:]
+)
+from apache_beam.io.filesystems import FileSystems
+try:
+    FileSystems.get_filesystem("gs://bucket/events.jsonl")
+    gs = True
+except ValueError:
+    gs = False
+storage_imported = "google.cloud.storage" in sys.modules
+import google.cloud.storage  # after the pipeline's import: as usual
+print(json.dumps({"storage": storage_imported, "gs": gs, "options": hasattr(module, "Options")}))
+"""
+
+
+def _probe(*argv: str) -> tuple[dict, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_the_module_examples_run():
+    outcome = doctest.testmod(_startup)
+    assert outcome.attempted > 0
+    assert outcome.failed == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--input=events/*.jsonl"],
+        ["--runner=PrismRunner", "--source=kafka"],
+        ["--runner", "fnapi"],
+        ["--runner=DirectRunner", "--runner=prism"],  # the last one counts, as in Beam
+    ],
+)
+def test_a_local_run_leaves_google_cloud_out_of_its_beam_import(argv):
+    """Beam takes the refused libraries as not installed, quietly; later imports work."""
+    found, stderr = _probe(*argv)
+    assert found == {"storage": False, "gs": False, "options": True}
+    assert "GCSFileSystem" not in stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--input=events/*.jsonl", "--dead_letter=gs://bucket/dlq"],
+        ["--runner=DataflowRunner"],
+        ["--runner", "PortableRunner"],
+        ["--runner=PrismRunner", "--runner=dataflow"],
+    ],
+)
+def test_a_cloud_run_or_a_gs_path_imports_beam_as_it_is(argv):
+    found, _ = _probe(*argv)
+    assert found == {"storage": True, "gs": True, "options": True}
