@@ -36,11 +36,12 @@ before the record's group of ``watermark_every`` records (``-inf`` for the first
 These are the record path's rules on the streaming DirectRunner, where every timer due at a
 watermark fires before the next records arrive; the tests replay generated and adversarial
 streams through both and compare rows, late envelopes and counters. Where the two can differ
-the record path counts it: a record its router judges without a running clock (after a silence
-longer than ``clock_horizon`` in past event time, or older than the data's first windows before
-the first tick) goes on unverified (``headwater/late_routing.unverified``, in the run
-summary) and the GroupByKey drops it if its window has expired. This path knows the watermark
-exactly, so such a record goes to ``late``.
+the record path counts it: a record older than ``clock_horizon`` before the data's first
+windows that reaches its router shard before the shard's clock first ticks goes on unverified
+(``headwater/late_routing.unverified``, in the run summary) and the GroupByKey drops it if its
+window has expired. This path knows the watermark exactly, so such a record goes to ``late``.
+(Silences of any length are judged alike by both: the router's clock follows the watermark
+through them.)
 
 Accounting: ``records_in == output + duplicate + dead_letter + late``, counted in bulk per
 block under the ``headwater`` namespace, like the record path.

@@ -151,9 +151,9 @@ def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
     if summary.get("late_unverified"):
         print(
             f"  WARNING: {summary['late_unverified']} records went to their windows without a "
-            "verified late-data clock and may be missing from them (after a silence longer "
-            "than the late router's 10-minute clock horizon in past event time, or older than "
-            "the stream's first windows: see headwater.windowing.late)",
+            "verified late-data clock and may be missing from them (records older than the "
+            "stream's first windows by more than the late router's 10-minute clock horizon, "
+            "before its clock first ticked: see headwater.windowing.late)",
             file=out,
         )
     if summary.get("kafka_offsets_deleted"):

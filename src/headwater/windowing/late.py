@@ -44,7 +44,9 @@ How lateness is decided
     ``lateness_ms = (known_wm - event_time) // 1000``: how far (whole milliseconds, rounded
     down) the record's event time is behind the watermark as the router knew it when the record
     arrived. ``known_wm`` trails the real watermark by less than one clock step (one window
-    period; one gap for sessions), so this is a lower bound within one step of the truth.
+    period; one gap for sessions) once the clock has caught up (after a jump of the watermark it
+    takes a few rounds: see the ladder below), so this is a lower bound, within one step of the
+    truth while the watermark moves smoothly.
     The ``window`` of a late record is the last of its windows to close.
 
 Shards: no hot key
@@ -52,59 +54,72 @@ Shards: no hot key
     records round robin over them (each worker starting at a random shard), so the routing work
     spreads over as many workers as there are shards; ``headwater/late_routing.shard_<i>``
     counts each shard's records. Every spreader instance also sends each shard a *start note*
-    with its first record, and again whenever its records move more than ``clock_horizon`` past
-    its last note: every shard's clock starts with the data whether or not a record has reached
-    that shard yet (no idle shard judges without a clock), and a clock left more than 256 ticks
-    (and ``clock_horizon``) behind the data by a jump is moved up to it instead of walking
-    there; a shorter walk is taken, so every close stays verified. Records in the wall clock's
-    future send no note.
+    with its first record, so every shard's clock starts with the data whether or not a record
+    has reached that shard yet: no idle shard judges without a clock. A shard whose clock runs
+    ignores later notes. Records in the wall clock's future send no note.
+
+The ladder: a clock that follows any jump of the watermark
+    Besides its next ticks the clock keeps a *ladder* of probes armed above them: at level
+    ``k`` the first close at or after the next multiple of ``span * 2**k`` (``span``: one window
+    period), up to the wall clock (plus ``clock_horizon``), and the end of time itself (the
+    global window's end, where the watermark goes only when the input ends). When
+    the watermark jumps ``D`` window periods past the clock (a replay of past data resuming after
+    a silence, a source that skipped ahead), the round that fires fires every probe it passed,
+    and the clock learns the largest: it catches up in about ``log2(D)`` rounds instead of
+    ``D / 16``, and never has to stop or be moved. The probes are aligned, so a clock that
+    moves one tick re-arms about two of them. Once the end-of-time probe fires (the input
+    ended, or a drain), every window has closed and the clock stops.
 
 Guarantee
     Every record either reaches its windows' panes downstream (on time, or as a late pane inside
     the allowed lateness) or the ``late`` output: never both, never neither -- for every record
-    judged while its shard's clock runs. Why: a record goes to ``main`` only while one of its
-    closes ``c`` is ahead of ``known_wm``; the shard's earliest armed tick is at or before ``c``
-    (ticks lie on every close, and every tick from it to the last armed one is armed) and has
-    not fired, so the watermark has not reached ``c`` -- on runners
-    where timers hold the output watermark (Dataflow, Flink, Prism) because the armed timer
-    holds the windowing step's watermark at or below it, and on the single-worker
+    that reaches its shard after the shard's clock has started. Why: a record goes to ``main``
+    only while one of its closes ``c`` is ahead of ``known_wm``. The clock always keeps the
+    first close after ``known_wm`` armed (every tick it has not seen fire stays armed, and
+    after each firing it arms the first close after what it learnt), so an armed tick at or
+    before ``c`` has not fired, and the watermark has not reached ``c`` -- on runners where
+    timers hold the output watermark (Dataflow, Flink, Prism) because the armed timer holds the
+    windowing step's watermark at or below it, and on the single-worker
     ``BundleBasedDirectRunner`` because a due timer fires before the next input bundle. This
     is per shard: each shard's armed timer holds the router's output watermark, so any number of
-    shards and workers keep it. For sessions the record's own close is not on the clock's grid,
-    so :class:`WindowWithLateRouting` gives the GroupByKey one extra gap of allowed lateness: a
-    session record up to one gap beyond ``allowed_lateness`` may come out in a late pane
-    instead of ``late`` -- still counted, never dropped.
+    shards and workers keep it. It holds through silences of any length, in past event time
+    too, and while the clock catches up after a jump: the armed first close holds the watermark
+    below every close the clock has not learnt. For sessions the record's own close is not on
+    the clock's grid, so :class:`WindowWithLateRouting` gives the GroupByKey one extra gap of
+    allowed lateness: a session record up to one gap beyond ``allowed_lateness`` may come out in
+    a late pane instead of ``late`` -- still counted, never dropped.
 
     When the clock runs. A shard's clock starts ``clock_horizon`` (at most 16 window periods)
-    before the first window close of the data (the first start note) and keeps ticking while
-    the next tick is within ``clock_horizon`` of the newest close seen, or within a day before
-    the wall clock: so on a live stream it ticks through silences of any length (one
-    tick per window period) and idle shards keep their clocks. It stops only on past event
-    time (a replay of history) after a silence longer than ``clock_horizon``, and when the
-    watermark runs past the data and the wall clock (the end of a stream, a drain).
+    before the first window close of the data (the first start note, or the shard's first
+    record if that comes first) and runs until the end-of-time probe fires. It arms up to 16
+    ticks ahead while they are within ``clock_horizon`` of the newest close seen, or within a
+    day before the wall clock (a live stream: one tick per window period through a silence);
+    beyond, its first tick and the ladder follow the watermark.
 
-    What is not verified, and counted. A record that reaches a shard whose clock stopped (a
-    silence longer than ``clock_horizon`` in a replay of past event time), or whose closes lie
-    where the clock did not tick (older than ``clock_horizon`` before the data's first windows
-    and arriving before the first tick, or inside a stretch skipped by a jump of the data),
-    cannot be judged exactly: it goes to ``main`` and is counted as
-    ``headwater/late_routing.unverified`` (a warning is logged once per worker; the run summary
-    shows the count). If its window had expired, the GroupByKey drops it. The columnar replay,
-    which knows the watermark exactly, sends such a record to ``late``.
+    What is not verified, and counted. A record whose closes all lie before the clock's start
+    and which arrives before the clock's first tick fires (a record older than ``clock_horizon``
+    before the data's first windows, at the very start of a stream) cannot be judged: the
+    watermark may have passed its window before the shard existed. It goes to ``main`` and is
+    counted as ``headwater/late_routing.unverified`` (a warning is logged once per worker; the
+    run summary shows the count). If its window had expired, the GroupByKey drops it. The
+    columnar replay, which knows the watermark exactly, sends such a record to ``late``.
 
     Cost. A record's event time costs that record and nothing more: an old record never
     starts a clock earlier, and a record in the wall clock's future (a producer with a wrong
-    clock) does not keep clocks ticking. Timer firings: one per shard per window period (per
-    gap for sessions) of watermark progress while the clock runs, so a watermark that jumps
-    (an idle source advanced to the wall clock) is walked in window steps.
+    clock) does not extend a clock. Timer firings: one per shard per window period (per gap for
+    sessions) of watermark progress while the watermark moves smoothly; a jump of ``D``
+    periods costs about ``log2(D)`` rounds of at most 16 ticks and the ladder's probes (one per
+    doubling of the window period up to the wall clock: about 20 for a replay of one-minute
+    windows from two years ago, one on a live stream), and the end of the input one last round.
 
     In batch the watermark stays at the minimum until the input is exhausted and then jumps to
     the maximum, so nothing can be late: for bounded input the routing step is skipped and
     ``late`` is empty.
 
 State
-    Bounded and tiny: per shard ``known_wm``, the span of armed ticks (at most 16 timers) and
-    the newest close seen.
+    Bounded and tiny: per shard ``known_wm``, the span of armed ticks (at most 16 timers), the
+    ladder's probes (one per doubling of the window period up to the wall clock, and the end of
+    time) and the newest close seen.
 """
 
 from __future__ import annotations
@@ -118,7 +133,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import typehints
-from apache_beam.coders import TupleCoder, VarIntCoder
+from apache_beam.coders import IterableCoder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import userstate
@@ -149,8 +164,8 @@ _LOG = logging.getLogger(__name__)
 # A clock within this much of the wall clock is a live stream's: it keeps ticking through
 # silences of any length (one tick per window period), and stops only past the wall clock.
 _LIVE_MICROS = 24 * 3600 * 1_000_000
-# A clock further behind the data than this many ticks is moved up, not walked (see _far_behind).
-_JUMP_TICKS = 256
+# The end of time: the clock's last probe; once it fires every window has closed.
+_END_MICROS = beam_window.GlobalWindow().max_timestamp().micros
 # A clock starts at most this many ticks before the data's first close (see _start_for).
 _LEAD_TICKS = 16
 # A clock keeps this many ticks armed ahead of the watermark it knows: a runner fires every due
@@ -250,7 +265,7 @@ def _future_after(wall_seconds: float, horizon_micros: int) -> int:
 
 
 class _Start(NamedTuple):
-    """A spreader's note to every shard: records have begun (again) at ``micros`` of event time."""
+    """A spreader's note to every shard: records have begun at ``micros`` of event time."""
 
     micros: int
 
@@ -259,9 +274,8 @@ class _SpreadFn(beam.DoFn):
     """Deals records round robin over the router's shards; tells every shard where data begins.
 
     Each instance (one per worker thread) sends a :class:`_Start` to every shard with its first
-    record, and again whenever its records move more than ``clock_horizon`` past the last note:
-    so every shard's clock runs from the start of the data, idle or not, and a clock left far
-    behind by a jump of the data is moved up instead of walking there.
+    record (not from the wall clock's future): so every shard's clock runs from the start of the
+    data, idle or not. A shard whose clock runs already ignores the note.
     """
 
     def __init__(self, shards: int, horizon_micros: int):
@@ -283,7 +297,7 @@ class _SpreadFn(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
         future = micros > self._future  # a producer's wrong clock: no note
-        if not future and (self._noted is None or micros > self._noted + self._horizon_micros):
+        if not future and self._noted is None:
             self._noted = micros
             for shard in range(self._shards):
                 yield beam_window.TimestampedValue((shard, _Start(micros)), timestamp)
@@ -294,15 +308,14 @@ class _SpreadFn(beam.DoFn):
 
 
 class _RouteLateFn(beam.DoFn):
-    """One shard: a clock of event-time timers walking every window close time."""
+    """One shard: a clock of event-time timers that never stops until the end of time."""
 
     KNOWN_WM = userstate.ReadModifyWriteStateSpec("known_wm", VarIntCoder())
     # (first, last): the clock's armed ticks, every close on its grid from first to last.
     ARMED = userstate.ReadModifyWriteStateSpec("armed", TupleCoder([VarIntCoder(), VarIntCoder()]))
     NEWEST_CLOSE = userstate.ReadModifyWriteStateSpec("newest_close", VarIntCoder())
-    # Set when the clock restarts after a stop or moves up to the data: until it has walked
-    # clock_horizon past that point it may still be catching up with the watermark.
-    CATCHING_UP = userstate.ReadModifyWriteStateSpec("catching_up_until", VarIntCoder())
+    # The ladder's probes, level by level (timer tag "ladder<level>"); see _arm_ladder.
+    LADDER = userstate.ReadModifyWriteStateSpec("ladder", IterableCoder(VarIntCoder()))
     TICK = userstate.TimerSpec("tick", TimeDomain.WATERMARK)
 
     def __init__(
@@ -318,6 +331,8 @@ class _RouteLateFn(beam.DoFn):
         self._wall_clock = wall_clock
         self._wall: int | None = None
         self._clock = _Clock(window_fn, lateness_micros)
+        first = self._clock.next_after(0)
+        self._span = max(1, self._clock.next_after(first) - first)  # the ladder's unit
         # Every read, write and clear of this DoFn's state goes through it (core.bundlestate).
         self._cells = BundleState()
         # Session closes fall between the clock's ticks (one gap apart), fixed ones on them.
@@ -340,7 +355,7 @@ class _RouteLateFn(beam.DoFn):
         armed_state=beam.DoFn.StateParam(ARMED),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
-        catching_state=beam.DoFn.StateParam(CATCHING_UP),
+        ladder_state=beam.DoFn.StateParam(LADDER),
     ):
         _, record = element
         known_wm = self._cells.read(known_state)
@@ -351,12 +366,11 @@ class _RouteLateFn(beam.DoFn):
         if isinstance(record, _Start):
             if min(closes) > self._future():
                 return  # a note from the wall clock's future (a producer's wrong clock)
-            start = self._start_for(min(closes))
             self._note_newest(newest_state, max(closes))
-            if armed_at is None or self._far_behind(armed_at, start):  # first note, or a jump
-                self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
-                if known_wm is not None or armed_at is not None:  # not the stream's start
-                    self._cells.write(catching_state, start + self._horizon_micros)
+            if armed_at is None and known_wm is None:  # the first note starts the clock
+                start = self._start_for(min(closes))
+                newest = self._cells.read(newest_state)
+                self._start_clock(timer, armed_state, ladder_state, start, newest)
             return
         if known_wm is None:
             known_wm = _MIN_MICROS
@@ -373,50 +387,41 @@ class _RouteLateFn(beam.DoFn):
             pass  # on time; a clock started in the wall clock's future would never tick
         elif armed_at is None and known_wm == _MIN_MICROS:  # came before its shard's note
             start = self._start_for(min(open_closes))
-            self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
-        elif armed_at is None:  # stopped after a silence: resume at the next close on the grid
-            start = self._clock.next_after(known_wm)
-            self._start_clock(timer, armed_state, armed, start, self._cells.read(newest_state))
-            self._cells.write(catching_state, start + self._horizon_micros)
+            newest = self._cells.read(newest_state)
+            self._start_clock(timer, armed_state, ladder_state, start, newest)
+        elif armed_at is None or max(open_closes) + self._off_grid_micros < armed_at:
+            # Its closes lie before the clock's first tick, which has not fired yet (a record
+            # older than clock_horizon before the data's first windows).
             self._unverify()
-        elif max(open_closes) + self._off_grid_micros < armed_at:
-            # Its closes lie where the clock does not tick: before the clock's start, or in a
-            # stretch the clock skipped when the data jumped ahead.
-            self._unverify()
-        elif (self._cells.read(catching_state) or _MIN_MICROS) > known_wm:
-            self._unverify()  # the clock restarted and may not have caught up yet
         self._main.inc()
         yield record
 
     def _start_clock(
-        self, timer: Any, armed_state: Any, armed: tuple[int, int] | None, start: int, newest: Any
+        self, timer: Any, armed_state: Any, ladder_state: Any, start: int, newest: Any
     ) -> None:
-        """(Re)starts the clock at ``start`` (a close on its grid): the ticks armed elsewhere
-        are cleared, ``start`` and the ticks after it (see :meth:`_arm_ahead`) armed."""
-        if armed is not None:
-            for tick in self._ticks_between(*armed):
-                timer.clear(dynamic_timer_tag=str(tick))
+        """Starts the clock at ``start`` (a close on its grid): ``start``, the ticks after it
+        (see :meth:`_arm_ahead`) and the ladder above them are armed."""
         timer.set(Timestamp(micros=start), dynamic_timer_tag=str(start))
-        self._arm_ahead(timer, armed_state, (start, start), newest)
-
-    def _ticks_between(self, first: int, last: int) -> list[int]:
-        """The clock's ticks from ``first`` to ``last`` (both on its grid)."""
-        ticks = [first]
-        while ticks[-1] < last:
-            ticks.append(self._clock.next_after(ticks[-1]))
-        return ticks
+        self._arm_ahead(timer, armed_state, ladder_state, (start, start), newest)
 
     def _arm_ahead(
-        self, timer: Any, armed_state: Any, armed: tuple[int, int], newest: int | None
+        self,
+        timer: Any,
+        armed_state: Any,
+        ladder_state: Any,
+        armed: tuple[int, int],
+        newest: int | None,
     ) -> None:
-        """Arms the clock's next ``_LOOKAHEAD_TICKS`` ticks from ``armed[0]`` on (those after
-        ``armed[1]`` are new), while :meth:`_keeps_ticking`; writes the armed span, or clears
-        it when nothing is armed (the clock stopped)."""
+        """Arms ``armed[0]`` (the first close after the watermark the clock knows) whatever
+        comes, the next ticks up to ``_LOOKAHEAD_TICKS`` while :meth:`_keeps_ticking` (those
+        after ``armed[1]`` are new), and the ladder above the last; writes the armed span."""
         first, last = armed
         tick = first
         for _ in range(_LOOKAHEAD_TICKS):
+            if tick > _END_MICROS:
+                break
             if tick > last:
-                if not self._keeps_ticking(tick, newest):
+                if tick > first and not self._keeps_ticking(tick, newest):
                     break
                 timer.set(Timestamp(micros=tick), dynamic_timer_tag=str(tick))
                 last = tick
@@ -424,11 +429,48 @@ class _RouteLateFn(beam.DoFn):
         if last >= first:
             self._cells.write(armed_state, (first, last))
         else:
-            self._cells.clear(armed_state)  # stopped: the next record restarts the clock
+            self._cells.clear(armed_state)  # past the end of time: the clock has stopped
+        self._arm_ladder(timer, ladder_state, max(first, last))
+
+    def _arm_ladder(self, timer: Any, ladder_state: Any, above: int) -> None:
+        """Arms the ladder above ``above``: at level ``k`` the first close at or after the next
+        multiple of ``span * 2**k``, up to the wall clock (plus ``clock_horizon``), and the end
+        of time itself.
+
+        A watermark that jumps D window periods past the clock (the data resumed after a
+        silence, a replay jumped ahead) fires the probes it passed, so the clock learns it in
+        about log2(D) rounds instead of D/16; the probes are aligned, so a clock that moves one
+        tick re-arms about two of them, not all. Beyond the wall clock only the end of time is
+        probed: the watermark gets there only when the input ends (data from the wall clock's
+        future does not move the clock), so a live stream's ladder is that one probe.
+        """
+        armed = list(self._cells.read(ladder_state) or ())
+        probes: list[int] = []
+        size = self._span
+        ceiling = min(self._future(), _END_MICROS)
+        while True:
+            try:
+                probe = self._clock.first_at_or_after((above // size + 1) * size)
+            except (OverflowError, ValueError):  # a calendar grid ends at year 9999
+                break
+            if probe >= ceiling:
+                break
+            if not probes or probe > probes[-1]:
+                probes.append(probe)
+            size *= 2
+        probes.append(_END_MICROS)
+        for level, probe in enumerate(probes):
+            if level >= len(armed) or armed[level] != probe:
+                timer.set(Timestamp(micros=probe), dynamic_timer_tag=f"ladder{level}")
+        for level in range(len(probes), len(armed)):
+            timer.clear(dynamic_timer_tag=f"ladder{level}")
+        if probes != armed:
+            self._cells.write(ladder_state, probes)
 
     def _keeps_ticking(self, tick: int, newest: int | None) -> bool:
-        """Whether the clock goes on to ``tick``: within ``clock_horizon`` of the newest close
-        seen, or on a live stream (within a day before the wall clock)."""
+        """Whether the clock arms more than its first tick up to ``tick``: within
+        ``clock_horizon`` of the newest close seen, or on a live stream (within a day before
+        the wall clock). Beyond, the first tick and the ladder follow the watermark."""
         if newest is not None and tick <= newest + self._horizon_micros:
             return True
         wall = self._wall_micros()
@@ -440,13 +482,6 @@ class _RouteLateFn(beam.DoFn):
         before any window could close, delaying every result)."""
         step = max(1, self._clock.next_after(close) - close)
         return self._clock.first_at_or_after(close - min(self._horizon_micros, _LEAD_TICKS * step))
-
-    def _far_behind(self, armed_at: int, start: int) -> bool:
-        """Whether walking the clock from ``armed_at`` up to ``start`` takes over
-        ``_JUMP_TICKS`` ticks: then it is moved up instead (a jump of the data, e.g. from a
-        first record far in the past); a shorter walk keeps every close verified."""
-        step = max(1, self._clock.next_after(armed_at) - armed_at)
-        return start - armed_at > max(self._horizon_micros, _JUMP_TICKS * step)
 
     def _note_newest(self, newest_state: Any, close: int) -> None:
         # A close in the wall clock's future (a producer's wrong clock) does not extend the
@@ -473,15 +508,16 @@ class _RouteLateFn(beam.DoFn):
         return _future_after(self._wall_micros() / 1_000_000, self._horizon_micros)
 
     def _unverify(self) -> None:
-        """A record judged on time without a running clock: the windowing step may drop it."""
+        """A record judged on time before its shard's clock could vouch for it: the windowing
+        step may drop it."""
         self._unverified.inc()
         if not self._warned:
             self._warned = True
             _LOG.warning(
-                "late routing: a record reached a shard whose clock was not running (a silence "
-                "longer than clock_horizon in past event time, or a record older than the "
-                "stream's first windows); it went on to its window unverified. Counted as "
-                "headwater/late_routing.unverified; raise clock_horizon above such silences."
+                "late routing: a record older than the stream's first windows reached its shard "
+                "before the shard's clock first ticked; it went on to its window unverified. "
+                "Counted as headwater/late_routing.unverified; raise clock_horizon to cover "
+                "such records."
             )
 
     @userstate.on_timer(TICK)
@@ -492,23 +528,24 @@ class _RouteLateFn(beam.DoFn):
         armed_state=beam.DoFn.StateParam(ARMED),
         newest_state=beam.DoFn.StateParam(NEWEST_CLOSE),
         timer=beam.DoFn.TimerParam(TICK),
-        catching_state=beam.DoFn.StateParam(CATCHING_UP),
+        ladder_state=beam.DoFn.StateParam(LADDER),
     ):
         self._ticks.inc()
         previous = self._cells.read(known_state)
         known_wm = max(fired_at.micros, _MIN_MICROS if previous is None else previous)
         self._cells.write(known_state, known_wm)
-        catching_until = self._cells.read(catching_state)
-        if catching_until is not None and catching_until <= known_wm:
-            self._cells.clear(catching_state)
         self._watermark.update(known_wm // 1000)  # the watermark has reached known_wm
+        if known_wm >= _END_MICROS:  # the end of time: every window has closed
+            self._cells.clear(armed_state)
+            return
         armed = self._cells.read(armed_state)
         if armed is None or armed[1] <= known_wm:  # every armed tick has fired
             following = self._clock.next_after(known_wm)
             armed = (following, following - 1)
         elif armed[0] <= known_wm:  # (a round may fire its ticks in any order)
             armed = (self._clock.next_after(known_wm), armed[1])
-        self._arm_ahead(timer, armed_state, armed, self._cells.read(newest_state))
+        newest = self._cells.read(newest_state)
+        self._arm_ahead(timer, armed_state, ladder_state, armed, newest)
 
     def _late_record(
         self, record: Any, timestamp: Timestamp, known_wm: int, windows: list[tuple[int, int]]
