@@ -48,22 +48,16 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.runners.runner import PipelineState
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
-from prometheus_client.utils import floatToGoString
 
 from headwater import runners
 from headwater.io.kafka.backlog import LAG_BYTES, LAG_MESSAGES
 from headwater.pipelines.options import MetricsAddress
+
+if TYPE_CHECKING:  # prometheus_client is imported only by a run that serves --metrics_port
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "MetricsEndpoint",
@@ -197,6 +191,14 @@ def metric_families(
     ``labels`` are put on every series (e.g. ``{"pipeline": "stream_etl"}``); ``now`` (epoch
     seconds, default the clock) is what watermark lags are measured against.
     """
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        SummaryMetricFamily,
+    )
+    from prometheus_client.utils import floatToGoString
+
     now = time.time() if now is None else now
     counters, distributions, gauges = _summed(query)
     families: list[Metric] = []
@@ -346,6 +348,8 @@ class _Collector:
             self._query, self._updated = query, time.time()
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         with self._lock:
             query, updated = self._query, self._updated
         yield from metric_families(query, labels=self._labels)
@@ -381,8 +385,6 @@ class MetricsEndpoint:
         self.address = address
         self._interval = interval
         self._collector = _Collector(labels)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self._collector)
         self._server: Any = None
         self._result: Any = None
         self._stop = threading.Event()
@@ -391,9 +393,13 @@ class MetricsEndpoint:
     def __enter__(self) -> MetricsEndpoint:
         if self.address is None:
             return self
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self._collector)
         try:
             self._server, _ = start_http_server(
-                self.address.port, addr=self.address.host, registry=self._registry
+                self.address.port, addr=self.address.host, registry=registry
             )
         except OSError as exc:
             raise _port_error(self.address, exc) from None
