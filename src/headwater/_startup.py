@@ -2,9 +2,10 @@
 
 Apache Beam imports every Google Cloud client library it finds when it is imported: Cloud
 Storage (for ``gs://`` paths), BigQuery, Pub/Sub and the Dataflow API, with google-auth and
-google-api-core under them. headwater installs them (Dataflow runs and Flex Templates need them),
-so every ``headwater run`` paid for them: about a third of Beam's import time on this machine
-kind (``python -X importtime``), before the first record of a local run, which uses none of them.
+google-api-core under them (and MongoDB's client, a dependency of Beam). headwater installs them
+(Dataflow runs and Flex Templates need them), so every ``headwater run`` paid for them: about a
+third of Beam's import time on this machine kind (``python -X importtime``), before the first
+record of a local run, which uses none of them.
 
 :func:`load_pipeline` imports a pipeline's module for ``headwater run``. When the run is local
 (no ``--runner``, or a runner that runs here: the direct runners, the FnApiRunner, Prism), no
@@ -36,8 +37,11 @@ __all__ = ["LOCAL_RUNNERS", "PRISM_RUNNER", "load_pipeline", "runs_here_without_
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 PRISM_RUNNER = "PrismRunner"
 
-#: Beam imports these only inside ``try: ... except ImportError`` (checked for apache-beam 2.77).
-_GOOGLE_CLOUD = (
+#: Beam imports these only inside ``try: ... except ImportError`` (checked for apache-beam 2.77
+#: by tests/test_startup.py): the Google Cloud clients, Beam's own BigQuery IO (which imports
+#: ``requests`` and GCE metadata helpers even without the clients) and MongoDB's client.
+_LEFT_OUT = (
+    "apache_beam.io.gcp.bigquery",
     "apitools",
     "google.api_core",
     "google.auth",
@@ -54,6 +58,7 @@ _GOOGLE_CLOUD = (
     "google.resumable_media",
     "google_auth_httplib2",
     "oauth2client",
+    "pymongo",
 )
 
 _HERE = {name.lower() for name in (*LOCAL_RUNNERS, PRISM_RUNNER)}
@@ -85,7 +90,7 @@ def runs_here_without_cloud(argv: Sequence[str]) -> bool:
 
 class _RefuseGoogleCloud(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        for name in _GOOGLE_CLOUD:
+        for name in _LEFT_OUT:
             if fullname == name or fullname.startswith(name + "."):
                 raise ImportError(f"{fullname} is left out of a local run's Beam import")
         return None
