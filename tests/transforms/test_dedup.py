@@ -686,6 +686,18 @@ class _Cell:
         self.value = None
 
 
+class _Bag(_Cell):
+    """A bag state cell holding at most one value, logging its requests."""
+
+    def read(self):
+        self.requests.append("read")
+        return [] if self.value is None else [self.value]
+
+    def add(self, value):
+        self.requests.append("add")
+        self.value = value
+
+
 class _Timer:
     def set(self, when):
         self.at = when
@@ -696,14 +708,15 @@ class _Timer:
 
 @pytest.mark.parametrize("keep", ["first", "last"])
 def test_an_expiring_id_touches_only_the_cells_its_keep_writes(keep):
-    """Each state request is a round trip on Prism: keep="first" never writes ``held``, so
-    neither reading nor clearing it is asked for; keep="last" reads, flushes and clears it."""
+    """Each state request is a round trip on Prism: a new id's anchor is one append (no clear
+    first); keep="first" never writes ``held``, so neither reading nor clearing it is asked
+    for; keep="last" reads, flushes and clears it."""
     fn = dedup._DeduplicateEventTimeFn(keep, HORIZON * 1_000_000)
-    anchor, held, timer = _Cell(), _Cell(), _Timer()
+    anchor, held, timer = _Bag(), _Cell(), _Timer()
     kept = list(fn.process(("a", {"v": 1}), Timestamp(5), anchor, held, timer))
     flushed = list(fn.expire(timer.at, anchor, held, timer))
     assert anchor.value is None
-    assert anchor.requests == ["read", "write", "read", "clear"]
+    assert anchor.requests == ["read", "add", "read", "clear"]
     if keep == "first":
         assert (kept, flushed, held.requests) == ([{"v": 1}], [], [])
     else:

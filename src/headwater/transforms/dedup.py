@@ -89,7 +89,12 @@ from apache_beam.coders import BooleanCoder, FastPrimitivesCoder, TupleCoder, Va
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
@@ -241,7 +246,10 @@ class _KeyByIdFn(beam.DoFn):
 
 
 # State is keyed by id (the runner shards it); specs are shared by both time domains.
-_ANCHOR = ReadModifyWriteStateSpec("anchor", VarIntCoder())  # newest event time seen, micros
+# The newest event time seen (micros): one value in a bag, so that a new id's first write is one
+# state request (a ReadModifyWrite cell's write is a clear and an append: two round trips on a
+# runner without a state cache, such as Prism).
+_ANCHOR = BagStateSpec("anchor", VarIntCoder())
 _SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
 _HELD = ReadModifyWriteStateSpec(  # keep="last": (event time micros, record) of the last arrival
     "held", TupleCoder([VarIntCoder(), FastPrimitivesCoder()])
@@ -249,6 +257,13 @@ _HELD = ReadModifyWriteStateSpec(  # keep="last": (event time micros, record) of
 _EVENT_EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 _PROCESSING_EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 _END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
+
+
+def _only(values: Any) -> Any:
+    """The one value a single-value bag holds, or ``None`` when it is empty."""
+    for value in values:
+        return value
+    return None
 
 
 def _processing_now() -> Timestamp:
@@ -277,7 +292,7 @@ class _DeduplicateEventTimeFn(beam.DoFn):
     ):
         _, element = keyed
         ts = timestamp.micros
-        anchor = anchor_state.read()
+        anchor = _only(anchor_state.read())
         if rules.is_duplicate(ts, anchor, self._horizon):  # a copy of a held id
             self._duplicates.inc()
             if self._keep_last:
@@ -289,14 +304,17 @@ class _DeduplicateEventTimeFn(beam.DoFn):
             else:
                 yield beam.pvalue.TaggedOutput("duplicate", element)
             if ts > anchor:
-                anchor_state.write(ts)
+                anchor_state.clear()
+                anchor_state.add(ts)
                 expiry.set(self._expiry(ts))
             return
         # A new id, or a new episode of one whose horizon passed before the watermark did (batch).
         if anchor is not None and self._keep_last:
             previous_ts, previous = held_state.read()
             yield TimestampedValue(previous, Timestamp(micros=previous_ts))
-        anchor_state.write(ts)
+        if anchor is not None:
+            anchor_state.clear()
+        anchor_state.add(ts)
         expiry.set(self._expiry(ts))
         if self._keep_last:
             held_state.write((ts, element))
@@ -311,7 +329,7 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         held_state=beam.DoFn.StateParam(_HELD),
         expiry=beam.DoFn.TimerParam(_EVENT_EXPIRY),
     ):
-        anchor = anchor_state.read()
+        anchor = _only(anchor_state.read())
         if anchor is None:
             return
         if self._expiry(anchor) > fired_at:  # a firing overtaken by a newer copy: wait for it
