@@ -32,10 +32,26 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["LOCAL_RUNNERS", "PRISM_RUNNER", "load_pipeline", "runs_here_without_cloud"]
+__all__ = [
+    "DATAFLOW_RUNNER",
+    "LOCAL_RUNNERS",
+    "PORTABLE_RUNNERS",
+    "PRISM_RUNNER",
+    "canonical_runner",
+    "load_pipeline",
+    "runs_here_without_cloud",
+]
 
+# The runners headwater knows by name (headwater.runners re-exports them; here without Beam).
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+PORTABLE_RUNNERS = ("FlinkRunner", "PortableRunner")
+DATAFLOW_RUNNER = "DataflowRunner"
 PRISM_RUNNER = "PrismRunner"
+
+_CANONICAL = {
+    name.lower(): name
+    for name in (*LOCAL_RUNNERS, *PORTABLE_RUNNERS, DATAFLOW_RUNNER, PRISM_RUNNER)
+}
 
 #: Beam imports these only inside ``try: ... except ImportError`` (checked for apache-beam 2.77
 #: by tests/test_startup.py): the Google Cloud clients, Beam's own BigQuery IO (which imports
@@ -61,9 +77,18 @@ _LEFT_OUT = (
     "pymongo",
 )
 
-_HERE = {name.lower() for name in (*LOCAL_RUNNERS, PRISM_RUNNER)}
-
 T = TypeVar("T")
+
+
+def canonical_runner(name: str) -> str:
+    """A runner's name as Beam spells it, from any case, with or without "Runner"; a name
+    headwater does not know, as given.
+
+    >>> canonical_runner("prism"), canonical_runner("FNAPIRUNNER"), canonical_runner("Mine")
+    ('PrismRunner', 'FnApiRunner', 'Mine')
+    """
+    key = name.lower()
+    return _CANONICAL.get(key, _CANONICAL.get(key + "runner", name))
 
 
 def _runner(argv: Sequence[str]) -> str | None:
@@ -84,8 +109,7 @@ def runs_here_without_cloud(argv: Sequence[str]) -> bool:
     runner = _runner(argv)
     if runner is None:
         return True
-    name = runner.lower()
-    return name in _HERE or f"{name}runner" in _HERE
+    return canonical_runner(runner) in (*LOCAL_RUNNERS, PRISM_RUNNER)
 
 
 class _RefuseGoogleCloud(importlib.abc.MetaPathFinder):

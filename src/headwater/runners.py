@@ -60,7 +60,13 @@ from headwater._compat import (
     shorten_state_sampling,
     skip_embedded_state_cache,
 )
-from headwater._startup import LOCAL_RUNNERS, PRISM_RUNNER  # (one list: the CLI reads it too)
+from headwater._startup import (  # (one list of names: the CLI reads it before Beam's import)
+    DATAFLOW_RUNNER,
+    LOCAL_RUNNERS,
+    PORTABLE_RUNNERS,
+    PRISM_RUNNER,
+    canonical_runner,
+)
 
 __all__ = [
     "DATAFLOW_RUNNER",
@@ -82,9 +88,6 @@ __all__ = [
 
 _LOG = logging.getLogger("headwater.runners")
 
-PORTABLE_RUNNERS = ("FlinkRunner", "PortableRunner")
-DATAFLOW_RUNNER = "DataflowRunner"
-
 SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
 """Environment variable naming the ``setup.py`` to stage when the package has no checkout."""
 
@@ -102,11 +105,6 @@ processed are then sent again: dedup, the late router and the commit step saw so
 twice under load, and the run's accounting identity broke (1,502 outcomes for 1,500 records).
 Without runner splits each bundle runs to its end; the Kafka reader still checkpoints itself.
 """
-
-_CANONICAL = {
-    name.lower(): name
-    for name in (*LOCAL_RUNNERS, *PORTABLE_RUNNERS, DATAFLOW_RUNNER, PRISM_RUNNER)
-}
 
 
 def is_local(runner: str) -> bool:
@@ -249,8 +247,7 @@ def find_prism(location: str | None = None) -> str:
 def _canonical(runner: Any) -> Any:
     if not isinstance(runner, str) or "." in runner:
         return runner
-    key = runner.lower()
-    return _CANONICAL.get(key, _CANONICAL.get(key + "runner", runner))
+    return canonical_runner(runner)
 
 
 def prepare(options: PipelineOptions, *, streaming: bool, unbounded: bool = False) -> str:
