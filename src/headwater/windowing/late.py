@@ -281,7 +281,7 @@ class _SpreadFn(beam.DoFn):
     def __init__(self, shards: int, horizon_micros: int):
         self._shards = shards
         self._horizon_micros = horizon_micros
-        self._noted: int | None = None
+        self._noted = False  # this instance sent its start note
         self._next = 0
         self._future = _future_after(time.time(), horizon_micros)
         self._spread = [
@@ -297,8 +297,8 @@ class _SpreadFn(beam.DoFn):
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
         future = micros > self._future  # a producer's wrong clock: no note
-        if not future and self._noted is None:
-            self._noted = micros
+        if not future and not self._noted:
+            self._noted = True
             for shard in range(self._shards):
                 yield beam_window.TimestampedValue((shard, _Start(micros)), timestamp)
         shard = self._next
