@@ -10,12 +10,15 @@ the bucket's soft-delete check.
 
 from __future__ import annotations
 
+import fcntl
 import http.server
 import io
 import json
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -30,6 +33,17 @@ from headwater import runners
 from headwater.pipelines import kafka_to_kafka, replay_dead_letters, stream_etl, windowed_metrics
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_sdist_build_at_a_time() -> Iterator[None]:
+    """Each submission builds an sdist of this checkout (Beam's stager runs setup.py in it); two
+    builds at once (make test's two processes) share its build/ and egg-info folders and one
+    fails. The tests of this module take turns."""
+    with open(Path(tempfile.gettempdir()) / "headwater-test-sdist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
 
 GCP = [
     "--runner=DataflowRunner",
