@@ -44,12 +44,31 @@ def _event(event_id: str, at_ms: int) -> bytes:
     return json.dumps({"event_id": event_id, "event_time": at_ms, "user_id": "u"}).encode()
 
 
-def _produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+def _produce(bootstrap: str, topic: str, lines: list[bytes], partitions: int = PARTITIONS) -> None:
     """Produces ``lines`` round-robin over the partitions and waits for the acks."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for i, line in enumerate(lines):
-        producer.produce(topic, value=line, partition=i % PARTITIONS)
+        producer.produce(topic, value=line, partition=i % partitions)
     assert producer.flush(30) == 0, "records not acknowledged"
+
+
+def _argv(bootstrap: str, topic: str, out: Path, port: int, *extra: str) -> list[str]:
+    """``stream_etl`` on the topic with 60 s windows, serving its metrics on ``port``."""
+    return [
+        "--source=kafka",
+        f"--bootstrap_servers={bootstrap}",
+        f"--topic={topic}",
+        "--event_time_field=event_time",
+        "--event_time_unit=ms",
+        "--id_field=event_id",
+        f"--window=fixed:{WINDOW_S}s",
+        "--allowed_lateness=0s",
+        "--max_out_of_orderness=5s",
+        f"--output={out / 'rows'}",
+        f"--dead_letter={out / 'dead'}",
+        f"--metrics_port={port}",
+        *extra,
+    ]
 
 
 def _scrape(port: int) -> dict[str, Any]:
@@ -124,22 +143,7 @@ def test_scraped_counters_freshness_and_watermark_lag_move_with_the_stream(
     port = free_port()
     out = tmp_path / "out"
     job = start_stream_job(
-        "stream_etl",
-        [
-            "--source=kafka",
-            f"--bootstrap_servers={kafka_bootstrap}",
-            f"--topic={topic}",
-            "--event_time_field=event_time",
-            "--event_time_unit=ms",
-            "--id_field=event_id",
-            "--dedup_horizon=60m",
-            f"--window=fixed:{WINDOW_S}s",
-            "--allowed_lateness=0s",
-            "--max_out_of_orderness=5s",
-            f"--output={out / 'rows'}",
-            f"--dead_letter={out / 'dead'}",
-            f"--metrics_port={port}",
-        ],
+        "stream_etl", _argv(kafka_bootstrap, topic, out, port, "--dedup_horizon=60m")
     )
     lags = [
         f"headwater_consumer_lag_messages{{partition={p},topic={topic}}}" for p in range(PARTITIONS)
@@ -207,6 +211,40 @@ def test_scraped_counters_freshness_and_watermark_lag_move_with_the_stream(
     assert summary["identity_holds"], summary
     assert _accounting(_summary_as_samples(summary)) == (47, 40, 3, 2, 2)
     assert _scrape(port) == {}, "the metrics endpoint stops with the run"
+
+
+def test_a_record_just_past_a_window_close_is_routed_before_the_watermark_reaches_it(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    start_stream_job: Callable[..., Any],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Prism hands a key's data and timers over in timestamp order: a record 1 s past a window
+    close, with the watermark 4 s before it, used to wait behind the router's tick at that
+    close until the watermark passed it (for good, as nothing more came). It is counted now.
+    One partition: an empty one would hold the watermark at the start of time."""
+    topic = make_kafka_topic(1)
+    port = free_port()
+    boundary_ms = (int(time.time()) // 60 - 60) * 60_000  # a minute boundary an hour ago
+    job = start_stream_job("stream_etl", _argv(kafka_bootstrap, topic, tmp_path, port))
+    _produce(kafka_bootstrap, topic, [_event("before", boundary_ms - 5_000)], partitions=1)
+    _scrape_until(
+        port, lambda s: _accounting(s)[:2] == (1, 1), wait_until, what="the first", job=job
+    )
+    _produce(kafka_bootstrap, topic, [_event("after", boundary_ms + 1_000)], partitions=1)
+    second = _scrape_until(
+        port,
+        lambda s: _accounting(s) == (2, 2, 0, 0, 0),
+        wait_until,
+        what="the record past the close counted as output",
+        job=job,
+        timeout=60,
+    )
+    # the watermark (4 s before the boundary) has not reached the close it came past
+    assert second.get("headwater_watermark_seconds", 0) * 1000 < boundary_ms
+    job.drain()
+    assert job.finish()["output"] == 2
 
 
 @pytest.mark.parametrize("runner", ["FlinkRunner", "PortableRunner"])

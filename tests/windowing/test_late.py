@@ -34,7 +34,7 @@ from apache_beam.transforms.window import (
     TimestampCombiner,
     TimestampedValue,
 )
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from headwater.testing.harness import AdvanceWatermark, run_transform
@@ -44,9 +44,13 @@ from headwater.windowing.late import (
     LateRouted,
     RouteLateData,
     WindowWithLateRouting,
+    _Clock,
     _RouteLateFn,
+    _SpreadFn,
+    _Stamped,
     _Start,
 )
+from headwater.windowing.windows import CalendarWindows
 
 US = 1
 MS = 1_000
@@ -293,7 +297,8 @@ def test_session_windows_use_the_pre_merge_window():
     stream = (
         TestStream()
         .add_elements([_rec(1, 100 * S), _rec(2, 130 * S)])
-        .advance_watermark_to(_ts(115 * S))  # closes [100,110) + 5s
+        # past [100,110) + 5s, and the clock's tick at 120 s (its grid: multiples of the gap)
+        .advance_watermark_to(_ts(120 * S))
         .add_elements([_rec(3, 99 * S), _rec(4, 128 * S)])
         .advance_watermark_to_infinity()
     )
@@ -311,7 +316,7 @@ def test_session_windows_use_the_pre_merge_window():
         )
         assert_that(
             routed.late | beam.Map(lambda d: (d.payload, d.window, d.lateness_ms)),
-            equal_to([(_payload(3), "1970-01-01T00:01:39Z/1970-01-01T00:01:49Z", 16_000)]),
+            equal_to([(_payload(3), "1970-01-01T00:01:39Z/1970-01-01T00:01:49Z", 21_000)]),
             label="ClosedProtoWindowIsLate",
         )
 
@@ -730,6 +735,64 @@ class _FakeTimer:
         return [self.armed[f"ladder{level}"].micros for level in levels]
 
 
+@pytest.mark.parametrize(
+    ("window_fn", "lateness_s", "span_s"),
+    [
+        (FixedWindows(60), 0, 60),
+        (FixedWindows(60), 90, 60),
+        (SlidingWindows(60, 20, offset=7), 5, 20),
+        (Sessions(10), 3, 10),
+        (CalendarWindows("month", "Europe/Berlin"), 0, 31 * 86_400),
+        (CalendarWindows("day", "America/New_York"), 3_600, 86_400),  # DST days: 23 h, 25 h
+    ],
+)
+def test_a_records_carrier_is_the_last_close_of_the_grid_at_or_before_its_event_time(
+    window_fn, lateness_s, span_s
+):
+    """The spreader stamps a record with the last close at or before its event time; walked
+    from three of the grid's longest steps before, on random instants and on closes."""
+    clock = _Clock(window_fn, lateness_s * S)
+    rng = random.Random(5)
+    instants = [rng.randrange(1_700_000_000 * S, 1_800_000_000 * S) for _ in range(60)]
+    instants += [clock.next_after(t) for t in instants[:20]]  # exactly on a close
+    instants += [1_710_054_000 * S + h * 3_600 * S for h in range(-3, 30)]  # around a DST jump
+    for micros in instants:
+        walked = clock.first_at_or_after(micros - 3 * span_s * S)
+        while clock.next_after(walked) <= micros:
+            walked = clock.next_after(walked)
+        assert clock.last_at_or_before(micros) == walked <= micros, micros
+
+
+def test_the_spreader_stamps_records_with_their_carrier_and_keeps_their_event_time():
+    """What leaves the spreader: (shard, _Stamped(event time, record)) at the carrier, and the
+    start notes at the same carrier."""
+    clock = _Clock(FixedWindows(60), 0)
+    fn = _SpreadFn(4, 60 * S, clock)
+    fn.setup()
+    fn.start_bundle()
+    out = list(fn.process({"id": 1}, _ts(130 * S + 7)))
+    assert [v.timestamp for v in out] == [_ts(120 * S)] * 5
+    notes, [(shard, record)] = [v.value for v in out[:4]], [v.value for v in out[4:]]
+    assert sorted(notes) == [(i, _Start(130 * S + 7)) for i in range(4)]
+    assert record == _Stamped(130 * S + 7, {"id": 1})
+    assert 0 <= shard < 4
+
+
+def _route(fn, value, micros, *cells):
+    """Sends ``value`` of event time ``micros`` to the router as the spreader does (stamped
+    with a carrier the router must not read: the start of time) and unstamps what comes out,
+    checking that each output carries ``micros`` again."""
+    carried = value if isinstance(value, _Start) else _Stamped(micros, value)
+    out = []
+    for item in fn.process((0, carried), MIN_TIMESTAMP, *cells):
+        tagged = isinstance(item, TaggedOutput)
+        stamped = item.value if tagged else item
+        assert isinstance(stamped, TimestampedValue), item
+        assert stamped.timestamp == _ts(micros)
+        out.append(TaggedOutput(item.tag, stamped.value) if tagged else stamped.value)
+    return out
+
+
 def test_rule_boundary_is_exact_to_the_microsecond():
     """Known watermark W.end+L-1us leaves W open; W.end+L closes it (the DoFn driven directly)."""
     fn = _RouteLateFn(FixedWindows(60), 30 * S, 60 * S)
@@ -737,9 +800,7 @@ def test_rule_boundary_is_exact_to_the_microsecond():
     catching = _FakeValue()
 
     def route(micros):
-        return list(
-            fn.process((0, {"t": micros}), _ts(micros), known, armed, newest, timer, catching)
-        )
+        return _route(fn, {"t": micros}, micros, known, armed, newest, timer, catching)
 
     assert route(20 * S) == [{"t": 20 * S}]
     assert (newest.read(), timer.at) == (90 * S, _ts(30 * S))  # starts one horizon early
@@ -761,7 +822,7 @@ def test_clock_walks_the_grid_then_keeps_its_next_tick_and_a_ladder():
     clock keeps only its next tick, and a ladder of probes up to the end of time."""
     fn = _RouteLateFn(FixedWindows(60), 0, 120 * S)
     known, armed, newest, ladder, timer = (*(_FakeValue() for _ in range(4)), _FakeTimer())
-    list(fn.process((0, {}), _ts(10 * S), known, armed, newest, timer, ladder))
+    _route(fn, {}, 10 * S, known, armed, newest, timer, ladder)
     # armed ahead: every tick up to a horizon past the newest close, at most 16
     assert armed.read() == (-60 * S, 180 * S)
     assert timer.ticks() == [t * S for t in (-60, 0, 60, 120, 180)]
@@ -786,7 +847,7 @@ def test_a_watermark_jump_is_learnt_in_a_few_rounds_and_stragglers_are_judged_ex
     known, armed, newest, ladder, timer = (*(_FakeValue() for _ in range(4)), _FakeTimer())
 
     def route(value, micros):
-        return list(fn.process((0, value), _ts(micros), known, armed, newest, timer, ladder))
+        return _route(fn, value, micros, known, armed, newest, timer, ladder)
 
     unverified: list[None] = []
     fn._unverify = lambda: unverified.append(None)
@@ -829,7 +890,7 @@ def test_a_bundle_reads_each_state_cell_once_and_the_next_bundle_reads_it_again(
     timer = _FakeTimer()
 
     def route(micros, n=0):
-        return list(fn.process((0, {"n": n}), _ts(micros), known, armed, newest, timer, catching))
+        return _route(fn, {"n": n}, micros, known, armed, newest, timer, catching)
 
     fn.start_bundle()
     route(10 * S)  # starts the clock

@@ -25,9 +25,9 @@ How lateness is decided
     the watermark, so the router learns a lower bound of it, ``known_wm``, from event-time
     timers: a *clock* that walks through every time at which some window can close -- for
     fixed, sliding and calendar windows every window end (+ allowed lateness), whether or not a
-    record fell into that window; for sessions a grid of one gap. When one of the clock's timers
-    fires at ``T``, the watermark has reached ``T``: ``known_wm = T``. The clock keeps its next
-    16 ticks armed (one timer each, tagged by its time), not just the next one: a runner fires
+    record fell into that window; for sessions the multiples of the gap. When one of the clock's
+    timers fires at ``T``, the watermark has reached ``T``: ``known_wm = T``. The clock keeps its
+    next 16 ticks armed (one timer each, tagged by its time), not just the next one: a runner fires
     every tick the watermark has passed in one round (one bundle of the routing step), so the
     clock walks up to 16 window periods per round and keeps up with a watermark that moves
     faster than the rounds (with one tick per round, a clock that starts 16 ticks before the
@@ -57,6 +57,10 @@ Shards: no hot key
     with its first record, so every shard's clock starts with the data whether or not a record
     has reached that shard yet: no idle shard judges without a clock. A shard whose clock runs
     ignores later notes. Records in the wall clock's future send no note.
+    A record travels to its shard stamped with the last close at or before its event time, and
+    the router stamps it back: Prism hands a key's data and timers over in timestamp order, so
+    a record stamped with its own event time would wait behind the shard's tick at the close
+    just before it until the watermark passed that tick (see :class:`_SpreadFn`).
 
 The ladder: a clock that follows any jump of the watermark
     Besides its next ticks the clock keeps a *ladder* of probes armed above them: at level
@@ -248,14 +252,30 @@ class _Clock:
         return [rules.window_close(end, self._lateness_micros) for _, end in windows]
 
     def next_after(self, micros: int) -> int:
-        """The first close time strictly after ``micros``."""
+        """The first close time strictly after ``micros`` (for sessions: multiples of the gap)."""
         if self._gap_micros is not None:
-            return micros + self._gap_micros
+            return (micros // self._gap_micros + 1) * self._gap_micros
         return min(self.closes(self.windows(micros - self._lateness_micros)))
 
     def first_at_or_after(self, micros: int) -> int:
         """The first close time at or after ``micros``."""
-        return micros if self._gap_micros is not None else self.next_after(micros - 1)
+        return self.next_after(micros - 1)
+
+    def last_at_or_before(self, micros: int) -> int:
+        """The last close time at or before ``micros``: a record's carrier timestamp into the
+        router (see :class:`_SpreadFn`). ``micros`` itself where the grid ends (year 9999)."""
+        try:
+            first = self.next_after(micros)
+            back = max(1, self.next_after(first) - first)  # one step of the grid, near here
+            last = self.next_after(micros - back)
+            while last > micros:  # the step before was longer (a month, a DST day)
+                back *= 2
+                last = self.next_after(micros - back)
+            while (following := self.next_after(last)) <= micros:
+                last = following
+        except (OverflowError, ValueError):
+            return micros
+        return last
 
 
 def _future_after(wall_seconds: float, horizon_micros: int) -> int:
@@ -270,17 +290,34 @@ class _Start(NamedTuple):
     micros: int
 
 
+class _Stamped(NamedTuple):
+    """A record on its way to its shard with its event time; it travels stamped with the last
+    close at or before that (see :class:`_SpreadFn`)."""
+
+    micros: int
+    record: Any
+
+
 class _SpreadFn(beam.DoFn):
     """Deals records round robin over the router's shards; tells every shard where data begins.
 
     Each instance (one per worker thread) sends a :class:`_Start` to every shard with its first
     record (not from the wall clock's future): so every shard's clock runs from the start of the
     data, idle or not. A shard whose clock runs already ignores the note.
+
+    A record travels as :class:`_Stamped` (its event time inside), timestamped with the last
+    close of the clock's grid at or before its event time; the router stamps it back. Prism
+    hands a key's data and timers to the DoFn in timestamp order (data first at a tie) and
+    fires no timer past the watermark, so a record stamped with its own event time would wait
+    behind every armed tick before it: one just past a window's close waited until the
+    watermark passed that close (up to ``max_out_of_orderness`` of a live stream, and for good
+    if the stream then went quiet). Stamped with that close it comes before its tick.
     """
 
-    def __init__(self, shards: int, horizon_micros: int):
+    def __init__(self, shards: int, horizon_micros: int, clock: _Clock):
         self._shards = shards
         self._horizon_micros = horizon_micros
+        self._clock = clock
         self._noted = False  # this instance sent its start note
         self._next = 0
         self._future = _future_after(time.time(), horizon_micros)
@@ -296,15 +333,16 @@ class _SpreadFn(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
+        carrier = Timestamp(micros=self._clock.last_at_or_before(micros))
         future = micros > self._future  # a producer's wrong clock: no note
         if not future and not self._noted:
             self._noted = True
             for shard in range(self._shards):
-                yield beam_window.TimestampedValue((shard, _Start(micros)), timestamp)
+                yield beam_window.TimestampedValue((shard, _Start(micros)), carrier)
         shard = self._next
         self._next = (shard + 1) % self._shards
         self._spread[shard].inc()
-        yield shard, element
+        yield beam_window.TimestampedValue((shard, _Stamped(micros, element)), carrier)
 
 
 class _RouteLateFn(beam.DoFn):
@@ -358,6 +396,12 @@ class _RouteLateFn(beam.DoFn):
         ladder_state=beam.DoFn.StateParam(LADDER),
     ):
         _, record = element
+        # A bare record is stamped with its event time (a job updated in flight may hold some).
+        if isinstance(record, _Stamped):
+            timestamp = Timestamp(micros=record.micros)
+            record = record.record
+        elif isinstance(record, _Start):
+            timestamp = Timestamp(micros=record.micros)
         known_wm = self._cells.read(known_state)
         armed = self._cells.read(armed_state)
         armed_at = None if armed is None else armed[0]
@@ -377,9 +421,8 @@ class _RouteLateFn(beam.DoFn):
         open_closes = [c for c in closes if not rules.is_late(c, known_wm)]
         if not open_closes:
             self._late.inc()
-            yield beam.pvalue.TaggedOutput(
-                "late", self._late_record(record, timestamp, known_wm, windows)
-            )
+            late = self._late_record(record, timestamp, known_wm, windows)
+            yield beam.pvalue.TaggedOutput("late", beam_window.TimestampedValue(late, timestamp))
             return
         self._note_newest(newest_state, max(open_closes))
         future = min(open_closes) > self._future()
@@ -394,7 +437,7 @@ class _RouteLateFn(beam.DoFn):
             # older than clock_horizon before the data's first windows).
             self._unverify()
         self._main.inc()
-        yield record
+        yield beam_window.TimestampedValue(record, timestamp)
 
     def _start_clock(
         self, timer: Any, armed_state: Any, ladder_state: Any, start: int, newest: Any
@@ -480,7 +523,8 @@ class _RouteLateFn(beam.DoFn):
         """Where a clock starts for data whose earliest close is ``close``: ``clock_horizon``
         before it, but at most ``_LEAD_TICKS`` ticks (short windows would walk a long lead
         before any window could close, delaying every result)."""
-        step = max(1, self._clock.next_after(close) - close)
+        first = self._clock.first_at_or_after(close)
+        step = max(1, self._clock.next_after(first) - first)
         return self._clock.first_at_or_after(close - min(self._horizon_micros, _LEAD_TICKS * step))
 
     def _note_newest(self, newest_state: Any, close: int) -> None:
@@ -638,9 +682,13 @@ class RouteLateData(beam.PTransform):
         routed = (
             pcoll
             | "SpreadOverShards"
-            >> beam.ParDo(_SpreadFn(self._shards, self._horizon_micros)).with_output_types(
-                typehints.KV[int, typehints.Any]
-            )
+            >> beam.ParDo(
+                _SpreadFn(
+                    self._shards,
+                    self._horizon_micros,
+                    _Clock(self._window_fn, self._lateness_micros),
+                )
+            ).with_output_types(typehints.KV[int, typehints.Any])
             | "Route"
             >> beam.ParDo(
                 _RouteLateFn(self._window_fn, self._lateness_micros, self._horizon_micros)
