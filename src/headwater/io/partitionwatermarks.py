@@ -14,10 +14,17 @@ allowed (it only holds the output back), so on runners that take the minimum the
 (Dataflow, Flink) this changes nothing they would not compute. A split that has not reported for
 ``stale_after`` seconds (it finished, or the runner moved it to another worker) stops counting,
 so a split gone elsewhere cannot stall the watermark for longer than that.
+
+A split that has had no element for ``SILENT_WARN_S`` while its source has no idle timeout, and
+whose watermark is behind another split's of the same read, holds the read's watermark for as
+long as it stays silent: no window closes. That is logged once per split (a Kafka partition that
+gets no records: the fix is ``--idle_timeout``), since the job otherwise reads on and writes
+nothing without a word.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -27,9 +34,12 @@ from apache_beam.io.watermark_estimators import WatermarkEstimator
 from apache_beam.transforms.core import WatermarkEstimatorProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
-__all__ = ["PartitionWatermarks", "SharedWatermarkProvider", "WATERMARKS"]
+__all__ = ["SILENT_WARN_S", "PartitionWatermarks", "SharedWatermarkProvider", "WATERMARKS"]
 
 STALE_AFTER_S = 30.0
+#: A split silent this long (seconds of processing time) that holds its read back is logged.
+SILENT_WARN_S = 60.0
+_LOG = logging.getLogger(__name__)
 
 
 class PartitionWatermarks:
@@ -44,6 +54,7 @@ class PartitionWatermarks:
         self._clock = clock
         self._lock = threading.Lock()
         self._reads: dict[str, dict[Hashable, tuple[Timestamp, float]]] = {}
+        self._warned: set[tuple[str, Hashable]] = set()
 
     def register(self, read_id: str, split: Hashable) -> None:
         """A split about to be read: it holds the read's watermark at the minimum until it
@@ -67,6 +78,27 @@ class PartitionWatermarks:
         with self._lock:
             self._reads.get(read_id, {}).pop(split, None)
 
+    def ahead_of(self, read_id: str, split: Hashable, watermark: Timestamp) -> Timestamp | None:
+        """The newest watermark of the read's other live splits if it is past ``watermark``
+        (``split`` holds them back), else ``None``."""
+        now = self._clock()
+        with self._lock:
+            others = [
+                w
+                for key, (w, at) in self._reads.get(read_id, {}).items()
+                if key != split and now - at <= self._stale_after
+            ]
+        newest = max(others, default=None)
+        return newest if newest is not None and newest > watermark else None
+
+    def first_warning(self, read_id: str, split: Hashable) -> bool:
+        """True the first time it is asked for ``split`` of ``read_id`` in this process."""
+        with self._lock:
+            if (read_id, split) in self._warned:
+                return False
+            self._warned.add((read_id, split))
+            return True
+
 
 WATERMARKS = PartitionWatermarks()
 """The registry of this process (the SDK harness of a ``LOOPBACK`` run is this process)."""
@@ -86,10 +118,41 @@ class _SharedEstimator(WatermarkEstimator):
         if own >= MAX_TIMESTAMP:
             WATERMARKS.finish(self._read_id, self._split)
             return own
-        return WATERMARKS.report(self._read_id, self._split, own)
+        shared = WATERMARKS.report(self._read_id, self._split, own)
+        self._warn_if_silent_holder(own)
+        return shared
+
+    def _warn_if_silent_holder(self, own: Timestamp) -> None:
+        """Logs once when this split, silent for :data:`SILENT_WARN_S` and never idle, holds
+        the read's watermark behind another split's."""
+        silent_hold = getattr(self._inner, "silent_hold", None)
+        silent = None if silent_hold is None else silent_hold()
+        if silent is None or silent < SILENT_WARN_S:
+            return
+        ahead = WATERMARKS.ahead_of(self._read_id, self._split, own)
+        if ahead is None or not WATERMARKS.first_warning(self._read_id, self._split):
+            return
+        held = "the start of time" if own <= MIN_TIMESTAMP else own.to_rfc3339()
+        _LOG.warning(
+            "%s has had no record for %.0f s and holds the watermark at %s while another "
+            "partition is at %s: no window closes and nothing is judged late until it gets "
+            "one. Without an idle timeout a silent partition is never idle: set --idle_timeout "
+            "(e.g. 30s) if it may stay empty",
+            _split_name(self._split),
+            silent,
+            held,
+            ahead.to_rfc3339(),
+        )
 
     def get_estimator_state(self) -> Any:
         return (self._split, self._inner.get_estimator_state())
+
+
+def _split_name(split: Hashable) -> str:
+    """``topic[partition]`` for a Kafka partition's ``(topic, partition)``, else the split."""
+    if isinstance(split, tuple) and len(split) == 2 and isinstance(split[1], int):
+        return f"partition {split[0]}[{split[1]}]"
+    return f"split {split!r}"
 
 
 class SharedWatermarkProvider(WatermarkEstimatorProvider):

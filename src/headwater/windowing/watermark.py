@@ -188,6 +188,10 @@ class WatermarkTracker:
         """Whether nothing was observed for ``idle_timeout`` of processing time."""
         return self._idle_at(self._clock())
 
+    def silent_for(self) -> float:
+        """Processing-time seconds since the last observed element (or the tracker's start)."""
+        return max(0.0, self._clock() - self._last_activity)
+
     def watermark(self) -> Timestamp:
         """The current watermark: monotonic, advanced by the clock while the split is idle."""
         now = self._clock()
@@ -234,6 +238,14 @@ class BoundedOutOfOrdernessEstimator(WatermarkEstimator):
     def is_idle(self) -> bool:
         """Whether the split has observed nothing for the policy's ``idle_timeout``."""
         return self._tracker.is_idle()
+
+    def silent_hold(self) -> float | None:
+        """How long (processing seconds) the split has observed nothing, when silence never
+        makes it idle (no ``idle_timeout``): it then holds its watermark for as long; else
+        ``None``."""
+        if self._tracker.policy.idle_timeout is not None:
+            return None
+        return self._tracker.silent_for()
 
 
 class BoundedOutOfOrdernessProvider(WatermarkEstimatorProvider):
