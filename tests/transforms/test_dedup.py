@@ -667,6 +667,49 @@ def test_batch_equals_plain_python_on_generated_records(keep):
         _assert_identity(out, [r for r, _ in arrivals])
 
 
+@pytest.mark.parametrize("shards", [1, 3, 16])
+def test_a_stream_equals_plain_python_whatever_the_shard_count(shards):
+    """A stream of thousands of records, out of order within the watermark's bound, ids coming
+    back within and after the horizon, the watermark far past many expiries (sweeps, a bag
+    rewritten): the sharded step's main and duplicates are the rule's in arrival order, each
+    with its own event time."""
+    rng = random.Random(shards)
+    stream, arrivals, clock, watermark = TestStream(), [], 0, 0  # (milliseconds)
+    for _ in range(40):
+        batch = []
+        for _ in range(rng.randrange(20, 80)):
+            clock += round(rng.expovariate(4.0) * 1000)
+            ts = max(watermark, clock - rng.randrange(10_000))  # never behind the watermark
+            record = {"id": rng.randrange(120), "n": len(arrivals)}
+            arrivals.append((record, ts))
+            batch.append(TimestampedValue(record, Timestamp(micros=ts * 1000)))
+        stream = stream.add_elements(batch)
+        if clock - 10_000 > watermark:
+            watermark = clock - 10_000
+            stream = stream.advance_watermark_to(Timestamp(micros=watermark * 1000))
+    stream = stream.advance_watermark_to_infinity()
+    main, duplicate = _reference(arrivals, 30_000, "first")
+    assert len(duplicate) > 300  # both rules ...
+    assert len(main) - 120 > 100  # ... and many episodes
+    at = {r["n"]: ts * 1000 for r, ts in arrivals}
+    with _streaming() as p:
+        out = p | stream | DeduplicateById(id_field="id", horizon="30s", shards=shards)
+
+        def stamped(pcoll, label):
+            return pcoll | label >> beam.Map(
+                lambda r, t=beam.DoFn.TimestampParam: (r["n"], t.micros)
+            )
+
+        assert_that(
+            stamped(out.main, "MainAt"), equal_to([(r["n"], at[r["n"]]) for r in main]), label="m"
+        )
+        assert_that(
+            stamped(out.duplicate, "DupAt"),
+            equal_to([(r["n"], at[r["n"]]) for r in duplicate]),
+            label="d",
+        )
+
+
 class _Cell:
     """A state cell that logs every request a runner would get for it."""
 

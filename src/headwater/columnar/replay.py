@@ -21,8 +21,8 @@ blocks in one DoFn on the batch runner, replaying the stream's watermark itself:
 The rules, record by record in arrival order, with ``W`` the watermark the stream had emitted
 before the record's group of ``watermark_every`` records (``-inf`` for the first group):
 
-- dedup (``keep="first"``, event time): an id is forgotten once ``W`` reaches its expiry
-  (:func:`headwater.windowing.rules.is_forgotten`: when the record path's timer fires); otherwise
+- dedup (``keep="first"``, event time): an id is forgotten once ``W`` reaches its forget time
+  (:func:`headwater.windowing.rules.is_forgotten`: when the record path's sweep fires); otherwise
   a copy is a duplicate by :func:`headwater.windowing.rules.is_duplicate`, and the anchor is the
   newest event time of the id's copies. Duplicates are decided before lateness, as on the record
   path.

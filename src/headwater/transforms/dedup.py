@@ -34,12 +34,22 @@ Event time (``time_domain="event"``, the default)
     is *older* than the copy kept, i.e. out-of-order arrivals are handled; a later copy starts a
     new episode and is kept. The comparison is explicit, not left to the timer, so a batch run
     (where the watermark only jumps at the end) gives the same answer as a streaming run for the
-    same per-id arrival order, as long as no copy is late (see below). An event-time timer at
-    :func:`~headwater.windowing.rules.dedup_expiry` (the anchor plus the horizon, rounded up to
-    the millisecond, timers' precision) clears the id: state is bounded, each id is held at most
-    ``horizon`` past its newest copy plus the watermark's delay (in batch, until the input ends).
-    A copy that arrives after the watermark passed that expiry finds no state and is kept: it is
-    late by the horizon's own measure.
+    same per-id arrival order, as long as no copy is late (see below). State is bounded: with
+    ``keep="first"`` a stream forgets an id once the watermark reaches
+    :func:`~headwater.windowing.rules.dedup_forget_at` -- the anchor plus the horizon, rounded up
+    to the millisecond (timers' precision) and then to the sweep grid
+    (:func:`~headwater.windowing.rules.dedup_grid`: a minute, or a sixteenth of the horizon if
+    longer); with ``keep="last"`` an event-time timer at
+    :func:`~headwater.windowing.rules.dedup_expiry` (the anchor plus the horizon, to the
+    millisecond) emits the kept copy and clears the id. In batch ids are held until the input
+    ends. A copy that arrives after the watermark passed its id's forget time finds no state and
+    is kept: it is late by the horizon's own measure. The columnar replay applies the same rule
+    (:func:`~headwater.windowing.rules.is_forgotten`).
+
+    On a stream (unbounded input) with ``keep="first"`` the ids are not keyed one by one but
+    spread over ``shards`` keys (a stable hash of the id) and kept in memory between bundles,
+    checked against the runner's state (:mod:`headwater.transforms.dedupshards`): one state read
+    per shard and bundle instead of one per record; the same rules.
 
 Processing time (``time_domain="processing"``)
     An id is remembered for ``horizon`` of processing time after its most recent copy (a
@@ -81,6 +91,7 @@ import decimal
 import hashlib
 import json
 import uuid
+import zlib
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
@@ -100,6 +111,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.core.deadletter import dead_letter_for
+from headwater.transforms import dedupshards
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, to_beam_duration
@@ -224,10 +236,16 @@ def _event_time(timestamp: Any) -> Any:
 
 
 class _KeyByIdFn(beam.DoFn):
-    """record -> (id, record); records without a usable id -> ``dead_letter``."""
+    """record -> (id, record); records without a usable id -> ``dead_letter``.
 
-    def __init__(self, id_of: Callable[[Any], str]):
+    With ``shards``: record -> (shard of the id, (id, event time micros, record)), stamped with
+    its carrier (:mod:`headwater.transforms.dedupshards`).
+    """
+
+    def __init__(self, id_of: Callable[[Any], str], shards: int = 0, grid: int = 0):
         self._id_of = id_of
+        self._shards = shards
+        self._grid = grid
         self._dead = Metrics.counter(NAMESPACE, f"{_STAGE}.dead_letter")
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
@@ -242,7 +260,14 @@ class _KeyByIdFn(beam.DoFn):
                 ),
             )
             return
-        yield key, element
+        if not self._shards:
+            yield key, element
+            return
+        micros = timestamp.micros
+        shard = zlib.crc32(key.encode("utf-8")) % self._shards
+        yield TimestampedValue(
+            (shard, (key, micros, element)), dedupshards.carrier(micros, self._grid)
+        )
 
 
 # State is keyed by id (the runner shards it); specs are shared by both time domains.
@@ -280,7 +305,11 @@ class _DeduplicateEventTimeFn(beam.DoFn):
         self._duplicates = Metrics.counter(NAMESPACE, f"{_STAGE}.duplicate")
 
     def _expiry(self, anchor: int) -> Timestamp:
-        return Timestamp(micros=rules.dedup_expiry(anchor, self._horizon))
+        # keep="last" emits its copy at the expiry; keep="first" forgets the id on the sweep
+        # grid, as the sharded streaming step does (rules.dedup_forget_at)
+        if self._keep_last:
+            return Timestamp(micros=rules.dedup_expiry(anchor, self._horizon))
+        return Timestamp(micros=rules.dedup_forget_at(anchor, self._horizon))
 
     def process(
         self,
@@ -424,7 +453,9 @@ class DeduplicateById(beam.PTransform):
     ``"last"`` (last arrival, emitted when the id expires); ``horizon`` (seconds, a ``timedelta``
     or ``"10m"``, > 0) bounds how long an id is remembered, in ``time_domain`` ``"event"`` (past
     the newest copy's event time) or ``"processing"`` (past the last copy's arrival). Apply it
-    before ``WindowInto``. See the module docstring for the exact semantics.
+    before ``WindowInto``. ``shards`` (1 to 4096) is how many keys a stream's event-time
+    keep-first ids are spread over (the step's parallelism). See the module docstring for the
+    exact semantics.
 
     >>> import apache_beam as beam
     >>> from apache_beam.transforms.window import TimestampedValue
@@ -449,8 +480,12 @@ class DeduplicateById(beam.PTransform):
         keep: str = "first",
         horizon: DurationLike,
         time_domain: str = "event",
+        shards: int = dedupshards.DEFAULT_SHARDS,
     ):
         super().__init__()
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
+            raise ValueError(f"shards={shards!r} must be a whole number from 1 to 4096")
+        self._shards = shards
         if not isinstance(content_hash, bool):
             raise ValueError(f"content_hash={content_hash!r} must be True or False")
         given = [
@@ -523,11 +558,20 @@ class DeduplicateById(beam.PTransform):
                 f"DeduplicateById must run before windowing, on the global window; its input is "
                 f"windowed by {windowfn!r} (dedup per window would miss copies in other windows)"
             )
-        keyed = pcoll | "KeyById" >> beam.ParDo(_KeyByIdFn(self._id_of)).with_output_types(
-            tuple[str, Any]  # a deterministic key coder for the stateful step
+        sharded = self._time_domain == "event" and self._keep == "first" and not pcoll.is_bounded
+        if sharded:  # a stream: ids by shard, in memory between bundles (dedupshards)
+            grid = rules.dedup_grid(self._horizon_micros)
+            key_by: beam.DoFn = _KeyByIdFn(self._id_of, self._shards, grid)
+            key_type: Any = tuple[int, Any]
+        else:
+            key_by, key_type = _KeyByIdFn(self._id_of), tuple[str, Any]
+        keyed = pcoll | "KeyById" >> beam.ParDo(key_by).with_output_types(
+            key_type  # a deterministic key coder for the stateful step
         ).with_outputs("dead_letter", main="keyed")
-        if self._time_domain == "event":
-            fn: beam.DoFn = _DeduplicateEventTimeFn(self._keep, self._horizon_micros)
+        if sharded:
+            fn: beam.DoFn = dedupshards.DeduplicateShardsFn(self._horizon_micros)
+        elif self._time_domain == "event":
+            fn = _DeduplicateEventTimeFn(self._keep, self._horizon_micros)
         else:
             streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
             batch = pcoll.is_bounded and not streaming

@@ -12,10 +12,12 @@ Times are integer microseconds since the epoch (Beam's ``Timestamp.micros``) thr
 Deduplication (event time)
     Per id, ``anchor`` is the newest event time among the copies seen so far. A copy with event
     time ``ts`` is a duplicate iff ``ts <= anchor + horizon`` (:func:`is_duplicate`). In a
-    stream an id is forgotten when its event-time timer fires, at :func:`dedup_expiry` (``anchor
-    + horizon`` rounded up to the millisecond, timers' precision) -- i.e. once the watermark is
-    at or past it (:func:`is_forgotten`). In batch nothing is forgotten (the watermark only
-    reaches the end of time after the input), so the answer depends only on the input order.
+    stream an id is forgotten once the watermark reaches :func:`dedup_forget_at`: its expiry
+    :func:`dedup_expiry` (``anchor + horizon`` rounded up to the millisecond, timers'
+    precision) rounded up to the sweep grid :func:`dedup_grid` (a minute, or a sixteenth of the
+    horizon if longer), where the step keyed by shards of ids sweeps (:func:`is_forgotten`).
+    In batch nothing is forgotten (the watermark only reaches the end of time after the input),
+    so the answer depends only on the input order.
 
 Window assignment
     :func:`assigner` turns a window function or spec (fixed, sliding, calendar) into a
@@ -68,6 +70,9 @@ __all__ = [
     "timer_at",
     "dedup_expiry",
     "dedup_expiry_v",
+    "dedup_forget_at",
+    "dedup_forget_at_v",
+    "dedup_grid",
     "is_duplicate",
     "is_duplicate_v",
     "is_forgotten",
@@ -120,6 +125,34 @@ def dedup_expiry_v(anchors: np.ndarray, horizon: int) -> np.ndarray:
     return np.where(anchors == NO_TIME, NO_TIME, expiry)
 
 
+def dedup_grid(horizon: int) -> int:
+    """The grid (micros) on which a stream forgets ids: a minute, or a sixteenth of ``horizon``
+    (in whole milliseconds) if that is longer.
+
+    >>> dedup_grid(600_000_000), dedup_grid(86_400_000_000)
+    (60000000, 5400000000)
+    """
+    return max(60_000_000, timer_at(horizon // 16))
+
+
+def dedup_forget_at(anchor: int, horizon: int) -> int:
+    """When a stream forgets an id with newest copy ``anchor``: :func:`dedup_expiry` rounded up
+    to :func:`dedup_grid` (where the sweeps are).
+
+    >>> dedup_forget_at(10_000_000, 30_000_000), dedup_forget_at(30_000_000, 30_000_000)
+    (60000000, 60000000)
+    """
+    grid = dedup_grid(horizon)
+    return min(-(-dedup_expiry(anchor, horizon) // grid) * grid, MAX_TIMER_MICROS)
+
+
+def dedup_forget_at_v(anchors: np.ndarray, horizon: int) -> np.ndarray:
+    """:func:`dedup_forget_at` of an array of anchors (``NO_TIME`` stays ``NO_TIME``)."""
+    grid = dedup_grid(horizon)
+    forget = np.minimum(-(-dedup_expiry_v(anchors, horizon) // grid) * grid, MAX_TIMER_MICROS)
+    return np.where(anchors == NO_TIME, NO_TIME, forget)
+
+
 def is_duplicate(ts: int, anchor: int | None, horizon: int) -> bool:
     """Whether a copy at ``ts`` is a duplicate of an id whose newest copy is at ``anchor``.
 
@@ -135,17 +168,18 @@ def is_duplicate_v(ts: np.ndarray, anchors: np.ndarray, horizon: int) -> np.ndar
 
 
 def is_forgotten(anchor: int, horizon: int, watermark: int) -> bool:
-    """Whether a stream has forgotten an id at ``anchor``: its expiry timer fired at ``watermark``.
+    """Whether a stream has forgotten an id at ``anchor`` by ``watermark``: its sweep at
+    :func:`dedup_forget_at` has fired.
 
-    >>> is_forgotten(0, 1_000, 999), is_forgotten(0, 1_000, 1_000)
+    >>> is_forgotten(0, 1_000, 59_999_999), is_forgotten(0, 1_000, 60_000_000)
     (False, True)
     """
-    return dedup_expiry(anchor, horizon) <= watermark
+    return dedup_forget_at(anchor, horizon) <= watermark
 
 
 def is_forgotten_v(anchors: np.ndarray, horizon: int, watermark: np.ndarray | int) -> np.ndarray:
     """:func:`is_forgotten` over arrays (``NO_TIME`` anchors are never "forgotten")."""
-    return (anchors != NO_TIME) & (dedup_expiry_v(anchors, horizon) <= watermark)
+    return (anchors != NO_TIME) & (dedup_forget_at_v(anchors, horizon) <= watermark)
 
 
 # -- per-group running maxima ------------------------------------------------------------------
