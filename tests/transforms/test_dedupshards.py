@@ -29,6 +29,7 @@ class _Store:
         self.ids: list[tuple[str, int]] = []
         self.sweeps: dict[str, Timestamp] = {}
         self.reads = {"meta": 0, "ids": 0}
+        self.meta_writes = 0
 
 
 class _Meta:
@@ -43,6 +44,7 @@ class _Meta:
 
     def write(self, value: Any) -> None:
         self.value, self.written = value, True
+        self.store.meta_writes += 1
 
 
 class _Ids:
@@ -103,6 +105,7 @@ def test_a_bundle_reads_each_shards_meta_once_and_its_ids_only_when_the_table_is
     fn, stores = DeduplicateShardsFn(HORIZON), {}
     first = _bundle(fn, stores, [(0, f"id{n}", 100 + n) for n in range(50)])
     assert first == [(f"id{n}", "main") for n in range(50)]
+    assert stores[0].meta_writes == 1  # once per shard and bundle, not per record
     again = _bundle(fn, stores, [(0, f"id{n}", 110 + n) for n in range(50)])
     assert again == [(f"id{n}", "duplicate") for n in range(50)]
     assert stores[0].reads == {"meta": 2, "ids": 0}

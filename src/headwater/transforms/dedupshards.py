@@ -4,7 +4,7 @@
 ``keep="first"`` on unbounded input runs here. The rule is the one every engine calls
 (:func:`headwater.windowing.rules.is_duplicate`): a copy whose event time is at most ``horizon``
 after its id's anchor (the newest event time among the id's copies seen) is a duplicate, and an
-id is forgotten once the watermark has passed :func:`~headwater.windowing.rules.dedup_expiry`.
+id is forgotten once the watermark reaches :func:`~headwater.windowing.rules.dedup_forget_at`.
 What differs from the per-id DoFn is where the ids live.
 
 Why shards
@@ -77,8 +77,8 @@ _COMPACT_SLACK = 1024  # dead bag entries tolerated beyond the live ones before 
 
 # (id, anchor) entries in the order written; an id's last entry is its anchor.
 _IDS = BagStateSpec("shard_ids", TupleCoder([StrUtf8Coder(), VarIntCoder()]))
-# (token, swept to, bag entries)
-_META = ReadModifyWriteStateSpec("shard_meta", TupleCoder([VarIntCoder()] * 3))
+# (token, swept to): written once per bundle that changes the shard, and by each sweep
+_META = ReadModifyWriteStateSpec("shard_meta", TupleCoder([VarIntCoder()] * 2))
 _SWEEP = TimerSpec("sweep", TimeDomain.WATERMARK)
 
 
@@ -93,13 +93,13 @@ class _Table:
     __slots__ = ("anchors", "armed", "entries", "forgets", "swept_to", "token", "touched")
 
     def __init__(self, meta: tuple[int, ...] | None, entries: Any, horizon: int):
-        self.token, self.swept_to, _ = meta or (0, _MIN_MICROS, 0)
+        self.token, self.swept_to = meta or (0, _MIN_MICROS)
         self.anchors: dict[str, int] = {}
         count = 0
         for record_id, anchor in entries:
             self.anchors[record_id] = anchor
             count += 1
-        self.entries = count
+        self.entries = count  # the bag's entries, dead ones included: when to rewrite it
         # (forget time, id), the earliest first; entries of an id whose anchor moved stay
         # until popped (an id is forgotten only when its current anchor's time has come).
         self.forgets: list[tuple[int, str]] = []
@@ -113,8 +113,8 @@ class _Table:
         self.armed: set[int] = set()  # the grid points whose sweep this process has set
         self.touched = time.monotonic()
 
-    def meta(self) -> tuple[int, int, int]:
-        return (self.token, self.swept_to, self.entries)
+    def meta(self) -> tuple[int, int]:
+        return (self.token, self.swept_to)
 
 
 # This process's shard tables, by (step, shard): shared by the step's DoFn instances (one per
@@ -167,11 +167,15 @@ class DeduplicateShardsFn(beam.DoFn):
         self._touched[shard] = table
         return table
 
-    def _write(self, shard: int, table: _Table, meta_state: Any) -> None:
-        """Records the shard's changes under a token of this bundle's own."""
+    def _write(self, shard: int, table: _Table, meta_state: Any, *, swept: bool = False) -> None:
+        """Records the shard's changes under a token of this bundle's own: the meta cell is
+        written with the bundle's first change to the shard (and again after a sweep, which
+        moves ``swept_to``), not with every record."""
         if shard not in self._written:
             self._written.add(shard)
             table.token = random.getrandbits(62) | 1
+        elif not swept:
+            return
         meta_state.write(table.meta())
 
     @staticmethod
@@ -231,5 +235,5 @@ class DeduplicateShardsFn(beam.DoFn):
             for record_id, anchor in table.anchors.items():
                 ids_state.add((record_id, anchor))
             table.entries = len(table.anchors)
-        self._write(shard, table, meta_state)
+        self._write(shard, table, meta_state, swept=True)
         return ()
