@@ -478,7 +478,7 @@ def test_write_validation_errors_name_the_bad_value(kwargs, bad):
 def test_stable_shard_is_the_same_in_processes_with_different_hash_seeds():
     """Shards do not depend on Python's per-process string hash salt."""
     code = (
-        "from headwater.io.fileio import stable_shard;"
+        "from headwater.core.shards import stable_shard;"
         "print([stable_shard(f'row{i}', 5) for i in range(50)])"
     )
     outputs = {

@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from headwater.columnar.state import (
     ColumnarOptions,
 )
+from headwater.core.shards import stable_shard
 from headwater.io.fileio import (
     canonical_json,
     encode_avro_rows,
@@ -31,7 +32,6 @@ from headwater.io.fileio import (
     file_name,
     join_path,
     parquet_bytes,
-    stable_shard,
     window_directory,
     write_atomically,
 )

@@ -56,13 +56,13 @@ from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
 from headwater.core.deadletter import DeadLetter
+from headwater.core.shards import stable_shard
 from headwater.io.fileio import (
     canonical_json,
     content_digest,
     encode_avro,
     file_name,
     match_files,
-    stable_shard,
     write_once,
 )
 from headwater.io.kafka.ledger import done_notices

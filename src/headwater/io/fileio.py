@@ -111,6 +111,7 @@ from apache_beam.transforms import window as beam_window
 
 from headwater.core.deadletter import DeadLetter, Routed, dead_letter_for
 from headwater.core.records import DecodedRecord, SourceRecord
+from headwater.core.shards import stable_shard
 
 __all__ = [
     "ReadFromFiles",
@@ -133,7 +134,6 @@ __all__ = [
     "parquet_bytes",
     "prepare_output_folders",
     "read_files_here",
-    "stable_shard",
     "unreadable_file_letter",
     "window_directory",
     "write_atomically",
@@ -190,18 +190,6 @@ def canonical_json(row: Any) -> str:
     '{"a":[1.5,null],"b":1}'
     """
     return json.dumps(row, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
-
-
-def stable_shard(text: str, num_shards: int) -> int:
-    """A shard in ``[0, num_shards)`` from ``text``, the same in every process and run.
-
-    (Python's ``hash`` of a string is salted per process, so it cannot be used.)
-
-    >>> stable_shard('{"a":1}', 4) == stable_shard('{"a":1}', 4)
-    True
-    """
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
 
 
 def _is_local(pattern: str) -> bool:

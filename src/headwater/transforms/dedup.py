@@ -91,7 +91,6 @@ import decimal
 import hashlib
 import json
 import uuid
-import zlib
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
@@ -111,6 +110,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.core.deadletter import dead_letter_for
+from headwater.core.shards import stable_shard
 from headwater.transforms import dedupshards
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
@@ -264,7 +264,7 @@ class _KeyByIdFn(beam.DoFn):
             yield key, element
             return
         micros = timestamp.micros
-        shard = zlib.crc32(key.encode("utf-8")) % self._shards
+        shard = stable_shard(key, self._shards)
         yield TimestampedValue(
             (shard, (key, micros, element)), dedupshards.carrier(micros, self._grid)
         )

@@ -101,7 +101,12 @@ def timer_at(micros: Any) -> Any:
     >>> timer_at(1_000_001), timer_at(1_000_000)
     (1001000, 1000000)
     """
-    return -(-micros // 1000) * 1000
+    return _round_up(micros, 1000)
+
+
+def _round_up(micros: Any, step: int) -> Any:
+    """``micros`` (an int or an ``int64`` array) rounded up to a multiple of ``step``."""
+    return -(-micros // step) * step
 
 
 # -- deduplication ------------------------------------------------------------------------------
@@ -143,13 +148,13 @@ def dedup_forget_at(anchor: int, horizon: int) -> int:
     (60000000, 60000000)
     """
     grid = dedup_grid(horizon)
-    return min(-(-dedup_expiry(anchor, horizon) // grid) * grid, MAX_TIMER_MICROS)
+    return min(_round_up(dedup_expiry(anchor, horizon), grid), MAX_TIMER_MICROS)
 
 
 def dedup_forget_at_v(anchors: np.ndarray, horizon: int) -> np.ndarray:
     """:func:`dedup_forget_at` of an array of anchors (``NO_TIME`` stays ``NO_TIME``)."""
     grid = dedup_grid(horizon)
-    forget = np.minimum(-(-dedup_expiry_v(anchors, horizon) // grid) * grid, MAX_TIMER_MICROS)
+    forget = np.minimum(_round_up(dedup_expiry_v(anchors, horizon), grid), MAX_TIMER_MICROS)
     return np.where(anchors == NO_TIME, NO_TIME, forget)
 
 
