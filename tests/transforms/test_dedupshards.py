@@ -8,12 +8,15 @@ a runner does (the rule itself is checked end to end in test_dedup.py).
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.timestamp import Timestamp
 
+from headwater.core.shards import stable_shard
 from headwater.transforms import dedupshards
+from headwater.transforms.dedup import _KeyByIdFn
 from headwater.transforms.dedupshards import DeduplicateShardsFn
 from headwater.windowing.rules import dedup_grid
 
@@ -72,20 +75,25 @@ class _Sweep:
 
 def _bundle(fn: DeduplicateShardsFn, stores: dict[int, _Store], work: list, *, commit=True):
     """Runs ``work`` -- ``(shard, id, seconds)`` records or ``(shard, "sweep", seconds)`` firings
-    -- as one bundle; commits its writes, or drops them as a failed bundle. Returns
-    ``(id, "main" | "duplicate")`` per record."""
+    -- as one bundle, consecutive records of a shard as one batch (as the feeder sends them);
+    commits its writes, or drops them as a failed bundle. Returns ``(id, "main" |
+    "duplicate")`` per record."""
     views: dict[int, tuple[_Meta, _Ids, _Sweep]] = {}
     out = []
     fn.start_bundle()
-    for shard, what, seconds in work:
+    for (shard, is_sweep), run in itertools.groupby(work, lambda w: (w[0], w[1] == "sweep")):
         store = stores.setdefault(shard, _Store())
         meta, ids, sweep = views.setdefault(shard, (_Meta(store), _Ids(store), _Sweep(store)))
-        if what == "sweep":
-            sweep.armed.pop(str(seconds * S))  # (the runner drops a timer as it fires it)
-            assert list(fn.swept(Timestamp(micros=seconds * S), shard, meta, ids, sweep)) == []
+        if is_sweep:
+            for _, _, seconds in run:
+                sweep.armed.pop(str(seconds * S))  # (the runner drops a timer as it fires it)
+                fired = Timestamp(micros=seconds * S)
+                assert list(fn.swept(fired, shard, meta, ids, sweep)) == []
             continue
-        for item in fn.process((shard, (what, seconds * S, {"id": what})), meta, ids, sweep):
-            out.append((what, "duplicate" if isinstance(item, TaggedOutput) else "main"))
+        batch = [(what, seconds * S, {"id": what}) for _, what, seconds in run]
+        for item in fn.process((shard, batch), meta, ids, sweep):
+            stamped = item.value if isinstance(item, TaggedOutput) else item
+            out.append((stamped.value["id"], "duplicate" if stamped is not item else "main"))
     fn.finish_bundle()
     if commit:
         for shard, (meta, ids, sweep) in views.items():
@@ -95,6 +103,59 @@ def _bundle(fn: DeduplicateShardsFn, stores: dict[int, _Store], work: list, *, c
             store.ids = ([] if ids.cleared else store.ids) + ids.added
             store.sweeps = sweep.armed
     return out
+
+
+def test_a_batch_is_judged_record_by_record_in_order_and_stamped_back():
+    """A shard's batch: each record in arrival order against the anchors the earlier ones
+    left, each output stamped with its own event time; one item alone (an element written
+    before batches, still in flight after an update) is judged the same way."""
+    fn, stores = DeduplicateShardsFn(HORIZON), {}
+    store = stores.setdefault(0, _Store())
+    cells = (_Meta(store), _Ids(store), _Sweep(store))
+    fn.start_bundle()
+    batch = [("a", 100 * S, "a1"), ("b", 101 * S, "b1"), ("a", 120 * S, "a2"), ("a", 90 * S, "a0")]
+    out = list(fn.process((0, batch), *cells))
+    alone = list(fn.process((0, ("b", 200 * S, "b2")), *cells))
+    fn.finish_bundle()
+    seen = [
+        (o.tag, o.value.value, o.value.timestamp.micros)
+        if isinstance(o, TaggedOutput)
+        else ("main", o.value, o.timestamp.micros)
+        for o in out + alone
+    ]
+    assert seen == [
+        ("main", "a1", 100 * S),
+        ("main", "b1", 101 * S),
+        ("duplicate", "a2", 120 * S),  # within 30 s of a1; its anchor moves to 120 s
+        ("duplicate", "a0", 90 * S),
+        ("main", "b2", 200 * S),  # 99 s after b1: a new episode
+    ]
+    assert cells[0].value[0] != 0
+    assert store.meta_writes == 1
+
+
+def test_the_feeder_sends_each_shard_one_batch_per_bundle_at_its_earliest_carrier():
+    """KeyById with shards: one (shard, [(id, micros, record), ...]) per shard and bundle, in
+    arrival order, stamped with the earliest carrier (event time rounded down to the grid)."""
+    grid = dedup_grid(HORIZON)
+    fn = _KeyByIdFn(lambda r: r["id"], 4, grid)
+    fn.start_bundle()
+    times = {"x": [130, 65, 200], "y": [70], "z": [10, 400]}
+    arrivals = [("x", 130), ("y", 70), ("z", 10), ("x", 65), ("z", 400), ("x", 200)]
+    for record_id, seconds in arrivals:
+        assert list(fn.process({"id": record_id}, Timestamp(micros=seconds * S))) == []
+    batches = list(fn.finish_bundle())
+    by_id: dict[str, list[int]] = {}
+    for batch in batches:
+        shard, items = batch.value
+        assert all(stable_shard(i, 4) == shard for i, _, _ in items)
+        low = min(dedupshards.carrier_micros(micros, grid) for _, micros, _ in items)
+        assert batch.timestamp == Timestamp(micros=low)
+        for record_id, micros, record in items:
+            assert record == {"id": record_id}
+            by_id.setdefault(record_id, []).append(micros // S)
+    assert by_id == times  # every record once, each id's copies in arrival order
+    assert len(batches) == len({stable_shard(i, 4) for i in times})
 
 
 def test_a_bundle_reads_each_shards_meta_once_and_its_ids_only_when_the_table_is_stale():
@@ -169,8 +230,8 @@ def test_a_record_travels_stamped_with_its_event_time_rounded_down_to_the_grid()
     order: a record stamped with its own event time would wait behind its shard's sweep."""
     grid = dedup_grid(HORIZON)
     assert grid == 60 * S
-    assert dedupshards.carrier(125 * S + 7, grid) == Timestamp(micros=120 * S)
-    assert dedupshards.carrier(-1, grid) == Timestamp(micros=-grid)
+    assert dedupshards.carrier_micros(125 * S + 7, grid) == 120 * S
+    assert dedupshards.carrier_micros(-1, grid) == -grid
 
 
 def test_a_table_no_bundle_touched_for_ten_minutes_is_dropped(monkeypatch):

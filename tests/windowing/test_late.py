@@ -37,6 +37,7 @@ from apache_beam.transforms.window import (
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from headwater.core import shards as shards_module
 from headwater.testing.harness import AdvanceWatermark, run_transform
 from headwater.windowing.late import (
     LATE_ERROR_TYPE,
@@ -763,19 +764,46 @@ def test_a_records_carrier_is_the_last_close_of_the_grid_at_or_before_its_event_
         assert clock.last_at_or_before(micros) == walked <= micros, micros
 
 
-def test_the_spreader_stamps_records_with_their_carrier_and_keeps_their_event_time():
-    """What leaves the spreader: (shard, _Stamped(event time, record)) at the carrier, and the
-    start notes at the same carrier."""
+def test_the_spreader_sends_each_shard_one_batch_per_bundle_stamped_with_its_earliest_carrier():
+    """What leaves the spreader: per shard, one (shard, [items]) per bundle, the start notes
+    first, then _Stamped(event time, record) in arrival order, stamped with the earliest
+    carrier among the items."""
     clock = _Clock(FixedWindows(60), 0)
     fn = _SpreadFn(4, 60 * S, clock)
     fn.setup()
     fn.start_bundle()
-    out = list(fn.process({"id": 1}, _ts(130 * S + 7)))
-    assert [v.timestamp for v in out] == [_ts(120 * S)] * 5
-    notes, [(shard, record)] = [v.value for v in out[:4]], [v.value for v in out[4:]]
-    assert sorted(notes) == [(i, _Start(130 * S + 7)) for i in range(4)]
-    assert record == _Stamped(130 * S + 7, {"id": 1})
-    assert 0 <= shard < 4
+    times = [130 * S + 7, 70 * S, 250 * S, 200 * S, 190 * S]
+    for micros in times:
+        assert list(fn.process({"t": micros}, _ts(micros))) == []  # nothing before the end
+    batches = {v.value[0]: v for v in fn.finish_bundle()}
+    assert sorted(batches) == [0, 1, 2, 3]
+    records = []
+    for shard, batch in batches.items():
+        items = batch.value[1]
+        assert items[0] == _Start(130 * S + 7)  # the note comes first, on every shard
+        assert all(isinstance(item, _Stamped) for item in items[1:])
+        carriers = [clock.last_at_or_before(item.micros) for item in items]
+        assert batch.timestamp == _ts(min(carriers)), shard
+        assert batch.windows == (GlobalWindow(),)
+        records += items[1:]
+    assert sorted(r.micros for r in records) == sorted(times)
+    assert all(r.record == {"t": r.micros} for r in records)
+    # round robin: the fifth record shares a shard with the first, after it
+    fifth = next(b.value[1] for b in batches.values() if len(b.value[1]) == 3)
+    assert [item.micros for item in fifth[1:]] == [130 * S + 7, 190 * S]
+    assert list(fn.finish_bundle()) == []  # drained
+
+
+def test_a_full_shard_batch_leaves_in_the_middle_of_a_bundle(monkeypatch):
+    """A shard's batch holds at most BATCH_LIMIT items: a fuller one leaves at once."""
+    monkeypatch.setattr(shards_module, "BATCH_LIMIT", 3)
+    fn = _SpreadFn(1, 60 * S, _Clock(FixedWindows(60), 0))
+    fn.setup()
+    fn.start_bundle()
+    out = [v for micros in (5 * S, 65 * S, 7 * S) for v in fn.process({}, _ts(micros))]
+    assert [(v.value[0], len(v.value[1]), v.timestamp) for v in out] == [(0, 3, _ts(0))]
+    assert [item.micros for item in out[0].value[1][1:]] == [5 * S, 65 * S]
+    assert [len(v.value[1]) for v in fn.finish_bundle()] == [1]
 
 
 def _route(fn, value, micros, *cells):
@@ -784,7 +812,7 @@ def _route(fn, value, micros, *cells):
     checking that each output carries ``micros`` again."""
     carried = value if isinstance(value, _Start) else _Stamped(micros, value)
     out = []
-    for item in fn.process((0, carried), MIN_TIMESTAMP, *cells):
+    for item in fn.process((0, [carried]), MIN_TIMESTAMP, *cells):
         tagged = isinstance(item, TaggedOutput)
         stamped = item.value if tagged else item
         assert isinstance(stamped, TimestampedValue), item

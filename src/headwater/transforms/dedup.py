@@ -110,7 +110,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from headwater.core.accounting import NAMESPACE
 from headwater.core.deadletter import dead_letter_for
-from headwater.core.shards import stable_shard
+from headwater.core.shards import ShardBatches, stable_shard
 from headwater.transforms import dedupshards
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
@@ -238,8 +238,9 @@ def _event_time(timestamp: Any) -> Any:
 class _KeyByIdFn(beam.DoFn):
     """record -> (id, record); records without a usable id -> ``dead_letter``.
 
-    With ``shards``: record -> (shard of the id, (id, event time micros, record)), stamped with
-    its carrier (:mod:`headwater.transforms.dedupshards`).
+    With ``shards``: records -> (shard of the id, [(id, event time micros, record), ...]), one
+    element per shard and bundle (:class:`~headwater.core.shards.ShardBatches`), in arrival
+    order, stamped with the earliest carrier among them (:mod:`headwater.transforms.dedupshards`).
     """
 
     def __init__(self, id_of: Callable[[Any], str], shards: int = 0, grid: int = 0):
@@ -247,6 +248,13 @@ class _KeyByIdFn(beam.DoFn):
         self._shards = shards
         self._grid = grid
         self._dead = Metrics.counter(NAMESPACE, f"{_STAGE}.dead_letter")
+        self._batches = ShardBatches()
+
+    def start_bundle(self) -> None:
+        self._batches = ShardBatches()
+
+    def finish_bundle(self):
+        yield from self._batches.drain()
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         try:
@@ -265,9 +273,10 @@ class _KeyByIdFn(beam.DoFn):
             return
         micros = timestamp.micros
         shard = stable_shard(key, self._shards)
-        yield TimestampedValue(
-            (shard, (key, micros, element)), dedupshards.carrier(micros, self._grid)
-        )
+        carrier = dedupshards.carrier_micros(micros, self._grid)
+        full = self._batches.add(shard, (key, micros, element), carrier)
+        if full is not None:
+            yield full
 
 
 # State is keyed by id (the runner shards it); specs are shared by both time domains.

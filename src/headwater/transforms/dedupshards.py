@@ -40,6 +40,16 @@ Carriers
     grid point, and data goes first at a tie: only a record more than a grid step ahead of the
     watermark waits.
 
+Batches
+    A bundle upstream sends each shard its records as one element, in arrival order, stamped
+    with the earliest carrier among them (:class:`~headwater.core.shards.ShardBatches`): the
+    runner's per-element cost is paid per shard and bundle, not per record. The answer is the
+    one the records would get one by one. A batch comes before every sweep of its shard at or
+    after its stamp, as its earliest record would; a later record of the batch may now come
+    before a sweep at ``T`` between its own carrier and the stamp, but that sweep only forgets
+    ids whose anchor is more than ``horizon`` before ``T``, and such an anchor does not make a
+    record after ``T`` a duplicate: its answer, and the anchor it leaves, are the same.
+
 State per shard: the ids within the horizon (plus up to a grid step) and the meta cell; in
 memory, the same per shard touched in this process.
 """
@@ -68,7 +78,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from headwater.core.accounting import NAMESPACE
 from headwater.windowing import rules
 
-__all__ = ["DEFAULT_SHARDS", "DeduplicateShardsFn", "carrier"]
+__all__ = ["DEFAULT_SHARDS", "DeduplicateShardsFn", "carrier_micros"]
 
 #: Keys the ids are spread over when none are asked for.
 DEFAULT_SHARDS = 16
@@ -82,9 +92,9 @@ _META = ReadModifyWriteStateSpec("shard_meta", TupleCoder([VarIntCoder()] * 2))
 _SWEEP = TimerSpec("sweep", TimeDomain.WATERMARK)
 
 
-def carrier(micros: int, grid: int) -> Timestamp:
-    """The timestamp a record travels with: its event time rounded down to ``grid``."""
-    return Timestamp(micros=max(micros - micros % grid, _MIN_MICROS))
+def carrier_micros(micros: int, grid: int) -> int:
+    """The timestamp a record travels with (micros): its event time rounded down to ``grid``."""
+    return max(micros - micros % grid, _MIN_MICROS)
 
 
 class _Table:
@@ -125,8 +135,9 @@ _IDLE_S = 600.0
 
 
 class DeduplicateShardsFn(beam.DoFn):
-    """Keyed by shard, elements ``(id, event time micros, record)``; the first copy of an id
-    within the horizon goes to ``main``, the others to ``duplicate``, with their event times."""
+    """Keyed by shard, elements ``[(id, event time micros, record), ...]`` in arrival order (or
+    one such tuple); the first copy of an id within the horizon goes to ``main``, the others to
+    ``duplicate``, each stamped with its own event time."""
 
     def __init__(self, horizon_micros: int):
         self._horizon = horizon_micros
@@ -191,24 +202,30 @@ class DeduplicateShardsFn(beam.DoFn):
         ids_state=beam.DoFn.StateParam(_IDS),
         sweep=beam.DoFn.TimerParam(_SWEEP),
     ):
-        shard, (record_id, micros, record) = element
+        shard, items = element
         table = self._table(shard, meta_state, ids_state, sweep)
-        anchor = table.anchors.get(record_id)
-        stamped = TimestampedValue(record, Timestamp(micros=micros))
-        if rules.is_duplicate(micros, anchor, self._horizon):
-            self._duplicates.inc()
-            yield beam.pvalue.TaggedOutput("duplicate", stamped)
-            if micros <= anchor:
-                return
-        else:
-            yield stamped
-        table.anchors[record_id] = micros
-        forget = rules.dedup_forget_at(micros, self._horizon)
-        heapq.heappush(table.forgets, (forget, record_id))
-        self._arm(table, sweep, forget)
-        ids_state.add((record_id, micros))
-        table.entries += 1
-        self._write(shard, table, meta_state)
+        if isinstance(items, tuple):  # one item alone (a job updated in flight may hold some)
+            items = (items,)
+        changed = False
+        for record_id, micros, record in items:
+            anchor = table.anchors.get(record_id)
+            stamped = TimestampedValue(record, Timestamp(micros=micros))
+            if rules.is_duplicate(micros, anchor, self._horizon):
+                self._duplicates.inc()
+                yield beam.pvalue.TaggedOutput("duplicate", stamped)
+                if micros <= anchor:
+                    continue
+            else:
+                yield stamped
+            table.anchors[record_id] = micros
+            forget = rules.dedup_forget_at(micros, self._horizon)
+            heapq.heappush(table.forgets, (forget, record_id))
+            self._arm(table, sweep, forget)
+            ids_state.add((record_id, micros))
+            table.entries += 1
+            changed = True
+        if changed:
+            self._write(shard, table, meta_state)
 
     @on_timer(_SWEEP)
     def swept(

@@ -61,6 +61,13 @@ Shards: no hot key
     the router stamps it back: Prism hands a key's data and timers over in timestamp order, so
     a record stamped with its own event time would wait behind the shard's tick at the close
     just before it until the watermark passed that tick (see :class:`_SpreadFn`).
+    A spreader's bundle sends each shard one element: its notes and records in order, stamped
+    with the earliest of their carriers (the runner's per-element cost is paid per shard and
+    bundle). The verdicts are the ones the records would get alone: a record is late only if a
+    tick at or after one of its closes has fired before it arrived, and every close of a record
+    lies after its event time; the batch still comes before every tick at or after its stamp,
+    so before every such tick of each of its records. Only ticks before a record's closes can
+    change sides, and they cannot make it late.
 
 The ladder: a clock that follows any jump of the watermark
     Besides its next ticks the clock keeps a *ladder* of probes armed above them: at level
@@ -147,6 +154,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
+from headwater.core.shards import ShardBatches
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 
@@ -305,8 +313,10 @@ class _SpreadFn(beam.DoFn):
     record (not from the wall clock's future): so every shard's clock runs from the start of the
     data, idle or not. A shard whose clock runs already ignores the note.
 
-    A record travels as :class:`_Stamped` (its event time inside), timestamped with the last
-    close of the clock's grid at or before its event time; the router stamps it back. Prism
+    A record travels as :class:`_Stamped` (its event time inside), carried by the last close
+    of the clock's grid at or before its event time; the router stamps it back. A bundle's
+    notes and records go to each shard as one batch, in order, timestamped with the earliest
+    carrier among them (:class:`~headwater.core.shards.ShardBatches`). Prism
     hands a key's data and timers to the DoFn in timestamp order (data first at a tie) and
     fires no timer past the watermark, so a record stamped with its own event time would wait
     behind every armed tick before it: one just past a window's close waited until the
@@ -324,25 +334,34 @@ class _SpreadFn(beam.DoFn):
         self._spread = [
             Metrics.counter(_NAMESPACE, f"late_routing.shard_{i}") for i in range(shards)
         ]
+        self._batches = ShardBatches()
 
     def setup(self) -> None:
         self._next = random.randrange(self._shards)  # workers start on different shards
 
     def start_bundle(self) -> None:
         self._future = _future_after(time.time(), self._horizon_micros)  # once per bundle
+        self._batches = ShardBatches()
+
+    def finish_bundle(self):
+        yield from self._batches.drain()
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
-        carrier = Timestamp(micros=self._clock.last_at_or_before(micros))
+        carrier = self._clock.last_at_or_before(micros)
         future = micros > self._future  # a producer's wrong clock: no note
         if not future and not self._noted:
             self._noted = True
             for shard in range(self._shards):
-                yield beam_window.TimestampedValue((shard, _Start(micros)), carrier)
+                full = self._batches.add(shard, _Start(micros), carrier)
+                if full is not None:
+                    yield full
         shard = self._next
         self._next = (shard + 1) % self._shards
         self._spread[shard].inc()
-        yield beam_window.TimestampedValue((shard, _Stamped(micros, element)), carrier)
+        full = self._batches.add(shard, _Stamped(micros, element), carrier)
+        if full is not None:
+            yield full
 
 
 class _RouteLateFn(beam.DoFn):
@@ -395,7 +414,24 @@ class _RouteLateFn(beam.DoFn):
         timer=beam.DoFn.TimerParam(TICK),
         ladder_state=beam.DoFn.StateParam(LADDER),
     ):
-        _, record = element
+        _, items = element
+        if not isinstance(items, list):  # one item alone (a job updated in flight may hold some)
+            items = [items]
+        states = (known_state, armed_state, newest_state, timer, ladder_state)
+        for item in items:
+            yield from self._route(item, timestamp, *states)
+
+    def _route(
+        self,
+        record: Any,
+        timestamp: Timestamp,
+        known_state: Any,
+        armed_state: Any,
+        newest_state: Any,
+        timer: Any,
+        ladder_state: Any,
+    ) -> Any:
+        """One item of a shard's batch: a start note, or a record routed to main or late."""
         # A bare record is stamped with its event time (a job updated in flight may hold some).
         if isinstance(record, _Stamped):
             timestamp = Timestamp(micros=record.micros)
