@@ -35,7 +35,7 @@ from apache_beam.transforms.window import (
     TimestampedValue,
 )
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from headwater.core import shards as shards_module
 from headwater.testing.harness import AdvanceWatermark, run_transform
@@ -815,8 +815,9 @@ def _route(fn, value, micros, *cells):
     for item in fn.process((0, [carried]), MIN_TIMESTAMP, *cells):
         tagged = isinstance(item, TaggedOutput)
         stamped = item.value if tagged else item
-        assert isinstance(stamped, TimestampedValue), item
+        assert isinstance(stamped, WindowedValue), item
         assert stamped.timestamp == _ts(micros)
+        assert stamped.windows == (GlobalWindow(),)
         out.append(TaggedOutput(item.tag, stamped.value) if tagged else stamped.value)
     return out
 

@@ -17,9 +17,9 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from apache_beam.transforms.window import GlobalWindow, TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
+
+from headwater.core.stamps import in_global_window
 
 __all__ = ["BATCH_LIMIT", "ShardBatches", "stable_shard"]
 
@@ -42,9 +42,10 @@ def stable_shard(text: str, num_shards: int) -> int:
 class ShardBatches:
     """One bundle's items per shard, each shard's in the order they were added.
 
-    ``add`` returns a full batch to emit at once (a ``TimestampedValue``), or ``None``;
-    ``drain`` (in ``finish_bundle``) yields the rest as ``WindowedValue`` in the global window
-    and empties the batches. Batch timestamps are the earliest of their items' (micros).
+    ``add`` returns a full batch to emit at once, or ``None``; ``drain`` (in ``finish_bundle``)
+    yields the rest and empties the batches. Batches are ``WindowedValue`` in the global window
+    (:func:`~headwater.core.stamps.in_global_window`), timestamped with the earliest of their
+    items' times (micros).
 
     >>> batches = ShardBatches(limit=2)
     >>> batches.add(0, "a", 20), batches.add(1, "b", 5)
@@ -66,7 +67,7 @@ class ShardBatches:
         self._items: dict[int, list[Any]] = {}
         self._low: dict[int, int] = {}
 
-    def add(self, shard: int, item: Any, micros: int) -> TimestampedValue | None:
+    def add(self, shard: int, item: Any, micros: int) -> WindowedValue | None:
         items = self._items.get(shard)
         if items is None:
             self._items[shard] = [item]
@@ -79,11 +80,10 @@ class ShardBatches:
         if len(items) < self._limit:
             return None
         del self._items[shard]
-        return TimestampedValue((shard, items), Timestamp(micros=self._low.pop(shard)))
+        return in_global_window((shard, items), self._low.pop(shard))
 
     def drain(self) -> Iterator[WindowedValue]:
         items, low = self._items, self._low
         self._items, self._low = {}, {}
-        window = (GlobalWindow(),)
         for shard, batch in items.items():
-            yield WindowedValue((shard, batch), Timestamp(micros=low[shard]), window)
+            yield in_global_window((shard, batch), low[shard])

@@ -72,10 +72,10 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from headwater.core.accounting import NAMESPACE
+from headwater.core.stamps import in_global_window
 from headwater.windowing import rules
 
 __all__ = ["DEFAULT_SHARDS", "DeduplicateShardsFn", "carrier_micros"]
@@ -209,7 +209,7 @@ class DeduplicateShardsFn(beam.DoFn):
         changed = False
         for record_id, micros, record in items:
             anchor = table.anchors.get(record_id)
-            stamped = TimestampedValue(record, Timestamp(micros=micros))
+            stamped = in_global_window(record, micros)
             if rules.is_duplicate(micros, anchor, self._horizon):
                 self._duplicates.inc()
                 yield beam.pvalue.TaggedOutput("duplicate", stamped)

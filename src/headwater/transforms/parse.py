@@ -29,11 +29,12 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.core.deadletter import Routed, dead_letter_for
 from headwater.core.records import DecodedRecord, origin_of, payload_of, with_origin
+from headwater.core.stamps import in_global_window
 from headwater.transforms.keys import unicode_problem
 
 __all__ = ["InvalidTextError", "ParseFn", "ParseRecords", "RecordTooLargeError"]
@@ -86,8 +87,11 @@ class ParseFn(beam.DoFn):
         event_time: Callable[[Mapping[str, Any]], Timestamp] | None,
         checks: tuple[Check, ...],
         max_record_bytes: int | None = None,
+        *,
+        global_window: bool = False,
     ):
         self._max_bytes = max_record_bytes
+        self._global_window = global_window  # the input is in the global window (core.stamps)
         self._decode = decode
         self._event_time = event_time
         self._checks = checks
@@ -129,7 +133,11 @@ class ParseFn(beam.DoFn):
             return
         self._parsed.inc()
         # Later stages that reject the record still name its file/line or topic/offset.
-        yield TimestampedValue(with_origin(record, origin_of(element)), timestamp)
+        parsed = with_origin(record, origin_of(element))
+        if self._global_window:
+            yield in_global_window(parsed, timestamp.micros)
+        else:
+            yield TimestampedValue(parsed, timestamp)
 
 
 class ParseRecords(beam.PTransform):
@@ -182,6 +190,12 @@ class ParseRecords(beam.PTransform):
 
     def expand(self, pcoll):
         results = pcoll | "Parse" >> beam.ParDo(
-            ParseFn(self._decode, self._event_time, self._checks, self._max_record_bytes)
+            ParseFn(
+                self._decode,
+                self._event_time,
+                self._checks,
+                self._max_record_bytes,
+                global_window=isinstance(pcoll.windowing.windowfn, GlobalWindows),
+            )
         ).with_outputs("dead_letter", main="main")
         return Routed(results.main, results.dead_letter)

@@ -155,6 +155,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
 from headwater.core.shards import ShardBatches
+from headwater.core.stamps import in_global_window
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
 
@@ -458,7 +459,7 @@ class _RouteLateFn(beam.DoFn):
         if not open_closes:
             self._late.inc()
             late = self._late_record(record, timestamp, known_wm, windows)
-            yield beam.pvalue.TaggedOutput("late", beam_window.TimestampedValue(late, timestamp))
+            yield beam.pvalue.TaggedOutput("late", in_global_window(late, timestamp.micros))
             return
         self._note_newest(newest_state, max(open_closes))
         future = min(open_closes) > self._future()
@@ -473,7 +474,7 @@ class _RouteLateFn(beam.DoFn):
             # older than clock_horizon before the data's first windows).
             self._unverify()
         self._main.inc()
-        yield beam_window.TimestampedValue(record, timestamp)
+        yield in_global_window(record, timestamp.micros)
 
     def _start_clock(
         self, timer: Any, armed_state: Any, ladder_state: Any, start: int, newest: Any

@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from headwater.core.accounting import NAMESPACE
+from headwater.core.stamps import in_global_window
 from headwater.io.formats import Format, FormatError
 from headwater.io.kafka.backlog import cached_offsets, partition_lag
 from headwater.io.kafka.commit import commit_or_warn, nothing_to_commit
@@ -348,9 +348,8 @@ class ReadPartitionFn(beam.DoFn):
                     )
                     emitted += 1
                     emitted_bytes += len(record.payload)
-                    yield TimestampedValue(
-                        record, self._timestamp(record, watermark_estimator.current_watermark)
-                    )
+                    at = self._timestamp(record, watermark_estimator.current_watermark)
+                    yield in_global_window(record, at.micros)  # (read from an Impulse)
                 self._records.inc(emitted)
                 lag.observe(emitted_bytes, emitted)
                 yield from self._range(element, range_from, next_offset, offsets)
