@@ -90,7 +90,8 @@ _KAFKA_TO_KAFKA = PipelineSpec(
 REPLAY_TARGET_FLAGS = tuple(
     f
     for f in dict.fromkeys((*_WINDOWED_METRICS.flag_names, *_STREAM_ETL.flag_names))
-    if f not in ("source", "columnar_shards", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
+    if f
+    not in ("source", "columnar_shards", "stream_shards", *FILE_SOURCE_FLAGS, *KAFKA_SOURCE_FLAGS)
 )
 _REPLAY_DEAD_LETTERS = PipelineSpec(
     "replay_dead_letters",

@@ -194,9 +194,27 @@ def dedup_transform(values: Mapping[str, Any]) -> DeduplicateById | None:
             horizon=value(values, "dedup_horizon"),
             keep=value(values, "dedup_keep"),
             time_domain=value(values, "dedup_time_domain"),
+            shards=value(values, "stream_shards"),
         )
     except ValueError as exc:
         raise _flag_error("id_field", exc) from None
+
+
+def check_stream_shards(values: Mapping[str, Any], *built: Any) -> None:
+    """Refuses ``--stream_shards`` (set, to other than its default) when none of the ``built`` transforms (applied already:
+    ``ProcessEvents``, ``ComputeWindowedMetrics`` or a columnar engine) spread a step over
+    shards: the run is a batch run, takes a columnar engine, or streams without event-time
+    dedup keeping the first copy and without windows."""
+    if not given_flags(values, ["stream_shards"]) or any(
+        getattr(t, "sharded", False) for t in built
+    ):
+        return
+    shards = values["stream_shards"]
+    raise ValueError(
+        f"--stream_shards={shards} applies to the stateful steps of a stream (event-time dedup "
+        "keeping the first copy, late routing), and this run has none: it is a batch run, "
+        "takes a columnar engine, or streams without such dedup and without windows"
+    )
 
 
 def validate_source(values: Mapping[str, Any], *, injected: bool, kafka_sink: bool = False) -> None:

@@ -26,7 +26,7 @@ from headwater.io.formats import AvroFormat, Format, JsonFormat
 from headwater.io.kafka import WriteToKafka
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.config import RunConfig, validate_source
+from headwater.pipelines.config import RunConfig, check_stream_shards, validate_source
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_pipeline
 from headwater.pipelines.sources import all_dead_letters, open_source
@@ -126,6 +126,7 @@ def build(
     )
     sourced = open_source(p, config, source)
     result = sourced.records | "ProcessEvents" >> process
+    check_stream_shards(config, process)
     dead = all_dead_letters(sourced, result.dead_letter)
     # A streaming read commits as the records are delivered: the writers report them.
     report = sourced.reports_outcomes

@@ -71,6 +71,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: The most keys a stream's stateful steps may be spread over (--stream_shards).
+MAX_STREAM_SHARDS = 4096
+
+
+def _stream_shards(text: str) -> int:
+    value = int(text) if str(text).isdigit() else 0
+    if not 1 <= value <= MAX_STREAM_SHARDS:
+        raise ValueError(f"{text!r} must be a whole number from 1 to {MAX_STREAM_SHARDS}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -336,6 +347,17 @@ FLAGS: dict[str, Flag] = {
             "Whether the dedup horizon is measured in event time or processing time.",
             default="event",
             choices=("event", "processing"),
+        ),
+        Flag(
+            "stream_shards",
+            "Stream shards",
+            "Keys a stream's stateful steps (event-time dedup keeping the first copy, late "
+            "routing) are spread over: each runs on at most this many workers at once. Default "
+            "16. Their state is kept per shard, so a running job changes it only by a drain and "
+            "a restart. Refused when the run has no such step (a batch run, a columnar engine).",
+            type=_stream_shards,
+            default=16,
+            regex=_POSITIVE_INT_RE,
         ),
         # --- windowing ----------------------------------------------------------------------
         Flag(
@@ -610,6 +632,7 @@ PIPELINE_SOURCE_FLAGS = (
     "dedup_horizon",
     "dedup_keep",
     "dedup_time_domain",
+    "stream_shards",
     "window",
     "trigger",
     "allowed_lateness",

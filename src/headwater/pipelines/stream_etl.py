@@ -26,7 +26,7 @@ from fastavro.validation import validate as avro_validate
 
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.config import RunConfig, validate_source
+from headwater.pipelines.config import RunConfig, check_stream_shards, validate_source, value
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
 from headwater.pipelines.sinks import write_outcomes
@@ -98,7 +98,9 @@ def validate(values: Mapping[str, Any], *, source: Any = None, sink: Any = None)
 def _process(config: RunConfig) -> tuple[ProcessEvents, dict[str, Any] | None]:
     schema = load_avro_schema(config["avro_schema"]) if config.get("avro_schema") else None
     checks = [AvroSchemaCheck(schema)] if schema else []
-    process = ProcessEvents(**config.windowed_args(), checks=checks)
+    process = ProcessEvents(
+        **config.windowed_args(), checks=checks, shards=value(config, "stream_shards")
+    )
     return process, schema
 
 
@@ -121,6 +123,7 @@ def build(
     process, schema = _process(config)
     sourced = open_source(p, config, source)
     result = sourced.records | "ProcessEvents" >> process
+    check_stream_shards(config, process)
     dead = all_dead_letters(sourced, result.dead_letter)
     avro_schema = schema if values["output_format"] == "avro" else None
     written = write_outcomes(

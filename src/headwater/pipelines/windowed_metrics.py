@@ -31,7 +31,7 @@ from headwater.columnar import (
 )
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
-from headwater.pipelines.config import RunConfig, validate_source, value
+from headwater.pipelines.config import RunConfig, check_stream_shards, validate_source, value
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
 from headwater.pipelines.sinks import dead_letter_files, late_folder, write_outcomes
@@ -82,7 +82,7 @@ def _columnar_args(config: RunConfig) -> dict[str, Any]:
 
 
 def _metrics(config: RunConfig) -> ComputeWindowedMetrics:
-    return ComputeWindowedMetrics(**_columnar_args(config))
+    return ComputeWindowedMetrics(**_columnar_args(config), shards=value(config, "stream_shards"))
 
 
 def replays_columnar(config: RunConfig) -> bool:
@@ -205,6 +205,7 @@ def build(
         else (None, "a source was given to build()")
     )
     if columnar is not None:
+        check_stream_shards(config, columnar)
         # Batch over files: the columnar path reads the files, counts every outcome and (with
         # no injected sink) writes the window files itself.
         result = p | "WindowedMetricsColumnar" >> columnar
@@ -221,6 +222,7 @@ def build(
     compute = _metrics(config)
     sourced = open_source(p, config, source)
     result = sourced.records | "WindowedMetrics" >> compute
+    check_stream_shards(config, compute)
     dead = all_dead_letters(sourced, result.dead_letter)
     written = write_outcomes(
         result.rows,

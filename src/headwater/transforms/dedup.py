@@ -246,6 +246,7 @@ class _KeyByIdFn(beam.DoFn):
     def __init__(self, id_of: Callable[[Any], str], shards: int = 0, grid: int = 0):
         self._id_of = id_of
         self._shards = shards
+        self.sharded = False  # once applied: whether the ids went by shard (a stream)
         self._grid = grid
         self._dead = Metrics.counter(NAMESPACE, f"{_STAGE}.dead_letter")
         self._batches = ShardBatches()
@@ -568,6 +569,7 @@ class DeduplicateById(beam.PTransform):
                 f"windowed by {windowfn!r} (dedup per window would miss copies in other windows)"
             )
         sharded = self._time_domain == "event" and self._keep == "first" and not pcoll.is_bounded
+        self.sharded = sharded
         if sharded:  # a stream: ids by shard, in memory between bundles (dedupshards)
             grid = rules.dedup_grid(self._horizon_micros)
             key_by: beam.DoFn = _KeyByIdFn(self._id_of, self._shards, grid)

@@ -128,6 +128,11 @@ class ProcessEvents(beam.PTransform):
         window was open is never discarded by a finished trigger.
       checks: validations applied at parse time (a failing record becomes a dead letter).
       max_record_bytes: larger records become dead letters before decoding (``None``: no limit).
+      shards: how many keys late routing is spread over on a stream (1 to 4096; event-time dedup
+        has its own, given to :class:`DeduplicateById`).
+
+    Once applied, ``sharded`` tells whether a step was spread over shards (a stream's late
+    routing or event-time dedup keeping the first copy).
 
     Ordering: none is promised across records; the ``main`` output is windowed with the trigger.
     An early trigger on bounded input in a batch pipeline is refused when the transform is
@@ -157,8 +162,11 @@ class ProcessEvents(beam.PTransform):
         trigger: str | TriggerSpec | None = None,
         checks: Iterable[Check] = (),
         max_record_bytes: int | None = None,
+        shards: int = 16,
     ):
         super().__init__()
+        self.sharded = False
+        self._shards = shards
         self._lateness_s = parse_duration(allowed_lateness, name="allowed_lateness")
         self._window_fn = None if window is None else to_window_fn(window)
         self._trigger = to_trigger_spec(trigger)
@@ -183,6 +191,7 @@ class ProcessEvents(beam.PTransform):
             deduped = records | "Deduplicate" >> self._dedup
             records = deduped.main
             duplicates = deduped.duplicate
+            self.sharded = self._dedup.sharded
             dead_letters.append(deduped.dead_letter)
         else:
             duplicates = raw.pipeline | "NoDuplicates" >> beam.Create([])
@@ -194,8 +203,10 @@ class ProcessEvents(beam.PTransform):
                 allowed_lateness=self._lateness_s,
                 trigger=self._trigger.trigger(),
                 accumulation_mode=self._trigger.accumulation_mode(),
+                shards=self._shards,
             )
             main, late = windowed.main, windowed.late
+            self.sharded = self.sharded or not records.is_bounded
         dead = (
             tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()
             if len(dead_letters) > 1
@@ -233,6 +244,11 @@ class ComputeWindowedMetrics(beam.PTransform):
         self._aggregate = AggregateMetrics(key_field=key_field, metrics=self._metrics)
         check = MetricsCheck(key_field, self._metrics)
         self._process = ProcessEvents(checks=(*checks, check), **process_options)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether a step was spread over shards (see :class:`ProcessEvents`)."""
+        return self._process.sharded
 
     def expand(self, pcoll):
         processed = pcoll | "Process" >> self._process
