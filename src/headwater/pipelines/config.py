@@ -201,10 +201,10 @@ def dedup_transform(values: Mapping[str, Any]) -> DeduplicateById | None:
 
 
 def check_stream_shards(values: Mapping[str, Any], *built: Any) -> None:
-    """Refuses ``--stream_shards`` (set, to other than its default) when none of the ``built`` transforms (applied already:
-    ``ProcessEvents``, ``ComputeWindowedMetrics`` or a columnar engine) spread a step over
-    shards: the run is a batch run, takes a columnar engine, or streams without event-time
-    dedup keeping the first copy and without windows."""
+    """Refuses ``--stream_shards`` (set, to other than its default) when none of the
+    ``built`` transforms (applied already: ``ProcessEvents``, ``ComputeWindowedMetrics`` or a
+    columnar engine) spread a step over shards: the run is a batch run, takes a columnar
+    engine, or streams without event-time dedup keeping the first copy and without windows."""
     if not given_flags(values, ["stream_shards"]) or any(
         getattr(t, "sharded", False) for t in built
     ):
