@@ -128,13 +128,3 @@ def test_prism_streaming_bench_reads_the_backlog_and_measures_latency(tmp_path):
     assert latency["output"] + latency["late"] == latency["events"]
     assert latency["windows_measured"] > 0
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
-
-
-def test_the_prism_read_rate_leaves_start_up_and_the_drain_out():
-    """Records per second from the first progress count above zero to the last one."""
-    from headwater.devtools.bench_prism import read_rate
-
-    seen = [(10.0, 0), (11.0, 0), (12.0, 1_000), (13.0, 1_000), (14.0, 5_000), (20.0, 5_000)]
-    assert read_rate(seen) == 2_000.0
-    assert read_rate([(1.0, 0), (2.0, 300)]) is None  # one count: no rate
-    assert read_rate([]) is None

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["latency", "profile", "read_rate", "throughput"]
+__all__ = ["latency", "profile", "throughput"]
 
 _PARTITIONS = 3
 _GROUP = "headwater-bench"
@@ -214,14 +214,12 @@ def throughput(broker: Any, lines: Sequence[bytes], out: Path, *, topic: str) ->
         first = _wait(
             lambda: _window_files(out / "rows"), job, "the first window file", sampler.sample
         )
-        seen: list[tuple[float, int]] = []  # (wall time, records read) as progress lines tell
-
-        def all_read() -> bool:
-            count = job.records_read()
-            seen.append((time.time(), count))
-            return count >= len(lines)
-
-        read_all = _wait(all_read, job, "every record read", sampler.sample)
+        read_all = _wait(
+            lambda: job.records_read() >= len(lines),
+            job,
+            "every record read",
+            sampler.sample,
+        )
         sampler.sample()
         summary = job.drain()
     finally:
@@ -238,28 +236,10 @@ def throughput(broker: Any, lines: Sequence[bytes], out: Path, *, topic: str) ->
         "events_per_s": round(len(lines) / seconds, 1),
         "first_window_file_s": round(first - job.started_wall, 2),
         "all_read_s": round(read_all - job.started_wall, 2),
-        "read_rate_per_s": read_rate(seen),
         "window_files": len(files),
         "cpu_s": {name: round(value, 1) for name, value in sampler.seconds.items()},
         **_summary_counts(summary),
     }
-
-
-def read_rate(seen: Sequence[tuple[float, int]]) -> float | None:
-    """Records read per second once the job reads: from the first progress count above zero to
-    the last count seen (start-up and the drain left out), ``None`` with fewer than two counts.
-
-    >>> read_rate([(0.0, 0), (1.0, 0), (2.0, 500), (2.5, 500), (4.0, 2500)])
-    1000.0
-    """
-    counts: list[tuple[float, int]] = []
-    for at, count in seen:
-        if count > 0 and (not counts or count > counts[-1][1]):
-            counts.append((at, count))
-    if len(counts) < 2 or counts[-1][0] <= counts[0][0]:
-        return None
-    (first_at, first), (last_at, last) = counts[0], counts[-1]
-    return round((last - first) / (last_at - first_at), 1)
 
 
 def _latency_line(number: int, at_ms: int) -> bytes:
