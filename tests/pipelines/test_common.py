@@ -45,6 +45,8 @@ def test_streaming_kafka_read_takes_event_time_for_its_watermark():
     [
         (["--input=a", "--windw=fixed:1m"], "unknown flag --windw .* did you mean --window\\?"),
         (["--input=a", "--metric=count"], "unknown flag --metric .* did you mean --metrics\\?"),
+        (["--input=a", "-q"], "unknown flag -q .* put it before the command \\(headwater -q run"),
+        (["--input=a", "--progress=2"], "before the command \\(headwater --progress=SECONDS run"),
         (["--input", "a.jsonl", "b.jsonl"], "unexpected argument 'b.jsonl' after --input: .*Quote"),
         (["--input=a", "stray"], "unexpected argument 'stray'"),
     ],

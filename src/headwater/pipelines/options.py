@@ -696,6 +696,10 @@ def _beam_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options of the headwater command itself (cli._parser), given before ``run``.
+_HEADWATER_OPTIONS = ("-q", "--quiet", "-v", "--verbose", "--progress")
+
+
 def check_argv(argv: Sequence[str], cls: type[HeadwaterOptions], *, pipeline: str) -> None:
     """Refuses what Beam's parser would silently drop from a pipeline's command line.
 
@@ -719,6 +723,11 @@ def check_argv(argv: Sequence[str], cls: type[HeadwaterOptions], *, pipeline: st
                 name, known, n=1
             )
             hint = f"; did you mean {close[0]}?" if close else ""
+            if name in _HEADWATER_OPTIONS:
+                hint = (
+                    f"; {name} is an option of headwater itself: put it before the command "
+                    f"(headwater {name}{'=SECONDS' if name == '--progress' else ''} run {pipeline} ...)"
+                )
             raise ValueError(
                 f"unknown flag {name} for {pipeline}{hint} (headwater run {pipeline} --help "
                 "lists its flags)"
