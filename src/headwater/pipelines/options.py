@@ -724,9 +724,10 @@ def check_argv(argv: Sequence[str], cls: type[HeadwaterOptions], *, pipeline: st
             )
             hint = f"; did you mean {close[0]}?" if close else ""
             if name in _HEADWATER_OPTIONS:
+                spelt = f"{name}=SECONDS" if name == "--progress" else name
                 hint = (
                     f"; {name} is an option of headwater itself: put it before the command "
-                    f"(headwater {name}{'=SECONDS' if name == '--progress' else ''} run {pipeline} ...)"
+                    f"(headwater {spelt} run {pipeline} ...)"
                 )
             raise ValueError(
                 f"unknown flag {name} for {pipeline}{hint} (headwater run {pipeline} --help "
