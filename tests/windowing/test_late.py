@@ -794,6 +794,32 @@ def test_the_spreader_sends_each_shard_one_batch_per_bundle_stamped_with_its_ear
     assert list(fn.finish_bundle()) == []  # drained
 
 
+@pytest.mark.parametrize(
+    "window_fn",
+    [
+        FixedWindows(60),
+        SlidingWindows(600, 60),
+        Sessions(300),
+        CalendarWindows("month", "Europe/Berlin"),
+        CalendarWindows("day", "America/New_York"),
+    ],
+    ids=["fixed", "sliding", "session", "month", "day-dst"],
+)
+def test_the_spreaders_remembered_carrier_is_the_clocks(window_fn):
+    """The spreader remembers the grid step of its last carrier; every record still travels
+    with the clock's own last close at or before its event time, in order or not."""
+    clock = _Clock(window_fn, 30 * S)
+    fn = _SpreadFn(1, 60 * S, clock)
+    rng = random.Random(7)
+    base = 1_710_000_000 * S  # around a DST change in March 2024
+    instants = sorted(base + rng.randrange(0, 90 * 86_400) * S for _ in range(300))
+    instants += [base + rng.randrange(0, 90 * 86_400 * S) for _ in range(300)]  # any order
+    for close in [clock.next_after(t) for t in instants[:50]]:  # around a close, in order
+        instants += [close - 1, close, close + 1]
+    for micros in instants:
+        assert fn._carrier(micros) == clock.last_at_or_before(micros), micros
+
+
 def test_a_full_shard_batch_leaves_in_the_middle_of_a_bundle(monkeypatch):
     """A shard's batch holds at most BATCH_LIMIT items: a fuller one leaves at once."""
     monkeypatch.setattr(shards_module, "BATCH_LIMIT", 3)

@@ -336,9 +336,25 @@ class _SpreadFn(beam.DoFn):
             Metrics.counter(_NAMESPACE, f"late_routing.shard_{i}") for i in range(shards)
         ]
         self._batches = ShardBatches()
+        self._carried = (1, 0)  # [close, next close): the event times the last carrier covers
 
     def setup(self) -> None:
         self._next = random.randrange(self._shards)  # workers start on different shards
+
+    def _carrier(self, micros: int) -> int:
+        """:meth:`_Clock.last_at_or_before`, remembered over the grid step it falls in (the
+        records of a stream mostly fall in the step of the one before)."""
+        low, high = self._carried
+        if low <= micros < high:
+            return low
+        low = self._clock.last_at_or_before(micros)
+        try:
+            on_grid = self._clock.first_at_or_after(low) == low
+            high = self._clock.next_after(low) if on_grid else low
+        except (OverflowError, ValueError):  # where the grid ends: nothing to remember
+            high = low
+        self._carried = (low, high)
+        return low
 
     def start_bundle(self) -> None:
         self._future = _future_after(time.time(), self._horizon_micros)  # once per bundle
@@ -349,7 +365,7 @@ class _SpreadFn(beam.DoFn):
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
         micros = timestamp.micros
-        carrier = self._clock.last_at_or_before(micros)
+        carrier = self._carrier(micros)
         future = micros > self._future  # a producer's wrong clock: no note
         if not future and not self._noted:
             self._noted = True
