@@ -613,3 +613,32 @@ def test_late_pane_row_follows_on_time_row_within_allowed_lateness():
             equal_to([(_at(0), 1, 1.0, "ON_TIME"), (_at(0), 2, 3.0, "LATE")]),
             label="OnTimeThenLate",
         )
+
+
+def test_the_module_examples_run():
+    """check_record's and record_check's examples run as written."""
+    import doctest
+
+    from headwater.transforms import aggregate
+
+    outcome = doctest.testmod(aggregate, optionflags=doctest.ELLIPSIS)
+    assert outcome.attempted > 0
+    assert outcome.failed == 0
+
+
+def test_the_parse_time_check_refuses_what_the_aggregation_refuses():
+    """MetricsCheck (parse time, its checker built once) and check_record give one verdict."""
+    from headwater.transforms.process import MetricsCheck
+
+    metrics = parse_metrics("count,sum:amount,max:user.age")
+    check = MetricsCheck("user.id", metrics)
+    good = {"user": {"id": 7, "age": 30}, "amount": 2.5}
+    check(good)
+    for bad in ({"amount": 1}, {"user": {"id": 1, "age": 3}, "amount": "1"}, {"user": {"id": " "}}):
+        with pytest.raises(ValueError) as refused:
+            check(bad)
+        with pytest.raises(ValueError) as also:
+            check_record(bad, "user.id", metrics)
+        assert str(refused.value) == str(also.value)
+    with pytest.raises(ValueError, match="key_field='user id'"):
+        MetricsCheck("user id", metrics)

@@ -83,6 +83,7 @@ __all__ = [
     "RecordCheck",
     "check_record",
     "parse_metrics",
+    "record_check",
 ]
 
 METRIC_KINDS = ("count", "sum", "min", "max", "mean")
@@ -266,9 +267,21 @@ class RecordCheck:
         return record
 
 
+def record_check(key_field: str, metrics: str | Iterable[str | MetricSpec]) -> RecordCheck:
+    """A :class:`RecordCheck` of ``key_field`` and ``metrics``, both validated (``ValueError``
+    names the bad one): build it once and call it per record.
+
+    >>> record_check("user", "sum:amount").key_and_values({"user": "a", "amount": 2})
+    ('a', (2,))
+    """
+    if not isinstance(metrics, str) and isinstance(metrics, Iterable):
+        metrics = tuple(metrics)
+    return RecordCheck(_validated_key_field(key_field), parse_metrics(metrics))
+
+
 @functools.lru_cache(maxsize=64)
 def _checker_for(key_field: str, metrics: str | tuple[str | MetricSpec, ...]) -> RecordCheck:
-    return RecordCheck(_validated_key_field(key_field), parse_metrics(metrics))
+    return record_check(key_field, metrics)
 
 
 def _validated_key_field(key_field: Any) -> str:
@@ -299,7 +312,7 @@ def check_record(record: Any, key_field: str, metrics: str | Iterable[str | Metr
     try:
         checker = _checker_for(key_field, normalized)
     except TypeError:  # an unhashable argument: validate the same way, without the cache
-        checker = RecordCheck(_validated_key_field(key_field), parse_metrics(normalized))
+        checker = record_check(key_field, normalized)
     return checker(record)
 
 

@@ -28,7 +28,12 @@ from apache_beam.transforms.window import GlobalWindows, WindowFn
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.transforms.accounting import CountAs
-from headwater.transforms.aggregate import AggregateMetrics, MetricSpec, check_record, parse_metrics
+from headwater.transforms.aggregate import (
+    AggregateMetrics,
+    MetricSpec,
+    parse_metrics,
+    record_check,
+)
 from headwater.transforms.dedup import DeduplicateById
 from headwater.transforms.parse import Check, Decoder, ParseRecords
 from headwater.windowing.durations import DurationLike, parse_duration
@@ -263,11 +268,11 @@ class ComputeWindowedMetrics(beam.PTransform):
 
 
 class MetricsCheck:
-    """A picklable check: the record has a key and numeric aggregated fields."""
+    """A picklable check: the record has a key and numeric aggregated fields (the rule of
+    :func:`~headwater.transforms.aggregate.check_record`, its checker built once)."""
 
     def __init__(self, key_field: str, metrics: tuple[MetricSpec, ...]):
-        self._key_field = key_field
-        self._metrics = metrics
+        self._check = record_check(key_field, metrics)
 
     def __call__(self, record: Mapping[str, Any]) -> None:
-        check_record(record, self._key_field, self._metrics)
+        self._check.key_and_values(record)
