@@ -640,5 +640,7 @@ def test_the_parse_time_check_refuses_what_the_aggregation_refuses():
         with pytest.raises(ValueError, match="field") as also:
             check_record(bad, "user.id", metrics)
         assert str(refused.value) == str(also.value)
-    with pytest.raises(ValueError, match="key_field='user id'"):
-        MetricsCheck("user id", metrics)
+    unusable = MetricsCheck("user id", metrics)
+    for _ in range(2):  # every record, as check_record refuses every record
+        with pytest.raises(ValueError, match="key_field='user id'"):
+            unusable(good)

@@ -31,6 +31,7 @@ from headwater.transforms.accounting import CountAs
 from headwater.transforms.aggregate import (
     AggregateMetrics,
     MetricSpec,
+    RecordCheck,
     parse_metrics,
     record_check,
 )
@@ -269,10 +270,16 @@ class ComputeWindowedMetrics(beam.PTransform):
 
 class MetricsCheck:
     """A picklable check: the record has a key and numeric aggregated fields (the rule of
-    :func:`~headwater.transforms.aggregate.check_record`, its checker built once)."""
+    :func:`~headwater.transforms.aggregate.check_record`; its checker is built at the first
+    record and kept, and a key field or metrics it cannot be built from refuse every record,
+    as ``check_record`` does)."""
 
     def __init__(self, key_field: str, metrics: tuple[MetricSpec, ...]):
-        self._check = record_check(key_field, metrics)
+        self._key_field = key_field
+        self._metrics = metrics
+        self._check: RecordCheck | None = None
 
     def __call__(self, record: Mapping[str, Any]) -> None:
+        if self._check is None:
+            self._check = record_check(self._key_field, self._metrics)
         self._check.key_and_values(record)
