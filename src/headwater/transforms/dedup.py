@@ -246,7 +246,6 @@ class _KeyByIdFn(beam.DoFn):
     def __init__(self, id_of: Callable[[Any], str], shards: int = 0, grid: int = 0):
         self._id_of = id_of
         self._shards = shards
-        self.sharded = False  # once applied: whether the ids went by shard (a stream)
         self._grid = grid
         self._dead = Metrics.counter(NAMESPACE, f"{_STAGE}.dead_letter")
         self._batches = ShardBatches()
@@ -496,6 +495,7 @@ class DeduplicateById(beam.PTransform):
         if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
             raise ValueError(f"shards={shards!r} must be a whole number from 1 to 4096")
         self._shards = shards
+        self.sharded = False  # once applied: whether the ids went by shard (a stream)
         if not isinstance(content_hash, bool):
             raise ValueError(f"content_hash={content_hash!r} must be True or False")
         given = [
