@@ -8,11 +8,11 @@ import doctest
 import pytest
 from apache_beam.transforms.window import GlobalWindow
 
-from headwater.core import shards, stamps
-from headwater.core.shards import ShardBatches
+from headwater.core import batches, shards, stamps
+from headwater.core.batches import ShardBatches
 
 
-@pytest.mark.parametrize("module", [shards, stamps])
+@pytest.mark.parametrize("module", [batches, shards, stamps])
 def test_the_docstring_examples_run(module):
     outcome = doctest.testmod(module)
     assert outcome.attempted > 0

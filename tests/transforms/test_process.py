@@ -234,3 +234,12 @@ def test_early_trigger_on_bounded_input_in_batch_is_refused_naming_it():
     p = TestPipeline(runner="FnApiRunner")
     with pytest.raises(ValueError, match=r"trigger='early:10s,late' in a batch pipeline: early"):
         _ = p | beam.Create([b'{"event_id":"a"}']) | _metrics(trigger="early:10s")
+
+
+@pytest.mark.parametrize("shards", [0, 4097, True, "16"])
+def test_a_shard_count_out_of_range_is_refused_at_construction(shards):
+    """ProcessEvents checks its late-routing shard count when built, as DeduplicateById and
+    RouteLateData do (one rule: core.shards.shard_count_problem), not only once applied."""
+    with pytest.raises(ValueError, match=r"shards=.* must be a whole number from 1 to 4096"):
+        ProcessEvents(decode=json.loads, event_time=None, window="fixed:60s",
+                      allowed_lateness=0, shards=shards)  # fmt: skip

@@ -37,7 +37,7 @@ from apache_beam.transforms.window import (
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
-from headwater.core import shards as shards_module
+from headwater.core import batches as batches_module
 from headwater.testing.harness import AdvanceWatermark, run_transform
 from headwater.windowing.late import (
     LATE_ERROR_TYPE,
@@ -822,7 +822,7 @@ def test_the_spreaders_remembered_carrier_is_the_clocks(window_fn):
 
 def test_a_full_shard_batch_leaves_in_the_middle_of_a_bundle(monkeypatch):
     """A shard's batch holds at most BATCH_LIMIT items: a fuller one leaves at once."""
-    monkeypatch.setattr(shards_module, "BATCH_LIMIT", 3)
+    monkeypatch.setattr(batches_module, "BATCH_LIMIT", 3)
     fn = _SpreadFn(1, 60 * S, _Clock(FixedWindows(60), 0))
     fn.setup()
     fn.start_bundle()

@@ -26,6 +26,7 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem
 from headwater.io.kafka import mask_setting
 from headwater.pipelines.step_names import check_mapping_is_json
 
@@ -71,15 +72,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-#: The most keys a stream's stateful steps may be spread over (--stream_shards).
-MAX_STREAM_SHARDS = 4096
-
-
 def _stream_shards(text: str) -> int:
-    value = int(text) if str(text).isdigit() else 0
-    if not 1 <= value <= MAX_STREAM_SHARDS:
-        raise ValueError(f"{text!r} must be a whole number from 1 to {MAX_STREAM_SHARDS}")
-    return value
+    value = int(text) if str(text).isdigit() else text
+    problem = shard_count_problem(value)
+    if problem is not None:
+        raise ValueError(f"{text!r} {problem}")
+    return int(value)
 
 
 def _fraction(text: str) -> float:
@@ -352,11 +350,11 @@ FLAGS: dict[str, Flag] = {
             "stream_shards",
             "Stream shards",
             "Keys a stream's stateful steps (event-time dedup keeping the first copy, late "
-            "routing) are spread over: each runs on at most this many workers at once. Default "
-            "16. Their state is kept per shard, so a running job changes it only by a drain and "
-            "a restart. Refused when the run has no such step (a batch run, a columnar engine).",
+            "routing) are spread over: each runs on at most this many workers at once. Their "
+            "state is kept per shard, so a running job changes it only by a drain and a restart. "
+            "Refused when the run has no such step (a batch run, a columnar engine).",
             type=_stream_shards,
-            default=16,
+            default=DEFAULT_SHARDS,
             regex=_POSITIVE_INT_RE,
         ),
         # --- windowing ----------------------------------------------------------------------

@@ -109,8 +109,9 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows, Timestamp
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.core.accounting import NAMESPACE
+from headwater.core.batches import ShardBatches
 from headwater.core.deadletter import dead_letter_for
-from headwater.core.shards import ShardBatches, stable_shard
+from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem, stable_shard
 from headwater.transforms import dedupshards
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
@@ -239,7 +240,7 @@ class _KeyByIdFn(beam.DoFn):
     """record -> (id, record); records without a usable id -> ``dead_letter``.
 
     With ``shards``: records -> (shard of the id, [(id, event time micros, record), ...]), one
-    element per shard and bundle (:class:`~headwater.core.shards.ShardBatches`), in arrival
+    element per shard and bundle (:class:`~headwater.core.batches.ShardBatches`), in arrival
     order, stamped with the earliest carrier among them (:mod:`headwater.transforms.dedupshards`).
     """
 
@@ -489,11 +490,12 @@ class DeduplicateById(beam.PTransform):
         keep: str = "first",
         horizon: DurationLike,
         time_domain: str = "event",
-        shards: int = dedupshards.DEFAULT_SHARDS,
+        shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
-        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
-            raise ValueError(f"shards={shards!r} must be a whole number from 1 to 4096")
+        problem = shard_count_problem(shards)
+        if problem is not None:
+            raise ValueError(f"shards={shards!r} {problem}")
         self._shards = shards
         self.sharded = False  # once applied: whether the ids went by shard (a stream)
         if not isinstance(content_hash, bool):

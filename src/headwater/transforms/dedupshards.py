@@ -42,7 +42,7 @@ Carriers
 
 Batches
     A bundle upstream sends each shard its records as one element, in arrival order, stamped
-    with the earliest carrier among them (:class:`~headwater.core.shards.ShardBatches`): the
+    with the earliest carrier among them (:class:`~headwater.core.batches.ShardBatches`): the
     runner's per-element cost is paid per shard and bundle, not per record. The answer is the
     one the records would get one by one. A batch comes before every sweep of its shard at or
     after its stamp, as its earliest record would; a later record of the batch may now come
@@ -78,10 +78,8 @@ from headwater.core.accounting import NAMESPACE
 from headwater.core.stamps import in_global_window
 from headwater.windowing import rules
 
-__all__ = ["DEFAULT_SHARDS", "DeduplicateShardsFn", "carrier_micros"]
+__all__ = ["DeduplicateShardsFn", "carrier_micros"]
 
-#: Keys the ids are spread over when none are asked for.
-DEFAULT_SHARDS = 16
 _MIN_MICROS = MIN_TIMESTAMP.micros
 _COMPACT_SLACK = 1024  # dead bag entries tolerated beyond the live ones before a rewrite
 

@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import GlobalWindows, WindowFn
 from apache_beam.utils.timestamp import Timestamp
 
+from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem
 from headwater.transforms.accounting import CountAs
 from headwater.transforms.aggregate import (
     AggregateMetrics,
@@ -168,9 +169,12 @@ class ProcessEvents(beam.PTransform):
         trigger: str | TriggerSpec | None = None,
         checks: Iterable[Check] = (),
         max_record_bytes: int | None = None,
-        shards: int = 16,
+        shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
+        problem = shard_count_problem(shards)
+        if problem is not None:
+            raise ValueError(f"shards={shards!r} {problem}")
         self.sharded = False
         self._shards = shards
         self._lateness_s = parse_duration(allowed_lateness, name="allowed_lateness")

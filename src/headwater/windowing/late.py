@@ -152,9 +152,10 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from headwater.core.batches import ShardBatches
 from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
-from headwater.core.shards import ShardBatches
+from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem
 from headwater.core.stamps import in_global_window
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
@@ -317,7 +318,7 @@ class _SpreadFn(beam.DoFn):
     A record travels as :class:`_Stamped` (its event time inside), carried by the last close
     of the clock's grid at or before its event time; the router stamps it back. A bundle's
     notes and records go to each shard as one batch, in order, timestamped with the earliest
-    carrier among them (:class:`~headwater.core.shards.ShardBatches`). Prism
+    carrier among them (:class:`~headwater.core.batches.ShardBatches`). Prism
     hands a key's data and timers to the DoFn in timestamp order (data first at a tie) and
     fires no timer past the watermark, so a record stamped with its own event time would wait
     behind every armed tick before it: one just past a window's close waited until the
@@ -713,14 +714,15 @@ class RouteLateData(beam.PTransform):
         *,
         allowed_lateness: DurationLike,
         clock_horizon: DurationLike = "10m",
-        shards: int = 16,
+        shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
         self._window_fn = _check_window_fn(window_fn)
         self._lateness_micros = _lateness_micros(allowed_lateness)
         self._horizon_micros = round(parse_duration(clock_horizon, name="clock_horizon") * 1e6)
-        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
-            raise ValueError(f"shards={shards!r} must be a whole number from 1 to 4096")
+        problem = shard_count_problem(shards)
+        if problem is not None:
+            raise ValueError(f"shards={shards!r} {problem}")
         self._shards = shards
 
     def expand(self, pcoll):
@@ -783,7 +785,7 @@ class WindowWithLateRouting(beam.PTransform):
         accumulation_mode: Any = None,
         timestamp_combiner: Any = None,
         clock_horizon: DurationLike = "10m",
-        shards: int = 16,
+        shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
         self._route = RouteLateData(
