@@ -14,7 +14,9 @@ def _good(i: int) -> bytes:
     return b'{"id":"e%d","t":%d,"k":"x","amount":1.5}' % (i, i)
 
 
-def _parse(lines: list[bytes], whole: tuple[str, ...] = ()) -> tuple[list[int], list[int], int]:
+def _parse(
+    lines: list[bytes], whole: tuple[str, ...] = (), odd_kinds: set | None = None
+) -> tuple[list[int], list[int], int]:
     """``_parse_run`` over ``lines``: (positions parsed, in order; positions set aside; calls)."""
     data = b"".join(line + b"\n" for line in lines)
     starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
@@ -27,7 +29,7 @@ def _parse(lines: list[bytes], whole: tuple[str, ...] = ()) -> tuple[list[int], 
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reader, "_read_json", counted)
-        tables, aside = _parse_run(data, starts, whole)
+        tables, aside = _parse_run(data, starts, whole, odd_kinds)
     parsed = []
     for positions, table in tables:
         assert table.num_rows == len(positions)
@@ -58,16 +60,46 @@ def test_a_value_of_another_kind_sets_aside_only_its_line(where):
 
 def test_many_values_of_another_kind_cost_one_parse_per_column_not_one_per_line():
     """100 string amounts and 50 string times in 2,000 lines: three parses, all 150 set aside."""
-    lines = [_good(i) for i in range(2_000)]
-    amounts, times = set(range(7, 2_000, 20)), set(range(11, 2_000, 40))
+    lines, odd = _with_odd_values(2_000)
+    parsed, aside, calls = _parse(lines)
+    assert aside == sorted(odd)
+    assert len(parsed) == 2_000 - len(aside)
+    assert calls == 3  # refused at the first odd amount, then the first odd time, then parsed
+
+
+def _with_odd_values(count: int) -> tuple[list[bytes], set[int]]:
+    """``count`` lines, one in 20 with a string amount and one in 40 with a string time."""
+    lines = [_good(i) for i in range(count)]
+    amounts, times = set(range(7, count, 20)), set(range(11, count, 40))
     for i in amounts:
         lines[i] = b'{"id":"e%d","t":%d,"k":"x","amount":"12 EUR"}' % (i, i)
     for i in times:
         lines[i] = b'{"id":"e%d","t":"yesterday","k":"x","amount":1}' % i
-    parsed, aside, calls = _parse(lines)
-    assert aside == sorted(amounts | times)
-    assert len(parsed) == 2_000 - len(aside)
-    assert calls == 3  # refused at the first odd amount, then the first odd time, then parsed
+    return lines, amounts | times
+
+
+def test_the_odd_kinds_a_run_found_are_set_aside_before_the_next_runs_first_parse():
+    """The first run learns (amount, string) and (t, string); the next runs parse once and set
+    aside exactly the lines the refusals would have."""
+    lines, odd = _with_odd_values(2_000)
+    learned: set = set()
+    first = _parse(lines, odd_kinds=learned)
+    assert learned == {("amount", "string"), ("t", "string")}
+    assert first[2] == 3
+    again = _parse(lines, odd_kinds=learned)
+    assert again == (first[0], sorted(odd), 1)
+    clean = [_good(i) for i in range(500)]  # known kinds that a run lacks cost no parse
+    assert _parse(clean, odd_kinds=learned) == (list(range(500)), [], 1)
+
+
+def test_a_known_odd_kind_held_by_most_lines_is_left_to_the_refusals():
+    """When the kind learned as odd is most of a run (strings are this run's amounts), the
+    pre-scan sets nothing aside and the refusal sets aside the few numbers instead."""
+    lines = [b'{"id":"e%d","t":%d,"k":"x","amount":"%d"}' % (i, i, i) for i in range(300)]
+    lines[5] = _good(5)
+    parsed, aside, _ = _parse(lines, odd_kinds={("amount", "string")})
+    assert aside == [5]
+    assert parsed == [i for i in range(300) if i != 5]
 
 
 def test_the_odd_kind_first_sets_aside_the_fewer_lines():

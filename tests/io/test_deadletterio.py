@@ -109,6 +109,49 @@ def test_batch_files_of_letters_that_failed_at_other_times_are_byte_identical(
     assert b"2024-01-01" not in b"".join(_files(tmp_path / "a").values())
 
 
+@pytest.mark.parametrize("file_format", ["json", "avro"])
+def test_batch_letters_in_windows_and_in_lists_make_one_sorted_file_per_shard(
+    tmp_path, file_format
+):
+    """2,500 letters (more than a shard's list holds) in fixed windows or in the global window,
+    in either order: one file per shard, every letter once, sorted, the same bytes each way."""
+    letters = [
+        dead_letter_for(
+            SourceRecord(b'{"n":%d}' % i, {"file": "f.jsonl", "line": i}),
+            stage="validate",
+            error=ValueError(f"bad {i % 7}"),
+        )
+        for i in range(2_500)
+    ]
+
+    def run(name, items, windowed):
+        with TestPipeline(runner="FnApiRunner") as p:
+            pcoll = p | beam.Create(items)
+            if windowed:
+                pcoll = (
+                    pcoll
+                    | beam.Map(lambda x: window.TimestampedValue(x, int(x.origin["line"])))
+                    | beam.WindowInto(window.FixedWindows(60))
+                )
+            _ = pcoll | WriteDeadLetters(str(tmp_path / name), format=file_format, num_shards=2)
+        return _files(tmp_path / name)
+
+    windowed = run("windowed", letters, True)
+    plain = run("plain", letters[::-1], False)
+    assert windowed == plain
+    extension = "jsonl" if file_format == "json" else "avro"
+    assert sorted(plain) == [f"dead_letters-0000{i}-of-00002.{extension}" for i in (0, 1)]
+    if file_format == "json":
+        lines = [line for data in plain.values() for line in data.decode().splitlines()]
+        assert sorted(lines) == sorted(letter.to_json(failed_at="") for letter in letters)
+        for data in plain.values():
+            assert data.decode().splitlines() == sorted(data.decode().splitlines())
+    else:
+        with TestPipeline(runner="FnApiRunner") as p:
+            back = p | ReadDeadLetters(str(tmp_path / "plain" / "*.avro"))
+            assert_that(back, equal_to(_as_batch_writes(letters)))
+
+
 def test_avro_dead_letter_file_has_bytes_payload_and_typed_origin(tmp_path):
     """The Avro schema keeps the payload as bytes and origin ints as longs."""
     letters = _letters()[:1]

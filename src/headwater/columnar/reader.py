@@ -164,7 +164,10 @@ def _kind_lines(data: Any, starts: np.ndarray, column: str, start: bytes | None)
 
 
 def _parse_run(
-    data: Any, starts: np.ndarray, whole: tuple[str, ...] = ()
+    data: Any,
+    starts: np.ndarray,
+    whole: tuple[str, ...] = (),
+    odd_kinds: set[tuple[str, str]] | None = None,
 ) -> tuple[list[tuple[np.ndarray, pa.Table]], list[int]]:
     """Parses a run of JSON lines, setting aside the lines pyarrow refuses.
 
@@ -183,6 +186,12 @@ def _parse_run(
       lines parsed again.
 
     Each of these sets aside at least one line, so the loop ends; runs on a parse thread.
+
+    ``odd_kinds`` (shared by the runs of a file, updated here): the ``(column, kind)`` pairs
+    set aside by an earlier refusal. Their lines are found and set aside before the first
+    parse, when they are fewer than half the run: a file whose amounts are sometimes strings
+    then costs one parse per run, not one more per odd column (the lines set aside are the
+    same ones the refusals would find).
     """
     n = len(starts)
     ends = np.append(starts[1:], len(data))  # each line's bytes, up to the next line
@@ -190,6 +199,21 @@ def _parse_run(
     aside = np.zeros(n, dtype=bool)
     tables: list[tuple[np.ndarray, pa.Table]] = []
     todo = [np.arange(n)]
+
+    def set_aside(positions: np.ndarray) -> None:
+        nonlocal text
+        if text is data:
+            text = bytearray(data)
+        for position in positions.tolist():  # spaces up to the line's newline: pyarrow skips it
+            start, end = int(starts[position]), int(ends[position])
+            stop = text.find(b"\n", start, end)
+            text[start : end if stop < 0 else stop] = b" " * ((end if stop < 0 else stop) - start)
+        aside[positions] = True
+
+    for column, kind in sorted(odd_kinds or ()):
+        known = _kind_lines(data, starts, column, _KIND_STARTS.get(kind))
+        if len(known) > 0 and 2 * len(known) <= n:
+            set_aside(known)
     while todo:
         alive = todo.pop()
         alive = alive[~aside[alive]]
@@ -224,18 +248,14 @@ def _parse_run(
                 continue
             column = parsed.column
             now = alive[_kind_lines(view, local, column, _KIND_STARTS.get(parsed.now or ""))]
-            odd = np.append(now, alive[row])
+            odd, kind = np.append(now, alive[row]), parsed.now or ""
             if 2 * len(now) > len(alive):  # the odd kind came first: set the other kind aside
                 was = alive[_kind_lines(view, local, column, _KIND_STARTS.get(parsed.was or ""))]
                 if 0 < len(was) < len(now):
-                    odd = was
-        if text is data:
-            text = bytearray(data)
-        for position in odd.tolist():  # spaces up to the line's newline: pyarrow skips it
-            start, end = int(starts[position]), int(ends[position])
-            stop = text.find(b"\n", start, end)
-            text[start : end if stop < 0 else stop] = b" " * ((end if stop < 0 else stop) - start)
-        aside[odd] = True
+                    odd, kind = was, parsed.was or ""
+            if odd_kinds is not None and kind in _KIND_STARTS:
+                odd_kinds.add((column, kind))
+        set_aside(odd)
         todo.append(alive)
     return tables, np.flatnonzero(aside).tolist()
 
@@ -361,8 +381,9 @@ class BlockReader(beam.DoFn):
         while the Python steps run. Blocks still finish strictly in file order.
         """
         pending: _PendingBlock | None = None
+        odd_kinds: set[tuple[str, str]] = set()  # see _parse_run
         for first_line, piece in _json_pieces(path) if pieces is None else pieces:
-            started = self._start_json_block(state, path, first_line, piece)
+            started = self._start_json_block(state, path, first_line, piece, odd_kinds)
             if pending is not None:
                 self._end_json_block(state, pending)
                 yield None
@@ -372,7 +393,12 @@ class BlockReader(beam.DoFn):
             yield None
 
     def _start_json_block(
-        self, state: ColumnarState, path: str, first_line: int, block: bytes
+        self,
+        state: ColumnarState,
+        path: str,
+        first_line: int,
+        block: bytes,
+        odd_kinds: set[tuple[str, str]],
     ) -> _PendingBlock:
         """Finds the block's lines, blanks the ones pyarrow must not see, starts parsing."""
         ranges = _Ranges(block)
@@ -421,6 +447,7 @@ class BlockReader(beam.DoFn):
                 memoryview(text)[ranges.starts[run[0]] : ranges.next_starts[run[-1]]],
                 ranges.starts[run] - ranges.starts[run[0]],
                 whole,
+                odd_kinds,
             )
             for run in runs
         ]

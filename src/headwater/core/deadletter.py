@@ -47,9 +47,16 @@ class DeadLetter:
         row["payload_b64"] = base64.b64encode(row.pop("payload")).decode("ascii")
         return row
 
-    def to_json(self) -> str:
-        """One JSON line (keys sorted), the dead-letter files' format."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    def to_json(self, *, failed_at: str | None = None) -> str:
+        """One JSON line (keys sorted), the dead-letter files' format.
+
+        ``failed_at``: written instead of the letter's own instant (a batch run's files hold
+        ``""``, see :mod:`headwater.io.deadletterio`).
+        """
+        row = self.to_dict()
+        if failed_at is not None:
+            row["failed_at"] = failed_at
+        return json.dumps(row, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> DeadLetter:

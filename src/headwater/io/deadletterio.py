@@ -10,7 +10,9 @@ by event time: it re-windows into the global window first.
   ends -- ``dead_letters-00000-of-00001.jsonl`` (``.avro``). Content and names are
   deterministic, so re-running the same input rewrites the same bytes: envelopes are written
   with an empty ``failed_at`` (the wall-clock instant of a batch failure says nothing about the
-  record and would make every re-run's files differ; the run's time is the scheduler's).
+  record and would make every re-run's files differ; the run's time is the scheduler's). Each
+  letter's line is encoded once and travels to its shard in lists of up to 1,000, so a flood
+  of bad records costs their encoding, not a shuffled element each.
 * Streaming: panes fire after ``max_records_per_file`` envelopes or ``max_delay`` of processing
   time, whichever comes first (``Repeatedly(AfterAny(AfterCount, AfterProcessingTime))``,
   discarding), one file per (shard, pane), each envelope with its wall-clock ``failed_at``:
@@ -54,9 +56,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from headwater.core.deadletter import DeadLetter
 from headwater.core.shards import stable_shard
+from headwater.core.stamps import in_global_window
 from headwater.io.fileio import (
     canonical_json,
     content_digest,
@@ -128,14 +132,57 @@ def _origin_value(value: Any) -> Any:
     return canonical_json(value)
 
 
+def _checked(letter: Any) -> DeadLetter:
+    if not isinstance(letter, DeadLetter):
+        raise TypeError(f"WriteDeadLetters writes DeadLetter values, got {type(letter)!r}")
+    return letter
+
+
 class _KeyByShardFn(beam.DoFn):
+    """Streaming: each letter keyed by the hash of its content without ``failed_at``."""
+
     def __init__(self, num_shards: int):
         self._num_shards = num_shards
 
     def process(self, letter: DeadLetter) -> Iterator[tuple[int, DeadLetter]]:
-        if not isinstance(letter, DeadLetter):
-            raise TypeError(f"WriteDeadLetters writes DeadLetter values, got {type(letter)!r}")
-        yield stable_shard(_shard_text(letter), self._num_shards), letter
+        yield stable_shard(_shard_text(_checked(letter)), self._num_shards), letter
+
+
+_BATCH_LINES = 1_000  # a batch run's letters sent to their shard at a time
+
+
+class _BatchByShardFn(beam.DoFn):
+    """Batch: each letter's file line (``failed_at`` empty) computed once and keyed by its hash,
+    sent in lists of up to ``_BATCH_LINES`` ``(line, letter or None)`` pairs per shard: one
+    shuffled element per list, not per letter (a bad file's letters cost their encoding, not
+    the runner's per-element work). The letter travels only when the writer needs it (Avro,
+    or reporting the records written)."""
+
+    def __init__(self, num_shards: int, keep_letters: bool):
+        self._num_shards = num_shards
+        self._keep = keep_letters
+        self._lists: dict[int, list[tuple[str, DeadLetter | None]]] = {}
+
+    def start_bundle(self) -> None:
+        self._lists = {}
+
+    def process(self, letter: DeadLetter) -> Iterator[tuple[int, list[Any]]]:
+        line = _checked(letter).to_json(failed_at="")
+        shard = stable_shard(line, self._num_shards)
+        pairs = self._lists.setdefault(shard, [])
+        pairs.append((line, dataclasses.replace(letter, failed_at="") if self._keep else None))
+        if len(pairs) >= _BATCH_LINES:
+            del self._lists[shard]
+            yield shard, pairs
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for shard, pairs in self._lists.items():
+            yield in_global_window((shard, pairs), MIN_TIMESTAMP.micros)
+        self._lists = {}
+
+
+def _line_of(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 class _WriteShardPaneFn(beam.DoFn):
@@ -156,18 +203,23 @@ class _WriteShardPaneFn(beam.DoFn):
         self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
 
     def process(
-        self, element: tuple[int, Iterable[DeadLetter]], pane=beam.DoFn.PaneInfoParam
+        self, element: tuple[int, Iterable[Any]], pane=beam.DoFn.PaneInfoParam
     ) -> Iterator[Any]:
-        shard, letters = element
-        if self._batch:  # deterministic files: no wall-clock instant in them
-            letters = [dataclasses.replace(letter, failed_at="") for letter in letters]
-        letters = list(letters)
-        texts = [letter.to_json() for letter in letters]  # the line of each, once
-        order = sorted(range(len(letters)), key=texts.__getitem__)
-        if not order:
+        """Batch: ``element`` holds lists of ``(line, letter)`` pairs (``_BatchByShardFn``);
+        streaming: letters (``_KeyByShardFn``)."""
+        shard, grouped = element
+        if self._batch:  # lists of (line, letter) pairs, no wall-clock instant in them
+            pairs = sorted((pair for part in grouped for pair in part), key=_line_of)
+            lines = [line for line, _ in pairs]
+            ordered = [letter for _, letter in pairs]
+        else:
+            letters = list(grouped)
+            texts = [letter.to_json() for letter in letters]  # the line of each, once
+            order = sorted(range(len(letters)), key=texts.__getitem__)
+            ordered = [letters[i] for i in order]
+            lines = [texts[i] for i in order]
+        if not lines:
             return
-        ordered = [letters[i] for i in order]
-        lines = [texts[i] for i in order]
         digest = None  # batch: one pane per shard, its name stable across re-runs
         if not self._batch:
             digest = content_digest("\n".join(sorted(map(_shard_text, ordered))))
@@ -270,10 +322,15 @@ class WriteDeadLetters(beam.PTransform):
             # Batch: one pane when the input ends (processing-time triggers do not run in batch,
             # and count-based panes would make file contents depend on bundle order).
             rewindow = beam.WindowInto(beam_window.GlobalWindows())
+        keep = self._format != "json" or self._report
+        key = _BatchByShardFn(self._num_shards, keep) if batch else _KeyByShardFn(self._num_shards)
+        if batch and isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
+            rewindowed = pcoll  # already there: no step per letter
+        else:
+            rewindowed = pcoll | "GlobalWindow" >> rewindow
         return (
-            pcoll
-            | "GlobalWindow" >> rewindow
-            | "KeyByShard" >> beam.ParDo(_KeyByShardFn(self._num_shards))
+            rewindowed
+            | "KeyByShard" >> beam.ParDo(key)
             | "GroupPerShard" >> beam.GroupByKey()
             | "WriteFiles"
             >> beam.ParDo(
