@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from headwater.columnar import reader
-from headwater.columnar.reader import _parse_run, _read_json, _Refusal
+from headwater.columnar import jsonruns
+from headwater.columnar.jsonruns import Refusal, parse_run, read_json
 
 
 def _good(i: int) -> bytes:
@@ -17,7 +17,7 @@ def _good(i: int) -> bytes:
 def _parse(
     lines: list[bytes], whole: tuple[str, ...] = (), odd_kinds: set | None = None
 ) -> tuple[list[int], list[int], int]:
-    """``_parse_run`` over ``lines``: (positions parsed, in order; positions set aside; calls)."""
+    """``parse_run`` over ``lines``: (positions parsed, in order; positions set aside; calls)."""
     data = b"".join(line + b"\n" for line in lines)
     starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
     calls = 0
@@ -25,11 +25,11 @@ def _parse(
     def counted(view):
         nonlocal calls
         calls += 1
-        return _read_json(view)
+        return read_json(view)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reader, "_read_json", counted)
-        tables, aside = _parse_run(data, starts, whole, odd_kinds)
+        patch.setattr(jsonruns, "read_json", counted)
+        tables, aside = parse_run(data, starts, whole, odd_kinds)
     parsed = []
     for positions, table in tables:
         assert table.num_rows == len(positions)
@@ -42,9 +42,9 @@ def test_a_refused_piece_names_the_row_and_the_column_whose_kind_changed():
     """pyarrow's refusal names the odd row (0-based), the column and both kinds."""
     good = b'{"id":"a","t":1,"k":"x","amount":1.5}\n'
     odd = b'{"id":"b","t":2,"k":"x","amount":"12 EUR"}\n'
-    assert _read_json(good * 5 + odd + good * 3) == _Refusal(5, "amount", "number", "string")
-    assert _read_json(good * 2 + b'{"id":"c",}\n') == _Refusal(2)
-    assert isinstance(_read_json(good * 3), pa.Table)
+    assert read_json(good * 5 + odd + good * 3) == Refusal(5, "amount", "number", "string")
+    assert read_json(good * 2 + b'{"id":"c",}\n') == Refusal(2)
+    assert isinstance(read_json(good * 3), pa.Table)
 
 
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
@@ -139,7 +139,7 @@ def test_two_objects_on_one_line_set_aside_a_few_lines_around_it_not_the_piece()
     lines[2_100] = _good(2_100) + _good(9_999)
     parsed, aside, _ = _parse(lines)
     assert 2_100 in aside
-    assert len(aside) <= reader._MIN_BISECT_LINES
+    assert len(aside) <= jsonruns.MIN_BISECT_LINES
     assert parsed == [i for i in range(4_000) if i not in aside]
 
 
@@ -163,7 +163,7 @@ def test_a_fraction_in_an_integer_column_sets_aside_its_line_not_the_piece():
     assert calls == 2
     data = b"".join(line + b"\n" for line in lines)
     starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
-    tables, _ = _parse_run(data, starts, ("t",))
+    tables, _ = parse_run(data, starts, ("t",))
     assert all(table.schema.field("t").type == pa.int64() for _, table in tables)
 
 
