@@ -107,10 +107,27 @@ class IdAnchors(dict):
     def _overflowing(self) -> bool:
         return dict.__len__(self) > 0
 
-    def _stored(self) -> pa.ChunkedArray:
+    def _stored(self, entries: np.ndarray) -> pa.Array:
+        """The held ids of ``entries``, in that order.
+
+        Taken chunk by chunk: Arrow's take over a chunked string array joins the chunks first,
+        which copied every held id for each block (30 ms a block at 900k ids; this is 0.1 ms).
+        """
         if len(self._ids) > 32:
-            self._ids = [pa.chunked_array(self._ids).combine_chunks()]
-        return pa.chunked_array(self._ids, type=pa.string())
+            self._ids = [pa.chunked_array(self._ids, type=pa.string()).combine_chunks()]
+        bounds = np.cumsum([0] + [len(chunk) for chunk in self._ids])
+        order = np.argsort(entries, kind="stable")
+        ordered = entries[order]
+        cuts = np.searchsorted(ordered, bounds)
+        parts = [
+            chunk.take(pa.array(ordered[cuts[i] : cuts[i + 1]] - bounds[i]))
+            for i, chunk in enumerate(self._ids)
+            if cuts[i + 1] > cuts[i]
+        ]
+        taken = pa.concat_arrays(parts) if parts else pa.array([], type=pa.string())
+        inverse = np.empty(len(order), dtype=np.int64)
+        inverse[order] = np.arange(len(order))
+        return taken.take(pa.array(inverse))
 
     def _probe(self, hashes: np.ndarray) -> np.ndarray:
         """The entry holding each hash, or -1."""
@@ -134,7 +151,7 @@ class IdAnchors(dict):
         entries = self._probe(hashes)
         hit = np.flatnonzero(entries >= 0)
         if len(hit):
-            stored = self._stored().take(pa.array(entries[hit]))
+            stored = self._stored(entries[hit])
             same = pc.equal(ids.take(pa.array(hit)), stored).to_numpy(zero_copy_only=False)
             entries[hit[~same]] = -2  # the hash belongs to another id
         values = np.full(len(ids), NO_TIME, dtype=np.int64)
@@ -173,7 +190,7 @@ class IdAnchors(dict):
             return
         live = np.flatnonzero(~forgotten(self._values[: self._size]))
         if len(live) < self._size:
-            self._ids = [self._stored().take(pa.array(live)).combine_chunks()] if len(live) else []
+            self._ids = [self._stored(live)] if len(live) else []
             self._hashes[: len(live)] = self._hashes[live]
             self._values[: len(live)] = self._values[live]
             self._size = len(live)
