@@ -72,8 +72,12 @@ def summarize(
     accounting: Accounting,
     wall_s: float,
     outputs: Mapping[str, str | None],
+    listed: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The run summary: the accounting, rates, throughput and where outputs went."""
+    """The run summary: the accounting, rates, throughput and where outputs went.
+
+    ``listed``: the output folders' files (:func:`_output_files`), when the caller has them.
+    """
     counts = accounting.to_dict()
     records_in = max(accounting.records_in, 1)
     summary: dict[str, Any] = {
@@ -88,16 +92,20 @@ def summarize(
         },
         "outputs": {},
     }
-    listed = _output_files(outputs)
+    listed = _output_files(outputs) if listed is None else listed
     for name, folder in outputs.items():
         summary["outputs"][name] = {"path": folder, "files": len(listed.get(name, []))}
     return summary
 
 
-def _write_markers(outputs: Mapping[str, str | None], summary: Mapping[str, Any]) -> None:
+def _write_markers(
+    outputs: Mapping[str, str | None],
+    summary: Mapping[str, Any],
+    listed: Mapping[str, list[str]],
+) -> None:
     """``_SUCCESS`` (the run's counts and that folder's files) into each output folder, last."""
     counts = ("pipeline", "runner", "records_in", "output", "duplicate", "dead_letter", "late")
-    for name, files in _output_files(outputs).items():
+    for name, files in listed.items():
         folder = str(outputs[name])
         body = {"folder": name, **{k: summary.get(k) for k in counts}}
         write_success_marker(folder, body, files)
@@ -238,9 +246,9 @@ def run_pipeline(
         "CANCELLED",
     ):
         raise RuntimeError(f"{runner} job ended in state {state}")
-    summary = summarize(
-        name, runner, Accounting.from_result(result), time.monotonic() - started, outputs
-    )
+    wall_s = time.monotonic() - started
+    listed = _output_files(outputs)  # once: a session run writes thousands of files
+    summary = summarize(name, runner, Accounting.from_result(result), wall_s, outputs, listed)
     summary["state"] = state
     summary["engine"] = getattr(built, "engine", "record")
     if summary["engine"] == "record":  # why the fast path did not run, in the summary and report
@@ -276,7 +284,7 @@ def run_pipeline(
             late_dir=outputs.get("late"),
         )
         print(f"  report       -> {values['report']}")
-    _write_markers(outputs, summary)
+    _write_markers(outputs, summary, listed)
     return summary
 
 
