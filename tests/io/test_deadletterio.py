@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, window
 
 from headwater.core.deadletter import dead_letter_for
 from headwater.core.records import SourceRecord
@@ -150,6 +150,27 @@ def test_batch_letters_in_windows_and_in_lists_make_one_sorted_file_per_shard(
         with TestPipeline(runner="FnApiRunner") as p:
             back = p | ReadDeadLetters(str(tmp_path / "plain" / "*.avro"))
             assert_that(back, equal_to(_as_batch_writes(letters)))
+
+
+def test_batch_letters_under_a_trigger_still_make_one_pane_per_shard(tmp_path):
+    """Letters arriving in the global window with a count trigger (an earlier step's) are
+    re-windowed: one pane, one file, every letter, not a file per fired pane."""
+    letters = _letters() * 5
+    with TestPipeline(runner="FnApiRunner") as p:
+        triggered = (
+            p
+            | beam.Create(letters)
+            | beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=trigger.Repeatedly(trigger.AfterCount(2)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+            )
+        )
+        _ = triggered | WriteDeadLetters(str(tmp_path))
+    files = _files(tmp_path)
+    assert list(files) == ["dead_letters-00000-of-00001.jsonl"]
+    lines = files["dead_letters-00000-of-00001.jsonl"].decode().splitlines()
+    assert sorted(lines) == sorted(letter.to_json(failed_at="") for letter in letters)
 
 
 def test_avro_dead_letter_file_has_bytes_payload_and_typed_origin(tmp_path):

@@ -324,8 +324,8 @@ class WriteDeadLetters(beam.PTransform):
             rewindow = beam.WindowInto(beam_window.GlobalWindows())
         keep = self._format != "json" or self._report
         key = _BatchByShardFn(self._num_shards, keep) if batch else _KeyByShardFn(self._num_shards)
-        if batch and isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
-            rewindowed = pcoll  # already there: no step per letter
+        if batch and pcoll.windowing.is_default():
+            rewindowed = pcoll  # already global, default trigger: no step per letter
         else:
             rewindowed = pcoll | "GlobalWindow" >> rewindow
         return (
