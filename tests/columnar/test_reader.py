@@ -173,3 +173,16 @@ def test_floats_in_a_column_the_checks_take_as_floats_stay_in_the_piece():
     lines[50] = _good(50)
     parsed, aside, calls = _parse(lines, whole=("t", "k"))
     assert (aside, len(parsed), calls) == ([], 100, 1)
+
+
+@pytest.mark.parametrize("column", ["amount", "a b", "a-b", "a.b", "a+b*", "x(1)", "a|b", "naïve"])
+def test_kind_lines_finds_a_column_whatever_its_name_holds(column):
+    """Names with regular-expression characters or UTF-8 match only their own lines."""
+    import json
+
+    rows = [{column: 1, "z": "q"}, {column: "s", "z": 1}, {"other": "s", "z": 2}]
+    lines = [json.dumps(row, ensure_ascii=False).encode() for row in rows]
+    data = b"".join(line + b"\n" for line in lines)
+    starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
+    assert jsonruns.kind_lines(data, starts, column, rb'"').tolist() == [1]
+    assert jsonruns.kind_lines(data, starts, column, rb"[-0-9]").tolist() == [0]
