@@ -32,6 +32,7 @@ from headwater.io.fileio import (
     match_files,
     prepare_output_folders,
     stable_shard,
+    write_atomically,
     write_once,
     write_success_marker,
 )
@@ -374,6 +375,23 @@ def test_write_once_is_a_no_op_for_the_same_bytes_and_keeps_other_bytes_out(tmp_
         assert handle.read() == b"first"
     siblings = list_output_files(str(tmp_path / "w") if folder == "local" else f"{folder}/w")
     assert [os.path.basename(name) for name in siblings] == ["f.bin"]
+
+
+def test_atomic_writes_make_missing_folders_at_any_depth_and_fail_on_a_file_in_the_way(tmp_path):
+    """A new folder, a new folder in a new folder, an existing folder: all written; a file
+    where the folder should be fails the write, naming the path."""
+    for relative in ("a/f.bin", "b/c/d/f.bin", "a/g.bin"):
+        write_atomically(str(tmp_path / relative), relative.encode())
+        assert (tmp_path / relative).read_bytes() == relative.encode()
+    (tmp_path / "blocked").write_bytes(b"a file")
+    with pytest.raises(OSError, match="blocked"):
+        write_atomically(str(tmp_path / "blocked" / "f.bin"), b"x")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "blocked",
+        "f.bin",
+        "f.bin",
+        "g.bin",
+    ]
 
 
 def test_write_once_without_hard_links_still_keeps_an_existing_file(tmp_path, monkeypatch):

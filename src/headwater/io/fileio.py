@@ -261,6 +261,17 @@ def _same_bytes(path: str, data: bytes) -> bool:
         return handle.read() == data
 
 
+def _make_folder(directory: str) -> None:
+    """``os.makedirs(directory, exist_ok=True)`` in one call when the parent exists (a session
+    run makes thousands of window folders: ``makedirs`` checks the parent, then the folder)."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        pass  # a file of that name fails the write that follows, naming it
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+
+
 def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
@@ -269,7 +280,7 @@ def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) ->
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
-            os.makedirs(directory or ".", exist_ok=True)
+            _make_folder(directory or ".")
             with open(temp, "wb") as handle:
                 handle.write(data)
             if replace:
