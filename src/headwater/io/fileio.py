@@ -686,9 +686,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
     """``table`` as one Parquet file's bytes, with :class:`WriteWindowedFiles`' write options.
 
     The columnar path (:mod:`headwater.columnar.write`) builds its tables column-wise and
-    encodes them here, so that its files equal the writer's byte for byte.
+    encodes them here, so that its files equal the writer's byte for byte. Written to an
+    Arrow buffer, not a Python file object (a session run encodes thousands of small files).
     """
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()
     pq.write_table(
         table,
         buffer,
@@ -700,7 +701,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
         coerce_timestamps="us",
         allow_truncated_timestamps=False,
     )
-    return buffer.getvalue()
+    return buffer.getvalue().to_pybytes()
 
 
 def _convert_given(value: Any) -> Any:
