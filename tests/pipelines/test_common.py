@@ -130,3 +130,32 @@ def test_max_records_help_says_total():
     text = FLAGS["max_records"].help
     assert "in total" in text
     assert "per partition" not in text
+
+
+def test_the_summary_counts_each_output_folders_own_files(tmp_path, monkeypatch):
+    """Relative folders, the late folder nested in the dead-letter folder, a writer's temp
+    file and the completion marker: each file is counted once, in its own folder."""
+    from headwater.pipelines.running import _output_files
+
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "out/window_start=1/part-0.parquet",
+        "out/window_start=2/part-0.parquet",
+        "out/window_start=2/.tmp-part-1.parquet-0a1b",
+        "out/_SUCCESS",
+        "dlq/dead_letters-0.jsonl",
+        "dlq/late/dead_letters-0.jsonl",
+        "dlq/late/dead_letters-1.jsonl",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    listed = _output_files({"output": "out", "dead_letter": "dlq/", "late": "dlq/late"})
+    relative = {
+        name: sorted(str(path)[len(str(tmp_path)) + 1 :] for path in paths)
+        for name, paths in listed.items()
+    }
+    assert relative == {
+        "output": ["out/window_start=1/part-0.parquet", "out/window_start=2/part-0.parquet"],
+        "dead_letter": ["dlq/dead_letters-0.jsonl"],
+        "late": ["dlq/late/dead_letters-0.jsonl", "dlq/late/dead_letters-1.jsonl"],
+    }

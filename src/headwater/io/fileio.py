@@ -129,6 +129,7 @@ __all__ = [
     "encode_parquet",
     "file_name",
     "join_path",
+    "folder_prefix",
     "list_output_files",
     "match_files",
     "parquet_bytes",
@@ -316,7 +317,13 @@ class OutputFolderNotEmptyError(ValueError):
     """An output folder already holds files and the run was not asked to replace them."""
 
 
-def _folder(path: str) -> str:
+def folder_prefix(path: str) -> str:
+    """The prefix of every path :func:`list_output_files` gives under the folder ``path``: its
+    absolute form and a separator for a local folder, else ``path`` ending in one ``/``.
+
+    >>> folder_prefix("gs://bucket/out//")
+    'gs://bucket/out/'
+    """
     return path.rstrip("/") + "/" if not _is_local(path) else os.path.abspath(path) + os.sep
 
 
@@ -365,9 +372,9 @@ def prepare_output_folders(
                 f"{files[0]!r}): a run into it would mix its files with the earlier ones. Give "
                 "an empty or new folder, or --overwrite to delete its contents first"
             )
-        root = _folder(folder)
-        inside = [k for k in keep if _folder(k).startswith(root) or k.startswith(root)]
-        if _is_local(folder) and _folder(os.getcwd()).startswith(root):
+        root = folder_prefix(folder)
+        inside = [k for k in keep if folder_prefix(k).startswith(root) or k.startswith(root)]
+        if _is_local(folder) and folder_prefix(os.getcwd()).startswith(root):
             inside.append(os.getcwd())
         if inside:
             raise OutputFolderNotEmptyError(
@@ -390,8 +397,8 @@ def write_success_marker(folder: str, summary: Mapping[str, Any], files: Sequenc
 
     Written atomically and last, so a folder without it did not finish. Returns its path.
     """
-    root = _folder(folder)
-    full = [_folder(f)[:-1] for f in files]
+    root = folder_prefix(folder)
+    full = [folder_prefix(f)[:-1] for f in files]
     relative = sorted(f[len(root) :] if f.startswith(root) else f for f in full)
     body = {**summary, "files": relative}
     data = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")

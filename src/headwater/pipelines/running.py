@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
@@ -24,7 +23,12 @@ from apache_beam.options.pipeline_options import (
 
 from headwater import runners
 from headwater.core.accounting import Accounting, counter_total
-from headwater.io.fileio import SUCCESS_MARKER, prepare_output_folders, write_success_marker
+from headwater.io.fileio import (
+    folder_prefix,
+    list_output_files,
+    prepare_output_folders,
+    write_success_marker,
+)
 from headwater.io.kafka import reset_drain
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.checks import check_data, check_output_paths, dead_letter_stages
@@ -45,24 +49,18 @@ __all__ = [
 ]
 
 
-def _list_files(folder: str | None) -> list[str]:
-    if not folder:
-        return []
-    try:
-        matches = FileSystems.match([folder.rstrip("/") + "/**"])[0].metadata_list
-    except Exception:  # nothing written there
-        return []
-    names = sorted(m.path for m in matches)
-    return [n for n in names if "/.tmp-" not in n and not n.endswith("/" + SUCCESS_MARKER)]
-
-
 def _output_files(outputs: Mapping[str, str | None]) -> dict[str, list[str]]:
-    """Each output folder's files, without those of another output folder nested in it."""
-    folders = {name: folder.rstrip("/") + "/" for name, folder in outputs.items() if folder}
+    """Each output folder's files, without those of another output folder nested in it, and
+    without writers' temporary files (:func:`~headwater.io.fileio.list_output_files`)."""
+    folders = {name: folder_prefix(folder) for name, folder in outputs.items() if folder}
     listed = {}
     for name, folder in folders.items():
         nested = [f for other, f in folders.items() if other != name and f.startswith(folder)]
-        listed[name] = [f for f in _list_files(folder) if not any(f.startswith(n) for n in nested)]
+        listed[name] = [
+            f
+            for f in list_output_files(outputs[name])
+            if "/.tmp-" not in f and not any(f.startswith(n) for n in nested)
+        ]
     return listed
 
 
