@@ -264,13 +264,21 @@ def _same_bytes(path: str, data: bytes) -> bool:
 
 def _make_folder(directory: str) -> None:
     """``os.makedirs(directory, exist_ok=True)`` in one call when the parent exists (a session
-    run makes thousands of window folders: ``makedirs`` checks the parent, then the folder)."""
+    run makes thousands of window folders, each in a new folder of its start: ``makedirs``
+    checks each parent before making it, then checks the folder again when it exists)."""
     try:
         os.mkdir(directory)
     except FileExistsError:
         pass  # a file of that name fails the write that follows, naming it
     except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
+        parent = os.path.dirname(directory)
+        if not parent or parent == directory:
+            raise
+        _make_folder(parent)
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
 
 
 def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
