@@ -85,6 +85,7 @@ string. Naive datetimes are refused. Pass ``schema=`` when every file must share
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -275,10 +276,8 @@ def _make_folder(directory: str) -> None:
         if not parent or parent == directory:
             raise
         _make_folder(parent)
-        try:
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another writer
             os.mkdir(directory)
-        except FileExistsError:
-            pass
 
 
 def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
