@@ -10,7 +10,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["DEFAULT_SHARDS", "MAX_SHARDS", "shard_count_problem", "stable_shard"]
+__all__ = [
+    "DEFAULT_SHARDS",
+    "MAX_SHARDS",
+    "checked_shard_count",
+    "shard_count_problem",
+    "stable_shard",
+]
 
 #: Keys a stream's stateful steps (event-time dedup, late routing) are spread over by default.
 DEFAULT_SHARDS = 16
@@ -27,6 +33,21 @@ def shard_count_problem(count: Any) -> str | None:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
         return f"must be a whole number from 1 to {MAX_SHARDS}"
     return None
+
+
+def checked_shard_count(count: Any, *, name: str = "shards") -> int:
+    """``count`` when it is a number of shards; else ``ValueError`` naming ``name`` and it.
+
+    >>> checked_shard_count(8)
+    8
+    >>> checked_shard_count(0)
+    Traceback (most recent call last):
+    ValueError: shards=0 must be a whole number from 1 to 4096
+    """
+    problem = shard_count_problem(count)
+    if problem is not None:
+        raise ValueError(f"{name}={count!r} {problem}")
+    return count
 
 
 def stable_shard(text: str, num_shards: int) -> int:

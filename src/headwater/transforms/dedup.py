@@ -111,7 +111,7 @@ from apache_beam.utils.timestamp import Timestamp
 from headwater.core.accounting import NAMESPACE
 from headwater.core.batches import ShardBatches
 from headwater.core.deadletter import dead_letter_for
-from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem, stable_shard
+from headwater.core.shards import DEFAULT_SHARDS, checked_shard_count, stable_shard
 from headwater.transforms import dedupshards
 from headwater.transforms.keys import InvalidKeyError, MissingKeyError, key_text
 from headwater.windowing import rules
@@ -493,10 +493,7 @@ class DeduplicateById(beam.PTransform):
         shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
-        problem = shard_count_problem(shards)
-        if problem is not None:
-            raise ValueError(f"shards={shards!r} {problem}")
-        self._shards = shards
+        self._shards = checked_shard_count(shards)
         self.sharded = False  # once applied: whether the ids went by shard (a stream)
         if not isinstance(content_hash, bool):
             raise ValueError(f"content_hash={content_hash!r} must be True or False")

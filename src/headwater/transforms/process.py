@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import GlobalWindows, WindowFn
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem
+from headwater.core.shards import DEFAULT_SHARDS, checked_shard_count
 from headwater.transforms.accounting import CountAs
 from headwater.transforms.aggregate import (
     AggregateMetrics,
@@ -172,11 +172,8 @@ class ProcessEvents(beam.PTransform):
         shards: int = DEFAULT_SHARDS,
     ):
         super().__init__()
-        problem = shard_count_problem(shards)
-        if problem is not None:
-            raise ValueError(f"shards={shards!r} {problem}")
         self.sharded = False
-        self._shards = shards
+        self._shards = checked_shard_count(shards)
         self._lateness_s = parse_duration(allowed_lateness, name="allowed_lateness")
         self._window_fn = None if window is None else to_window_fn(window)
         self._trigger = to_trigger_spec(trigger)

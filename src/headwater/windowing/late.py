@@ -155,7 +155,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from headwater.core.batches import ShardBatches
 from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
-from headwater.core.shards import DEFAULT_SHARDS, shard_count_problem
+from headwater.core.shards import DEFAULT_SHARDS, checked_shard_count
 from headwater.core.stamps import in_global_window
 from headwater.windowing import rules
 from headwater.windowing.durations import DurationLike, format_duration, parse_duration
@@ -720,10 +720,7 @@ class RouteLateData(beam.PTransform):
         self._window_fn = _check_window_fn(window_fn)
         self._lateness_micros = _lateness_micros(allowed_lateness)
         self._horizon_micros = round(parse_duration(clock_horizon, name="clock_horizon") * 1e6)
-        problem = shard_count_problem(shards)
-        if problem is not None:
-            raise ValueError(f"shards={shards!r} {problem}")
-        self._shards = shards
+        self._shards = checked_shard_count(shards)
 
     def expand(self, pcoll):
         if not isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
