@@ -1073,3 +1073,18 @@ def test_a_silence_in_past_event_time_on_prism_routes_stragglers_exactly():
     assert sorted(r["id"] for r in result.values()) == [1, 2, 3]
     assert sorted(json.loads(d.payload)["id"] for d in result.late) == list(range(100, 116))
     assert _counter(result.pipeline_result, "late_routing.unverified") == 0
+
+
+def test_routing_reports_whether_it_went_by_shard():
+    """A stream is routed by shard, a bounded input is not (nothing is late in batch); the
+    window step reports the router's answer (the --stream_shards check reads it)."""
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
+    stream = pipeline | TestStream().add_elements([TimestampedValue({"k": 1}, 5)])
+    bounded = pipeline | beam.Create([{"k": 1}])
+    for pcoll, expected in ((stream, True), (bounded, False)):
+        window = WindowWithLateRouting(FixedWindows(60), allowed_lateness=0)
+        route = RouteLateData(FixedWindows(60), allowed_lateness=0)
+        assert (window.sharded, route.sharded) == (False, False)  # not applied yet
+        _ = pcoll | f"Window{expected}" >> window
+        _ = pcoll | f"Route{expected}" >> route
+        assert (window.sharded, route.sharded) == (expected, expected)

@@ -205,15 +205,16 @@ class ProcessEvents(beam.PTransform):
         if self._window_fn is None:
             main, late = records, raw.pipeline | "NoLateData" >> beam.Create([])
         else:
-            windowed = records | "Window" >> WindowWithLateRouting(
+            window = WindowWithLateRouting(
                 self._window_fn,
                 allowed_lateness=self._lateness_s,
                 trigger=self._trigger.trigger(),
                 accumulation_mode=self._trigger.accumulation_mode(),
                 shards=self._shards,
             )
+            windowed = records | "Window" >> window
             main, late = windowed.main, windowed.late
-            self.sharded = self.sharded or not records.is_bounded
+            self.sharded = self.sharded or window.sharded
         dead = (
             tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()
             if len(dead_letters) > 1

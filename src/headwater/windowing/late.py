@@ -721,6 +721,7 @@ class RouteLateData(beam.PTransform):
         self._lateness_micros = _lateness_micros(allowed_lateness)
         self._horizon_micros = round(parse_duration(clock_horizon, name="clock_horizon") * 1e6)
         self._shards = checked_shard_count(shards)
+        self.sharded = False  # once applied: whether the records went by shard (a stream)
 
     def expand(self, pcoll):
         if not isinstance(pcoll.windowing.windowfn, beam_window.GlobalWindows):
@@ -728,6 +729,7 @@ class RouteLateData(beam.PTransform):
                 f"RouteLateData needs its input in the global window, got "
                 f"{pcoll.windowing.windowfn!r}; route late data before beam.WindowInto"
             )
+        self.sharded = not pcoll.is_bounded
         if pcoll.is_bounded:
             # Batch: the watermark only moves once all input is in, so nothing is late.
             return LateRouted(pcoll, pcoll.pipeline | "NoLateData" >> beam.Create([]))
@@ -822,6 +824,11 @@ class WindowWithLateRouting(beam.PTransform):
                 f"timestamp_combiner={timestamp_combiner!r} is not a TimestampCombiner"
             )
         self._timestamp_combiner = timestamp_combiner
+
+    @property
+    def sharded(self) -> bool:
+        """Once applied: whether late routing went by shard (see :class:`RouteLateData`)."""
+        return self._route.sharded
 
     def expand(self, pcoll):
         routed = pcoll | "RouteLate" >> self._route
