@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Real tools the tests run (Prism, Apache Kafka, Chromium) live in the git-ignored .tools/.
+# Real tools the tests run (Prism, Apache Kafka, Flink, Chromium) live in the git-ignored .tools/.
 # Prism's version is the apache-beam version setup.py pins: written there and nowhere else.
 BEAM_VERSION := $(shell sed -nE 's/.*"apache-beam(\[[^]]*\])?==([^"]+)".*/\2/p' setup.py)
 TOOLS := .tools
@@ -15,10 +15,13 @@ PRISM_LINK := $(VENV)/bin/prism
 KAFKA_POM := tools/kafka/pom.xml
 KAFKA_LIBS := $(TOOLS)/kafka/libs
 KAFKA_STAMP := $(TOOLS)/kafka/.installed
+FLINK_POM := tools/flink/pom.xml
+FLINK_LIBS := $(TOOLS)/flink/libs
+FLINK_STAMP := $(TOOLS)/flink/.installed
 CHROMIUM ?= /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools prism kafka chromium demo test test-fast lint format bench template \
+.PHONY: help install tools prism kafka flink chromium demo test test-fast lint format bench template \
 	clean clean-tools FORCE
 
 help: ## list the targets
@@ -32,7 +35,7 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP) tools $(PRISM_LINK) ## create .venv, install headwater with its dev/test extras, build the tools
 
-tools: prism kafka chromium ## build or fetch Prism, Apache Kafka and Chromium into .tools/ (reuses what is there)
+tools: prism kafka flink chromium ## build or fetch Prism, Apache Kafka, Flink and Chromium into .tools/ (reuses what is there)
 
 prism: $(PRISM)
 
@@ -62,6 +65,18 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	@mvn -B -q -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory='$(abspath $(KAFKA_LIBS)).partial' \
 	  || { echo 'make tools: fetching Apache Kafka with Maven failed (output above); fix that, then run make tools' >&2; exit 1; }
 	@mv $(KAFKA_LIBS).partial $(KAFKA_LIBS)
+	@touch $@
+
+flink: $(FLINK_STAMP)
+
+# Beam's Flink job server and an embedded Flink (see the pom for why Beam 2.62.0's runner).
+$(FLINK_STAMP): $(FLINK_POM)
+	@command -v mvn >/dev/null && command -v java >/dev/null || { echo 'make tools: Flink needs Java 17+ and Maven on PATH (apt-get install -y openjdk-17-jre-headless maven); then run make tools' >&2; exit 1; }
+	@echo 'fetching Beam'"'"'s Flink job server ($(FLINK_POM)) from Maven Central into $(FLINK_LIBS)'
+	@rm -rf $(FLINK_LIBS) $(FLINK_LIBS).partial
+	@mvn -B -q -f $(FLINK_POM) dependency:copy-dependencies -DoutputDirectory='$(abspath $(FLINK_LIBS)).partial' \
+	  || { echo 'make tools: fetching Flink with Maven failed (output above); fix that, then run make tools' >&2; exit 1; }
+	@mv $(FLINK_LIBS).partial $(FLINK_LIBS)
 	@touch $@
 
 # The report's browser test drives Chromium; CI runs as root on Debian.
@@ -103,5 +118,5 @@ template: $(STAMP) ## write the Flex Template folders (metadata.json, Dockerfile
 clean: ## remove the environment and generated output (keeps the expensive .tools/)
 	rm -rf $(VENV) build *.egg-info src/*.egg-info demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
 
-clean-tools: ## remove .tools/ (Prism, Kafka); Go's and Maven's own caches stay
+clean-tools: ## remove .tools/ (Prism, Kafka, Flink); Go's and Maven's own caches stay
 	rm -rf $(TOOLS) $(PRISM_LINK)

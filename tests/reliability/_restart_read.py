@@ -25,7 +25,7 @@ import apache_beam as beam
 
 from headwater.devtools.produce import produce_lines
 from headwater.io.kafka import ReadFromKafka
-from headwater.testing.broker import start_broker, tansu_path
+from headwater.testing.broker import start_broker, tansu_command, tansu_path
 
 DEADLINE_S = 30.0
 STOP_AT = 1000
@@ -37,16 +37,7 @@ _STATE: dict[str, Any] = {"seen": 0, "restarted": None, "processes": []}
 def _start_tansu(port: int) -> subprocess.Popen:
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [
-            str(tansu_path()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        tansu_command(tansu_path(), url),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -2,7 +2,9 @@
 
 ``job_endpoint`` starts ``python -m apache_beam.runners.portability.local_job_service_main`` on
 a free port once per session (the same portable Job API Flink's job server speaks) and stops it
-by its own PID; ``prism_endpoint`` does the same with Prism's job server. ``start_stream_job``
+by its own PID; ``prism_endpoint`` does the same with Prism's job server, and
+``flink_endpoint`` with Beam's Flink job server and an embedded Apache Flink
+(:func:`headwater.testing.flink_server.start_flink`). ``start_stream_job``
 runs ``headwater run PIPELINE --runner=PrismRunner ...`` as a subprocess (:class:`StreamJob`:
 drain it with Ctrl-C, read its summary; killed by PID at teardown) and ``wait_until`` polls a
 condition with a deadline. ``events`` writes a deterministic JSON-lines file whose expected
@@ -222,3 +224,12 @@ def prism_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("prism") / "prism.log"
     command = [find_prism(), f"--job_port={port}", "--serve_http=false"]
     yield from _serve(command, port, log_path, "Prism's job server")
+
+
+@pytest.fixture(scope="session")
+def flink_endpoint() -> Iterator[str]:
+    """``localhost:PORT`` of Beam's Flink job server with an embedded Apache Flink."""
+    from headwater.testing.flink_server import start_flink
+
+    with start_flink() as flink:
+        yield flink.endpoint

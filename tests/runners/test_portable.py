@@ -1,10 +1,12 @@
-"""Every pipeline runs to completion on FlinkRunner and PortableRunner via Beam's job service.
+"""Every pipeline runs to completion on Apache Flink and on Beam's own job service.
 
-The job service (``local_job_service_main``) speaks the portable Job API that Flink's job server
-speaks; ``--environment_type=LOOPBACK`` runs the SDK harness in this process. Each test submits
-a small batch job the way ``headwater run`` does (``runners.prepare``, ``build``, ``run``),
-waits for it, and checks the job finished, the files or topics it wrote, and the accounting the
-job service reports through ``result.metrics()``.
+``FlinkRunner`` runs on Beam's Flink job server with an embedded Flink cluster (the
+``flink_endpoint`` fixture, ``make tools``) at parallelism 2; ``PortableRunner`` on Beam's
+local job service (``local_job_service_main``), the same portable Job API.
+``--environment_type=LOOPBACK`` runs the SDK harness in this process. Each test submits a small
+batch job the way ``headwater run`` does (``runners.prepare``, ``build``, ``run``), waits for
+it, and checks the job finished, the files or topics it wrote, and the accounting the runner
+reports through ``result.metrics()``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,15 @@ def _submit(module, argv: list[str]) -> tuple[str, beam.runners.runner.PipelineR
 
 
 def _portable(runner: str, endpoint: str) -> list[str]:
-    return [f"--runner={runner}", f"--job_endpoint={endpoint}", "--environment_type=LOOPBACK"]
+    flags = [f"--runner={runner}", f"--job_endpoint={endpoint}", "--environment_type=LOOPBACK"]
+    return [*flags, "--parallelism=2"] if runner == "FlinkRunner" else flags
+
+
+@pytest.fixture
+def endpoint(runner_name: str, request: pytest.FixtureRequest) -> str:
+    """FlinkRunner's job server is Apache Flink's; PortableRunner's Beam's job service."""
+    name = "flink_endpoint" if runner_name == "FlinkRunner" else "job_endpoint"
+    return str(request.getfixturevalue(name))
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -81,12 +91,12 @@ def _consume_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("runner_name", RUNNERS)
-def test_windowed_metrics_finishes_with_expected_rows(runner_name, job_endpoint, events, tmp_path):
+def test_windowed_metrics_finishes_with_expected_rows(runner_name, endpoint, events, tmp_path):
     """windowed_metrics on the job service: one row per window and user, counts add up."""
     runner, result = _submit(
         windowed_metrics,
         [
-            *_portable(runner_name, job_endpoint),
+            *_portable(runner_name, endpoint),
             f"--input={events.path}",
             f"--output={tmp_path / 'out'}",
             f"--dead_letter={tmp_path / 'dlq'}",
@@ -113,12 +123,12 @@ def test_windowed_metrics_finishes_with_expected_rows(runner_name, job_endpoint,
 
 
 @pytest.mark.parametrize("runner_name", RUNNERS)
-def test_stream_etl_finishes_with_every_unique_record(runner_name, job_endpoint, events, tmp_path):
+def test_stream_etl_finishes_with_every_unique_record(runner_name, endpoint, events, tmp_path):
     """stream_etl on the job service: each unique event written once, the bad line dead."""
     _, result = _submit(
         stream_etl,
         [
-            *_portable(runner_name, job_endpoint),
+            *_portable(runner_name, endpoint),
             f"--input={events.path}",
             f"--output={tmp_path / 'out'}",
             f"--dead_letter={tmp_path / 'dlq'}",
@@ -136,7 +146,7 @@ def test_stream_etl_finishes_with_every_unique_record(runner_name, job_endpoint,
 @pytest.mark.integration
 @pytest.mark.parametrize("runner_name", RUNNERS)
 def test_kafka_to_kafka_reads_bounded_kafka_and_writes_topics(
-    runner_name, job_endpoint, events, kafka_bootstrap, make_kafka_topic
+    runner_name, endpoint, events, kafka_bootstrap, make_kafka_topic
 ):
     """kafka_to_kafka on the job service: a bounded Kafka read (the SDF), dedup, two topics."""
     source, output, dlq = (make_kafka_topic(partitions=2) for _ in range(3))
@@ -145,7 +155,7 @@ def test_kafka_to_kafka_reads_bounded_kafka_and_writes_topics(
     _, result = _submit(
         kafka_to_kafka,
         [
-            *_portable(runner_name, job_endpoint),
+            *_portable(runner_name, endpoint),
             "--source=kafka",
             f"--bootstrap_servers={kafka_bootstrap}",
             f"--topic={source}",
@@ -165,7 +175,7 @@ def test_kafka_to_kafka_reads_bounded_kafka_and_writes_topics(
 
 
 @pytest.mark.parametrize("runner_name", RUNNERS)
-def test_replay_dead_letters_moves_fixed_records_into_output(runner_name, job_endpoint, tmp_path):
+def test_replay_dead_letters_moves_fixed_records_into_output(runner_name, endpoint, tmp_path):
     """replay_dead_letters on the job service: letters that failed sum:price replay as output."""
     records = [
         {"event_id": f"e{i}", "user_id": "u", "event_time": 1_000 * i, "amount": i}
@@ -187,7 +197,7 @@ def test_replay_dead_letters_moves_fixed_records_into_output(runner_name, job_en
     _, result = _submit(
         replay_dead_letters,
         [
-            *_portable(runner_name, job_endpoint),
+            *_portable(runner_name, endpoint),
             f"--dead_letter_input={tmp_path / 'first' / 'dlq' / '*.jsonl'}",
             "--target=windowed_metrics",
             f"--output={tmp_path / 'replay' / 'out'}",
@@ -225,14 +235,13 @@ def test_portable_batch_runs_are_waited_for_and_streaming_ones_are_not(job_endpo
 
 
 def test_headwater_run_on_flink_waits_and_prints_the_accounting(
-    job_endpoint, events, tmp_path, capsys
+    flink_endpoint, events, tmp_path, capsys
 ):
-    """`run()` through FlinkRunner --job_endpoint waits for the batch job and summarizes it."""
+    """`run()` on Apache Flink (FlinkRunner --job_endpoint) waits for the batch job and
+    summarizes it from the job's metrics."""
     summary = windowed_metrics.run(
         [
-            "--runner=FlinkRunner",
-            f"--job_endpoint={job_endpoint}",
-            "--environment_type=LOOPBACK",
+            *_portable("FlinkRunner", flink_endpoint),
             f"--input={events.path}",
             f"--output={tmp_path / 'out'}",
             f"--dead_letter={tmp_path / 'dlq'}",

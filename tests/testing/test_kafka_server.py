@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from headwater.testing.broker import BrokerError
+from headwater.testing.flink_server import start_flink
 from headwater.testing.kafka_server import TOOLS_ENV, kafka_libs, start_kafka, tools_dir
 
 pytestmark = pytest.mark.integration
@@ -51,12 +52,13 @@ def test_high_watermark_is_last_offset_plus_one(kafka_bootstrap, make_kafka_topi
     assert (low, high) == (0, 5)
 
 
-def test_missing_jars_name_make_tools(tmp_path, monkeypatch):
-    """An empty tools folder is a BrokerError that says to run `make tools`."""
+@pytest.mark.parametrize(("start", "tool"), [(start_kafka, "kafka"), (start_flink, "flink")])
+def test_missing_jars_name_make_tools(tmp_path, monkeypatch, start, tool):
+    """An empty tools folder is a BrokerError that says to run `make tools` (Kafka, Flink)."""
     monkeypatch.setenv(TOOLS_ENV, str(tmp_path))
     with pytest.raises(BrokerError, match=r"make tools") as raised:
-        start_kafka()
-    assert str(tmp_path / "kafka" / "libs") in str(raised.value)
+        start()
+    assert str(tmp_path / tool / "libs") in str(raised.value)
 
 
 def test_tools_dir_is_the_checkouts_dot_tools(monkeypatch):

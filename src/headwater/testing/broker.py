@@ -5,7 +5,8 @@
 returns a :class:`LocalBroker`; use it as a context manager so the broker is stopped (by its own
 process id, never by name) when the block ends. :func:`create_topic` works against any broker.
 :class:`LocalBroker`, :func:`free_port`, :func:`stop_process` and :func:`start_until_answering`
-also serve :mod:`headwater.testing.kafka_server`, which starts Apache Kafka the same way.
+also serve :mod:`headwater.testing.kafka_server`, which starts Apache Kafka the same way, and
+:class:`LocalServer` (a broker's base) :mod:`headwater.testing.flink_server`'s job server.
 
 Tansu reports a partition's high watermark as (base offset of its last record batch + 1)
 rather than (last offset + 1): tests that read "up to the end" should send each partition's last
@@ -28,21 +29,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self, TypeVar
 
 __all__ = [
     "BrokerError",
     "LocalBroker",
+    "LocalServer",
     "bench_kafka_read",
     "create_topic",
     "free_port",
     "start_broker",
+    "spawn_in_workdir",
+    "spawn_logged",
     "start_until_answering",
     "stop_process",
+    "tansu_command",
     "tansu_path",
 ]
 
 _STOP_GRACE_S = 5.0
+ServerT = TypeVar("ServerT", bound="LocalServer")
 _LOG = logging.getLogger(__name__)
 
 
@@ -89,12 +95,68 @@ def stop_process(process: subprocess.Popen, *, grace: float = _STOP_GRACE_S) -> 
             process.wait(timeout=grace)
 
 
-class LocalBroker:
-    """A running broker process; stop it with :meth:`stop` or by leaving the ``with``.
+def spawn_logged(
+    command: list[str], log_path: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Starts ``command`` with its output appended to ``log_path``, in a session of its own
+    (Ctrl-C in a terminal does not kill a test's server mid-test; stop it by its PID)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
-    ``workdir``, when given, is a folder the broker owns (its data and log): :meth:`stop`
-    removes it. ``name`` says which broker it is in messages (``Tansu``, ``Apache Kafka``).
+
+def spawn_in_workdir(
+    prefix: str,
+    log_name: str,
+    command: Callable[[Path], list[str]],
+    *,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, Path, Path]:
+    """Makes a fresh temporary folder, asks ``command(folder)`` for the command line (it may
+    write the server's configuration there first) and starts it, logging to ``folder/log_name``.
+
+    Returns ``(process, folder, log path)``; the folder is removed if anything fails before
+    the process runs.
     """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    log_path = workdir / log_name
+    try:
+        return spawn_logged(command(workdir), log_path, env=env), workdir, log_path
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def tansu_command(binary: Path, url: str) -> list[str]:
+    """The Tansu ``binary`` serving ``url`` (``tcp://host:port``) with in-memory storage."""
+    return [
+        str(binary),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+class LocalServer:
+    """A server process this process started (a broker, a job server); stop it with :meth:`stop`
+    or by leaving the ``with``.
+
+    ``workdir``, when given, is a folder the server owns (its data and log): :meth:`stop`
+    removes it. ``name`` says which server it is in messages (``Tansu``, ``Apache Kafka``,
+    ``Apache Flink``); ``kind`` what it serves (``broker``, ``job server``).
+    """
+
+    kind = "server"
 
     def __init__(
         self,
@@ -114,36 +176,32 @@ class LocalBroker:
         self.name = name
 
     @property
-    def bootstrap_servers(self) -> str:
+    def address(self) -> str:
         """``host:port`` for clients."""
         return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
-        """The broker's process id."""
+        """The server's process id."""
         return int(self.process.pid)
 
     def running(self) -> bool:
-        """Whether the broker process is still alive."""
+        """Whether the server process is still alive."""
         return self.process.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines the broker wrote (for error messages)."""
+        """The last lines the server wrote (for error messages)."""
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def create_topic(self, name: str, *, partitions: int = 3, timeout: float = 10.0) -> str:
-        """Creates ``name`` with ``partitions`` partitions on this broker; returns the name."""
-        return create_topic(self.bootstrap_servers, name, partitions=partitions, timeout=timeout)
-
     def stop(self) -> None:
-        """Stops the broker: SIGTERM to its PID, SIGKILL after a grace period."""
+        """Stops the server: SIGTERM to its PID, SIGKILL after a grace period."""
         if self.process.poll() is None:
             _LOG.info(
-                "stopping the %s broker at %s (pid %d)", self.name, self.bootstrap_servers, self.pid
+                "stopping the %s %s at %s (pid %d)", self.name, self.kind, self.address, self.pid
             )
         stop_process(self.process)
         if self.workdir is not None:
@@ -154,7 +212,7 @@ class LocalBroker:
         with contextlib.suppress(OSError):
             self.log_path.parent.rmdir()
 
-    def __enter__(self) -> LocalBroker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -167,14 +225,29 @@ class LocalBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"
-        return f"LocalBroker({self.name}, {self.bootstrap_servers}, pid={self.pid}, {state})"
+        return f"{type(self).__name__}({self.name}, {self.address}, pid={self.pid}, {state})"
 
 
-def _answers(bootstrap: str, timeout: float) -> bool:
+class LocalBroker(LocalServer):
+    """A running Kafka broker (Tansu or Apache Kafka) on ``bootstrap_servers``."""
+
+    kind = "broker"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return self.address
+
+    def create_topic(self, name: str, *, partitions: int = 3, timeout: float = 10.0) -> str:
+        """Creates ``name`` with ``partitions`` partitions on this broker; returns the name."""
+        return create_topic(self.bootstrap_servers, name, partitions=partitions, timeout=timeout)
+
+
+def _answers_kafka(server: LocalServer, timeout: float) -> bool:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _QuietLogger()}
+    config: dict[str, Any] = {"bootstrap.servers": server.address, "logger": _QuietLogger()}
     admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)
@@ -212,23 +285,8 @@ def start_broker(
         url = f"tcp://{host}:{chosen}"
         log_dir = Path(tempfile.mkdtemp(prefix="headwater-tansu-"))
         log_path = log_dir / "tansu.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [
-                    str(binary),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in a terminal does not kill it mid-test
-            )
+        command = tansu_command(binary, url)
+        process = spawn_logged(command, log_path)
         return LocalBroker(process, host, chosen, log_path)
 
     return start_until_answering(
@@ -237,47 +295,48 @@ def start_broker(
 
 
 def start_until_answering(
-    launch: Callable[[], LocalBroker], *, attempts: int, startup_timeout: float
-) -> LocalBroker:
-    """Calls ``launch`` until the broker it starts answers Kafka metadata requests.
+    launch: Callable[[], ServerT],
+    *,
+    attempts: int,
+    startup_timeout: float,
+    answers: Callable[[ServerT, float], bool] | None = None,
+) -> ServerT:
+    """Calls ``launch`` until the server it starts answers.
 
-    A broker that exits at start (a port taken between choosing and binding it) is launched
-    again, up to ``attempts`` times; one that runs but does not answer within
-    ``startup_timeout`` seconds is stopped and reported. Raises :class:`BrokerError` with the
-    broker's last log lines.
+    ``answers(server, timeout)`` says whether the server serves yet; by default, whether a
+    broker answers Kafka metadata requests. A server that exits at start (a port taken between
+    choosing and binding it) is launched again, up to ``attempts`` times; one that runs but does
+    not answer within ``startup_timeout`` seconds is stopped and reported. Raises
+    :class:`BrokerError` with the server's last log lines.
     """
+    check = answers or _answers_kafka
     last_error = ""
-    name = "broker"
+    what = "broker"
     for _ in range(attempts):
-        broker = launch()
-        name = broker.name
+        server = launch()
+        what = f"{server.name} {server.kind}"
         deadline = time.monotonic() + startup_timeout
-        while time.monotonic() < deadline and broker.running():
+        while time.monotonic() < deadline and server.running():
             try:
-                socket.create_connection((broker.host, broker.port), timeout=0.5).close()
+                socket.create_connection((server.host, server.port), timeout=0.5).close()
             except OSError:
                 time.sleep(0.05)
                 continue
             remaining = max(0.5, deadline - time.monotonic())
-            if _answers(broker.bootstrap_servers, timeout=min(5.0, remaining)):
-                if broker.running():  # not some other process answering on that port
-                    _LOG.info(
-                        "the %s broker answers at %s (pid %d)",
-                        broker.name,
-                        broker.bootstrap_servers,
-                        broker.pid,
-                    )
-                    return broker
+            if check(server, min(5.0, remaining)):
+                if server.running():  # not some other process answering on that port
+                    _LOG.info("the %s answers at %s (pid %d)", what, server.address, server.pid)
+                    return server
                 break
-        last_error = broker.log_tail()
-        exited = not broker.running()
-        broker.stop()
+        last_error = server.log_tail()
+        exited = not server.running()
+        server.stop()
         if not exited:
             raise BrokerError(
-                f"the {name} broker at {broker.bootstrap_servers} did not answer within "
+                f"the {what} at {server.address} did not answer within "
                 f"{startup_timeout:g}s; its log ends:\n{last_error}"
             )
-    raise BrokerError(f"the {name} broker exited at start; its log ends:\n{last_error}")
+    raise BrokerError(f"the {what} exited at start; its log ends:\n{last_error}")
 
 
 def create_topic(

@@ -24,13 +24,18 @@ import base64
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
-from headwater.testing.broker import BrokerError, LocalBroker, free_port, start_until_answering
+from headwater.testing.broker import (
+    BrokerError,
+    LocalBroker,
+    free_port,
+    spawn_in_workdir,
+    start_until_answering,
+)
 
-__all__ = ["TOOLS_ENV", "kafka_libs", "start_kafka", "tools_dir"]
+__all__ = ["TOOLS_ENV", "java_for", "kafka_libs", "start_kafka", "tool_jars", "tools_dir"]
 
 TOOLS_ENV = "HEADWATER_TOOLS"
 _BUILD_HINT = "run `make tools` in the headwater checkout"
@@ -66,19 +71,26 @@ def tools_dir() -> Path:
     )
 
 
-def kafka_libs() -> Path:
-    """The folder of Apache Kafka's jars; :class:`BrokerError` naming ``make tools`` if absent."""
-    libs = tools_dir() / "kafka" / "libs"
-    if not any(libs.glob("kafka_2.13-*.jar")):
-        raise BrokerError(f"Apache Kafka is not built: no kafka_2.13 jar in {libs}: {_BUILD_HINT}")
+def tool_jars(tool: str, jar: str, what: str) -> Path:
+    """``<tools>/TOOL/libs`` when it holds a jar matching ``jar``; else :class:`BrokerError`
+    saying that ``what`` is not built and to run ``make tools``."""
+    libs = tools_dir() / tool / "libs"
+    if not any(libs.glob(jar)):
+        raise BrokerError(f"{what} is not built: no {jar} in {libs}: {_BUILD_HINT}")
     return libs
 
 
-def _java() -> str:
+def java_for(what: str) -> str:
+    """The ``java`` on PATH; :class:`BrokerError` saying that ``what`` needs it when absent."""
     found = shutil.which("java")
     if not found:
-        raise BrokerError("Apache Kafka needs Java 17+ as `java` on PATH; install a JRE")
+        raise BrokerError(f"{what} needs Java 17+ as `java` on PATH; install a JRE")
     return found
+
+
+def kafka_libs() -> Path:
+    """The folder of Apache Kafka's jars; :class:`BrokerError` naming ``make tools`` if absent."""
+    return tool_jars("kafka", "kafka_2.13-*.jar", "Apache Kafka")
 
 
 def _cluster_id() -> str:
@@ -157,27 +169,18 @@ def start_kafka(*, host: str = "127.0.0.1", startup_timeout: float = 90.0) -> Lo
     if startup_timeout <= 0:
         raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
     classpath = str(kafka_libs() / "*")
-    java = _java()
+    java = java_for("Apache Kafka")
 
     def launch() -> LocalBroker:
         port, controller_port = free_port(host), free_port(host)
-        workdir = Path(tempfile.mkdtemp(prefix="headwater-kafka-"))
-        log_path = workdir / "kafka.log"
-        properties = workdir / "server.properties"
-        properties.write_text(_server_properties(workdir, host, port, controller_port))
-        try:
-            _format_storage(java, classpath, properties, log_path)
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(
-                    [java, *_JVM_OPTIONS, "-cp", classpath, "kafka.Kafka", str(properties)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C in a terminal does not kill it mid-test
-                )
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+
+        def command(workdir: Path) -> list[str]:
+            properties = workdir / "server.properties"
+            properties.write_text(_server_properties(workdir, host, port, controller_port))
+            _format_storage(java, classpath, properties, workdir / "kafka.log")
+            return [java, *_JVM_OPTIONS, "-cp", classpath, "kafka.Kafka", str(properties)]
+
+        process, workdir, log_path = spawn_in_workdir("headwater-kafka-", "kafka.log", command)
         return LocalBroker(process, host, port, log_path, workdir=workdir, name="Apache Kafka")
 
     return start_until_answering(launch, attempts=3, startup_timeout=startup_timeout)
