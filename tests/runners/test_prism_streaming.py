@@ -514,19 +514,40 @@ def test_max_duration_drains_the_job_by_itself(
     assert _rows(out / "metrics") == expected["rows"]
 
 
-@pytest.mark.parametrize("workers", ["prism", "job-server-2-workers"])
+def _runner_flags(workers: str, request: pytest.FixtureRequest) -> list[str]:
+    """Prism itself, Prism's job server with 2 SDK workers, or Apache Flink at parallelism 2."""
+    if workers == "prism":
+        return []
+    if workers == "flink-parallelism-2":
+        endpoint = request.getfixturevalue("flink_endpoint")
+        return [
+            "--runner=FlinkRunner",
+            f"--job_endpoint={endpoint}",
+            "--environment_type=LOOPBACK",
+            "--parallelism=2",
+        ]
+    return [
+        "--runner=PortableRunner",
+        f"--job_endpoint={request.getfixturevalue('prism_endpoint')}",
+        "--environment_type=LOOPBACK",
+        "--sdk_worker_parallelism=2",
+    ]
+
+
+@pytest.mark.parametrize("workers", ["prism", "job-server-2-workers", "flink-parallelism-2"])
 def test_adversarial_stream_puts_every_record_in_one_place(
     kafka_bootstrap: str,
     make_kafka_topic: Callable[..., str],
     start_stream_job: Callable[..., Any],
     wait_until: Callable[..., Any],
-    prism_endpoint: str,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     workers: str,
 ) -> None:
     """One hot key, a gap of event time, stragglers into a window nothing touched and a record
     five minutes older than the stream: each record ends in a window file or late, never both,
-    never neither -- on Prism, and on its job server with two SDK workers."""
+    never neither -- on Prism, on its job server with two SDK workers, and on Apache Flink with
+    parallelism 2 (the late router's shards spread over its two subtasks)."""
     topic = make_kafka_topic(PARTITIONS)
     rng = random.Random(17)
     out = tmp_path / "out"
@@ -538,16 +559,7 @@ def test_adversarial_stream_puts_every_record_in_one_place(
 
     hot = [_event(f"hot-{i}", BASE_MS + i * 250, "hot", 1.0) for i in range(32)]  # [0 s, 8 s)
     produce(hot)
-    extra = (
-        []
-        if workers == "prism"
-        else [
-            "--runner=PortableRunner",
-            f"--job_endpoint={prism_endpoint}",
-            "--environment_type=LOOPBACK",
-            "--sdk_worker_parallelism=2",
-        ]
-    )
+    extra = _runner_flags(workers, request)
     job = start_stream_job(
         "windowed_metrics", _argv(kafka_bootstrap, topic, out, *_group_flags(topic), *extra)
     )
@@ -568,3 +580,7 @@ def test_adversarial_stream_puts_every_record_in_one_place(
     assert _ids(_payloads(_letters(out / "late"))) == _ids(stragglers)
     assert _rows(out / "metrics") == expected["rows"]
     assert not _window_file(out / "metrics", 10), "nothing may reach the window nothing touched"
+    spread = summary["late_routing_shards"]
+    print("records per late-routing shard:", spread)
+    assert sum(spread) == expected["output"] + expected["late"]  # every unique record, once
+    assert sum(1 for n in spread if n) > 1, f"one shard took every record: {spread}"

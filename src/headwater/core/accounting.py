@@ -25,11 +25,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["COUNTERS", "NAMESPACE", "OUTCOMES", "Accounting", "counter_total"]
+__all__ = [
+    "COUNTERS",
+    "LATE_ROUTING_SHARD",
+    "NAMESPACE",
+    "OUTCOMES",
+    "Accounting",
+    "counter_total",
+    "shard_counts",
+]
 
 NAMESPACE = "headwater"
 OUTCOMES = ("output", "duplicate", "dead_letter", "late")
 COUNTERS = ("records_in", *OUTCOMES)
+#: The late router's counter of records routed through shard N is ``LATE_ROUTING_SHARD + "N"``.
+LATE_ROUTING_SHARD = "late_routing.shard_"
 
 
 def counter_total(result: Any, name: str) -> int:
@@ -37,13 +47,33 @@ def counter_total(result: Any, name: str) -> int:
     from apache_beam.metrics.metric import MetricsFilter
 
     query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))
-    total = 0
+    return sum(_value(counter) for counter in query["counters"])
+
+
+def shard_counts(result: Any, prefix: str = LATE_ROUTING_SHARD) -> list[int]:
+    """The ``headwater`` counters ``PREFIX0``, ``PREFIX1`` ... as a list by shard (0 where absent).
+
+    By default the late router's: the records it routed through each of its shards, i.e. how a
+    stream spread over the runner's workers. Empty when no such counter was incremented.
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    by_shard: dict[int, int] = {}
     for counter in query["counters"]:
-        value = counter.committed
-        if value is None:
-            value = counter.attempted
-        total += value or 0
-    return total
+        name = counter.key.metric.name
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            shard = int(name[len(prefix) :])
+            by_shard[shard] = by_shard.get(shard, 0) + _value(counter)
+    return [by_shard.get(i, 0) for i in range(max(by_shard) + 1)] if by_shard else []
+
+
+def _value(counter: Any) -> int:
+    """A counter's committed value, or its attempted one where the runner commits none."""
+    value = counter.committed
+    if value is None:
+        value = counter.attempted
+    return int(value or 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from headwater import runners
-from headwater.core.accounting import Accounting, counter_total
+from headwater.core.accounting import Accounting, counter_total, shard_counts
 from headwater.io.fileio import (
     folder_prefix,
     list_output_files,
@@ -253,6 +253,9 @@ def run_pipeline(
         summary["engine_reason"] = getattr(built, "engine_reason", None) or (
             f"{name} has no columnar engine"
         )
+    spread = shard_counts(result)
+    if spread:  # records per shard of the late router: how a stream spread over the workers
+        summary["late_routing_shards"] = spread
     unverified = counter_total(result, "late_routing.unverified")
     if unverified:  # judged without a running clock: the windowing step may have dropped them
         summary["late_unverified"] = unverified

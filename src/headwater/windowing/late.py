@@ -152,6 +152,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from headwater.core.accounting import LATE_ROUTING_SHARD, NAMESPACE
 from headwater.core.batches import ShardBatches
 from headwater.core.bundlestate import BundleState
 from headwater.core.deadletter import DeadLetter, dead_letter_for, utc_iso
@@ -172,7 +173,6 @@ __all__ = [
 LATE_STAGE = "late"
 LATE_ERROR_TYPE = "LateData"
 
-_NAMESPACE = "headwater"
 _MIN_MICROS = MIN_TIMESTAMP.micros
 _LOG = logging.getLogger(__name__)
 # A clock within this much of the wall clock is a live stream's: it keeps ticking through
@@ -334,7 +334,7 @@ class _SpreadFn(beam.DoFn):
         self._next = 0
         self._future = _future_after(time.time(), horizon_micros)
         self._spread = [
-            Metrics.counter(_NAMESPACE, f"late_routing.shard_{i}") for i in range(shards)
+            Metrics.counter(NAMESPACE, f"{LATE_ROUTING_SHARD}{i}") for i in range(shards)
         ]
         self._batches = ShardBatches()
         self._carried = (1, 0)  # [close, next close): the event times the last carrier covers
@@ -414,12 +414,12 @@ class _RouteLateFn(beam.DoFn):
         self._off_grid_micros = (
             window_fn.gap_size.micros if isinstance(window_fn, beam_window.Sessions) else 0
         )
-        self._main = Metrics.counter(_NAMESPACE, "late_routing.main")
-        self._late = Metrics.counter(_NAMESPACE, "late_routing.late")
-        self._unverified = Metrics.counter(_NAMESPACE, "late_routing.unverified")
-        self._ticks = Metrics.counter(_NAMESPACE, "late_routing.ticks")
+        self._main = Metrics.counter(NAMESPACE, "late_routing.main")
+        self._late = Metrics.counter(NAMESPACE, "late_routing.late")
+        self._unverified = Metrics.counter(NAMESPACE, "late_routing.unverified")
+        self._ticks = Metrics.counter(NAMESPACE, "late_routing.ticks")
         # Its max is the newest watermark any shard has seen (--metrics_port's watermark lag).
-        self._watermark = Metrics.distribution(_NAMESPACE, "watermark_ms")
+        self._watermark = Metrics.distribution(NAMESPACE, "watermark_ms")
         self._warned = False
 
     def process(
