@@ -64,6 +64,13 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
     assert {windows[k]["records_in"] for k in ("fixed", "session", "calendar")} == {400}
     assert windows["session_x_fixed_time"] > 0
     assert windows["calendar_x_fixed_time"] > 0
+    flink = results["flink_scale_out"]  # Apache Flink at parallelism 1 and 2, worker pool
+    assert "error" not in flink, flink
+    assert flink["same_bytes"] is True
+    assert flink["same_bytes_as_fnapi"] is True
+    assert flink["same_counters"] is True
+    assert flink["runs"]["parallelism_2"]["records_in"] == 1500
+    assert flink["runs"]["parallelism_2"]["engine"] == "columnar-parallel"
     stages = batch["stages_s"]
     assert stages["columnar_fn"] > 0
     assert stages["parse_and_checks"] > 0

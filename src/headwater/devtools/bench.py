@@ -31,6 +31,9 @@ meaningful within a run; absolute figures move on shared machines):
                          today's one-step path the same way; the speed-up 2 vs 1 workers,
                          next to a CPU-only control job's (what the runner and the load on
                          the machine allow in the same run);
+``flink_scale_out``      the same batch run on Apache Flink (Beam's Flink job server with an
+                         embedded cluster, ``make tools``) at parallelism 1 and 2, SDK workers
+                         from a worker pool (one process per unit of parallelism);
 ``dedup_memory``         peak RSS of the columnar dedup (parse + dedup, no aggregation) over files
                          of N and 5*N generated events with the same horizon, each read in a
                          fresh subprocess.
@@ -398,6 +401,46 @@ def scale_out(path: Path, workdir: Path) -> dict[str, Any]:
         run[name] == one[name] for run in runs.values() for name in _COUNTERS
     )
     return result
+
+
+def flink_scale_out(path: Path, workdir: Path) -> dict[str, Any]:
+    """The same batch run on Apache Flink at parallelism 1 and 2, end to end.
+
+    Flink is Beam's Flink job server with an embedded cluster (``make tools``,
+    :func:`headwater.testing.flink_server.start_flink`); the SDK workers are processes of a
+    worker pool (``EXTERNAL``, ``--sdk_worker_parallelism`` = the parallelism), each parsing on
+    one thread, so the ratio shows workers, not threads. Same shards as :func:`scale_out`: the
+    two runs must write the same bytes and counters as each other and as its runs.
+    """
+    from headwater.devtools import bench_e2e
+    from headwater.testing.flink_server import start_flink, start_worker_pool
+
+    runs: dict[str, Any] = {}
+    with _single_threaded_parse(), start_flink() as flink, start_worker_pool() as pool:
+        for parallelism in (1, 2):
+            flags = (
+                "--runner=FlinkRunner",
+                f"--job_endpoint={flink.endpoint}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config={pool.address}",
+                f"--parallelism={parallelism}",
+                f"--sdk_worker_parallelism={parallelism}",
+                f"--columnar_shards={SCALE_OUT_SHARDS}",
+            )
+            runs[f"parallelism_{parallelism}"] = bench_e2e.headwater_run(
+                path, workdir / f"flink-parallelism-{parallelism}", extra=flags
+            )
+    one, two = runs["parallelism_1"], runs["parallelism_2"]
+    files = [_file_bytes(workdir / f"flink-parallelism-{n}" / "rows") for n in (1, 2)]
+    fnapi = _file_bytes(workdir / "scale-workers-1" / "rows")
+    return {
+        "runs": runs,
+        "shards": SCALE_OUT_SHARDS,
+        "speedup_2_vs_1": round(one["seconds"] / two["seconds"], 3),
+        "same_bytes": bool(files[0]) and files[0] == files[1],
+        "same_bytes_as_fnapi": (files[0] == fnapi) if fnapi else None,
+        "same_counters": all(two[name] == one[name] for name in _COUNTERS),
+    }
 
 
 def _burn_cpu(element: int) -> int:
@@ -911,6 +954,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     def step_scale_out(entry: dict[str, Any]) -> None:
         entry.update(scale_out(events_file, workdir), events=args.events)
 
+    def step_flink(entry: dict[str, Any]) -> None:
+        entry.update(flink_scale_out(events_file, workdir), events=args.events)
+
     def step_memory(entry: dict[str, Any]) -> None:
         small, large = args.memory_events, 5 * args.memory_events
         entry["small"] = _dedup_memory_subprocess(workdir, small)
@@ -925,6 +971,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     _step(results, "headwater_batch", step_headwater_batch)
     if not args.skip_scale_out:
         _step(results, "scale_out", step_scale_out)
+    if not args.skip_flink:
+        _step(results, "flink_scale_out", step_flink)
     if not args.skip_record_path:
         modes = ["in_process", "in_process_state_cache_constant_0"]
         if args.record_path_workers:  # ~1 min; the finding it measured is in the docs
@@ -1025,6 +1073,18 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
             f"same run: 2 workers {scale['control_cpu_only']['speedup']}x 1; same bytes on 1 "
             "and 2 workers: "
             f"{scale['two_workers_same_bytes']}, same counters: {scale['same_counters']}",
+            file=out,
+        )
+    flink = results.get("flink_scale_out", {})
+    if "speedup_2_vs_1" in flink:
+        runs = flink["runs"]
+        print(
+            f"Apache Flink (embedded, Beam's job server, worker-pool SDK workers), "
+            f"{flink['events']:,} events: parallelism 2 {flink['speedup_2_vs_1']}x parallelism 1 "
+            f"end to end ({runs['parallelism_1']['seconds']} s / "
+            f"{runs['parallelism_2']['seconds']} s); same bytes at 1 and 2: "
+            f"{flink['same_bytes']}, as the FnApiRunner's: {flink['same_bytes_as_fnapi']}, "
+            f"same counters: {flink['same_counters']}",
             file=out,
         )
     _print_end_to_end(results, out)
@@ -1176,6 +1236,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Prism run under cProfile, CPU time per thread (0: none)",
     )
     parser.add_argument("--skip-prism", action="store_true", help="no streaming on Prism")
+    parser.add_argument("--skip-flink", action="store_true", help="no batch runs on Flink")
     parser.add_argument("--quick", action="store_true", help="a small run (seconds)")
     parser.add_argument(
         "--skip-end-to-end", action="store_true", help="no subprocess (CLI) measurements"
