@@ -1,10 +1,13 @@
-"""Streaming end to end on Prism with a real broker: unbounded Kafka reads, live windows, drains.
+"""Streaming end to end on Prism (and Flink) with a real broker: unbounded Kafka reads, live
+windows, drains.
 
 Each test starts ``headwater run ... --runner=PrismRunner`` in a subprocess on an unbounded
 Kafka read, produces events while it runs, waits on what the job writes (window files, the
 consumer group's offsets), then drains it with Ctrl-C (the read stops, every open window is
 written, the job ends by itself) and checks the files and the accounting identity against a
-plain-Python computation of the same events.
+plain-Python computation of the same events. The idle-partition and adversarial tests run on
+Apache Flink at parallelism 2 too (``flink_endpoint``: Beam's Flink job server with an embedded
+Flink, the SDK harness in the job's process).
 """
 
 from __future__ import annotations
@@ -193,20 +196,26 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
     assert {p: p.read_bytes() for p in _window_file(out / "metrics", 0)} == first_bytes
 
 
+@pytest.mark.parametrize("workers", ["prism", "flink-parallelism-2"])
 def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
     kafka_bootstrap: str,
     make_kafka_topic: Callable[..., str],
     start_stream_job: Callable[..., Any],
     wait_until: Callable[..., Any],
+    request: pytest.FixtureRequest,
     tmp_path: Path,
+    workers: str,
 ) -> None:
-    """With one partition silent, windows still close once --idle_timeout has passed."""
+    """With one partition silent, windows still close once --idle_timeout has passed -- on
+    Prism, and on Apache Flink at parallelism 2 with 256 late-routing shards, most of them
+    never given a record (idle shards must not hold the windows back either)."""
     topic = make_kafka_topic(PARTITIONS)
     rng = random.Random(11)
     out = tmp_path / "out"
     produced: list[bytes] = []
+    shards = ["--stream_shards=256"] if workers != "prism" else []
     argv = _argv(kafka_bootstrap, topic, out, "--idle_timeout=3s", *_group_flags(topic))
-    job = start_stream_job("windowed_metrics", argv)
+    job = start_stream_job("windowed_metrics", [*argv, *shards, *_runner_flags(workers, request)])
     for k in range(6):  # everything to partition 0; partition 1 never gets a record
         lines = _wave(k, rng)
         _produce(kafka_bootstrap, topic, lines, partitions=1)
@@ -218,6 +227,9 @@ def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
     expected = _expected(produced)
     _assert_identity(summary, expected)
     assert _rows(out / "metrics") == expected["rows"]
+    if shards:  # fewer records than shards: most shards never had one, and nothing waited
+        busy = sum(1 for n in summary["late_routing_shards"] if n)
+        assert 1 < busy <= len(produced) < 256 - 128, summary["late_routing_shards"]
 
 
 def _committed(bootstrap: str, topic: str, group: str) -> int:
