@@ -5,9 +5,9 @@ Each test starts ``headwater run ... --runner=PrismRunner`` in a subprocess on a
 Kafka read, produces events while it runs, waits on what the job writes (window files, the
 consumer group's offsets), then drains it with Ctrl-C (the read stops, every open window is
 written, the job ends by itself) and checks the files and the accounting identity against a
-plain-Python computation of the same events. The idle-partition and adversarial tests run on
-Apache Flink at parallelism 2 too (``flink_endpoint``: Beam's Flink job server with an embedded
-Flink, the SDK harness in the job's process).
+plain-Python computation of the same events. The adversarial stream runs on Apache Flink at
+parallelism 2 too (``flink_endpoint``: Beam's Flink job server with an embedded Flink), with the
+SDK harness in the job's process and with two SDK worker processes.
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from headwater import runners
+from headwater.core.accounting import Accounting, shard_counts
 from headwater.devtools.produce import committed_total
 from headwater.devtools.reference import windowed_metrics_reference
+from headwater.pipelines import windowed_metrics
+from headwater.testing.flink_server import start_worker_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -196,26 +202,20 @@ def test_live_windows_late_stragglers_and_final_files_match_plain_python(
     assert {p: p.read_bytes() for p in _window_file(out / "metrics", 0)} == first_bytes
 
 
-@pytest.mark.parametrize("workers", ["prism", "flink-parallelism-2"])
 def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
     kafka_bootstrap: str,
     make_kafka_topic: Callable[..., str],
     start_stream_job: Callable[..., Any],
     wait_until: Callable[..., Any],
-    request: pytest.FixtureRequest,
     tmp_path: Path,
-    workers: str,
 ) -> None:
-    """With one partition silent, windows still close once --idle_timeout has passed -- on
-    Prism, and on Apache Flink at parallelism 2 with 256 late-routing shards, most of them
-    never given a record (idle shards must not hold the windows back either)."""
+    """With one partition silent, windows still close once --idle_timeout has passed."""
     topic = make_kafka_topic(PARTITIONS)
     rng = random.Random(11)
     out = tmp_path / "out"
     produced: list[bytes] = []
-    shards = ["--stream_shards=256"] if workers != "prism" else []
     argv = _argv(kafka_bootstrap, topic, out, "--idle_timeout=3s", *_group_flags(topic))
-    job = start_stream_job("windowed_metrics", [*argv, *shards, *_runner_flags(workers, request)])
+    job = start_stream_job("windowed_metrics", argv)
     for k in range(6):  # everything to partition 0; partition 1 never gets a record
         lines = _wave(k, rng)
         _produce(kafka_bootstrap, topic, lines, partitions=1)
@@ -227,9 +227,6 @@ def test_idle_partition_stops_holding_the_watermark_after_idle_timeout(
     expected = _expected(produced)
     _assert_identity(summary, expected)
     assert _rows(out / "metrics") == expected["rows"]
-    if shards:  # fewer records than shards: most shards never had one, and nothing waited
-        busy = sum(1 for n in summary["late_routing_shards"] if n)
-        assert 1 < busy <= len(produced) < 256 - 128, summary["late_routing_shards"]
 
 
 def _committed(bootstrap: str, topic: str, group: str) -> int:
@@ -596,3 +593,55 @@ def test_adversarial_stream_puts_every_record_in_one_place(
     print("records per late-routing shard:", spread)
     assert sum(spread) == expected["output"] + expected["late"]  # every unique record, once
     assert sum(1 for n in spread if n) > 1, f"one shard took every record: {spread}"
+
+
+def test_flink_worker_processes_put_every_record_in_one_place(
+    kafka_bootstrap: str,
+    make_kafka_topic: Callable[..., str],
+    flink_endpoint: str,
+    tmp_path: Path,
+) -> None:
+    """Apache Flink at parallelism 2 with two SDK worker *processes* (Beam's worker pool,
+    ``EXTERNAL``): the adversarial stream, produced first, is read live (``--streaming``) until
+    ``--max_duration`` drains the job from inside the workers, over 256 late-routing shards (more
+    than the records: most shards stay idle and must hold nothing back). Which stragglers are
+    late depends on how far the two partitions' reads are apart, so the late output is read back:
+    every record is in the rows or late, never both, never neither."""
+    topic = make_kafka_topic(PARTITIONS)
+    rng = random.Random(23)
+    out = tmp_path / "out"
+    lines = [_event(f"hot-{i}", BASE_MS + i * 250, "hot", 1.0) for i in range(32)]
+    lines += [line for k in range(6, 10) for line in _wave(k, rng)]
+    stragglers = [_event(f"gap-{i}", BASE_MS + 15_000 + i, "u9", 5.0) for i in range(3)]
+    stragglers += [_event(f"old-{i}", BASE_MS - 300_000 + i, "u1", 7.0) for i in range(2)]
+    lines += stragglers + [line for k in range(10, 13) for line in _wave(k, rng)]
+    _produce(kafka_bootstrap, topic, lines)
+    with start_worker_pool() as pool:
+        flags = [
+            "--runner=FlinkRunner",
+            f"--job_endpoint={flink_endpoint}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={pool.address}",
+            "--parallelism=2",
+            "--sdk_worker_parallelism=2",
+            "--streaming",
+            "--max_duration=20s",
+            "--stream_shards=256",
+        ]
+        options = PipelineOptions(_argv(kafka_bootstrap, topic, out, *flags))
+        assert runners.prepare(options, streaming=True) == "FlinkRunner"
+        p = beam.Pipeline(options=options)
+        windowed_metrics.build(p, options)
+        result = p.run()
+        assert result.wait_until_finish() == "DONE"
+        workers = pool.log_tail(400).count("Starting worker")
+    assert workers >= 2, "the job ran on fewer than two SDK worker processes"
+    late = frozenset(_payloads(_letters(out / "late")))
+    assert late <= frozenset(stragglers), "only stragglers can be late"
+    expected = _expected(lines, late=late)
+    accounting = Accounting.from_result(result)
+    _assert_identity(accounting.to_dict(), expected)
+    assert _rows(out / "metrics") == expected["rows"]
+    spread = shard_counts(result)
+    assert sum(spread) == expected["output"] + expected["late"] < 256
+    assert sum(1 for n in spread if n) > 1, spread
