@@ -31,7 +31,7 @@ def test_flink_and_the_worker_pool_answer_and_stop_by_pid():
             socket.create_connection((server.host, server.port), timeout=5).close()
         pids, folders = (flink.pid, pool.pid), (flink.workdir, pool.workdir)
     assert all(_gone(pid) for pid in pids)
-    assert not any(folder.exists() for folder in folders if folder is not None)
+    assert not any(folder.exists() for folder in folders)
 
 
 def test_libs_are_the_checkouts_tools(monkeypatch):

@@ -29,7 +29,6 @@ def test_kafka_starts_answers_creates_topics_and_stops_by_pid():
         assert [broker.id for broker in metadata.brokers.values()] == [1]
         assert len(metadata.topics[name].partitions) == 4
         pid, workdir = kafka.pid, kafka.workdir
-        assert workdir is not None
         assert (workdir / "data" / "meta.properties").is_file()  # KRaft storage was formatted
     assert not kafka.running()
     with pytest.raises(ProcessLookupError):

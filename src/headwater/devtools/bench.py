@@ -403,14 +403,15 @@ def scale_out(path: Path, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def flink_scale_out(path: Path, workdir: Path) -> dict[str, Any]:
+def flink_scale_out(path: Path, workdir: Path, fnapi_rows: Path | None) -> dict[str, Any]:
     """The same batch run on Apache Flink at parallelism 1 and 2, end to end.
 
     Flink is Beam's Flink job server with an embedded cluster (``make tools``,
     :func:`headwater.testing.flink_server.start_flink`); the SDK workers are processes of a
     worker pool (``EXTERNAL``, ``--sdk_worker_parallelism`` = the parallelism), each parsing on
     one thread, so the ratio shows workers, not threads. Same shards as :func:`scale_out`: the
-    two runs must write the same bytes and counters as each other and as its runs.
+    two runs must write the same bytes and counters as each other, and as the FnApiRunner's
+    parallel run of this bench (``fnapi_rows``, its files; ``None`` when it did not run).
     """
     from headwater.devtools import bench_e2e
     from headwater.testing.flink_server import start_flink, start_worker_pool
@@ -432,7 +433,7 @@ def flink_scale_out(path: Path, workdir: Path) -> dict[str, Any]:
             )
     one, two = runs["parallelism_1"], runs["parallelism_2"]
     files = [_file_bytes(workdir / f"flink-parallelism-{n}" / "rows") for n in (1, 2)]
-    fnapi = _file_bytes(workdir / "scale-workers-1" / "rows")
+    fnapi = _file_bytes(fnapi_rows) if fnapi_rows is not None else {}
     return {
         "runs": runs,
         "shards": SCALE_OUT_SHARDS,
@@ -955,7 +956,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         entry.update(scale_out(events_file, workdir), events=args.events)
 
     def step_flink(entry: dict[str, Any]) -> None:
-        entry.update(flink_scale_out(events_file, workdir), events=args.events)
+        scaled = "speedup_2_vs_1_workers" in results.get("scale_out", {})  # ran, this run
+        fnapi_rows = workdir / "scale-workers-1" / "rows" if scaled else None
+        entry.update(flink_scale_out(events_file, workdir, fnapi_rows), events=args.events)
 
     def step_memory(entry: dict[str, Any]) -> None:
         small, large = args.memory_events, 5 * args.memory_events

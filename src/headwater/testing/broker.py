@@ -18,7 +18,6 @@ record in a batch of its own (flush the producer before it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "BrokerError",
@@ -38,9 +37,9 @@ __all__ = [
     "bench_kafka_read",
     "create_topic",
     "free_port",
-    "start_broker",
     "spawn_in_workdir",
     "spawn_logged",
+    "start_broker",
     "start_until_answering",
     "stop_process",
     "tansu_command",
@@ -48,8 +47,8 @@ __all__ = [
 ]
 
 _STOP_GRACE_S = 5.0
-ServerT = TypeVar("ServerT", bound="LocalServer")
 _LOG = logging.getLogger(__name__)
+ServerT = TypeVar("ServerT", bound="LocalServer")
 
 
 class BrokerError(RuntimeError):
@@ -151,7 +150,7 @@ class LocalServer:
     """A server process this process started (a broker, a job server); stop it with :meth:`stop`
     or by leaving the ``with``.
 
-    ``workdir``, when given, is a folder the server owns (its data and log): :meth:`stop`
+    ``workdir`` is the folder the server owns (its log, data, configuration): :meth:`stop`
     removes it. ``name`` says which server it is in messages (``Tansu``, ``Apache Kafka``,
     ``Apache Flink``); ``kind`` what it serves (``broker``, ``job server``).
     """
@@ -165,7 +164,7 @@ class LocalServer:
         port: int,
         log_path: Path,
         *,
-        workdir: Path | None = None,
+        workdir: Path,
         name: str = "Tansu",
     ):
         self.process = process
@@ -204,15 +203,9 @@ class LocalServer:
                 "stopping the %s %s at %s (pid %d)", self.name, self.kind, self.address, self.pid
             )
         stop_process(self.process)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            return
-        with contextlib.suppress(OSError):
-            self.log_path.unlink()
-        with contextlib.suppress(OSError):
-            self.log_path.parent.rmdir()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self: ServerT) -> ServerT:
         return self
 
     def __exit__(
@@ -282,12 +275,11 @@ def start_broker(
 
     def launch() -> LocalBroker:
         chosen = port if port is not None else free_port(host)
-        url = f"tcp://{host}:{chosen}"
-        log_dir = Path(tempfile.mkdtemp(prefix="headwater-tansu-"))
-        log_path = log_dir / "tansu.log"
-        command = tansu_command(binary, url)
-        process = spawn_logged(command, log_path)
-        return LocalBroker(process, host, chosen, log_path)
+        command = tansu_command(binary, f"tcp://{host}:{chosen}")
+        process, workdir, log_path = spawn_in_workdir(
+            "headwater-tansu-", "tansu.log", lambda _: command
+        )
+        return LocalBroker(process, host, chosen, log_path, workdir=workdir)
 
     return start_until_answering(
         launch, attempts=1 if port is not None else 3, startup_timeout=startup_timeout
