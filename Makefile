@@ -70,13 +70,14 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 flink: $(FLINK_STAMP)
 
 # Beam's Flink job server and an embedded Flink (see the pom for why Beam 2.62.0's runner).
-$(FLINK_STAMP): $(FLINK_POM)
+$(FLINK_STAMP): $(FLINK_POM) tools/flink/launcher_jar.py
 	@command -v mvn >/dev/null && command -v java >/dev/null || { echo 'make tools: Flink needs Java 17+ and Maven on PATH (apt-get install -y openjdk-17-jre-headless maven); then run make tools' >&2; exit 1; }
 	@echo 'fetching Beam'"'"'s Flink job server ($(FLINK_POM)) from Maven Central into $(FLINK_LIBS)'
 	@rm -rf $(FLINK_LIBS) $(FLINK_LIBS).partial
 	@mvn -B -q -f $(FLINK_POM) dependency:copy-dependencies -DoutputDirectory='$(abspath $(FLINK_LIBS)).partial' \
 	  || { echo 'make tools: fetching Flink with Maven failed (output above); fix that, then run make tools' >&2; exit 1; }
 	@mv $(FLINK_LIBS).partial $(FLINK_LIBS)
+	@$(PYTHON) tools/flink/launcher_jar.py $(TOOLS)/flink
 	@touch $@
 
 # The report's browser test drives Chromium; CI runs as root on Debian.

@@ -253,3 +253,32 @@ def test_headwater_run_on_flink_waits_and_prints_the_accounting(
     assert summary["identity_holds"]
     assert "records_in == output + duplicate + dead_letter + late: holds" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["output"] == len(events.unique_ids)
+
+
+def test_flink_runner_starts_its_own_job_server_from_the_tools_jar(events, tmp_path):
+    """`--flink_master=[local] --flink_job_server_jar=.tools/flink/job-server.jar`: Beam's
+    FlinkRunner starts the job server itself (an embedded Flink), headwater waits and sums up."""
+    from headwater.testing.flink_server import job_server_jar
+
+    summary = windowed_metrics.run(
+        [
+            "--runner=FlinkRunner",
+            "--flink_master=[local]",
+            f"--flink_job_server_jar={job_server_jar()}",
+            "--environment_type=LOOPBACK",
+            "--parallelism=2",
+            f"--input={events.path}",
+            f"--output={tmp_path / 'out'}",
+            f"--dead_letter={tmp_path / 'dlq'}",
+            "--metrics=count,sum:amount",
+            "--output_format=parquet",
+        ]
+    )
+    assert (summary["runner"], summary["state"]) == ("FlinkRunner", "DONE")
+    assert summary["identity_holds"]
+    assert summary["output"] == len(events.unique_ids)
+    got = {
+        (r["window_start"].isoformat(), r["key"]): (r["count"], r["sum_amount"])
+        for r in _rows(tmp_path / "out")
+    }
+    assert got == events.metrics

@@ -7,7 +7,12 @@ import socket
 
 import pytest
 
-from headwater.testing.flink_server import flink_libs, start_flink, start_worker_pool
+from headwater.testing.flink_server import (
+    flink_libs,
+    job_server_jar,
+    start_flink,
+    start_worker_pool,
+)
 from headwater.testing.kafka_server import TOOLS_ENV
 
 pytestmark = pytest.mark.integration
@@ -40,6 +45,7 @@ def test_libs_are_the_checkouts_tools(monkeypatch):
     libs = flink_libs()
     assert libs.parts[-3:] == (".tools", "flink", "libs")
     assert (libs.parent.parent.parent / "tools" / "flink" / "pom.xml").is_file()
+    assert job_server_jar() == libs.parent / "job-server.jar"  # the launcher make tools writes
 
 
 @pytest.mark.parametrize("start", [start_flink, start_worker_pool])

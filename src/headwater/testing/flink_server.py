@@ -28,10 +28,16 @@ import signal
 import sys
 from pathlib import Path
 
-from headwater.testing.broker import LocalServer, free_port, spawn_in_workdir, start_until_answering
+from headwater.testing.broker import (
+    BrokerError,
+    LocalServer,
+    free_port,
+    spawn_in_workdir,
+    start_until_answering,
+)
 from headwater.testing.kafka_server import java_for, tool_jars
 
-__all__ = ["FlinkJobServer", "flink_libs", "start_flink", "start_worker_pool"]
+__all__ = ["FlinkJobServer", "flink_libs", "job_server_jar", "start_flink", "start_worker_pool"]
 
 _DRIVER = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _JVM_OPTIONS = (
@@ -72,6 +78,16 @@ class FlinkJobServer(LocalServer):
 def flink_libs() -> Path:
     """The folder of the Flink job server's jars; :class:`BrokerError` naming ``make tools``."""
     return tool_jars("flink", "beam-runners-flink-*.jar", "Flink")
+
+
+def job_server_jar() -> Path:
+    """The launcher jar ``make tools`` writes beside the jars, for Beam's own ``FlinkRunner``:
+    ``--flink_master=[local] --flink_job_server_jar=JAR`` starts the job server with
+    ``java -jar JAR`` (its manifest puts every jar of ``libs/`` on the class path)."""
+    jar = flink_libs().parent / "job-server.jar"
+    if not jar.is_file():
+        raise BrokerError(f"no Flink launcher jar at {jar}: run `make tools` in the checkout")
+    return jar
 
 
 def _command(java: str, classpath: str, workdir: Path, port: int) -> list[str]:
