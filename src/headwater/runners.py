@@ -20,7 +20,10 @@ runs before Beam stages a single file, and a ``ValueError`` names the flag to fi
   ``--transform_name_mapping`` needs ``--update``.
 * ``FlinkRunner`` / ``PortableRunner`` (the portable Job API): ``PortableRunner`` needs
   ``--job_endpoint``; workers outside this process (any ``--environment_type`` but
-  ``LOOPBACK``) get ``--setup_file`` like Dataflow's.
+  ``LOOPBACK``) get ``--setup_file`` like Dataflow's. A ``FlinkRunner`` run on an embedded
+  Flink (``--flink_master`` ``[local]`` or ``[auto]``, no ``--job_endpoint``) gets
+  ``--flink_job_server_jar`` from :func:`find_flink_job_server_jar` when it finds one, instead
+  of Beam's download of a jar Maven Central does not serve.
 * On every remote runner a Kafka source without ``--stop_at_end``/``--max_records`` is an
   unbounded read, so the job is submitted with ``--streaming`` (logged), never as a batch job
   that would never finish.
@@ -46,6 +49,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    FlinkRunnerOptions,
     GoogleCloudOptions,
     PipelineOptions,
     PortableOptions,
@@ -75,7 +79,9 @@ __all__ = [
     "PRISM_ENV",
     "PRISM_NO_SPLIT",
     "PRISM_RUNNER",
+    "FLINK_JAR_ENV",
     "SETUP_FILE_ENV",
+    "find_flink_job_server_jar",
     "find_prism",
     "find_setup_file",
     "is_local",
@@ -90,6 +96,9 @@ _LOG = logging.getLogger("headwater.runners")
 
 SETUP_FILE_ENV = "HEADWATER_SETUP_FILE"
 """Environment variable naming the ``setup.py`` to stage when the package has no checkout."""
+
+FLINK_JAR_ENV = "HEADWATER_FLINK_JOB_SERVER_JAR"
+"""Environment variable naming the Flink job-server jar for embedded Flink runs."""
 
 PRISM_ENV = "HEADWATER_PRISM"
 """Environment variable naming the Prism binary (when ``--prism_location`` is not given)."""
@@ -211,6 +220,19 @@ def find_setup_file() -> str | None:
         if 'name="headwater"' in text or "name='headwater'" in text:
             return str(candidate)
     return None
+
+
+def find_flink_job_server_jar() -> str | None:
+    """The Flink job-server jar for an embedded Flink: ``$HEADWATER_FLINK_JOB_SERVER_JAR``, else
+    ``.tools/flink/job-server.jar`` of the checkout whose ``.venv`` runs this Python (the launcher
+    ``make tools`` writes); ``None`` when neither exists."""
+    explicit = os.environ.get(FLINK_JAR_ENV)
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ValueError(f"${FLINK_JAR_ENV}={explicit!r} is not a file")
+        return str(Path(explicit).resolve())
+    beside = Path(sys.prefix).parent / ".tools" / "flink" / "job-server.jar"
+    return str(beside) if beside.is_file() else None
 
 
 def find_prism(location: str | None = None) -> str:
@@ -375,6 +397,13 @@ def _prepare_portable(options: PipelineOptions, *, runner: str) -> None:
         )
     if runner == "PortableRunner":  # the job server may be Prism's (other servers ignore it)
         options.view_as(DebugOptions).add_experiment(PRISM_NO_SPLIT)
+    flink = options.view_as(FlinkRunnerOptions)
+    embedded = flink.flink_master in ("[local]", "[auto]") and not portable.job_endpoint
+    if runner == "FlinkRunner" and embedded and not flink.flink_job_server_jar:
+        jar = find_flink_job_server_jar()
+        if jar is not None:
+            _LOG.info("embedded Flink: Beam starts the job server from %s", jar)
+            flink.flink_job_server_jar = jar
     environment = (portable.environment_type or "DOCKER").upper()
     if environment == "LOOPBACK":
         return  # the SDK harness is this process: headwater is already importable

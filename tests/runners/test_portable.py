@@ -256,15 +256,12 @@ def test_headwater_run_on_flink_waits_and_prints_the_accounting(
 
 
 def test_flink_runner_starts_its_own_job_server_from_the_tools_jar(events, tmp_path):
-    """`--flink_master=[local] --flink_job_server_jar=.tools/flink/job-server.jar`: Beam's
-    FlinkRunner starts the job server itself (an embedded Flink), headwater waits and sums up."""
-    from headwater.testing.flink_server import job_server_jar
-
+    """`--runner=FlinkRunner` with no master and no endpoint: headwater passes the launcher jar
+    `make tools` wrote (`.tools/flink/job-server.jar`), Beam's FlinkRunner starts the job server
+    itself (an embedded Flink), headwater waits and sums up."""
     summary = windowed_metrics.run(
         [
             "--runner=FlinkRunner",
-            "--flink_master=[local]",
-            f"--flink_job_server_jar={job_server_jar()}",
             "--environment_type=LOOPBACK",
             "--parallelism=2",
             f"--input={events.path}",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    FlinkRunnerOptions,
     GoogleCloudOptions,
     PipelineOptions,
     SetupOptions,
@@ -185,6 +186,38 @@ def test_portable_runner_needs_a_job_endpoint():
         ValueError, match=r"^--job_endpoint is required with --runner=PortableRunner"
     ):
         _prepare("--runner=PortableRunner")
+
+
+def test_embedded_flink_gets_the_job_server_jar_make_tools_wrote(monkeypatch):
+    """[local]/[auto] Flink gets .tools/flink/job-server.jar (Beam would download a jar Maven
+    Central does not serve); a cluster's master, a job endpoint or the user's jar do not."""
+    monkeypatch.delenv(runners.FLINK_JAR_ENV, raising=False)
+    jar = runners.find_flink_job_server_jar()
+    assert jar is not None
+    assert jar.endswith(str(Path(".tools", "flink", "job-server.jar")))
+
+    def chosen(*argv: str) -> str | None:
+        _, options = _prepare("--runner=FlinkRunner", "--environment_type=LOOPBACK", *argv)
+        return options.view_as(FlinkRunnerOptions).flink_job_server_jar
+
+    assert chosen() == jar
+    assert chosen("--flink_master=[local]") == jar
+    assert chosen("--flink_master=flink:8081") is None
+    assert chosen("--job_endpoint=localhost:8099") is None
+    assert chosen("--flink_job_server_jar=/opt/mine.jar") == "/opt/mine.jar"
+    _, portable = _prepare("--runner=PortableRunner", "--job_endpoint=localhost:8099")
+    assert portable.view_as(FlinkRunnerOptions).flink_job_server_jar is None
+
+
+def test_flink_jar_env_variable_wins_and_must_exist(monkeypatch, tmp_path):
+    """$HEADWATER_FLINK_JOB_SERVER_JAR names the jar; a missing file is refused by name."""
+    mine = tmp_path / "server.jar"
+    mine.write_bytes(b"PK")
+    monkeypatch.setenv(runners.FLINK_JAR_ENV, str(mine))
+    assert runners.find_flink_job_server_jar() == str(mine)
+    monkeypatch.setenv(runners.FLINK_JAR_ENV, str(tmp_path / "missing.jar"))
+    with pytest.raises(ValueError, match=r"HEADWATER_FLINK_JOB_SERVER_JAR=.*missing.jar"):
+        runners.find_flink_job_server_jar()
 
 
 def test_portable_workers_outside_this_process_get_the_setup_file():
