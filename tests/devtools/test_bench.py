@@ -71,6 +71,7 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
     assert flink["same_counters"] is True
     assert flink["runs"]["parallelism_2"]["records_in"] == 1500
     assert flink["runs"]["parallelism_2"]["engine"] == "columnar-parallel"
+    assert flink["speedup_2_vs_1_pipeline"] > 0
     stages = batch["stages_s"]
     assert stages["columnar_fn"] > 0
     assert stages["parse_and_checks"] > 0
