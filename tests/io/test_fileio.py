@@ -377,6 +377,17 @@ def test_write_once_is_a_no_op_for_the_same_bytes_and_keeps_other_bytes_out(tmp_
     assert [os.path.basename(name) for name in siblings] == ["f.bin"]
 
 
+def test_listing_keeps_temporary_files_unless_asked_not_to(tmp_path):
+    """A crashed writer's .tmp-* file counts for 'is this folder empty', not as an output."""
+    (tmp_path / "w").mkdir()
+    for name in ("part.parquet", ".tmp-part.parquet-0a1b", "_SUCCESS"):
+        (tmp_path / "w" / name).write_bytes(b"x")
+    names = [os.path.basename(f) for f in list_output_files(str(tmp_path))]
+    assert names == [".tmp-part.parquet-0a1b", "part.parquet"]
+    outputs = list_output_files(str(tmp_path), temps=False)
+    assert [os.path.basename(f) for f in outputs] == ["part.parquet"]
+
+
 def test_atomic_writes_make_missing_folders_at_any_depth_and_fail_on_a_file_in_the_way(tmp_path):
     """A new folder, a new folder in a new folder, an existing folder: all written; a file
     where the folder should be fails the write, naming the path."""

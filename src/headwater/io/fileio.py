@@ -207,6 +207,11 @@ def join_path(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 
 
+def _is_temp(path: str) -> bool:
+    """Whether ``path`` is a writer's temporary file (or folder): ``.tmp-<name>-<uuid>``."""
+    return posixpath.basename(path.rstrip("/")).startswith(_TEMP_PREFIX)
+
+
 def match_files(pattern: str) -> list[str]:
     """The files ``pattern`` matches, sorted, without writers' ``.tmp-*`` files or folders.
 
@@ -223,7 +228,7 @@ def match_files(pattern: str) -> list[str]:
     paths = sorted(
         m.path
         for m in metadata
-        if not posixpath.basename(m.path.rstrip("/")).startswith(_TEMP_PREFIX)
+        if not _is_temp(m.path)
         and posixpath.basename(m.path) != SUCCESS_MARKER
         and not m.path.endswith("/")
         and not (_is_local(m.path) and os.path.isdir(m.path))
@@ -334,11 +339,14 @@ def folder_prefix(path: str) -> str:
     return path.rstrip("/") + "/" if not _is_local(path) else os.path.abspath(path) + os.sep
 
 
-def list_output_files(folder: str | None, *, markers: bool = False) -> list[str]:
+def list_output_files(
+    folder: str | None, *, markers: bool = False, temps: bool = True
+) -> list[str]:
     """Every file under ``folder`` (recursively, any ``FileSystems`` scheme), sorted.
 
-    Writers' temporary files (``.tmp-*``) count (a crashed run leaves them); the completion
-    marker only with ``markers=True``. A missing folder has no files.
+    Writers' temporary files (``.tmp-*``) count (a crashed run leaves them) unless
+    ``temps=False``; the completion marker only with ``markers=True``. A missing folder has no
+    files.
     """
     if not folder:
         return []
@@ -355,7 +363,11 @@ def list_output_files(folder: str | None, *, markers: bool = False) -> list[str]
             found = [m.path for m in result.metadata_list if not m.path.endswith("/")]
         except Exception:  # nothing there (Beam raises on some filesystems)
             found = []
-    return sorted(f for f in found if markers or posixpath.basename(f) != SUCCESS_MARKER)
+    return sorted(
+        f
+        for f in found
+        if (markers or posixpath.basename(f) != SUCCESS_MARKER) and (temps or not _is_temp(f))
+    )
 
 
 def prepare_output_folders(

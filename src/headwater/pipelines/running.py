@@ -58,8 +58,8 @@ def _output_files(outputs: Mapping[str, str | None]) -> dict[str, list[str]]:
         nested = [f for other, f in folders.items() if other != name and f.startswith(folder)]
         listed[name] = [
             f
-            for f in list_output_files(outputs[name])
-            if "/.tmp-" not in f and not any(f.startswith(n) for n in nested)
+            for f in list_output_files(outputs[name], temps=False)
+            if not any(f.startswith(n) for n in nested)
         ]
     return listed
 
