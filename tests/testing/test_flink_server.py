@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from headwater import runners
 from headwater.testing.flink_server import (
     flink_libs,
-    job_server_jar,
     start_flink,
     start_worker_pool,
 )
@@ -45,7 +45,8 @@ def test_libs_are_the_checkouts_tools(monkeypatch):
     libs = flink_libs()
     assert libs.parts[-3:] == (".tools", "flink", "libs")
     assert (libs.parent.parent.parent / "tools" / "flink" / "pom.xml").is_file()
-    assert job_server_jar() == libs.parent / "job-server.jar"  # the launcher make tools writes
+    # the launcher make tools writes beside them, where runners look for it
+    assert runners.find_flink_job_server_jar() == str(libs.parent / "job-server.jar")
 
 
 @pytest.mark.parametrize("start", [start_flink, start_worker_pool])

@@ -262,8 +262,6 @@ def start_broker(
     Raises :class:`BrokerError` with the broker's last log lines if it exits or does not answer
     within ``startup_timeout`` seconds.
     """
-    if startup_timeout <= 0:
-        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
     binary = tansu_path()
     if port is not None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -299,8 +297,11 @@ def start_until_answering(
     broker answers Kafka metadata requests. A server that exits at start (a port taken between
     choosing and binding it) is launched again, up to ``attempts`` times; one that runs but does
     not answer within ``startup_timeout`` seconds is stopped and reported. Raises
-    :class:`BrokerError` with the server's last log lines.
+    :class:`BrokerError` with the server's last log lines; ``ValueError`` naming
+    ``startup_timeout`` when it is not positive, before anything is launched.
     """
+    if startup_timeout <= 0:
+        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
     check = answers or _answers_kafka
     last_error = ""
     what = "broker"

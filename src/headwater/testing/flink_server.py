@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 from headwater.testing.broker import (
-    BrokerError,
     LocalServer,
     free_port,
     spawn_in_workdir,
@@ -37,7 +36,7 @@ from headwater.testing.broker import (
 )
 from headwater.testing.kafka_server import java_for, tool_jars
 
-__all__ = ["FlinkJobServer", "flink_libs", "job_server_jar", "start_flink", "start_worker_pool"]
+__all__ = ["FlinkJobServer", "flink_libs", "start_flink", "start_worker_pool"]
 
 _DRIVER = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _JVM_OPTIONS = (
@@ -80,16 +79,6 @@ def flink_libs() -> Path:
     return tool_jars("flink", "beam-runners-flink-*.jar", "Flink")
 
 
-def job_server_jar() -> Path:
-    """The launcher jar ``make tools`` writes beside the jars, for Beam's own ``FlinkRunner``:
-    ``--flink_master=[local] --flink_job_server_jar=JAR`` starts the job server with
-    ``java -jar JAR`` (its manifest puts every jar of ``libs/`` on the class path)."""
-    jar = flink_libs().parent / "job-server.jar"
-    if not jar.is_file():
-        raise BrokerError(f"no Flink launcher jar at {jar}: run `make tools` in the checkout")
-    return jar
-
-
 def _command(java: str, classpath: str, workdir: Path, port: int) -> list[str]:
     conf = workdir / "conf"
     conf.mkdir()
@@ -124,12 +113,10 @@ def start_flink(*, startup_timeout: float = 120.0) -> FlinkJobServer:
     server's last log lines when it exits at start or does not answer within
     ``startup_timeout`` seconds.
     """
-    if startup_timeout <= 0:
-        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
-    classpath = str(flink_libs() / "*")
-    java = java_for("Flink's job server")
 
     def launch() -> FlinkJobServer:
+        classpath = str(flink_libs() / "*")
+        java = java_for("Flink's job server")
         port = free_port("127.0.0.1")
         process, workdir, log_path = spawn_in_workdir(
             "headwater-flink-", "flink.log", lambda folder: _command(java, classpath, folder, port)
@@ -152,8 +139,6 @@ def start_worker_pool(*, startup_timeout: float = 60.0) -> LocalServer:
     ``--sdk_worker_parallelism=N`` gives N worker processes: work in parallel, not threads
     sharing one interpreter as with ``LOOPBACK``. Stopped (with its workers) by its PID.
     """
-    if startup_timeout <= 0:
-        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
     environment = dict(os.environ)
     environment["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), environment["PATH"]))
 

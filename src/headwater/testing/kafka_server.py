@@ -166,12 +166,10 @@ def start_kafka(*, host: str = "127.0.0.1", startup_timeout: float = 90.0) -> Lo
     broker's last log lines when it exits at start or does not answer within
     ``startup_timeout`` seconds.
     """
-    if startup_timeout <= 0:
-        raise ValueError(f"startup_timeout={startup_timeout!r} must be positive")
-    classpath = str(kafka_libs() / "*")
-    java = java_for("Apache Kafka")
 
     def launch() -> LocalBroker:
+        classpath = str(kafka_libs() / "*")
+        java = java_for("Apache Kafka")
         port, controller_port = free_port(host), free_port(host)
 
         def command(workdir: Path) -> list[str]:
