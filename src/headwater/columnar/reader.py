@@ -66,7 +66,7 @@ class _PendingBlock:
     records: np.ndarray  # positions of the non-blank lines
     slow_lines: list[int]  # lines that go through the record path
     runs: list[np.ndarray]  # line runs handed to pyarrow
-    tables: list[concurrent.futures.Future]  # their parsed tables (None: refused)
+    tables: list[concurrent.futures.Future]  # per run: its checked tables, lines set aside
 
 
 def _json_pieces(
@@ -133,6 +133,23 @@ def _parse_pool() -> concurrent.futures.ThreadPoolExecutor:
     return _POOL
 
 
+def _parse_and_check(
+    state: ColumnarState,
+    data: Any,
+    starts: np.ndarray,
+    whole: tuple[str, ...],
+    odd_kinds: set[tuple[str, str]],
+) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], np.ndarray]:
+    """:func:`parse_run`, then the fast checks of each table, on the parse thread.
+
+    ``([(run positions, accept mask, columns)], positions set aside)``. The checks read only
+    the run's options (``ColumnarState.fast`` changes no state), so the thread that parsed a
+    piece checks it too, and the main thread is left the block's ordered steps.
+    """
+    tables, aside = parse_run(data, starts, whole, odd_kinds)
+    return [(positions, *state.fast(table)) for positions, table in tables], aside
+
+
 def _parts(lines: np.ndarray, starts: np.ndarray, size: int) -> list[np.ndarray]:
     """``lines`` (with their byte ``starts``) cut into runs of about ``size`` bytes."""
     if len(lines) == 0:
@@ -169,19 +186,21 @@ class BlockReader(beam.DoFn):
         """Handles the file's blocks in order, yielding after each (``pieces``: a part of it).
 
         Pipelined: block ``k + 1`` is handed to the parse pool before block ``k``'s parsed
-        pieces are checked, deduplicated and aggregated, so pyarrow parses (without the GIL)
-        while the Python steps run. Blocks still finish strictly in file order.
+        pieces are deduplicated and aggregated: a pool thread finds its lines and starts its
+        pieces' parse and checks (pyarrow, mostly without the GIL) while this thread runs the
+        ordered steps of block ``k``. Blocks still finish strictly in file order.
         """
-        pending: _PendingBlock | None = None
+        pool = _parse_pool()
+        pending: concurrent.futures.Future | None = None
         odd_kinds: set[tuple[str, str]] = set()  # see parse_run
         for first_line, piece in _json_pieces(path) if pieces is None else pieces:
-            started = self._start_json_block(state, path, first_line, piece, odd_kinds)
+            started = pool.submit(self._start_json_block, state, path, first_line, piece, odd_kinds)
             if pending is not None:
-                self._end_json_block(state, pending)
+                self._end_json_block(state, pending.result())
                 yield None
             pending = started
         if pending is not None:
-            self._end_json_block(state, pending)
+            self._end_json_block(state, pending.result())
             yield None
 
     def _start_json_block(
@@ -192,7 +211,11 @@ class BlockReader(beam.DoFn):
         block: bytes,
         odd_kinds: set[tuple[str, str]],
     ) -> _PendingBlock:
-        """Finds the block's lines, blanks the ones pyarrow must not see, starts parsing."""
+        """Finds the block's lines, blanks the ones pyarrow must not see, starts parsing.
+
+        Runs on a parse thread: it reads the run's options and changes no state (the block's
+        records are counted when it ends); its pieces are queued behind it on the same pool.
+        """
         ranges = LineRanges(block)
         blank = ranges.lengths == 0
         # A line pyarrow may see starts with "{" and ends with "}": a truncated line would make
@@ -207,7 +230,6 @@ class BlockReader(beam.DoFn):
             odd = ~(blank | candidate)
         max_bytes = self._options.max_record_bytes
         records = np.flatnonzero(~blank)
-        state.counts["records_in"] += len(records)
         # Lines pyarrow must not see (not an object, invalid UTF-8, over the size limit) take
         # the record path one by one; they are blanked in a copy of the block, so the lines
         # around them are still parsed as one piece.
@@ -235,7 +257,8 @@ class BlockReader(beam.DoFn):
         pool = _parse_pool()
         tables = [
             pool.submit(
-                parse_run,
+                _parse_and_check,
+                state,
                 memoryview(text)[ranges.starts[run[0]] : ranges.next_starts[run[-1]]],
                 ranges.starts[run] - ranges.starts[run[0]],
                 whole,
@@ -249,6 +272,7 @@ class BlockReader(beam.DoFn):
         """Checks the parsed pieces, runs the set-aside lines through the record path, finishes."""
         block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
         path, first_line = pending.path, pending.first_line
+        state.counts["records_in"] += len(pending.records)
 
         def element(i: int) -> SourceRecord:
             payload = block[ranges.starts[i] : ranges.ends[i]]
@@ -256,10 +280,9 @@ class BlockReader(beam.DoFn):
 
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         for run, future in zip(pending.runs, pending.tables, strict=True):
-            tables, aside = future.result()
-            for positions, table in tables:
+            checked, aside = future.result()
+            for positions, mask, columns in checked:
                 lines = run[positions]
-                mask, columns = state.fast(table)
                 pieces.append((lines, mask, columns))
                 slow_lines.extend(lines[~mask].tolist())
             slow_lines.extend(run[aside].tolist())
