@@ -139,7 +139,7 @@ def _parse_and_check(
     starts: np.ndarray,
     whole: tuple[str, ...],
     odd_kinds: set[tuple[str, str]],
-) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], np.ndarray]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[int]]:
     """:func:`parse_run`, then the fast checks of each table, on the parse thread.
 
     ``([(run positions, accept mask, columns)], positions set aside)``. The checks read only
