@@ -115,3 +115,24 @@ def test_batch_dedup_never_forgets_however_the_blocks_are_cut(block_rows):
         rows = _id_block(ids[start : start + block_rows], times[start : start + block_rows])
         keep += state.deduplicate(rows).tolist()
     assert keep == [True, True, False]  # 20 s after its anchor: inside the 20 s horizon
+
+
+@pytest.mark.parametrize("expected", [5, 100_000])
+def test_a_size_hint_sizes_the_id_table_once_and_changes_no_answer(expected):
+    """``expect_records`` sizes the table at the next dedup (not before); same keep masks."""
+    state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
+    initial = len(state._anchors._slots)
+    state.expect_records(expected)
+    assert len(state._anchors._slots) == initial  # nothing allocated until a dedup
+    blocks = _random_blocks(3)
+    want = _reference_dedup(blocks, 20_000_000)
+    for index, ((ids, times), expected_keep) in enumerate(zip(blocks, want, strict=True)):
+        assert state.deduplicate(_id_block(ids, times)).tolist() == expected_keep
+        if index == 0:
+            assert len(state._anchors._slots) >= 3 * min(expected, len(ids))
+            sized = len(state._anchors._slots)
+            if expected > 3000:  # room for every id of the run: no growth after this
+                assert sized >= 3 * expected
+    assert len(state._anchors) == len({i for ids, _ in blocks for i in ids})
+    if expected > 3000:
+        assert len(state._anchors._slots) == sized

@@ -28,6 +28,7 @@ from headwater.io.fileio import (
     OutputFolderNotEmptyError,
     ReadFromFiles,
     WriteWindowedFiles,
+    file_size,
     list_output_files,
     match_files,
     prepare_output_folders,
@@ -699,3 +700,11 @@ def test_each_session_gets_its_own_folder_whatever_other_keys_do(tmp_path):
         "window_start=1970-01-01T00:01:40Z/window_end=1970-01-01T00:06:40Z": ["b"],
         "window_start=1970-01-01T00:16:40Z/window_end=1970-01-01T00:21:40Z": ["b"],
     }
+
+
+def test_file_size_is_the_bytes_of_the_file_and_zero_when_it_cannot_be_told(tmp_path):
+    """The columnar reader's sizing hint: a file's bytes; 0 for a path that is not there."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"a": 1}\n' * 7)
+    assert file_size(str(path)) == 63
+    assert file_size(str(tmp_path / "missing.jsonl")) == 0

@@ -184,6 +184,11 @@ class IdAnchors(dict):
         self._reserve(len(new), forgotten)
         self._insert(ids, hashes, entries, values, new)
 
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more ids now (a run that knows its size skips growing in steps,
+        each of which places every held id again); nothing is dropped."""
+        self._reserve(extra, _nothing_forgotten)
+
     def _reserve(self, extra: int, forgotten: Callable[[np.ndarray], np.ndarray]) -> None:
         """Room for ``extra`` more entries, at most half the slots used (drops stale entries)."""
         if (self._size + extra) * 2 <= len(self._slots):
@@ -255,3 +260,7 @@ class IdAnchors(dict):
         self._ids.append(ids.take(pa.array(add)))
         mask = np.uint64(len(self._slots) - 1)
         self._place((hashes[add] & mask).astype(np.int64), entries)
+
+
+def _nothing_forgotten(anchors: np.ndarray) -> np.ndarray:
+    return np.zeros(len(anchors), dtype=bool)

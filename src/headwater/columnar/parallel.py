@@ -281,6 +281,7 @@ class _DedupShardFn(beam.DoFn):
         table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
         order = np.argsort(table.column("a").to_numpy(), kind="stable")
         state = ColumnarState(self._options)
+        state.expect_records(len(order))
         fields = len(self._options.fields)
         for begin in range(0, len(order), _CHUNK_ROWS):
             chunk = table.take(pa.array(order[begin : begin + _CHUNK_ROWS]))

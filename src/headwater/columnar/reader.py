@@ -42,6 +42,7 @@ from headwater.columnar.state import (
 from headwater.core.records import DecodedRecord, SourceRecord
 from headwater.io.fileio import (
     STORAGE_ERRORS,
+    file_size,
     unreadable_file_letter,
 )
 
@@ -273,6 +274,9 @@ class BlockReader(beam.DoFn):
         block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
         path, first_line = pending.path, pending.first_line
         state.counts["records_in"] += len(pending.records)
+        if first_line == 1 and len(block):  # the file's size in records, as a hint
+            per_byte = len(pending.records) / len(block)
+            state.expect_records(int(file_size(path) * per_byte) - len(pending.records))
 
         def element(i: int) -> SourceRecord:
             payload = block[ranges.starts[i] : ranges.ends[i]]

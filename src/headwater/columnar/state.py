@@ -170,6 +170,7 @@ class ColumnarState:
         self._check = RecordCheck(options.key_field, options.metrics)
         self.id_of = options.dedup.id_of if options.dedup is not None else None
         self._anchors = IdAnchors()  # the carried id -> anchor
+        self._expected = 0  # see expect_records
         self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
         self._compacted = 0  # rows of the partials after the last merge
         self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
@@ -345,6 +346,12 @@ class ColumnarState:
             positions=all_positions[order],
         )
 
+    def expect_records(self, records: int) -> None:
+        """A hint: about ``records`` more records are coming. The next :meth:`deduplicate`
+        sizes the id table for them at once instead of growing it in steps (a state that never
+        deduplicates allocates nothing). Results do not depend on it."""
+        self._expected += max(records, 0)
+
     def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
         n = len(rows.ts)
@@ -355,6 +362,9 @@ class ColumnarState:
         group = encoded.indices.to_numpy().astype(np.int64)
         unique = encoded.dictionary
         anchors = self._anchors
+        if self._expected:
+            anchors.reserve(self._expected)
+            self._expected = 0
         carried, handle = anchors.lookup(unique)
         # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
         narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group

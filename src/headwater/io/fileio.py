@@ -104,7 +104,7 @@ import apache_beam as beam
 import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
@@ -128,6 +128,7 @@ __all__ = [
     "encode_avro",
     "encode_avro_rows",
     "encode_parquet",
+    "file_size",
     "file_name",
     "folder_prefix",
     "join_path",
@@ -236,6 +237,15 @@ def match_files(pattern: str) -> list[str]:
     if not paths:
         raise NoFilesMatchedError(f"no file matches pattern {pattern!r}")
     return paths
+
+
+def file_size(path: str) -> int:
+    """The size in bytes of the file at ``path``; 0 when the file system cannot tell."""
+    try:
+        [result] = FileSystems.match([path])
+        return int(result.metadata_list[0].size_in_bytes)
+    except (BeamIOError, OSError, IndexError, ValueError):
+        return 0
 
 
 def write_atomically(path: str, data: bytes, *, mime_type: str = "application/octet-stream"):
