@@ -19,8 +19,11 @@ from headwater.columnar import (
     ReplayWindowedMetricsColumnar,
     columnar_supported,
     columnar_unsupported_reason,
+    idtable,
     reader,
 )
+from headwater.columnar import state as state_module
+from headwater.columnar.spill import SpilledAnchors
 from headwater.core.accounting import Accounting
 from headwater.devtools.reference import windowed_metrics_reference
 from headwater.devtools.workload import generate
@@ -301,6 +304,37 @@ def test_batch_dedup_gives_the_record_paths_answer_whatever_the_block_size(
 
     record_p, _, columnar_p, _ = _run_both(path)
     assert counts(columnar_p) == counts(record_p) == (2, 1)
+
+
+def test_ids_moved_to_disk_still_make_late_retries_duplicates(tmp_path, monkeypatch):
+    """A table of 16 slots fills after a few ids: the settled ones go to disk (columnar.spill)
+    and a retry far behind the stream is judged against them, as the record path judges it."""
+    monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
+    monkeypatch.setattr(state_module, "_SIZED_IDS", 4)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)  # one line per block
+    lines = [_line("a", 0), _line("c", 60_000)]
+    lines += [_line(f"b{i}", 1_200_000 + i) for i in range(40)]  # 20 min on: a and c settle
+    lines += [_line("a", 1_000), _line("c", 661_000), _line("a", 600_001), _line("b3", 3)]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(lines))
+    moved = []
+    spill_put = SpilledAnchors.put
+    monkeypatch.setattr(
+        SpilledAnchors,
+        "put",
+        lambda self, ids, *rest: moved.extend(ids.to_pylist()) or spill_put(self, ids, *rest),
+    )
+
+    def counts(pipeline):
+        accounting = Accounting.from_result(pipeline.run())
+        return accounting.output, accounting.duplicate
+
+    record_p, _, columnar_p, _ = _run_both(path)
+    # a@1s: 1 s after its anchor (on disk); c@661s: 601 s after its anchor, past the 10 min
+    # horizon; a@600.001s: within 10 min of a's anchor, 1 s now (the retry raised it); b3@3ms:
+    # older than its anchor (in memory)
+    assert counts(columnar_p) == counts(record_p) == (43, 3)
+    assert {"a", "c"} <= set(moved)
 
 
 def test_emit_duplicates_outputs_the_decoded_copies(tmp_path):

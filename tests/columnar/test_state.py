@@ -58,11 +58,14 @@ def _reference_dedup(blocks, horizon):
     return masks
 
 
+_ALL_IDS = [f"id-{i}" for i in range(3000)] + ["é", "日本語", "x" * 40, "a", "b" * 9]
+
+
 def _random_blocks(seed, blocks=40):
     import random
 
     rng = random.Random(seed)
-    pool = [f"id-{i}" for i in range(3000)] + ["é", "日本語", "x" * 40, "a", "b" * 9]
+    pool = _ALL_IDS
     out, clock = [], 0
     for _ in range(blocks):
         size = rng.randrange(1, 400)
@@ -93,7 +96,33 @@ def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_has
     want = _reference_dedup(blocks, 20_000_000)
     for (ids, times), expected in zip(blocks, want, strict=True):
         assert state.deduplicate(_id_block(ids, times)).tolist() == expected
-    assert len(state._anchors) == len({i for ids, _ in blocks for i in ids})
+    assert _held_anchors(state) == _newest_copies(blocks)
+    # a table of 16 slots fills up: settled ids go to disk; a large one holds all in memory
+    assert (state.ids_on_disk > 0) == (slots == 16)
+
+
+def _newest_copies(blocks):
+    newest = {}
+    for ids, times in blocks:
+        for ident, t in zip(ids, times, strict=True):
+            newest[ident] = max(t, newest.get(ident, t))
+    return newest
+
+
+def _held_anchors(state):
+    """Every id the state holds, in its table or on disk, with its anchor."""
+    import numpy as np
+
+    everything = pa.array(sorted(_ALL_IDS), type=pa.string())
+    carried, _ = state._anchors.lookup(everything)
+    if state._spilled is not None:
+        missing = np.flatnonzero(carried == rules.NO_TIME)
+        carried[missing] = state._spilled.get(everything.take(pa.array(missing)))
+    return {
+        ident: int(anchor)
+        for ident, anchor in zip(everything.to_pylist(), carried.tolist(), strict=True)
+        if anchor != rules.NO_TIME
+    }
 
 
 def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
@@ -133,6 +162,6 @@ def test_a_size_hint_sizes_the_id_table_once_and_changes_no_answer(expected):
             sized = len(state._anchors._slots)
             if expected > 3000:  # room for every id of the run: no growth after this
                 assert sized >= 3 * expected
-    assert len(state._anchors) == len({i for ids, _ in blocks for i in ids})
+    assert _held_anchors(state) == _newest_copies(blocks)
     if expected > 3000:
         assert len(state._anchors._slots) == sized

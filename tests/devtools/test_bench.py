@@ -78,15 +78,39 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
     assert stages["columnar_fn"] >= stages["dedup"] + stages["aggregate"] + stages["write"]
 
 
-def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path):
-    """The dedup-memory probe reports the ids it held and the process's peak RSS."""
+def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path, monkeypatch):
+    """The dedup-memory probe reports the ids it held, the ids on disk and the peak RSS; a
+    table that fills up holds fewer ids and finds the same duplicates."""
+    from headwater.columnar import idtable, reader
+    from headwater.columnar import state as state_module
+
     path = tmp_path / "events.jsonl"
-    write_jsonl(path, 2_000)
+    # one event a second for 50 minutes (5 horizons), every 10th a retry of one 31 s back
+    lines = [
+        json.dumps(
+            {
+                "event_id": f"e{i - 31 if i % 10 == 9 else i}",
+                "user_id": f"u{i % 7}",
+                "event_time": i * 1_000,
+                "amount": 1,
+            }
+        )
+        for i in range(3_000)
+    ]
+    path.write_text("\n".join(lines) + "\n")
     result = bench.dedup_memory(str(path))
-    assert result["events"] == 2_000
-    assert 0 < result["max_ids_held"] <= 2_000
+    assert result["events"] == 3_000
+    assert 0 < result["max_ids_held"] <= 3_000
+    assert result["ids_on_disk"] == 0
     assert result["duplicates"] > 0
     assert result["peak_rss_mb"] > 0
+    monkeypatch.setattr(idtable, "_ID_SLOTS", 256)
+    monkeypatch.setattr(state_module, "_SIZED_IDS", 64)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 4_096)
+    small = bench.dedup_memory(str(path))
+    assert small["duplicates"] == result["duplicates"]
+    assert small["ids_on_disk"] > 0
+    assert small["max_ids_held"] < result["max_ids_held"]
 
 
 def test_plain_script_is_standalone_and_matches_the_reference(tmp_path):

@@ -168,8 +168,14 @@ class IdAnchors(dict):
         handle: Any,
         values: np.ndarray,
         forgotten: Callable[[np.ndarray], np.ndarray],
+        spill: Callable[[pa.Array, np.ndarray, np.ndarray | None], None] | None = None,
     ) -> None:
-        """Sets the anchors of ``ids`` (the handle is :meth:`lookup`'s for the same ids)."""
+        """Sets the anchors of ``ids`` (the handle is :meth:`lookup`'s for the same ids).
+
+        When the table fills up, the entries whose anchors ``forgotten`` picks are dropped;
+        ``spill(ids, anchors, hashes)`` gets them first (the batch dedup keeps them on disk;
+        ``hashes`` is None for the few held outside the table).
+        """
         hashes, entries = handle
         found = entries >= 0
         self._values[entries[found]] = values[found]
@@ -181,7 +187,7 @@ class IdAnchors(dict):
             new = new[~np.array(held, dtype=bool)]
         if len(new) == 0:
             return
-        self._reserve(len(new), forgotten)
+        self._reserve(len(new), forgotten, spill)
         self._insert(ids, hashes, entries, values, new)
 
     def reserve(self, extra: int) -> None:
@@ -189,21 +195,38 @@ class IdAnchors(dict):
         each of which places every held id again); nothing is dropped."""
         self._reserve(extra, _nothing_forgotten)
 
-    def _reserve(self, extra: int, forgotten: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Room for ``extra`` more entries, at most half the slots used (drops stale entries)."""
+    def _reserve(
+        self,
+        extra: int,
+        forgotten: Callable[[np.ndarray], np.ndarray],
+        spill: Callable[[pa.Array, np.ndarray, np.ndarray | None], None] | None = None,
+    ) -> None:
+        """Room for ``extra`` more entries, at most half the slots used (drops stale entries,
+        handing them to ``spill`` first when given)."""
         if (self._size + extra) * 2 <= len(self._slots):
             return
-        live = np.flatnonzero(~forgotten(self._values[: self._size]))
-        if len(live) < self._size:
+        stale = forgotten(self._values[: self._size])
+        if stale.any():
+            live = np.flatnonzero(~stale)
+            if spill is not None:
+                dropped = np.flatnonzero(stale)
+                spill(self._stored(dropped), self._values[dropped], self._hashes[dropped])
             self._ids = [self._stored(live)] if len(live) else []
             self._hashes[: len(live)] = self._hashes[live]
             self._values[: len(live)] = self._values[live]
             self._size = len(live)
-            held = list(self.items())
-            stale = forgotten(np.array([v for _, v in held], dtype=np.int64))
-            for (key, _), drop in zip(held, stale.tolist(), strict=True):
-                if drop:
-                    del self[key]
+        held = list(self.items())
+        if held:
+            gone = forgotten(np.array([v for _, v in held], dtype=np.int64)).tolist()
+            out = [(key, value) for (key, value), drop in zip(held, gone, strict=True) if drop]
+            if spill is not None and out:
+                spill(
+                    pa.array([key for key, _ in out], type=pa.string()),
+                    np.array([value for _, value in out], dtype=np.int64),
+                    None,
+                )
+            for key, _ in out:
+                del self[key]
         capacity = len(self._slots)
         # Grow to at most a third full: room for a sixth of the slots before the next pruning,
         # and no more (a table that quadrupled would hold ids long stale before pruning again).

@@ -40,7 +40,8 @@ Accounting: ``records_in`` and ``dead_letter`` are counted where splits are deco
 ``output`` and ``duplicate`` where shards are deduplicated; each record once.
 
 Memory: a decode worker holds a block; a dedup worker holds its shard's accepted rows (about 100
-bytes a row) and the shard's ids (the batch rule keeps every id): raise ``shards`` with the input.
+bytes a row) and the shard's ids within the horizon (older ones move to local disk, see
+:mod:`headwater.columnar.state`): raise ``shards`` with the input.
 ``emit_duplicates`` is refused (duplicates are found where the records' bytes are gone).
 """
 

@@ -701,6 +701,7 @@ def dedup_memory(path: str) -> dict[str, Any]:
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "max_ids_held": held,
         "ids_held_at_end": len(state._anchors),
+        "ids_on_disk": state.ids_on_disk,  # moved out of memory (columnar.spill)
         "duplicates": state.counts["duplicate"],
         "seconds": round(time.perf_counter() - began, 2),
     }

@@ -1,0 +1,120 @@
+"""Ids the batch dedup moved out of memory: sorted runs on local disk, read memory-mapped.
+
+The batch rule never forgets an id (a copy arriving any time later is judged against its
+anchor), so a backfill's id table would grow with its input. :class:`SpilledAnchors` holds the
+ids the table moved out (:meth:`headwater.columnar.idtable.IdAnchors.store`'s ``spill``): each
+move writes one *run* -- the ids' 64-bit hashes sorted, their anchors in that order, and the
+ids themselves (an Arrow IPC file, with the permutation to it) -- into a temporary folder, and
+maps it back read-only, so the runs cost page cache, not the process's memory. :meth:`get`
+finds ids by hash with a binary search in every run and confirms each hit on the id itself, so
+two ids never share an anchor; an id in several runs (moved out, seen again, moved out again)
+gets its newest anchor.
+
+The folder is removed when the object is garbage collected or the process exits.
+
+>>> import pyarrow as pa
+>>> spilled = SpilledAnchors()
+>>> spilled.put(pa.array(["a", "b"]), np.array([10, 20]))
+>>> spilled.put(pa.array(["a"]), np.array([5]))
+>>> spilled.get(pa.array(["a", "c", "b"])).tolist() == [10, NO_TIME, 20]
+True
+>>> len(spilled)
+3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from headwater.columnar import idtable
+from headwater.windowing.rules import NO_TIME
+
+__all__ = ["SpilledAnchors"]
+
+
+@dataclasses.dataclass
+class _Run:
+    hashes: np.ndarray  # sorted (memory-mapped)
+    anchors: np.ndarray  # in the same order (memory-mapped)
+    order: np.ndarray  # per sorted position, the id's row in ``ids`` (memory-mapped)
+    ids: pa.Array  # as given to put (memory-mapped IPC)
+
+
+class SpilledAnchors:
+    """An append-only ``id -> anchor`` store on local disk (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._runs: list[_Run] = []
+
+    def __len__(self) -> int:
+        """Entries written (an id moved out twice counts twice)."""
+        return sum(len(run.hashes) for run in self._runs)
+
+    @property
+    def runs(self) -> int:
+        return len(self._runs)
+
+    def _next_path(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="headwater-dedup-"))
+            weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        return self._folder / f"run-{len(self._runs):06d}"
+
+    def put(self, ids: pa.Array, anchors: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Writes one run: ``ids`` (distinct strings, no nulls) with their anchors.
+
+        ``hashes``: the ids' :func:`~headwater.columnar.idtable.hash_ids` when the caller holds
+        them (the id table does); hashing a large run again would cost memory in proportion.
+        """
+        if len(ids) == 0:
+            return
+        if hashes is None:
+            hashes = idtable.hash_ids(ids)
+        order = np.argsort(hashes, kind="stable")
+        base = self._next_path()
+        np.save(f"{base}.hashes.npy", hashes[order])
+        np.save(f"{base}.anchors.npy", np.asarray(anchors, dtype=np.int64)[order])
+        np.save(f"{base}.order.npy", order)
+        batch = pa.record_batch([ids.cast(pa.string())], names=["id"])
+        with ipc.new_file(f"{base}.ids.arrow", batch.schema) as writer:
+            writer.write_batch(batch)
+        mapped = ipc.open_file(pa.memory_map(f"{base}.ids.arrow")).get_batch(0)
+        self._runs.append(
+            _Run(
+                hashes=np.load(f"{base}.hashes.npy", mmap_mode="r"),
+                anchors=np.load(f"{base}.anchors.npy", mmap_mode="r"),
+                order=np.load(f"{base}.order.npy", mmap_mode="r"),
+                ids=mapped.column(0),
+            )
+        )
+
+    def get(self, ids: pa.Array) -> np.ndarray:
+        """Each id's newest anchor over the runs, ``NO_TIME`` when no run holds it."""
+        found = np.full(len(ids), NO_TIME, dtype=np.int64)
+        if len(ids) == 0 or not self._runs:
+            return found
+        hashes = idtable.hash_ids(ids)
+        for run in self._runs:
+            low = np.searchsorted(run.hashes, hashes, side="left")
+            high = np.searchsorted(run.hashes, hashes, side="right")
+            width = high - low
+            # almost always one entry per hash; different ids sharing a hash take more rounds
+            for step in range(int(width.max()) if len(width) else 0):
+                query = np.flatnonzero(width > step)
+                position = low[query] + step
+                same = pc.equal(
+                    ids.take(pa.array(query)), run.ids.take(pa.array(run.order[position]))
+                ).to_numpy(zero_copy_only=False)
+                hit, at = query[same], position[same]
+                found[hit] = np.maximum(found[hit], run.anchors[at])
+        return found
