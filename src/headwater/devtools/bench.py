@@ -36,7 +36,7 @@ meaningful within a run; absolute figures move on shared machines):
                          from a worker pool (one process per unit of parallelism);
 ``dedup_memory``         peak RSS of the columnar dedup (parse + dedup, no aggregation) over files
                          of N and 5*N generated events with the same horizon, each read in a
-                         fresh subprocess.
+                         fresh subprocess, with the ids held in memory and moved to disk.
 
 Prints a table (events/s, peak RSS, ratios vs plain Python and vs plain Beam) and writes
 everything to ``<workdir>/bench.json``. ``--quick`` runs a small version (seconds, for CI).
@@ -1059,7 +1059,8 @@ def print_table(results: dict[str, Any], out: Any = None) -> None:
             f"dedup peak RSS: {memory['small']['events']:,} events {memory['small']['peak_rss_mb']}"
             f" MB, {memory['large']['events']:,} events {memory['large']['peak_rss_mb']} MB "
             f"(ids held at most {memory['small']['max_ids_held']:,} / "
-            f"{memory['large']['max_ids_held']:,})",
+            f"{memory['large']['max_ids_held']:,}; on disk {memory['small']['ids_on_disk']:,} / "
+            f"{memory['large']['ids_on_disk']:,})",
             file=out,
         )
     scale = results.get("scale_out", {})
