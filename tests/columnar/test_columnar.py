@@ -17,12 +17,12 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from headwater.columnar import (
     ComputeWindowedMetricsColumnar,
     ReplayWindowedMetricsColumnar,
+    batchids,
     columnar_supported,
     columnar_unsupported_reason,
     idtable,
     reader,
 )
-from headwater.columnar import state as state_module
 from headwater.columnar.spill import SpilledAnchors
 from headwater.core.accounting import Accounting
 from headwater.devtools.reference import windowed_metrics_reference
@@ -310,7 +310,7 @@ def test_ids_moved_to_disk_still_make_late_retries_duplicates(tmp_path, monkeypa
     """A table of 16 slots fills after a few ids: the settled ones go to disk (columnar.spill)
     and a retry far behind the stream is judged against them, as the record path judges it."""
     monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
-    monkeypatch.setattr(state_module, "_SIZED_IDS", 4)
+    monkeypatch.setattr(batchids, "_SIZED_IDS", 4)
     monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)  # one line per block
     lines = [_line("a", 0), _line("c", 60_000)]
     lines += [_line(f"b{i}", 1_200_000 + i) for i in range(40)]  # 20 min on: a and c settle

@@ -98,7 +98,11 @@ def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_has
         assert state.deduplicate(_id_block(ids, times)).tolist() == expected
     assert _held_anchors(state) == _newest_copies(blocks)
     # a table of 16 slots fills up: settled ids go to disk; a large one holds all in memory
-    assert (state.ids_on_disk > 0) == (slots == 16)
+    # (with the weak hash nearly every id lives beside the table, which seldom fills)
+    if slots == 16 and not weak_hash:
+        assert state.ids.on_disk > 0
+    if slots > 16:
+        assert state.ids.on_disk == 0
 
 
 def _newest_copies(blocks):
@@ -114,10 +118,10 @@ def _held_anchors(state):
     import numpy as np
 
     everything = pa.array(sorted(_ALL_IDS), type=pa.string())
-    carried, _ = state._anchors.lookup(everything)
-    if state._spilled is not None:
+    carried, _ = state.ids.anchors.lookup(everything)
+    if state.ids.spilled is not None:
         missing = np.flatnonzero(carried == rules.NO_TIME)
-        carried[missing] = state._spilled.get(everything.take(pa.array(missing)))
+        carried[missing] = state.ids.spilled.get(everything.take(pa.array(missing)))
     return {
         ident: int(anchor)
         for ident, anchor in zip(everything.to_pylist(), carried.tolist(), strict=True)
@@ -131,7 +135,7 @@ def test_anchors_carried_from_an_earlier_block_make_later_copies_duplicates():
     assert state.deduplicate(_id_block(["a"], [1_000])).tolist() == [True]
     rows = _id_block(["a", "b", "a", "b"], [2_000, 3_000, 30_000_000, 4_000])
     assert state.deduplicate(rows).tolist() == [False, True, True, False]
-    assert len(state._anchors) == 2
+    assert len(state.ids) == 2
 
 
 @pytest.mark.parametrize("block_rows", [1, 2, 3])
@@ -150,18 +154,40 @@ def test_batch_dedup_never_forgets_however_the_blocks_are_cut(block_rows):
 def test_a_size_hint_sizes_the_id_table_once_and_changes_no_answer(expected):
     """``expect_records`` sizes the table at the next dedup (not before); same keep masks."""
     state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
-    initial = len(state._anchors._slots)
+    initial = len(state.ids.anchors._slots)
     state.expect_records(expected)
-    assert len(state._anchors._slots) == initial  # nothing allocated until a dedup
+    assert len(state.ids.anchors._slots) == initial  # nothing allocated until a dedup
     blocks = _random_blocks(3)
     want = _reference_dedup(blocks, 20_000_000)
     for index, ((ids, times), expected_keep) in enumerate(zip(blocks, want, strict=True)):
         assert state.deduplicate(_id_block(ids, times)).tolist() == expected_keep
         if index == 0:
-            assert len(state._anchors._slots) >= 3 * min(expected, len(ids))
-            sized = len(state._anchors._slots)
+            assert len(state.ids.anchors._slots) >= 3 * min(expected, len(ids))
+            sized = len(state.ids.anchors._slots)
             if expected > 3000:  # room for every id of the run: no growth after this
                 assert sized >= 3 * expected
     assert _held_anchors(state) == _newest_copies(blocks)
     if expected > 3000:
-        assert len(state._anchors._slots) == sized
+        assert len(state.ids.anchors._slots) == sized
+
+
+def test_one_record_from_a_clock_years_ahead_does_not_send_every_id_to_disk(monkeypatch):
+    """How far the stream has come is a block's median: ids within the horizon of the stream
+    stay in memory after a far-future record, and every answer is the dict's."""
+
+    monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
+    state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
+    blocks = []
+    for b in range(100):  # 50 new ids a second, one second a block
+        ids = [f"id-{b}-{i}" for i in range(50)]
+        times = [b * 1_000_000 + i for i in range(50)]
+        if b == 3:
+            ids[7], times[7] = "from-2100", 4_102_444_800_000_000
+        blocks.append((ids, times))
+    want = _reference_dedup(blocks, 20_000_000)
+    for (ids, times), expected in zip(blocks, want, strict=True):
+        assert state.deduplicate(_id_block(ids, times)).tolist() == expected
+    recent = pa.array([f"id-{b}-{i}" for b in range(80, 100) for i in range(50)])
+    carried, _ = state.ids.anchors.lookup(recent)
+    assert bool((carried != rules.NO_TIME).all())  # the last 20 s are all in memory
+    assert 0 < state.ids.on_disk <= 80 * 50

@@ -4,7 +4,7 @@ The batch rule never forgets an id (a copy arriving any time later is judged aga
 anchor), so a backfill's id table would grow with its input. :class:`SpilledAnchors` holds the
 ids the table moved out (:meth:`headwater.columnar.idtable.IdAnchors.store`'s ``spill``): each
 move writes one *run* -- the ids' 64-bit hashes sorted, their anchors in that order, and the
-ids themselves (an Arrow IPC file, with the permutation to it) -- into a temporary folder, and
+ids themselves with the permutation to them, one Arrow IPC file -- into a temporary folder, and
 maps it back read-only, so the runs cost page cache, not the process's memory. :meth:`get`
 finds ids by hash with a binary search in every run and confirms each hit on the id itself, so
 two ids never share an anchor; an id in several runs (moved out, seen again, moved out again)
@@ -43,10 +43,10 @@ __all__ = ["SpilledAnchors"]
 
 @dataclasses.dataclass
 class _Run:
-    hashes: np.ndarray  # sorted (memory-mapped)
-    anchors: np.ndarray  # in the same order (memory-mapped)
-    order: np.ndarray  # per sorted position, the id's row in ``ids`` (memory-mapped)
-    ids: pa.Array  # as given to put (memory-mapped IPC)
+    hashes: np.ndarray  # sorted
+    anchors: np.ndarray  # in the same order
+    order: np.ndarray  # per sorted position, the id's row in ``ids``
+    ids: pa.Array  # as given to put
 
 
 class SpilledAnchors:
@@ -68,33 +68,39 @@ class SpilledAnchors:
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="headwater-dedup-"))
             weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
-        return self._folder / f"run-{len(self._runs):06d}"
+        return self._folder / f"run-{len(self._runs):06d}.arrow"
 
     def put(self, ids: pa.Array, anchors: np.ndarray, hashes: np.ndarray | None = None) -> None:
         """Writes one run: ``ids`` (distinct strings, no nulls) with their anchors.
 
         ``hashes``: the ids' :func:`~headwater.columnar.idtable.hash_ids` when the caller holds
         them (the id table does); hashing a large run again would cost memory in proportion.
+        A run is one file (one open file while the store lives).
         """
         if len(ids) == 0:
             return
         if hashes is None:
             hashes = idtable.hash_ids(ids)
         order = np.argsort(hashes, kind="stable")
-        base = self._next_path()
-        np.save(f"{base}.hashes.npy", hashes[order])
-        np.save(f"{base}.anchors.npy", np.asarray(anchors, dtype=np.int64)[order])
-        np.save(f"{base}.order.npy", order)
-        batch = pa.record_batch([ids.cast(pa.string())], names=["id"])
-        with ipc.new_file(f"{base}.ids.arrow", batch.schema) as writer:
+        batch = pa.record_batch(
+            [
+                pa.array(hashes[order], type=pa.uint64()),
+                pa.array(np.asarray(anchors, dtype=np.int64)[order]),
+                pa.array(order.astype(np.int64)),
+                ids.cast(pa.string()),
+            ],
+            names=["hash", "anchor", "order", "id"],
+        )
+        path = self._next_path()
+        with ipc.new_file(str(path), batch.schema) as writer:
             writer.write_batch(batch)
-        mapped = ipc.open_file(pa.memory_map(f"{base}.ids.arrow")).get_batch(0)
+        mapped = ipc.open_file(pa.memory_map(str(path))).get_batch(0)
         self._runs.append(
             _Run(
-                hashes=np.load(f"{base}.hashes.npy", mmap_mode="r"),
-                anchors=np.load(f"{base}.anchors.npy", mmap_mode="r"),
-                order=np.load(f"{base}.order.npy", mmap_mode="r"),
-                ids=mapped.column(0),
+                hashes=mapped.column(0).to_numpy(),  # views of the mapped file, no copies
+                anchors=mapped.column(1).to_numpy(),
+                order=mapped.column(2).to_numpy(),
+                ids=mapped.column(3),
             )
         )
 

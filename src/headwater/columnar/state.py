@@ -31,15 +31,8 @@ Dedup state: the record path's batch rule, whatever the blocks
     exhausted, so no expiry timer fires before then), so a copy is a duplicate exactly when
     :func:`headwater.windowing.rules.is_duplicate` says so against every earlier copy in
     arrival order (file, then line), however late in the input it comes and wherever blocks
-    are cut. The carried ``id -> anchor`` table holds the ids in memory (a 64-bit hash, an
-    anchor and the id's bytes per id); it is sized for the run's records at once, up to
-    ``_SIZED_IDS``. When it fills up, the *settled* ids -- anchors older than the newest event
-    time seen by more than the horizon and the out-of-orderness -- move to local disk
-    (:class:`~headwater.columnar.spill.SpilledAnchors`) instead of the table growing, and a copy
-    whose id is not in memory and whose event time is within the horizon of the newest anchor
-    on disk is looked up there. Nothing is forgotten, so the answer is the same; memory follows
-    the ids within the horizon (and the table's size), not the input, and only copies behind the
-    stream by more than the out-of-orderness pay a lookup. The stream replay
+    are cut. :class:`~headwater.columnar.batchids.BatchIds` keeps the ids: the ones within the
+    horizon in memory, the settled ones on local disk. The stream replay
     (:mod:`headwater.columnar.replay`) forgets ids as a streaming run's timers would.
 """
 
@@ -57,8 +50,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.columnar.idtable import IdAnchors
-from headwater.columnar.spill import SpilledAnchors
+from headwater.columnar.batchids import BatchIds
 from headwater.core.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.aggregate import MetricSpec, RecordCheck
 from headwater.transforms.dedup import DeduplicateById
@@ -76,9 +68,6 @@ _LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
 # 2**31 rows stay in int64. JSON ints beyond it (past 1.8e19) are summed as floats.
 _LIMB_RANGE = 1 << 64
 _TWO_63 = float(2**63)
-# The ids the batch dedup's table is sized for at once (expect_records): a table that fills up
-# moves its settled ids (see ColumnarState._settled) to disk instead of growing.
-_SIZED_IDS = 1 << 20
 INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 
 
@@ -179,11 +168,7 @@ class ColumnarState:
         )
         self._check = RecordCheck(options.key_field, options.metrics)
         self.id_of = options.dedup.id_of if options.dedup is not None else None
-        self._anchors = IdAnchors()  # the carried id -> anchor
-        self._expected = 0  # see expect_records
-        self._newest = int(NO_TIME)  # the newest event time deduplicated so far
-        self._spilled: SpilledAnchors | None = None  # ids moved to disk (see _settled)
-        self._spilled_newest = int(NO_TIME)  # the newest anchor among them
+        self.ids = BatchIds(options.horizon_micros, options.out_of_order_micros)
         self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
         self._compacted = 0  # rows of the partials after the last merge
         self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
@@ -360,72 +345,15 @@ class ColumnarState:
         )
 
     def expect_records(self, records: int) -> None:
-        """A hint: about ``records`` more records are coming. The next :meth:`deduplicate`
-        sizes the id table for them at once instead of growing it in steps (a state that never
-        deduplicates allocates nothing). Results do not depend on it."""
-        self._expected += max(records, 0)
+        """A hint: about ``records`` more records are coming (:meth:`BatchIds.expect`)."""
+        self.ids.expect(records)
 
     def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
         n = len(rows.ts)
         if self.id_of is None or n == 0:
             return np.ones(n, dtype=bool)
-        horizon = self.options.horizon_micros
-        encoded = rows.ids.dictionary_encode()  # type: ignore[union-attr]
-        group = encoded.indices.to_numpy().astype(np.int64)
-        unique = encoded.dictionary
-        anchors = self._anchors
-        if self._expected:
-            anchors.reserve(min(self._expected, _SIZED_IDS))
-            self._expected = 0
-        # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
-        narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
-        order = np.argsort(narrow, kind="stable")
-        sorted_group = group[order]
-        sorted_ts = rows.ts[order]
-        same = np.zeros(n, dtype=bool)
-        same[1:] = sorted_group[1:] == sorted_group[:-1]
-        starts = np.flatnonzero(~same)  # each id's first row (ids in dictionary order)
-        carried, handle = anchors.lookup(unique)
-        if self._spilled is not None:  # ids on disk: only a copy within their horizon asks
-            oldest = np.minimum.reduceat(sorted_ts, starts)
-            ask = np.flatnonzero((carried == NO_TIME) & (oldest <= self._spilled_newest + horizon))
-            if len(ask):
-                carried[ask] = self._spilled.get(unique.take(pa.array(ask)))
-        # the newest earlier copy within the block, per id (rows grouped by id)
-        running = rules.running_max_v(sorted_group, sorted_ts)
-        previous = np.full(n, NO_TIME, dtype=np.int64)
-        previous[1:][same[1:]] = running[:-1][same[1:]]
-        anchor = np.maximum(previous, carried[sorted_group])
-        duplicate_sorted = rules.is_duplicate_v(sorted_ts, anchor, horizon)
-        keep = np.ones(n, dtype=bool)
-        keep[order] = ~duplicate_sorted
-        # carry each id's newest event time to the next blocks
-        block_max = np.maximum.reduceat(sorted_ts, starts)
-        newest = np.maximum(block_max, carried)
-        self._newest = max(self._newest, int(block_max.max()))
-        anchors.store(unique, handle, newest, self._settled, self._spill)
-        return keep
-
-    def _settled(self, anchors: np.ndarray) -> np.ndarray:
-        """The ids the table may move to disk when it fills: anchors older than the newest
-        event time seen by more than the horizon and the out-of-orderness. A copy of one of
-        them is then looked up on disk (see :meth:`deduplicate`); in-order records never are."""
-        if self._newest == NO_TIME:
-            return np.zeros(len(anchors), dtype=bool)
-        bound = self._newest - self.options.horizon_micros - self.options.out_of_order_micros
-        return anchors < bound
-
-    def _spill(self, ids: pa.Array, anchors: np.ndarray, hashes: np.ndarray | None) -> None:
-        if self._spilled is None:
-            self._spilled = SpilledAnchors()
-        self._spilled.put(ids, anchors, hashes)
-        self._spilled_newest = max(self._spilled_newest, int(anchors.max()))
-
-    @property
-    def ids_on_disk(self) -> int:
-        """Entries the dedup moved to disk so far (0 when it never had to)."""
-        return 0 if self._spilled is None else len(self._spilled)
+        return self.ids.keep(rows.ids, rows.ts)
 
     def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:
         """Pre-aggregates the kept rows of a block per (window start, key).

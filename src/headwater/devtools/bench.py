@@ -695,13 +695,13 @@ def dedup_memory(path: str) -> dict[str, Any]:
     held = 0
     for _ in fn._json_blocks(state, path):
         state.dead.clear()
-        held = max(held, len(state._anchors))
+        held = max(held, len(state.ids))
     return {
         "events": state.counts["records_in"],
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "max_ids_held": held,
-        "ids_held_at_end": len(state._anchors),
-        "ids_on_disk": state.ids_on_disk,  # moved out of memory (columnar.spill)
+        "ids_held_at_end": len(state.ids),
+        "ids_on_disk": state.ids.on_disk,  # moved out of memory (columnar.spill)
         "duplicates": state.counts["duplicate"],
         "seconds": round(time.perf_counter() - began, 2),
     }
