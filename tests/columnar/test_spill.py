@@ -46,3 +46,38 @@ def test_the_runs_live_in_a_temporary_folder_removed_with_the_store():
     del spilled
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_folder_it_cannot_write_is_an_error_that_says_what_to_set(tmp_path, monkeypatch):
+    """No room (here: no such folder) names the folder and TMPDIR, not a bare OSError."""
+    import tempfile
+
+    import pytest
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    spilled = SpilledAnchors()
+    with pytest.raises(OSError, match=r"missing.*set TMPDIR to a writable local folder"):
+        spilled.put(pa.array(["a"]), np.array([1]))
+
+
+def test_a_full_disk_is_an_error_that_names_the_folder_and_leaves_no_partial_run(monkeypatch):
+    import errno
+
+    import pytest
+
+    from headwater.columnar import spill as spill_module
+
+    spilled = SpilledAnchors()
+    spilled.put(pa.array(["a"]), np.array([1]))
+    real = spill_module.ipc.new_file
+
+    def full(path, schema):
+        writer = real(path, schema)
+        writer.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spill_module.ipc, "new_file", full)
+    with pytest.raises(OSError, match=r"could not move 2 ids to .*headwater-dedup-.*TMPDIR"):
+        spilled.put(pa.array(["b", "c"]), np.array([2, 3]))
+    assert [p.name for p in spilled._folder.iterdir()] == ["run-000000.arrow"]
+    assert spilled.get(pa.array(["a", "b"])).tolist() == [1, NO_TIME]

@@ -66,7 +66,13 @@ class SpilledAnchors:
 
     def _next_path(self) -> Path:
         if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="headwater-dedup-"))
+            try:
+                self._folder = Path(tempfile.mkdtemp(prefix="headwater-dedup-"))
+            except OSError as exc:
+                raise OSError(
+                    f"the batch dedup could not create its folder for ids past the horizon in "
+                    f"{tempfile.gettempdir()} ({exc}): set TMPDIR to a writable local folder"
+                ) from exc
             weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         return self._folder / f"run-{len(self._runs):06d}.arrow"
 
@@ -92,8 +98,16 @@ class SpilledAnchors:
             names=["hash", "anchor", "order", "id"],
         )
         path = self._next_path()
-        with ipc.new_file(str(path), batch.schema) as writer:
-            writer.write_batch(batch)
+        try:
+            with ipc.new_file(str(path), batch.schema) as writer:
+                writer.write_batch(batch)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise OSError(
+                f"the batch dedup could not move {len(ids):,} ids to {path.parent} ({exc}); "
+                "it keeps the ids past its horizon on local disk: set TMPDIR to a folder with "
+                "room (about 30 bytes per id plus the id itself)"
+            ) from exc
         mapped = ipc.open_file(pa.memory_map(str(path))).get_batch(0)
         self._runs.append(
             _Run(
