@@ -14,7 +14,7 @@ from headwater.columnar.state import (
     ColumnarState,
 )
 from headwater.columnar.write import WindowWriter
-from headwater.core.accounting import NAMESPACE
+from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
 from headwater.io.fileio import (
     match_files,
 )
@@ -32,6 +32,7 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
         }
         self._blocks = Metrics.counter(NAMESPACE, "columnar.blocks")
         self._slow = Metrics.counter(NAMESPACE, "columnar.slow_rows")
+        self._on_disk = Metrics.counter(NAMESPACE, IDS_ON_DISK)
         self._files = Metrics.counter("headwater.io", "files_written")
         self._rows_written = Metrics.counter("headwater.io", "rows_written")
 
@@ -42,6 +43,8 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
                 self._blocks.inc()
                 yield from self._flush(state)
         yield from self._flush(state)
+        if state.ids.on_disk:
+            self._on_disk.inc(state.ids.on_disk)
         if self._options.output is None:
             yield from self._rows(state.final())
             return

@@ -64,7 +64,7 @@ from headwater.columnar.idtable import hash_ids
 from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
 from headwater.columnar.transform import AssignedWindows, ComputeWindowedMetricsColumnar
 from headwater.columnar.write import WindowWriter
-from headwater.core.accounting import NAMESPACE
+from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
 from headwater.io.fileio import match_files
 from headwater.transforms.process import MetricsResult, to_window_fn
 
@@ -269,7 +269,8 @@ class _DedupShardFn(beam.DoFn):
     def __init__(self, options: ColumnarOptions):
         self._options = options
         self._counters = {
-            name: beam.metrics.Metrics.counter(NAMESPACE, name) for name in ("output", "duplicate")
+            name: beam.metrics.Metrics.counter(NAMESPACE, name)
+            for name in ("output", "duplicate", IDS_ON_DISK)
         }
         self._clock = _StageClock("dedup")
 
@@ -292,6 +293,8 @@ class _DedupShardFn(beam.DoFn):
             self._counters["output"].inc(kept)
             self._counters["duplicate"].inc(len(keep) - kept)
             state.aggregate(rows, keep)
+        if state.ids.on_disk:
+            self._counters[IDS_ON_DISK].inc(state.ids.on_disk)
         if not state._partials:
             return
         partial = state._merge(state._partials)

@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "COUNTERS",
+    "IDS_ON_DISK",
     "LATE_ROUTING_SHARD",
     "NAMESPACE",
     "OUTCOMES",
@@ -40,6 +41,8 @@ OUTCOMES = ("output", "duplicate", "dead_letter", "late")
 COUNTERS = ("records_in", *OUTCOMES)
 #: The late router's counter of records routed through shard N is ``LATE_ROUTING_SHARD + "N"``.
 LATE_ROUTING_SHARD = "late_routing.shard_"
+#: Ids the columnar batch dedup moved to local disk (headwater.columnar.batchids).
+IDS_ON_DISK = "dedup.ids_on_disk"
 
 
 def counter_total(result: Any, name: str) -> int:

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from headwater import runners
-from headwater.core.accounting import Accounting, counter_total, shard_counts
+from headwater.core.accounting import IDS_ON_DISK, Accounting, counter_total, shard_counts
 from headwater.io.fileio import (
     folder_prefix,
     list_output_files,
@@ -169,6 +169,12 @@ def print_summary(summary: Mapping[str, Any], out: Any = None) -> None:
             "are not in this run (the log names the partitions and offsets)",
             file=out,
         )
+    if summary.get("dedup_ids_on_disk"):
+        print(
+            f"  dedup        {summary['dedup_ids_on_disk']:,} ids past the horizon held on local "
+            "disk (TMPDIR) instead of memory",
+            file=out,
+        )
     if summary.get("engine"):
         why = f" ({summary['engine_reason']})" if summary.get("engine_reason") else ""
         print(f"  engine       {summary['engine']}{why}", file=out)
@@ -259,6 +265,9 @@ def run_pipeline(
     unverified = counter_total(result, "late_routing.unverified")
     if unverified:  # judged without a running clock: the windowing step may have dropped them
         summary["late_unverified"] = unverified
+    on_disk = counter_total(result, IDS_ON_DISK)
+    if on_disk:  # a batch dedup held the ids past its horizon on local disk (docs/operations.md)
+        summary["dedup_ids_on_disk"] = on_disk
     deleted = counter_total(result, "kafka.offsets_deleted_before_read")
     if deleted:  # gone from the broker before the read got to them: not in records_in
         summary["kafka_offsets_deleted"] = deleted
