@@ -337,39 +337,6 @@ def test_ids_moved_to_disk_still_make_late_retries_duplicates(tmp_path, monkeypa
     assert {"a", "c"} <= set(moved)
 
 
-@pytest.mark.parametrize("extra", [(), ("--columnar_shards=2",)], ids=["one-step", "parallel"])
-def test_a_run_that_moved_ids_to_disk_says_so(tmp_path, monkeypatch, capsys, extra):
-    """The run summary counts the ids the dedup held on disk (one step and parallel)."""
-    from headwater.columnar import parallel
-    from headwater.pipelines import windowed_metrics
-
-    monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
-    monkeypatch.setattr(batchids, "_SIZED_IDS", 4)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)
-    monkeypatch.setattr(parallel, "_CHUNK_ROWS", 1)
-    lines = [_line(f"a{i}", i * 60_000) for i in range(30)]  # half an hour, one a minute
-    lines += [_line("a0", 1_000)]  # a retry of the first, 29 minutes behind
-    path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(lines))
-    summary = windowed_metrics.run(
-        [
-            f"--input={path}",
-            f"--output={tmp_path / 'rows'}",
-            f"--dead_letter={tmp_path / 'dead'}",
-            "--event_time_field=event_time",
-            "--id_field=event_id",
-            "--dedup_horizon=10m",
-            "--key_field=user_id",
-            "--metrics=count",
-            "--window=fixed:60s",
-            *extra,
-        ]
-    )
-    assert (summary["output"], summary["duplicate"]) == (30, 1)
-    assert summary["dedup_ids_on_disk"] > 0
-    assert "ids past the horizon held on local disk" in capsys.readouterr().out
-
-
 def test_emit_duplicates_outputs_the_decoded_copies(tmp_path):
     """``emit_duplicates=True`` puts every duplicate, decoded, on ``duplicate``."""
     path = tmp_path / "events.jsonl"

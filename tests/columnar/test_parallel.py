@@ -13,6 +13,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from headwater.columnar import (
     ComputeWindowedMetricsColumnar,
     ComputeWindowedMetricsParallel,
+    batchids,
+    idtable,
+    parallel,
     reader,
 )
 from headwater.columnar.parallel import plan_splits
@@ -369,3 +372,27 @@ def test_sessions_on_a_runner_with_remote_workers_take_the_one_step_columnar_pat
     )
     built = windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
     assert built.engine == "columnar"
+
+
+@pytest.mark.parametrize("extra", [(), ("--columnar_shards=2",)], ids=["one-step", "parallel"])
+def test_a_run_that_moved_ids_to_disk_says_so(tmp_path, monkeypatch, capsys, extra):
+    """The run summary counts the ids the dedup held on disk (one step and parallel)."""
+    from headwater.pipelines import windowed_metrics
+
+    monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
+    monkeypatch.setattr(batchids, "_SIZED_IDS", 4)
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)
+    monkeypatch.setattr(parallel, "_CHUNK_ROWS", 1)
+    events = [(f"a{i}", i * 60_000) for i in range(30)]  # half an hour, one a minute
+    events.append(("a0", 1_000))  # a retry of the first, 29 minutes behind
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"event_id": e, "user_id": "u", "event_time": t, "amount": 1}) + "\n"
+            for e, t in events
+        )
+    )
+    summary = windowed_metrics.run(_run_argv(tmp_path, str(path), *extra))
+    assert (summary["output"], summary["duplicate"]) == (30, 1)
+    assert summary["dedup_ids_on_disk"] > 0
+    assert "ids past the horizon held on local disk" in capsys.readouterr().out
