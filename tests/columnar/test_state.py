@@ -191,3 +191,20 @@ def test_one_record_from_a_clock_years_ahead_does_not_send_every_id_to_disk(monk
     carried, _ = state.ids.anchors.lookup(recent)
     assert bool((carried != rules.NO_TIME).all())  # the last 20 s are all in memory
     assert 0 < state.ids.on_disk <= 80 * 50
+
+
+def test_size_hints_of_many_files_never_size_the_table_past_its_bound(monkeypatch):
+    """Each file's first block gives a hint; together they size the table up to the bound
+    only, so a run of many files fills the table (and moves settled ids) instead of growing."""
+    from headwater.columnar import batchids
+
+    monkeypatch.setattr(batchids, "_SIZED_IDS", 1_000)
+    monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
+    state = ColumnarState(_dedup_options(out_of_order_micros=0))
+    for first in range(0, 3_000, 600):  # five files of 600 ids, each hinting its size
+        state.expect_records(600)
+        ids = [f"id-{i}" for i in range(first, first + 600)]
+        state.deduplicate(_id_block(ids, [i * 1_000_000 for i in range(first, first + 600)]))
+    # 1,000 ids sized at a third full at most: 4,096 slots; growing would double past that
+    assert len(state.ids.anchors._slots) <= 4_096
+    assert state.ids.on_disk > 0

@@ -76,8 +76,8 @@ class BatchIds:
         encoded = ids.dictionary_encode()
         group = encoded.indices.to_numpy().astype(np.int64)
         unique = encoded.dictionary
-        if self._expected:
-            self.anchors.reserve(min(self._expected, _SIZED_IDS))
+        if self._expected:  # never sized past _SIZED_IDS: a run of many files fills and spills
+            self.anchors.reserve(min(self._expected, _SIZED_IDS - len(self.anchors)))
             self._expected = 0
         # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
         narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group

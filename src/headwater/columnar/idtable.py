@@ -193,7 +193,8 @@ class IdAnchors(dict):
     def reserve(self, extra: int) -> None:
         """Room for ``extra`` more ids now (a run that knows its size skips growing in steps,
         each of which places every held id again); nothing is dropped."""
-        self._reserve(extra, _nothing_forgotten)
+        if extra > 0:
+            self._reserve(extra, _nothing_forgotten)
 
     def _reserve(
         self,
