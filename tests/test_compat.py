@@ -52,3 +52,28 @@ def test_local_fnapi_runs_sample_state_every_20_ms_at_most():
     runners.prepare(PipelineOptions(["--runner=DirectRunner"]), streaming=False)
     sampler = statesampler.StateSampler("step", CounterFactory())
     assert sampler.sampling_period_ms == LOCAL_SAMPLING_PERIOD_MS == 20
+
+
+def test_local_workers_start_headwaters_worker_only_for_beams_own_command():
+    """lighter_local_workers() turns Beam's local worker command into headwater's (in a fresh
+    interpreter: the patch is process-wide); any other command is left as it is."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from apache_beam.transforms.environments import SubprocessSDKEnvironment as E\n"
+        "from headwater._compat import lighter_local_workers\n"
+        "beams = f'{sys.executable} -m apache_beam.runners.worker.sdk_worker_main'\n"
+        "first, again = lighter_local_workers(), lighter_local_workers()\n"
+        "print(json.dumps([first, again, E.from_command_string(beams).command_string,\n"
+        "    E.from_command_string('my-worker --flag').command_string]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+        True,
+        True,
+        f"{sys.executable} -m headwater._local_worker",
+        "my-worker --flag",
+    ]

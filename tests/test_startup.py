@@ -80,3 +80,23 @@ def test_a_local_run_leaves_google_cloud_out_of_its_beam_import(argv):
 def test_a_cloud_run_or_a_gs_path_imports_beam_as_it_is(argv):
     found, _ = _probe(*argv)
     assert found == {"left_out": [], "gs": True, "options": True}
+
+
+def test_the_local_worker_imports_beams_worker_without_google_cloud():
+    """The SDK worker of a local multi-process run (headwater._local_worker) imports Beam's
+    worker as the run's own process imported Beam: without its Google Cloud libraries."""
+    probe = (
+        "import json, sys\n"
+        "from headwater._local_worker import import_harness\n"
+        "from headwater._startup import cloud_left_out\n"
+        "harness = import_harness()\n"
+        "print(json.dumps({'main': callable(harness.main), 'left_out': cloud_left_out(),\n"
+        "    'storage': 'google.cloud.storage' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "main": True,
+        "left_out": True,
+        "storage": False,
+    }
+    assert "bson" not in done.stderr  # the refusal's own warnings stay quiet

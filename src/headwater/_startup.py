@@ -38,7 +38,9 @@ __all__ = [
     "PORTABLE_RUNNERS",
     "PRISM_RUNNER",
     "canonical_runner",
+    "cloud_left_out",
     "load_pipeline",
+    "load_without_cloud",
     "runs_here_without_cloud",
 ]
 
@@ -120,19 +122,36 @@ class _RefuseGoogleCloud(importlib.abc.MetaPathFinder):
         return None
 
 
+_CLOUD_LEFT_OUT = [False]  # whether this process imported Beam with them left out
+
+
+def cloud_left_out() -> bool:
+    """Whether this process imported Beam without its Google Cloud libraries (a local run)."""
+    return _CLOUD_LEFT_OUT[0]
+
+
+def load_without_cloud(load: Callable[[], T]) -> T:
+    """``load()`` with Beam's Google Cloud libraries refused (see the module docstring)."""
+    refuse = _RefuseGoogleCloud()
+    # Beam warns that it could not load its gs:// file system and MongoDB's bson: true, and meant.
+    quiet = [logging.getLogger(f"apache_beam.io.{name}") for name in ("filesystems", "mongodbio")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    sys.meta_path.insert(0, refuse)
+    try:
+        loaded = load()
+        _CLOUD_LEFT_OUT[0] = True
+        return loaded
+    finally:
+        sys.meta_path.remove(refuse)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load_pipeline(load: Callable[[], T], argv: Sequence[str]) -> T:
     """``load()`` (a pipeline module's import), without Beam's Google Cloud libraries when
     :func:`runs_here_without_cloud` and Beam is not imported yet; else ``load()`` as it is."""
     if "apache_beam" in sys.modules or not runs_here_without_cloud(argv):
         return load()
-    refuse = _RefuseGoogleCloud()
-    # Beam warns that it could not load its gs:// file system: true, and meant.
-    quiet = logging.getLogger("apache_beam.io.filesystems")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    sys.meta_path.insert(0, refuse)
-    try:
-        return load()
-    finally:
-        sys.meta_path.remove(refuse)
-        quiet.setLevel(level)
+    return load_without_cloud(load)

@@ -396,3 +396,31 @@ def test_a_run_that_moved_ids_to_disk_says_so(tmp_path, monkeypatch, capsys, ext
     assert (summary["output"], summary["duplicate"]) == (30, 1)
     assert summary["dedup_ids_on_disk"] > 0
     assert "ids past the horizon held on local disk" in capsys.readouterr().out
+
+
+def test_headwater_run_on_two_worker_processes_gives_the_one_step_files(integer_run, tmp_path):
+    """``headwater run`` as a user starts it (a subprocess): two SDK worker processes, which
+    start as headwater._local_worker (see headwater._compat.lighter_local_workers), give the
+    one-step path's counters and files."""
+    import subprocess
+
+    from headwater.devtools.bench_e2e import cli_command
+
+    pattern, root, counters = integer_run
+    summary_path = tmp_path / "summary.json"
+    argv = _run_argv(
+        tmp_path, pattern, "--columnar_shards=2", *_MULTI, f"--summary_json={summary_path}"
+    )
+    done = subprocess.run(
+        [*cli_command(), "run", "windowed_metrics", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["engine"] == "columnar-parallel"
+    assert {name: summary[name] for name in _COUNTERS} == counters
+    assert _files(tmp_path / "rows") == _files(root / "sequential" / "rows")
+    assert "bson" not in done.stderr + done.stdout
