@@ -626,3 +626,31 @@ def test_int_sums_stay_exact_when_merged_across_many_blocks(tmp_path, monkeypatc
             equal_to([(len(amounts), float(sum(amounts)), sum(amounts) / len(amounts))]),
             label="ExactAcrossBlocks",
         )
+
+
+def test_only_a_dofn_that_deduplicates_whole_files_asks_their_size(tmp_path, monkeypatch):
+    """The one-step DoFn sizes its id table from each file's size (one metadata request per
+    file); the parallel path's decode and the stream replay never deduplicate with it, so they
+    do not ask."""
+    from headwater.columnar.batch import ComputeColumnarFn
+    from headwater.columnar.parallel import _DecodeSplitFn
+    from headwater.columnar.replay import ReplayColumnarFn, ReplayState
+    from headwater.columnar.state import ColumnarState
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(_line(f"e{i}", i) for i in range(50)))
+    asked = []
+    monkeypatch.setattr(reader, "file_size", lambda p: asked.append(p) or 1_000_000)
+    options = ComputeWindowedMetricsColumnar(
+        pattern=str(path), file_format="json", **_options()
+    )._options
+    for fn, state, want in (
+        (ComputeColumnarFn(options), ColumnarState(options), [str(path)]),
+        (_DecodeSplitFn(options, 2), ColumnarState(options), []),
+        (ReplayColumnarFn(options, 1_000), ReplayState(options, 1_000), []),
+    ):
+        asked.clear()
+        for _ in fn._json_blocks(state, str(path)):
+            pass
+        assert asked == want, type(fn).__name__
+        assert state.counts["records_in"] == 50

@@ -152,10 +152,10 @@ def test_batch_dedup_never_forgets_however_the_blocks_are_cut(block_rows):
 
 @pytest.mark.parametrize("expected", [5, 100_000])
 def test_a_size_hint_sizes_the_id_table_once_and_changes_no_answer(expected):
-    """``expect_records`` sizes the table at the next dedup (not before); same keep masks."""
+    """``BatchIds.expect`` sizes the table at the next dedup (not before); same keep masks."""
     state = ColumnarState(_dedup_options(out_of_order_micros=5_000_000))
     initial = len(state.ids.anchors._slots)
-    state.expect_records(expected)
+    state.ids.expect(expected)
     assert len(state.ids.anchors._slots) == initial  # nothing allocated until a dedup
     blocks = _random_blocks(3)
     want = _reference_dedup(blocks, 20_000_000)
@@ -202,7 +202,7 @@ def test_size_hints_of_many_files_never_size_the_table_past_its_bound(monkeypatc
     monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
     state = ColumnarState(_dedup_options(out_of_order_micros=0))
     for first in range(0, 3_000, 600):  # five files of 600 ids, each hinting its size
-        state.expect_records(600)
+        state.ids.expect(600)
         ids = [f"id-{i}" for i in range(first, first + 600)]
         state.deduplicate(_id_block(ids, [i * 1_000_000 for i in range(first, first + 600)]))
     # 1,000 ids sized at a third full at most: 4,096 slots; growing would double past that

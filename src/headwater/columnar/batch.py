@@ -24,6 +24,8 @@ from headwater.transforms.progress import count_read
 class ComputeColumnarFn(BlockReader, WindowWriter):
     """A glob -> rows (in their windows), dead letters and, optionally, duplicates."""
 
+    _sizes_ids = True  # see BlockReader
+
     def __init__(self, options: ColumnarOptions):
         self._options = options
         self._counters = {

@@ -41,7 +41,7 @@ Accounting: ``records_in`` and ``dead_letter`` are counted where splits are deco
 
 Memory: a decode worker holds a block; a dedup worker holds its shard's accepted rows (about 100
 bytes a row) and the shard's ids within the horizon (older ones move to local disk, see
-:mod:`headwater.columnar.state`): raise ``shards`` with the input.
+:mod:`headwater.columnar.batchids`): raise ``shards`` with the input.
 ``emit_duplicates`` is refused (duplicates are found where the records' bytes are gone).
 """
 
@@ -202,6 +202,8 @@ class _PlanSplitsFn(beam.DoFn):
 class _DecodeSplitFn(ComputeColumnarFn):
     """A split -> ``(shard, Arrow IPC bytes)`` batches of accepted rows, and dead letters."""
 
+    _sizes_ids = False  # the shards deduplicate (and size their tables) elsewhere
+
     def __init__(self, options: ColumnarOptions, shards: int):
         super().__init__(options)
         self._shards = shards
@@ -283,7 +285,7 @@ class _DedupShardFn(beam.DoFn):
         table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
         order = np.argsort(table.column("a").to_numpy(), kind="stable")
         state = ColumnarState(self._options)
-        state.expect_records(len(order))
+        state.ids.expect(len(order))
         fields = len(self._options.fields)
         for begin in range(0, len(order), _CHUNK_ROWS):
             chunk = table.take(pa.array(order[begin : begin + _CHUNK_ROWS]))

@@ -178,6 +178,9 @@ class BlockReader(beam.DoFn):
 
     _options: ColumnarOptions
     _slow: Any  # counter of the rows that took the record path
+    # Whether this DoFn deduplicates whole files with its state's BatchIds: then each file's size
+    # (one metadata request) sizes the id table; a DoFn that does not skips the request.
+    _sizes_ids = False
 
     # --- JSON lines ----------------------------------------------------------------------
 
@@ -274,9 +277,9 @@ class BlockReader(beam.DoFn):
         block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
         path, first_line = pending.path, pending.first_line
         state.counts["records_in"] += len(pending.records)
-        if first_line == 1 and len(block):  # the file's size in records, as a hint
+        if self._sizes_ids and first_line == 1 and len(block):  # the file's records, as a hint
             per_byte = len(pending.records) / len(block)
-            state.expect_records(int(file_size(path) * per_byte) - len(pending.records))
+            state.ids.expect(int(file_size(path) * per_byte) - len(pending.records))
 
         def element(i: int) -> SourceRecord:
             payload = block[ranges.starts[i] : ranges.ends[i]]

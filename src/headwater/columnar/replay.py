@@ -175,6 +175,8 @@ class ReplayState(ColumnarState):
 class ReplayColumnarFn(ComputeColumnarFn):
     """A glob -> rows as windows close, late envelopes, dead letters, duplicates, file paths."""
 
+    _sizes_ids = False  # the replay forgets ids as a stream does (ReplayState)
+
     def __init__(self, options: ColumnarOptions, watermark_every: int):
         super().__init__(options)
         self._every = watermark_every

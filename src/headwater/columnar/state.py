@@ -344,10 +344,6 @@ class ColumnarState:
             positions=all_positions[order],
         )
 
-    def expect_records(self, records: int) -> None:
-        """A hint: about ``records`` more records are coming (:meth:`BatchIds.expect`)."""
-        self.ids.expect(records)
-
     def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
         n = len(rows.ts)
