@@ -208,3 +208,14 @@ def test_size_hints_of_many_files_never_size_the_table_past_its_bound(monkeypatc
     # 1,000 ids sized at a third full at most: 4,096 slots; growing would double past that
     assert len(state.ids.anchors._slots) <= 4_096
     assert state.ids.on_disk > 0
+
+
+def test_an_empty_block_keeps_nothing_and_changes_nothing():
+    import numpy as np
+
+    from headwater.columnar.batchids import BatchIds
+
+    ids = BatchIds(horizon_micros=10, out_of_order_micros=0)
+    assert ids.keep(pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)).tolist() == []
+    assert ids.keep(pa.array(["a", "a"]), np.array([5, 6])).tolist() == [True, False]
+    assert len(ids) == 1

@@ -72,6 +72,8 @@ class BatchIds:
     def keep(self, ids: pa.Array, ts: np.ndarray) -> np.ndarray:
         """The keep mask of a block's rows (ids: strings, no nulls; ts: event time, micros)."""
         n = len(ts)
+        if n == 0:  # (a median of nothing is not a time)
+            return np.ones(0, dtype=bool)
         horizon = self._horizon
         encoded = ids.dictionary_encode()
         group = encoded.indices.to_numpy().astype(np.int64)

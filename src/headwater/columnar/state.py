@@ -346,9 +346,8 @@ class ColumnarState:
 
     def deduplicate(self, rows: AcceptedRows) -> np.ndarray:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
-        n = len(rows.ts)
-        if self.id_of is None or n == 0:
-            return np.ones(n, dtype=bool)
+        if self.id_of is None:
+            return np.ones(len(rows.ts), dtype=bool)
         return self.ids.keep(rows.ids, rows.ts)
 
     def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:
