@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from headwater.columnar.batch import ComputeColumnarFn
@@ -12,33 +14,37 @@ from headwater.transforms.process import to_window_fn
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
+def _writer(root, metrics, shards, window="fixed:60s"):
+    """A ComputeColumnarFn writing Parquet window files below ``root``."""
+    options = ColumnarOptions(
+        file_format="json",
+        decode=JsonFormat(),
+        event_time=EventTimeExtractor(field="t", unit="ms"),
+        dedup=None,
+        window_fn=to_window_fn(window),
+        key_field="k",
+        metrics=parse_metrics(metrics),
+        max_record_bytes=None,
+        out_of_order_micros=0,
+        emit_duplicates=False,
+        output=str(root),
+        output_shards=shards,
+    )
+    return ComputeColumnarFn(options)
+
+
+def _files(root, paths):
+    """The written files: path relative to ``root`` -> bytes."""
+    return {str(Path(p).relative_to(root)): Path(p).read_bytes() for p in paths}
+
+
 def _write_both(tmp_path, groups, metrics, shards, window="fixed:60s"):
     """(files of _write, files of the row-dict writer) for ``groups``: relative path -> bytes."""
     results = []
     for name in ("columns", "rows"):
-        options = ColumnarOptions(
-            file_format="json",
-            decode=JsonFormat(),
-            event_time=EventTimeExtractor(field="t", unit="ms"),
-            dedup=None,
-            window_fn=to_window_fn(window),
-            key_field="k",
-            metrics=parse_metrics(metrics),
-            max_record_bytes=None,
-            out_of_order_micros=0,
-            emit_duplicates=False,
-            output=str(tmp_path / name),
-            output_shards=shards,
-        )
-        fn = ComputeColumnarFn(options)
+        fn = _writer(tmp_path / name, metrics, shards, window)
         paths = list((fn._write if name == "columns" else fn._write_rows)(list(groups)))
-        root = tmp_path / name
-        results.append(
-            {
-                str(pa_path): (root / pa_path).read_bytes()
-                for pa_path in (__import__("pathlib").Path(p).relative_to(root) for p in paths)
-            }
-        )
+        results.append(_files(tmp_path / name, paths))
     return results
 
 
@@ -97,3 +103,46 @@ def test_column_wise_files_keep_non_finite_floats_and_huge_ints(tmp_path):
     columns, rows = _write_both(tmp_path, groups, "count,sum:a,min:a,mean:a", 2)
     assert len(rows) >= 2
     assert columns == rows
+
+
+def _merged_table(seed, ints):
+    """A merged groups table (ColumnarState.merged's columns) with sums that need both limbs."""
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(seed)
+    columns = {name: [] for name in ("w", "k", "n", "s0", "h0", "m0", "x0")}
+    for index in range(400):
+        columns["w"].append(rng.randrange(3) * 60_000_000)
+        columns["k"].append(f"u{index:04d}")
+        columns["n"].append(rng.randrange(1, 5000))
+        if ints:  # low limbs below 2**63; high limbs of either sign, often 0; sums past 2**53
+            columns["s0"].append(rng.choice([rng.randrange(1 << 40), rng.randrange(1 << 62)]))
+            columns["h0"].append(rng.choice([0, 0, rng.randrange(-(1 << 30), 1 << 30)]))
+        else:
+            columns["s0"].append(rng.choice([rng.uniform(-1e20, 1e20), 0.1, 1e16, -3.5]))
+            columns["h0"].append(0)
+        columns["m0"].append(float(rng.randrange(-(1 << 60), 1 << 60)))
+        columns["x0"].append(rng.uniform(-1e3, 1e3))
+    types = {"w": pa.int64(), "k": pa.string(), "n": pa.int64(), "h0": pa.int64()}
+    types["s0"] = pa.int64() if ints else pa.float64()
+    return pa.table({name: pa.array(v, type=types.get(name)) for name, v in columns.items()})
+
+
+@pytest.mark.parametrize("ints", [True, False])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_files_of_a_merged_table_equal_the_row_dict_files(tmp_path, ints, shards):
+    """_write_table (the batch path's, vectorized over the merged groups) writes what the
+    row-dict writer writes for the same groups as Python values: sums exact before their one
+    conversion to float, means of the exact sums (int sums past 2**53 included)."""
+    from headwater.columnar.state import group_columns
+
+    table = _merged_table(3, ints)
+    metrics = "count,sum:a,mean:a,min:a,max:a"
+    by_table = _writer(tmp_path / "table", metrics, shards)
+    by_rows = _writer(tmp_path / "rows", metrics, shards)
+    groups = list(zip(*group_columns(table, 1), strict=True))
+    rows = _files(tmp_path / "rows", by_rows._write_rows(groups))
+    assert len(rows) >= 3
+    assert _files(tmp_path / "table", by_table._write_table(table)) == rows

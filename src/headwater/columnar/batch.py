@@ -50,7 +50,7 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
         if self._options.output is None:
             yield from self._rows(state.final())
             return
-        for path in self._write_columns(state.final_columns()):
+        for path in self._write_table(state.final_table()):
             yield beam.pvalue.TaggedOutput("written", path)
 
     def _flush(self, state: ColumnarState) -> Iterator[Any]:

@@ -346,11 +346,11 @@ class _MergeWindowFn(WindowWriter, beam.DoFn):
     def _merge(self, element: tuple[int, Any]) -> Iterator[Any]:
         _, parts = element
         tables = [_from_ipc(data) for _, data in sorted(parts, key=lambda part: part[0])]
-        columns = ColumnarState(self._options)._groups(tables)
+        state = ColumnarState(self._options)
         if self._options.output is None:
-            yield from self._rows(zip(*columns, strict=True))
+            yield from self._rows(zip(*state._groups(tables), strict=True))
             return
-        for path in self._write_columns(columns):
+        for path in self._write_table(state.merged(tables)):
             yield beam.pvalue.TaggedOutput("written", path)
 
 

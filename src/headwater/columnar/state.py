@@ -420,11 +420,9 @@ class ColumnarState:
             aggs += [(f"s{i}", "sum"), (f"h{i}", "sum"), (f"m{i}", "min"), (f"x{i}", "max")]
         return self._partial(pa.concat_tables(tables, promote_options="permissive"), aggs)
 
-    def _groups(self, tables: list[pa.Table]) -> list[list[Any]]:
-        """Partials merged into columns: window start, key, count, then sum, min, max per field.
-
-        Sums are the limbs put together: exact Python ints for int fields.
-        """
+    def merged(self, tables: list[pa.Table]) -> pa.Table:
+        """Partials merged into one table of groups: ``w``, ``k``, ``n``, then ``s h m x`` per
+        field (sum limbs, min, max: :func:`exact_sum`), and ``e`` last for sessions."""
         table = self._merge(tables)
         counts = table.column("n")
         if len(counts) and pc.max(counts).as_py() >= 1 << (63 - _LOW_BITS):
@@ -432,16 +430,14 @@ class ColumnarState:
                 "a (window, key) holds 2**31 records or more: its exact integer sums would need "
                 "more than 64-bit limbs"
             )
-        columns = [table.column(name).to_pylist() for name in ("w", "k", "n")]
-        for i in range(len(self.fields)):
-            low, high = table.column(f"s{i}").to_pylist(), table.column(f"h{i}").to_pylist()
-            columns.append(
-                [lo + (hi << _LOW_BITS) if hi else lo for lo, hi in zip(low, high, strict=True)]
-            )
-            columns += [table.column(f"m{i}").to_pylist(), table.column(f"x{i}").to_pylist()]
-        if self.options.session_gap is not None:
-            columns.append(table.column("e").to_pylist())
-        return columns
+        return table
+
+    def _groups(self, tables: list[pa.Table]) -> list[list[Any]]:
+        """Partials merged into columns: window start, key, count, then sum, min, max per field.
+
+        Sums are the limbs put together: exact Python ints for int fields.
+        """
+        return group_columns(self.merged(tables), len(self.fields))
 
     def take_closed(self, limit_micros: int) -> list[tuple[Any, ...]]:
         """The merged groups of windows ending at or before ``limit_micros``, removed from state.
@@ -467,19 +463,18 @@ class ColumnarState:
         self._compacted = rest.num_rows
         return list(zip(*self._groups([closed]), strict=True)) if closed.num_rows else []
 
-    def final_columns(self) -> list[list[Any]]:
-        """:meth:`final`'s groups as columns (one list per tuple position), in the same order."""
-        if not self._partials:
-            ends = self.options.session_gap is not None
-            return [[] for _ in range(3 + 3 * len(self.fields) + ends)]
-        return self._groups(self._partials)
+    def final_table(self) -> pa.Table | None:
+        """:meth:`final`'s groups as one :meth:`merged` table (None when there are none)."""
+        return self.merged(self._partials) if self._partials else None
 
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged.
 
         Session windows add the session's end last.
         """
-        return iter(list(zip(*self.final_columns(), strict=True)))
+        if not self._partials:
+            return iter(())
+        return iter(list(zip(*self._groups(self._partials), strict=True)))
 
 
 def _merged_sessions(table: pa.Table) -> pa.Table:
@@ -500,6 +495,25 @@ def _merged_sessions(table: pa.Table) -> pa.Table:
     merged_ends[order] = last[session]
     table = table.set_column(table.schema.get_field_index("w"), "w", pa.array(merged_starts))
     return table.set_column(table.schema.get_field_index("e"), "e", pa.array(merged_ends))
+
+
+def group_columns(table: pa.Table, fields: int) -> list[list[Any]]:
+    """A :meth:`ColumnarState.merged` table as Python columns: window start, key, count, then
+    sum (exact: an int field's an exact int), min, max per field, and a session's end last."""
+    columns = [table.column(name).to_pylist() for name in ("w", "k", "n")]
+    for i in range(fields):
+        low, high = table.column(f"s{i}").to_pylist(), table.column(f"h{i}").to_pylist()
+        columns.append(list(map(exact_sum, low, high)))
+        columns += [table.column(f"m{i}").to_pylist(), table.column(f"x{i}").to_pylist()]
+    if "e" in table.column_names:
+        columns.append(table.column("e").to_pylist())
+    return columns
+
+
+def exact_sum(low: Any, high: int) -> Any:
+    """A merged sum from its limbs: ``low + high * 2**32``, an exact int for an int field (a
+    float field's sum is ``low``, its ``high`` 0)."""
+    return low + (high << _LOW_BITS) if high else low
 
 
 def _limbs(values: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Writing the merged rows: as windowed values, or column-wise into the output files.
 
 With ``output=`` the rows are written as :class:`~headwater.io.fileio.WriteWindowedFiles` writes
-them, byte for byte, but column-wise: each row's canonical JSON (which shards and orders the rows)
-is assembled from its values' own JSON, and one Arrow table of every row, with the schema the
-writer would infer, is put in file order once and sliced file by file (a run whose column holds
-values of mixed kinds takes the writer's row-dict code). A run of many small windows (sessions:
-one folder per session) pays per file only the Parquet encoding and the file system's calls.
+them, byte for byte, but column-wise: each row column's values are computed over every group at
+once (from the merged groups table on the batch paths), each row's canonical JSON (which shards
+and orders the rows) is assembled by Arrow from its values' own JSON, and one Arrow table of every
+row, with the schema the writer would infer, is sorted into file order once and sliced file by
+file (a run whose column holds values of mixed kinds takes the writer's row-dict code). A run of
+many small windows (sessions: one folder per session) pays per file only the Parquet encoding and
+the file system's calls.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from headwater.columnar.state import (
-    ColumnarOptions,
-)
+from headwater.columnar.state import ColumnarOptions, exact_sum, group_columns
 from headwater.core.shards import stable_shard
 from headwater.io.fileio import (
     canonical_json,
@@ -101,63 +102,95 @@ class WindowWriter:
         yield from self._write_columns([list(column) for column in zip(*groups, strict=True)])
 
     def _write_columns(self, columns: list[list[Any]]) -> Iterator[str]:
-        """:meth:`_write` for groups given as columns (:meth:`ColumnarState.final_columns`)."""
-        options = self._options
+        """:meth:`_write` for groups given as columns (:meth:`ColumnarState._groups`)."""
         layout = self._layout()
         if not columns[0]:
             return
-        if options.output_format != "parquet" or layout is None:
+        if self._options.output_format != "parquet" or layout is None:
             yield from self._write_rows(list(zip(*columns, strict=True)))
             return
-        sessions = options.session_gap is not None  # a session's end comes last
         every = range(len(columns[0]))
-        values = {name: self._column(columns, source, every) for name, source in layout.items()}
-        whole = _arrow_table(layout, values, columns[0], self._group_ends(columns, sessions))
-        if whole is None:  # a column of mixed kinds: the writer's row-dict code, per file
+        values: dict[str, pa.Array | None] = {}
+        for name, source in layout.items():
+            column = self._column(columns, source, every)
+            kind = None if column is None else _one_kind(column)
+            if column is not None and kind is None:  # mixed kinds: the writer's row-dict code
+                yield from self._write_rows(list(zip(*columns, strict=True)))
+                return
+            values[name] = None if column is None else pa.array(column, type=kind)
+        sessions = self._options.session_gap is not None  # a session's end comes last
+        starts = np.array(columns[0], dtype=np.int64)
+        ends = np.array(columns[-1], dtype=np.int64) if sessions else None
+        yield from self._write_groups(layout, values, starts, ends)
+
+    def _write_table(self, table: pa.Table | None) -> Iterator[str]:
+        """:meth:`_write` for groups given as one table (:meth:`ColumnarState.merged`): each row
+        column's values computed over the whole table, as :meth:`_column` computes them."""
+        layout = self._layout()
+        if table is None or table.num_rows == 0:
+            return
+        if self._options.output_format != "parquet" or layout is None:
+            columns = group_columns(table, len(self._options.fields))
             yield from self._write_rows(list(zip(*columns, strict=True)))
             return
-        # the files' rows in file order, taken at once, then sliced file by file
-        plans = list(self._file_plans(columns, layout, values, sessions))
-        ordered = whole.take(pa.array(np.concatenate([picked for _, picked in plans])))
-        offset = 0
-        for relative, picked in plans:
-            data = parquet_bytes(ordered.slice(offset, len(picked)))
-            offset += len(picked)
-            yield self._write_file(relative, data, len(picked))
+        values = {name: _table_values(table, source) for name, source in layout.items()}
+        sessions = self._options.session_gap is not None
+        starts = _numpy(table.column("w"))
+        ends = _numpy(table.column("e")) if sessions else None
+        yield from self._write_groups(layout, values, starts, ends)
 
-    def _file_plans(
+    def _write_groups(
         self,
-        columns: list[list[Any]],
         layout: dict[str, Any],
-        values: dict[str, list[Any] | None],
-        sessions: bool,
-    ) -> Iterator[tuple[str, np.ndarray]]:
-        """``(relative path, groups)`` per file: the groups of each (window, shard),
-        in the order of their canonical JSON, as ``WriteWindowedFiles`` shards and sorts them."""
+        values: dict[str, pa.Array | None],
+        starts: np.ndarray,
+        session_ends: np.ndarray | None,
+    ) -> Iterator[str]:
+        """Writes the groups as ``WriteWindowedFiles`` would: per (window, shard) a file of its
+        rows in the order of their canonical JSON.
+
+        ``values``: per row column (the layout's), its Arrow values (None for the window bounds:
+        ``starts`` and the sessions' ``session_ends``, in micros). The canonical JSON of every
+        row is assembled column-wise from each value's own JSON (see :func:`_canonical_texts`);
+        the rows are sorted once by (window, shard, text), taken once and sliced file by file.
+        """
         options = self._options
-        encoded = {name: None if v is None else _json_texts(v) for name, v in values.items()}
-        for start, end, idx in _windows_of(columns, sessions=sessions):
+        sessions = session_ends is not None
+        windows, inverse = _window_ids(starts, session_ends)
+        bounds = []
+        for start, end in windows:
             window = options.window_of(start, end)
-            bounds = (
-                _EPOCH + dt.timedelta(microseconds=start),
-                _EPOCH + dt.timedelta(microseconds=window.end.micros),
+            bounds.append((window, start, window.end.micros))
+        ends = np.array([b[2] for b in bounds], dtype=np.int64)[inverse]
+        whole = _arrow_table(layout, values, starts, ends)
+        shards: np.ndarray | None = None
+        # the rows of a file are sorted by their text: a file's keys are all different, so the
+        # text up to the key decides (a shard needs the whole text)
+        texts = _canonical_texts(layout, values, bounds, inverse, whole=options.output_shards > 1)
+        keys: dict[str, Any] = {"window": inverse}
+        if options.output_shards > 1:
+            count = options.output_shards
+            shards = np.array([stable_shard(t, count) for t in texts.to_pylist()], dtype=np.int64)
+            keys["shard"] = shards
+        keys["text"] = texts
+        order = pc.sort_indices(
+            pa.table(keys), sort_keys=[(name, "ascending") for name in keys]
+        ).to_numpy()
+        # window ids follow (start, end), so the sorted rows come window by window, in order
+        cut_by = inverse[order] if shards is None else inverse[order] * count + shards[order]
+        cuts = np.flatnonzero(np.diff(cut_by)) + 1
+        ordered = whole.take(pa.array(order))
+        for first, last in zip(
+            np.concatenate(([0], cuts)), np.concatenate((cuts, [len(order)])), strict=True
+        ):
+            row = int(order[first])
+            shard = 0 if shards is None else int(shards[row])
+            relative = posixpath.join(
+                window_directory(bounds[inverse[row]][0], merging=sessions),
+                file_name("part", shard, options.output_shards, 0, options.output_format),
             )
-            texts = _canonical_texts(layout, encoded, bounds, idx.tolist())
-            shards: dict[int, list[int]] = {}
-            if options.output_shards == 1:
-                shards[0] = list(range(len(idx)))
-            else:
-                for position, text in enumerate(texts):
-                    shards.setdefault(stable_shard(text, options.output_shards), []).append(
-                        position
-                    )
-            for shard, positions in sorted(shards.items()):
-                positions.sort(key=texts.__getitem__)
-                relative = posixpath.join(
-                    window_directory(window, merging=sessions),
-                    file_name("part", shard, options.output_shards, 0, options.output_format),
-                )
-                yield relative, idx[positions]
+            data = parquet_bytes(ordered.slice(int(first), int(last - first)))
+            yield self._write_file(relative, data, int(last - first))
 
     def _write_file(self, relative: str, data: bytes, rows: int) -> str:
         path = join_path(str(self._options.output), *relative.split("/"))
@@ -165,15 +198,6 @@ class WindowWriter:
         self._files.inc()
         self._rows_written.inc(rows)
         return path
-
-    def _group_ends(self, columns: list[list[Any]], sessions: bool) -> np.ndarray:
-        """Each group's window end (micros): a session's own, else its start's window's."""
-        if sessions:
-            return np.array(columns[-1], dtype=np.int64)
-        ends: dict[int, int] = {}
-        for start in set(columns[0]):
-            ends[start] = self._options.window_for(start).end.micros
-        return np.array([ends[start] for start in columns[0]], dtype=np.int64)
 
     def _layout(self) -> dict[str, Any] | None:
         """Row column -> where its value comes from, in the row dict's order (None: collisions)."""
@@ -235,97 +259,136 @@ class WindowWriter:
                 yield self._write_file(relative, data, len(ordered))
 
 
-def _windows_of(
-    columns: list[list[Any]], *, sessions: bool
-) -> Iterator[tuple[int, int | None, np.ndarray]]:
-    """``(start, end, group indexes)`` per window of the groups: by start, and for sessions by
-    (start, end) (a session's end is the last column; other windows follow from their start)."""
-    starts = np.array(columns[0], dtype=np.int64)
-    if sessions:
-        ends = np.array(columns[-1], dtype=np.int64)
-        order = np.lexsort((ends, starts))
-        changes = (np.diff(starts[order]) != 0) | (np.diff(ends[order]) != 0)
-    else:
-        order = np.argsort(starts, kind="stable")
-        changes = np.diff(starts[order]) != 0
-    for idx in np.split(order, np.flatnonzero(changes) + 1):
-        yield int(starts[idx[0]]), int(ends[idx[0]]) if sessions else None, idx
+def _window_ids(
+    starts: np.ndarray, ends: np.ndarray | None
+) -> tuple[list[tuple[int, int | None]], np.ndarray]:
+    """The groups' windows, ordered by (start, end), and each group's index among them (a
+    window follows from its start, a session from its start and end)."""
+    if ends is None:
+        unique, inverse = np.unique(starts, return_inverse=True)
+        return [(int(start), None) for start in unique.tolist()], inverse.reshape(-1)
+    pairs = np.stack([starts, ends], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return [(int(s), int(e)) for s, e in unique.tolist()], inverse.reshape(-1)
 
 
-def _json_texts(values: list[Any]) -> list[str]:
-    """Each value's JSON as ``canonical_json`` writes it inside a row."""
-    kinds = set(map(type, values))
-    if kinds == {int}:
-        return list(map(int.__repr__, values))
-    if kinds == {str}:
-        return list(map(_encode_string, values))
-    if kinds == {float} and bool(np.isfinite(np.array(values, dtype=np.float64)).all()):
-        return list(map(float.__repr__, values))
-    return list(map(canonical_json, values))
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what encode_basestring escapes (ensure_ascii=False)
+
+
+def _json_texts(values: pa.Array) -> pa.Array:
+    """Each value's JSON as ``canonical_json`` writes it inside a row (strings, ints, floats)."""
+    if pa.types.is_integer(values.type):  # an int64's decimal text is its repr
+        return pc.cast(values, pa.string())
+    if pa.types.is_string(values.type):
+        if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+            return pc.binary_join_element_wise('"', values, '"', "")
+        return pa.array(map(_encode_string, values.to_pylist()), type=pa.string())
+    floats = values.to_pylist()
+    if bool(pc.all(pc.is_finite(values)).as_py()):
+        return pa.array(map(float.__repr__, floats), type=pa.string())
+    return pa.array(map(canonical_json, floats), type=pa.string())
 
 
 def _canonical_texts(
     layout: dict[str, Any],
-    encoded: dict[str, list[str] | None],
-    bounds: tuple[dt.datetime, dt.datetime],
-    rows: list[int],
-) -> list[str]:
-    """``canonical_json(row)`` of the groups ``rows`` of one window, from each value's own JSON.
+    values: dict[str, pa.Array | None],
+    windows: list[tuple[Any, int, int]],
+    inverse: np.ndarray,
+    *,
+    whole: bool,
+) -> pa.Array:
+    """``canonical_json(row)`` of every group, assembled from each value's own JSON.
 
     ``json.dumps(row, sort_keys=True, separators=(",", ":"))`` writes ``{``, then per key in
     sorted order the key's JSON, ``:`` and the value's JSON, joined by ``,``, then ``}``; every
-    value is encoded on its own (``encoded``: per column, every group's value as
-    :func:`_json_texts` writes it; None for the window bounds), so the concatenation equals the
-    text of the whole row.
+    value is encoded on its own, so the concatenation equals the text of the whole row.
+    ``windows``: per window ``(window, start micros, end micros)``; ``inverse``: each group's.
+
+    Without ``whole``, the text ends after the ``key`` column's value: among rows whose keys
+    differ (the rows of one window), that prefix orders them as the whole text does. A JSON
+    string cannot hold a bare ``"`` before its end, so no such prefix is a prefix of another,
+    and the first byte where two texts differ lies in it.
     """
-    constant = {"window_start": canonical_json(bounds[0]), "window_end": canonical_json(bounds[1])}
-    parts: list[str] = []
-    picked: list[list[str]] = []
-    for name in sorted(layout):
-        head = _encode_string(name) + ":"
-        column = encoded[name]
+    window_texts = {
+        "window_start": [canonical_json(_EPOCH + dt.timedelta(microseconds=w[1])) for w in windows],
+        "window_end": [canonical_json(_EPOCH + dt.timedelta(microseconds=w[2])) for w in windows],
+    }
+    parts: list[Any] = []
+    for number, name in enumerate(sorted(layout)):
+        parts.append(("{" if number == 0 else ",") + _encode_string(name) + ":")
+        column = values[name]
         if column is None:
-            parts.append((head + constant[name]).replace("%", "%%"))
+            parts.append(pa.array(window_texts[name], type=pa.string()).take(pa.array(inverse)))
         else:
-            parts.append(head.replace("%", "%%") + "%s")
-            picked.append([column[i] for i in rows])
-    template = "{" + ",".join(parts) + "}"
-    if not picked:
-        return [template.replace("%%", "%")] * len(rows)
-    return [template % texts for texts in zip(*picked, strict=True)]
+            parts.append(_json_texts(column))
+        if name == "key" and not whole:
+            return pc.binary_join_element_wise(*parts, "")
+    parts.append("}")
+    return pc.binary_join_element_wise(*parts, "")
 
 
 def _arrow_table(
     layout: dict[str, Any],
-    values: dict[str, list[Any] | None],
-    starts: Any,
+    values: dict[str, pa.Array | None],
+    starts: np.ndarray,
     ends: np.ndarray,
-) -> pa.Table | None:
-    """Rows as the Arrow table ``WriteWindowedFiles`` would infer for them, or None if unusual.
+) -> pa.Table:
+    """Rows as the Arrow table ``WriteWindowedFiles`` would infer for them.
 
     ``values``: per row column, its values (None for the window bounds, given as ``starts`` and
     ``ends`` in micros). The writer infers, in the row dict's column order: timezone-aware
     datetimes -> ``timestamp[us, UTC]``, ``int`` -> int64, ``float`` -> double, ``str`` ->
-    string, nothing nullable (no value is ever ``None``). Other kinds (mixed keys, ``bool``)
-    return None. Built over every group of a run, a file's table is its rows of it (``take``):
-    one kind over all rows is one kind in each file.
+    string, nothing nullable (no value is ever ``None``). Built over every group of a run, a
+    file's table is its rows of it (``take``): one kind over all rows is one kind in each file.
     """
     timestamp = pa.timestamp("us", tz="UTC")
-    bounds = {"window_start": np.array(starts, dtype=np.int64), "window_end": ends}
+    bounds = {"window_start": starts, "window_end": ends}
     fields, arrays = [], []
     for name in layout:
-        column = values[name]
-        if column is None:
-            kind = timestamp
-            array = pa.array(bounds[name]).view(timestamp)
-        else:
-            kind = _one_kind(column)
-            if kind is None:
-                return None
-            array = pa.array(column, type=kind)
-        fields.append(pa.field(name, kind, nullable=False))
+        array = values[name]
+        if array is None:
+            array = pa.array(bounds[name], type=pa.int64()).view(timestamp)
+        fields.append(pa.field(name, array.type, nullable=False))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _numpy(column: Any) -> np.ndarray:
+    return np.asarray(column.to_numpy())
+
+
+def _table_values(table: pa.Table, source: Any) -> pa.Array | None:
+    """One row column's values over a merged table, as :meth:`WindowWriter._column` computes
+    them from the groups' columns: the count, the key, or a float (sum, min, max or mean).
+
+    A sum is exact (:func:`exact_sum`) before its one conversion to float, and a mean is the
+    exact sum divided by the count: rows whose sum has a high limb, or whose int sum is past
+    2**53 (where ``float(sum) / count`` could round twice), take those Python steps.
+    """
+    if source in ("start", "end"):
+        return None
+    if source == 1:
+        return table.column("k").combine_chunks().cast(pa.string())
+    kind, index = source
+    if kind == "count":
+        return table.column("n").combine_chunks().cast(pa.int64())
+    field = (index - 3) // 3
+    if kind in ("min", "max"):
+        column = table.column(f"{'m' if kind == 'min' else 'x'}{field}")
+        return column.combine_chunks().cast(pa.float64())
+    low_column = table.column(f"s{field}").combine_chunks()
+    low, high = _numpy(low_column), _numpy(table.column(f"h{field}"))
+    counts = _numpy(table.column("n"))
+    plain = high == 0
+    if kind == "mean" and pa.types.is_integer(low_column.type):
+        plain &= np.abs(low) <= 1 << 53
+    result = low.astype(np.float64)
+    if kind == "mean":
+        result = result / counts
+    for row in np.flatnonzero(~plain).tolist():
+        exact = exact_sum(low_column[row].as_py(), int(high[row]))
+        result[row] = float(exact) if kind == "sum" else exact / int(counts[row])
+    return pa.array(result, type=pa.float64())
 
 
 def _one_kind(values: list[Any]) -> pa.DataType | None:

@@ -591,6 +591,8 @@ def headwater_replay(path: Path, out: Path, engine: str) -> dict[str, Any]:
 _STAGES = (
     ("dedup", "ColumnarState", "deduplicate"),
     ("aggregate", "ColumnarState", "aggregate"),
+    ("write", "ColumnarState", "final_table"),  # the final merge of the groups
+    ("write", "WindowWriter", "_write_table"),
     ("write", "WindowWriter", "_write_columns"),
     ("write", "WindowWriter", "_write_rows"),
     ("columnar_fn", "ComputeColumnarFn", "process"),
