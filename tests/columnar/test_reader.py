@@ -102,6 +102,23 @@ def test_a_known_odd_kind_held_by_most_lines_is_left_to_the_refusals():
     assert parsed == [i for i in range(300) if i != 5]
 
 
+def test_known_odd_kinds_too_many_together_are_still_set_aside_kind_by_kind():
+    """Two learned odd kinds are found in one scan; when their lines together are most of the
+    run, each kind is judged on its own: the few string times are set aside before the first
+    parse, and the amounts (mostly strings here) are left to the one refusal."""
+    lines = []
+    for i in range(300):
+        t = b'"t%d"' % i if i % 7 == 3 else b"%d" % i
+        amount = b"%d" % i if i % 10 == 0 else b'"%d"' % i
+        lines.append(b'{"id":"e%d","t":%s,"k":"x","amount":%s}' % (i, t, amount))
+    known = {("amount", "string"), ("t", "string")}
+    parsed, aside, calls = _parse(lines, odd_kinds=known)
+    expected = sorted(i for i in range(300) if i % 7 == 3 or i % 10 == 0)
+    assert aside == expected
+    assert parsed == [i for i in range(300) if i not in set(expected)]
+    assert calls == 2  # the refusal on the amounts, then the parse
+
+
 def test_the_odd_kind_first_sets_aside_the_fewer_lines():
     """A piece whose first amount is a string sets that line aside, not the numbers after it."""
     lines = [b'{"id":"e0","t":0,"k":"x","amount":"12 EUR"}'] + [_good(i) for i in range(1, 500)]

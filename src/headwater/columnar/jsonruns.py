@@ -124,9 +124,22 @@ def kind_lines(data: Any, starts: np.ndarray, column: str, start: bytes | None) 
     bytes up to the next start) is matched by Arrow's regular expressions, which run without
     the GIL: the scans on the parse threads do not stall the thread checking the blocks.
     """
+    return _lines_matching(data, starts, [_kind_pattern(column, start)])
+
+
+def _kind_pattern(column: str, start: bytes | None) -> bytes | None:
+    """The regex of :func:`kind_lines` (None: it matches nothing)."""
     if start is None or any(c in column for c in '"\\') or not column.isprintable():
+        return None
+    return b'"' + re.escape(column.encode()) + rb'"[ \t\r\n]*:[ \t\r\n]*' + start
+
+
+def _lines_matching(data: Any, starts: np.ndarray, patterns: list[bytes | None]) -> np.ndarray:
+    """The lines (as in :func:`kind_lines`) matching any of ``patterns``, in one scan."""
+    wanted = [pattern for pattern in patterns if pattern is not None]
+    if not wanted:
         return np.zeros(0, dtype=np.int64)
-    pattern = b'"' + re.escape(column.encode()) + rb'"[ \t\r\n]*:[ \t\r\n]*' + start
+    pattern = b"|".join(b"(?:" + one + b")" for one in wanted) if len(wanted) > 1 else wanted[0]
     wide = len(data) >= 1 << 31
     offsets = np.append(starts, len(data)).astype(np.int64 if wide else np.int32)
     lines = pa.Array.from_buffers(
@@ -185,10 +198,16 @@ def parse_run(
             text[start : end if stop < 0 else stop] = b" " * ((end if stop < 0 else stop) - start)
         aside[positions] = True
 
-    for column, kind in sorted(odd_kinds or ()):
-        known = kind_lines(data, starts, column, _KIND_STARTS.get(kind))
-        if len(known) > 0 and 2 * len(known) <= n:
-            set_aside(known)
+    known_kinds = sorted(odd_kinds or ())
+    patterns = [_kind_pattern(column, _KIND_STARTS.get(kind)) for column, kind in known_kinds]
+    known = _lines_matching(data, starts, patterns)  # one scan for all of them, as a rule
+    if 2 * len(known) > n:  # too many together: each kind on its own, as it allows
+        for pattern in patterns:
+            known = _lines_matching(data, starts, [pattern])
+            if len(known) > 0 and 2 * len(known) <= n:
+                set_aside(known)
+    elif len(known) > 0:
+        set_aside(known)
     while todo:
         alive = todo.pop()
         alive = alive[~aside[alive]]
