@@ -159,3 +159,22 @@ def test_prism_streaming_bench_reads_the_backlog_and_measures_latency(tmp_path):
     assert latency["output"] + latency["late"] == latency["events"]
     assert latency["windows_measured"] > 0
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
+
+
+def test_end_to_end_figures_are_medians_of_alternating_rounds():
+    """Rounds alternate the runs (a slow moment falls on each), and each figure is the median
+    round, every round's seconds kept beside it."""
+    calls: list[str] = []
+    seconds = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def run(name):
+        def once():
+            calls.append(name)
+            return {"seconds": next(seconds[name]), "round": len(calls)}
+
+        return once
+
+    result = bench._median_runs({"a": run("a"), "b": run("b")}, 3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert result["a"] == {"seconds": 2.0, "round": 5, "rounds_s": [3.0, 1.0, 2.0]}
+    assert result["b"] == {"seconds": 5.0, "round": 2, "rounds_s": [5.0, 6.0, 4.0]}

@@ -742,6 +742,25 @@ def _step(results: dict[str, Any], name: str, fn: Callable[[dict[str, Any]], Non
 _MALFORMED = (0.0, 0.005, 0.01)
 
 
+def _median_runs(
+    runs: dict[str, Callable[[], dict[str, Any]]], rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Each run's median of ``rounds`` rounds (by seconds), its seconds in every round in
+    ``rounds_s``. Rounds alternate the runs (a, b, a, b ...): a slow moment of a shared machine
+    (or a file system slowing down as a run goes on) falls on each of them, not on one."""
+    done: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            done[name].append(run())
+    medians = {}
+    for name, results in done.items():
+        ordered = sorted(results, key=lambda result: result["seconds"])
+        median = dict(ordered[len(ordered) // 2])
+        median["rounds_s"] = [result["seconds"] for result in results]
+        medians[name] = median
+    return medians
+
+
 def _e2e_rate(entry: dict[str, Any], events: int) -> None:
     entry["events_per_s"] = round(events / entry["seconds"], 1) if entry["seconds"] else None
 
@@ -759,8 +778,13 @@ def _end_to_end(
 
         def step(entry: dict[str, Any], fraction: float = fraction, path: Path = path) -> None:
             tag = f"{fraction:g}"
-            script = bench_e2e.plain_script(path, e2e / f"script-{tag}")
-            headwater = bench_e2e.headwater_run(path, e2e / f"headwater-{tag}")
+            script, headwater = _median_runs(
+                {
+                    "script": lambda: bench_e2e.plain_script(path, e2e / f"script-{tag}"),
+                    "headwater": lambda: bench_e2e.headwater_run(path, e2e / f"headwater-{tag}"),
+                },
+                args.e2e_rounds,
+            ).values()
             for run in (script, headwater):
                 _e2e_rate(run, args.events)
             entry.update(malformed_frac=fraction, plain_script=script, headwater=headwater)
@@ -790,11 +814,19 @@ def _end_to_end(
         events = min(args.window_events, args.events)
         prefix = _prefix(files[_MALFORMED[1]], e2e / "windows-prefix.jsonl", events)
         entry["events"] = events
-        for name, spec in _WINDOWS:
-            out = e2e / f"window-{name}"
-            run = bench_e2e.headwater_run(prefix, out, window=spec)
+
+        def window_run(name: str, spec: str) -> Callable[[], dict[str, Any]]:
+            return lambda: bench_e2e.headwater_run(prefix, e2e / f"window-{name}", window=spec)
+
+        runs = _median_runs(
+            {name: window_run(name, spec) for name, spec in _WINDOWS}, args.e2e_rounds
+        )
+        for name, run in runs.items():
             _e2e_rate(run, events)
-            run["window_files"] = sum(1 for _ in (out / "rows").rglob("*.parquet"))
+            # the last round's files (every round writes the same ones)
+            run["window_files"] = sum(
+                1 for _ in (e2e / f"window-{name}" / "rows").rglob("*.parquet")
+            )
             entry[name] = run
         for name, _ in _WINDOWS[1:]:
             entry[f"{name}_x_fixed_time"] = round(
@@ -1111,7 +1143,11 @@ def _print_end_to_end(results: dict[str, Any], out: Any) -> None:
     runs = [run for run in runs if "headwater" in run]
     if runs:
         events = runs[0]["headwater"]["records_in"]
-        print(f"\nend to end (subprocess, start to exit), {events:,} events:", file=out)
+        print(
+            f"\nend to end (subprocess, start to exit), {events:,} events, each the median of "
+            f"{len(runs[0]['headwater'].get('rounds_s', [0]))} alternating rounds:",
+            file=out,
+        )
         print(
             f"  {'malformed':<10}{'plain script':>14}{'headwater':>12}{'engine':>10}"
             f"{'x plain script':>16}{'same output':>13}",
@@ -1152,7 +1188,9 @@ def _print_end_to_end(results: dict[str, Any], out: Any) -> None:
             for name, _ in _WINDOWS
         ]
         print(
-            f"windows end to end ({windows['events']:,} events): " + "; ".join(parts),
+            f"windows end to end ({windows['events']:,} events, medians of "
+            f"{len(windows['fixed'].get('rounds_s', [0]))} "
+            "alternating rounds): " + "; ".join(parts),
             file=out,
         )
     stages = results.get("headwater_batch", {}).get("stages_s")
@@ -1249,6 +1287,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-flink", action="store_true", help="no batch runs on Flink")
     parser.add_argument("--quick", action="store_true", help="a small run (seconds)")
     parser.add_argument(
+        "--e2e-rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of each end-to-end run; its figure is the median (1 with --quick)",
+    )
+    parser.add_argument(
         "--skip-end-to-end", action="store_true", help="no subprocess (CLI) measurements"
     )
     parser.add_argument(
@@ -1285,7 +1329,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.plain_beam is not None:
         plain_beam(Path(args.plain_beam), Path(args.workdir))
         return {}
-    for name, value in (("events", args.events), ("beam_events", args.beam_events)):
+    for name, value in (
+        ("events", args.events),
+        ("beam_events", args.beam_events),
+        ("e2e_rounds", args.e2e_rounds),
+    ):
         if value < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={value} must be at least 1")
     if args.quick:
@@ -1301,6 +1349,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.latency_seconds = min(args.latency_seconds, 3.0)
         args.latency_rate = min(args.latency_rate, 500)
         args.profile_events = 0
+        args.e2e_rounds = 1
     results = run_bench(args)
     path = Path(args.workdir) / "bench.json"
     path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
