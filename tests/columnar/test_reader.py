@@ -203,3 +203,29 @@ def test_kind_lines_finds_a_column_whatever_its_name_holds(column):
     starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
     assert jsonruns.kind_lines(data, starts, column, rb'"').tolist() == [1]
     assert jsonruns.kind_lines(data, starts, column, rb"[-0-9]").tolist() == [0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_invalid_utf8_lines_are_exactly_the_lines_that_do_not_decode(seed):
+    """Random blocks of short lines (ASCII, valid and broken multi-byte sequences, lines of one
+    byte inside an 8-byte word) and blocks with many valid non-ASCII lines: the lines found
+    are the ones a line-by-line decode refuses."""
+    import random
+
+    from headwater.columnar.jsonruns import LineRanges, invalid_utf8_lines
+
+    rng = random.Random(seed)
+    parts = [b"a", b"{", b"}", b"\n", b"\xff", b"\xc3\xa9", b"\xe2\x82", b"\xac", b" ", b"\n\n"]
+    blocks = [b"".join(rng.choice(parts) for _ in range(rng.randrange(60))) for _ in range(500)]
+    many = [b'{"k":"caf\xc3\xa9"}'] * 600  # more non-ASCII lines than are decoded one by one
+    blocks += [b"\n".join(many), b"\n".join([*many[:300], b"\xff", *many[300:]])]
+    for block in blocks:
+        block = block if block.endswith(b"\n") else block + b"\n"
+        ranges = LineRanges(block)
+        expected = []
+        for line, (start, end) in enumerate(zip(ranges.starts, ranges.next_starts, strict=True)):
+            try:
+                block[start:end].decode("utf-8")
+            except UnicodeDecodeError:
+                expected.append(line)
+        assert invalid_utf8_lines(block, ranges) == expected

@@ -25,21 +25,35 @@ __all__ = ["LineRanges", "Refusal", "invalid_utf8_lines", "kind_lines", "parse_r
 MIN_BISECT_LINES = 256  # below this a refused run is parsed line by line
 
 
+_HIGH_BITS = np.uint64(0x8080808080808080)  # a byte past ASCII in each of 8 bytes
+_FEW_LINES = 256  # lines past ASCII decoded one by one before the whole block is tried
+
+
 def invalid_utf8_lines(block: bytes, ranges: Any) -> list[int]:
     """Indexes of the lines of ``block`` that are not valid UTF-8 (usually none).
 
-    One decode of the whole block when it is valid; otherwise only the lines holding a byte
-    past ASCII are decoded, each on its own (a newline is never inside a UTF-8 sequence).
+    An ASCII block has none. Otherwise the lines holding a byte past ASCII are found (8 bytes
+    at a time); a few are decoded each on its own (a newline is never inside a UTF-8 sequence),
+    many only when the block as a whole does not decode.
     """
-    try:
-        block.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    else:
+    if block.isascii():
         return []
-    high = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0x80)
+    data = np.frombuffer(block, dtype=np.uint8)
+    whole = len(block) // 8 * 8
+    words = np.flatnonzero(data[:whole].view(np.uint64) & _HIGH_BITS) * 8
+    # every byte of those words, and of the tail: the bytes past ASCII among them
+    spots = np.concatenate(((words[:, None] + np.arange(8)).ravel(), np.arange(whole, len(data))))
+    high = spots[data[spots] >= 0x80]
+    lines = np.unique(np.searchsorted(ranges.starts, high, side="right") - 1).tolist()
+    if len(lines) > _FEW_LINES:
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return []
     bad: list[int] = []
-    for line in np.unique(np.searchsorted(ranges.starts, high, side="right") - 1).tolist():
+    for line in lines:
         try:
             block[ranges.starts[line] : ranges.next_starts[line]].decode("utf-8")
         except UnicodeDecodeError:
