@@ -193,6 +193,26 @@ def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
     assert slow <= _BAD_LINES + 2 * _BLOCK_LINES
 
 
+def test_parsing_on_the_dofns_own_thread_gives_the_same_results(dirty_file, monkeypatch):
+    """``HEADWATER_PARSE_THREADS=0`` (the bench's single-threaded workers) parses each block's
+    pieces on the reading thread, one after the other: the record path's results as with
+    threads, bad lines included."""
+    monkeypatch.setenv("HEADWATER_PARSE_THREADS", "0")
+    monkeypatch.setattr(reader, "_POOL", None)
+    monkeypatch.setattr(reader, "_PARSE_BYTES", (_WIDTH + 1) * 3)
+    counts, _ = _compare_engines(dirty_file)
+    assert isinstance(reader._parse_pool(), reader._OnThisThread)
+    assert counts["dead_letter"] >= 30
+
+
+@pytest.mark.parametrize("given", ["x", "-1", "1.5"])
+def test_a_parse_thread_count_that_is_not_a_count_is_an_error_naming_it(monkeypatch, given):
+    monkeypatch.setenv("HEADWATER_PARSE_THREADS", given)
+    monkeypatch.setattr(reader, "_POOL", None)
+    with pytest.raises(ValueError, match=f"HEADWATER_PARSE_THREADS='{given}'.*integer >= 0"):
+        reader._parse_pool()
+
+
 def test_bad_lines_anywhere_in_a_block_write_the_record_paths_files(dirty_file, engine_files):
     """The dirty file's window files are the record path's bytes."""
     files = engine_files(str(dirty_file), _options(), "parquet")

@@ -53,7 +53,7 @@ _PARQUET_BATCH_ROWS = 65_536
 _AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar step
 
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL: concurrent.futures.Executor | None = None
 
 
 @dataclasses.dataclass
@@ -117,19 +117,36 @@ def _json_pieces(
                 line += piece.count(b"\n")
 
 
-def _parse_pool() -> concurrent.futures.ThreadPoolExecutor:
+class _OnThisThread(concurrent.futures.Executor):
+    """Runs each call at once on the caller's thread (``HEADWATER_PARSE_THREADS=0``)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # raised by result(), as a pool thread's would be
+            future.set_exception(exc)
+        return future
+
+
+def _parse_pool() -> concurrent.futures.Executor:
     """The threads that parse the pieces of a block side by side (pyarrow releases the GIL).
 
-    Up to 4 (the cores), or ``HEADWATER_PARSE_THREADS`` (the bench's single-threaded workers).
+    Up to 4 (the cores), or ``HEADWATER_PARSE_THREADS``; ``0`` parses on the DoFn's own thread,
+    block after block (the bench's single-threaded workers).
     """
     global _POOL
     if _POOL is None:
         given = os.environ.get("HEADWATER_PARSE_THREADS", "")
-        if given and (not given.isdigit() or int(given) < 1):
-            raise ValueError(f"HEADWATER_PARSE_THREADS={given!r} must be an integer >= 1")
+        if given and not given.isdigit():
+            raise ValueError(f"HEADWATER_PARSE_THREADS={given!r} must be an integer >= 0")
         threads = int(given) if given else max(1, min(4, os.cpu_count() or 1))
-        _POOL = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="headwater-json"
+        _POOL = (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix="headwater-json"
+            )
+            if threads
+            else _OnThisThread()
         )
     return _POOL
 
