@@ -50,7 +50,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={
-        "console_scripts": ["headwater = headwater.cli:main"],
+        "console_scripts": ["headwater = headwater.cli:console"],
         # headwater_broker / headwater_topic fixtures in users' own test sessions
         "pytest11": ["headwater = headwater.testing.pytest_plugin"],
     },

@@ -1,5 +1,5 @@
 """``python -m headwater`` runs the command-line interface."""
 
-from headwater.cli import main
+from headwater.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

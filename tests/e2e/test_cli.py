@@ -593,3 +593,21 @@ def test_demo_exit_code_follows_the_runs_data_check(monkeypatch):
     assert cli.main(["demo", "--workdir", "unused"]) == 3
     monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: {"identity_holds": False})
     assert cli.main(["demo", "--workdir", "unused"]) == 1
+
+
+def test_the_command_freezes_what_is_left_before_the_process_ends(capsys):
+    """``headwater`` (the console script, ``python -m headwater``) runs main, then freezes the
+    objects left out of the garbage collector: the interpreter's teardown skips them."""
+    import gc
+    from importlib.metadata import entry_points
+
+    from headwater import cli
+
+    (script,) = entry_points(group="console_scripts", name="headwater")
+    assert script.value == "headwater.cli:console"
+    try:
+        assert cli.console(["pipelines"]) == 0
+        assert "windowed_metrics" in capsys.readouterr().out
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
