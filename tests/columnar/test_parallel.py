@@ -447,3 +447,24 @@ def test_batches_between_stages_are_compressed_and_come_back_exactly():
     data = _to_ipc(table)
     assert _from_ipc(data).equals(table)
     assert len(data) < 0.6 * table.nbytes
+
+
+def test_a_shards_batches_are_put_in_arrival_order():
+    """Batches of disjoint runs come out in arrival order whatever order the shuffle gave them
+    (no row moved); batches whose runs overlap are sorted row by row."""
+    import pyarrow as pa
+
+    from headwater.columnar.parallel import _in_arrival_order
+
+    def batch(*arrivals):
+        return pa.table(
+            {"a": pa.array(arrivals, type=pa.int64()), "k": [f"r{a}" for a in arrivals]}
+        )
+
+    runs = [batch(10, 12, 15), batch(1, 3), batch(20, 21), batch(5, 7, 9)]
+    for shuffled in (runs, runs[::-1], [runs[2], runs[0], runs[3], runs[1]]):
+        table = _in_arrival_order(list(shuffled))
+        assert table.column("a").to_pylist() == [1, 3, 5, 7, 9, 10, 12, 15, 20, 21]
+        assert table.column("k").to_pylist() == [f"r{a}" for a in table.column("a").to_pylist()]
+    overlapping = _in_arrival_order([batch(4, 8), batch(2, 6, 9)])
+    assert overlapping.column("a").to_pylist() == [2, 4, 6, 8, 9]

@@ -286,13 +286,12 @@ class _DedupShardFn(beam.DoFn):
 
     def _dedup(self, element: tuple[int, Any]) -> Iterator[tuple[int, tuple[int, bytes]]]:
         shard, batches = element
-        table = pa.concat_tables(map(_from_ipc, batches), promote_options="permissive")
-        order = np.argsort(table.column("a").to_numpy(), kind="stable")
+        table = _in_arrival_order([_from_ipc(data) for data in batches])
         state = ColumnarState(self._options)
-        state.ids.expect(len(order))
+        state.ids.expect(table.num_rows)
         fields = len(self._options.fields)
-        for begin in range(0, len(order), _CHUNK_ROWS):
-            chunk = table.take(pa.array(order[begin : begin + _CHUNK_ROWS]))
+        for begin in range(0, table.num_rows, _CHUNK_ROWS):
+            chunk = table.slice(begin, _CHUNK_ROWS)
             rows = _rows_of(chunk, fields, has_ids=state.id_of is not None)
             keep = state.deduplicate(rows)
             kept = int(keep.sum())
@@ -308,6 +307,24 @@ class _DedupShardFn(beam.DoFn):
         order = np.argsort(starts, kind="stable")
         for take in np.split(order, np.flatnonzero(np.diff(starts[order])) + 1):
             yield int(starts[take[0]]), (shard, _to_ipc(partial.take(pa.array(take))))
+
+
+def _in_arrival_order(tables: list[pa.Table]) -> pa.Table:
+    """A shard's batches as one table in arrival order (column ``a``).
+
+    A batch holds one block's rows of the shard, in order, and blocks hold disjoint runs of
+    lines: batches put in the order of their first rows come out in order, with no row moved.
+    Should their runs overlap, the rows are sorted one by one.
+    """
+    tables = [table for table in tables if table.num_rows]
+    tables.sort(key=lambda table: table.column("a")[0].as_py())
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if table is None:
+        return pa.table({"a": pa.array([], type=pa.int64())})
+    arrival = table.column("a").to_numpy()
+    if bool((arrival[1:] > arrival[:-1]).all()):
+        return table
+    return table.take(pa.array(np.argsort(arrival, kind="stable")))
 
 
 def _rows_of(chunk: pa.Table, fields: int, *, has_ids: bool) -> AcceptedRows:
