@@ -32,6 +32,7 @@ from headwater.io.fileio import (
     encode_parquet,
     file_name,
     join_path,
+    make_local_folders,
     parquet_bytes,
     window_directory,
     write_atomically,
@@ -180,6 +181,7 @@ class WindowWriter:
         cut_by = inverse[order] if shards is None else inverse[order] * count + shards[order]
         cuts = np.flatnonzero(np.diff(cut_by)) + 1
         ordered = whole.take(pa.array(order))
+        files = []
         for first, last in zip(
             np.concatenate(([0], cuts)), np.concatenate((cuts, [len(order)])), strict=True
         ):
@@ -189,12 +191,22 @@ class WindowWriter:
                 window_directory(bounds[inverse[row]][0], merging=sessions),
                 file_name("part", shard, options.output_shards, 0, options.output_format),
             )
-            data = parquet_bytes(ordered.slice(int(first), int(last - first)))
-            yield self._write_file(relative, data, int(last - first))
+            files.append((self._path(relative), int(first), int(last - first)))
+        # the windows' folders at once (a session run has one per session)
+        made = make_local_folders(path for path, _, _ in files)
+        for path, first, rows in files:
+            write_atomically(path, parquet_bytes(ordered.slice(first, rows)), folder_made=made)
+            yield self._written(path, rows)
 
     def _write_file(self, relative: str, data: bytes, rows: int) -> str:
-        path = join_path(str(self._options.output), *relative.split("/"))
+        path = self._path(relative)
         write_atomically(path, data)
+        return self._written(path, rows)
+
+    def _path(self, relative: str) -> str:
+        return join_path(str(self._options.output), *relative.split("/"))
+
+    def _written(self, path: str, rows: int) -> str:
         self._files.inc()
         self._rows_written.inc(rows)
         return path

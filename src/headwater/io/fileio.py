@@ -248,13 +248,35 @@ def file_size(path: str) -> int:
         return 0
 
 
-def write_atomically(path: str, data: bytes, *, mime_type: str = "application/octet-stream"):
+def write_atomically(
+    path: str,
+    data: bytes,
+    *,
+    mime_type: str = "application/octet-stream",
+    folder_made: bool = False,
+):
     """Writes ``data`` to ``path`` via a temp file in the same folder and a rename.
 
     Readers never see a partial file under ``path``; an existing file is replaced. The temp
-    file (``.tmp-<name>-<uuid>``) is removed when the write fails.
+    file (``.tmp-<name>-<uuid>``) is removed when the write fails. ``folder_made``: the caller
+    made the local folder (:func:`make_local_folders`), which is then only made again if gone.
     """
-    _write_via_temp(path, data, mime_type, replace=True)
+    _write_via_temp(path, data, mime_type, replace=True, folder_made=folder_made)
+
+
+def make_local_folders(paths: Iterable[str]) -> bool:
+    """Makes the folders of the local ``paths`` (each once, parents first); False, making
+    nothing, when a path is not a local one without a scheme (object stores have no folders).
+
+    A run that writes a folder per window (sessions: thousands) then writes each file into a
+    folder that is there, without trying it, failing on its missing parent and trying again.
+    """
+    paths = list(paths)
+    if not all(FileSystems.get_scheme(path) is None for path in paths):
+        return False
+    for folder in sorted({os.path.dirname(path) for path in paths}):
+        _make_folder(folder or ".")
+    return True
 
 
 def write_once(path: str, data: bytes, *, mime_type: str = "application/octet-stream") -> bool:
@@ -295,7 +317,22 @@ def _make_folder(directory: str) -> None:
             os.mkdir(directory)
 
 
-def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
+def _write_local(path: str, data: bytes, directory: str, *, retry: bool) -> None:
+    """``data`` into the new local file ``path``; with ``retry``, a folder gone since it was
+    made is made again."""
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+    except FileNotFoundError:
+        if not retry:
+            raise
+        _make_folder(directory or ".")
+        _write_local(path, data, directory, retry=False)
+
+
+def _write_via_temp(
+    path: str, data: bytes, mime_type: str, *, replace: bool, folder_made: bool = False
+) -> bool:
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
@@ -303,9 +340,9 @@ def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) ->
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
-            _make_folder(directory or ".")
-            with open(temp, "wb") as handle:
-                handle.write(data)
+            if not folder_made:
+                _make_folder(directory or ".")
+            _write_local(temp, data, directory, retry=folder_made)
             if replace:
                 os.replace(temp, path)
                 return True
