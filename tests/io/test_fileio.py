@@ -395,7 +395,12 @@ def test_folders_made_ahead_are_written_into_and_made_again_if_gone(tmp_path, mo
     from headwater.io import fileio
 
     paths = [str(tmp_path / f"s={i}" / f"e={i}" / "part.parquet") for i in range(3)]
+    calls = []
+    mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda d, *a: (calls.append(d), mkdir(d, *a)))
     assert fileio.make_local_folders(paths) is True
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert len(calls) == 6  # each folder once, parents first: none tried before its parent
     assert all((tmp_path / f"s={i}" / f"e={i}").is_dir() for i in range(3))
     made = []
     real = fileio._make_folder

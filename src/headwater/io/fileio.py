@@ -274,8 +274,10 @@ def make_local_folders(paths: Iterable[str]) -> bool:
     paths = list(paths)
     if not all(FileSystems.get_scheme(path) is None for path in paths):
         return False
-    for folder in sorted({os.path.dirname(path) for path in paths}):
-        _make_folder(folder or ".")
+    folders = {os.path.dirname(path) or "." for path in paths}
+    folders |= {os.path.dirname(folder) or "." for folder in folders}  # and their parents
+    for folder in sorted(folders):  # a parent sorts before its folders
+        _make_folder(folder)
     return True
 
 
