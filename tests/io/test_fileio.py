@@ -390,8 +390,8 @@ def test_listing_keeps_temporary_files_unless_asked_not_to(tmp_path):
 
 
 def test_folders_made_ahead_are_written_into_and_made_again_if_gone(tmp_path, monkeypatch):
-    """make_local_folders makes every folder once, parents first; a write told its folder is
-    made does not try to make it (one call fewer per file), yet makes it when it is gone."""
+    """make_local_folders makes every folder once, parents first; a write into a folder that is
+    there does not try to make it (no call), yet makes it when it is gone."""
     from headwater.io import fileio
 
     paths = [str(tmp_path / f"s={i}" / f"e={i}" / "part.parquet") for i in range(3)]
@@ -405,10 +405,10 @@ def test_folders_made_ahead_are_written_into_and_made_again_if_gone(tmp_path, mo
     made = []
     real = fileio._make_folder
     monkeypatch.setattr(fileio, "_make_folder", lambda d: (made.append(d), real(d)))
-    write_atomically(paths[0], b"a", folder_made=True)
+    write_atomically(paths[0], b"a")
     assert made == []
     (tmp_path / "s=1" / "e=1").rmdir()
-    write_atomically(paths[1], b"b", folder_made=True)
+    write_atomically(paths[1], b"b")
     assert made == [str(tmp_path / "s=1" / "e=1")]
     assert [Path(p).read_bytes() for p in paths[:2]] == [b"a", b"b"]
     assert fileio.make_local_folders(["gs://bucket/x/part.parquet"]) is False

@@ -192,10 +192,9 @@ class WindowWriter:
                 file_name("part", shard, options.output_shards, 0, options.output_format),
             )
             files.append((self._path(relative), int(first), int(last - first)))
-        # the windows' folders at once (a session run has one per session)
-        made = make_local_folders(path for path, _, _ in files)
+        make_local_folders(path for path, _, _ in files)  # at once: a session has its own
         for path, first, rows in files:
-            write_atomically(path, parquet_bytes(ordered.slice(first, rows)), folder_made=made)
+            write_atomically(path, parquet_bytes(ordered.slice(first, rows)))
             yield self._written(path, rows)
 
     def _write_file(self, relative: str, data: bytes, rows: int) -> str:

@@ -248,20 +248,14 @@ def file_size(path: str) -> int:
         return 0
 
 
-def write_atomically(
-    path: str,
-    data: bytes,
-    *,
-    mime_type: str = "application/octet-stream",
-    folder_made: bool = False,
-):
+def write_atomically(path: str, data: bytes, *, mime_type: str = "application/octet-stream"):
     """Writes ``data`` to ``path`` via a temp file in the same folder and a rename.
 
     Readers never see a partial file under ``path``; an existing file is replaced. The temp
-    file (``.tmp-<name>-<uuid>``) is removed when the write fails. ``folder_made``: the caller
-    made the local folder (:func:`make_local_folders`), which is then only made again if gone.
+    file (``.tmp-<name>-<uuid>``) is removed when the write fails. A missing local folder is
+    made (when the write finds it missing: a folder that is there costs no call).
     """
-    _write_via_temp(path, data, mime_type, replace=True, folder_made=folder_made)
+    _write_via_temp(path, data, mime_type, replace=True)
 
 
 def make_local_folders(paths: Iterable[str]) -> bool:
@@ -269,7 +263,8 @@ def make_local_folders(paths: Iterable[str]) -> bool:
     nothing, when a path is not a local one without a scheme (object stores have no folders).
 
     A run that writes a folder per window (sessions: thousands) then writes each file into a
-    folder that is there, without trying it, failing on its missing parent and trying again.
+    folder that is there, instead of each write finding its folder and the folder's parent
+    missing first.
     """
     paths = list(paths)
     if not all(FileSystems.get_scheme(path) is None for path in paths):
@@ -319,22 +314,19 @@ def _make_folder(directory: str) -> None:
             os.mkdir(directory)
 
 
-def _write_local(path: str, data: bytes, directory: str, *, retry: bool) -> None:
-    """``data`` into the new local file ``path``; with ``retry``, a folder gone since it was
-    made is made again."""
+def _write_local(path: str, data: bytes, directory: str) -> None:
+    """``data`` into the new local file ``path`` in ``directory``, made if missing (tried first:
+    most writes go to a folder that is there)."""
     try:
-        with open(path, "wb") as handle:
-            handle.write(data)
+        handle = open(path, "wb")  # noqa: SIM115 (the with below closes it)
     except FileNotFoundError:
-        if not retry:
-            raise
         _make_folder(directory or ".")
-        _write_local(path, data, directory, retry=False)
+        handle = open(path, "wb")  # noqa: SIM115
+    with handle:
+        handle.write(data)
 
 
-def _write_via_temp(
-    path: str, data: bytes, mime_type: str, *, replace: bool, folder_made: bool = False
-) -> bool:
+def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
@@ -342,9 +334,7 @@ def _write_via_temp(
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
-            if not folder_made:
-                _make_folder(directory or ".")
-            _write_local(temp, data, directory, retry=folder_made)
+            _write_local(temp, data, directory)
             if replace:
                 os.replace(temp, path)
                 return True
