@@ -178,3 +178,16 @@ def test_end_to_end_figures_are_medians_of_alternating_rounds():
     assert calls == ["a", "b", "a", "b", "a", "b"]
     assert result["a"] == {"seconds": 2.0, "round": 5, "rounds_s": [3.0, 1.0, 2.0]}
     assert result["b"] == {"seconds": 5.0, "round": 2, "rounds_s": [5.0, 6.0, 4.0]}
+
+
+@pytest.mark.parametrize(
+    ("flags", "rounds"), [([], 3), (["--quick"], 1), (["--quick", "--e2e-rounds", "2"], 2)]
+)
+def test_end_to_end_rounds_given_are_kept_quick_or_not(tmp_path, monkeypatch, flags, rounds):
+    """--quick runs one round unless --e2e-rounds says otherwise: a value typed is never
+    replaced."""
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda args: seen.update(vars(args)) or {})
+    monkeypatch.setattr(bench, "print_table", lambda results: None)
+    bench.main(["--workdir", str(tmp_path), *flags])
+    assert seen["e2e_rounds"] == rounds
