@@ -316,11 +316,10 @@ def _in_arrival_order(tables: list[pa.Table]) -> pa.Table:
     lines: batches put in the order of their first rows come out in order, with no row moved.
     Should their runs overlap, the rows are sorted one by one.
     """
-    tables = [table for table in tables if table.num_rows]
-    tables.sort(key=lambda table: table.column("a")[0].as_py())
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
-    if table is None:
-        return pa.table({"a": pa.array([], type=pa.int64())})
+    filled = sorted(
+        (table for table in tables if table.num_rows), key=lambda t: t.column("a")[0].as_py()
+    )
+    table = pa.concat_tables(filled or tables, promote_options="permissive")
     arrival = table.column("a").to_numpy()
     if bool((arrival[1:] > arrival[:-1]).all()):
         return table
