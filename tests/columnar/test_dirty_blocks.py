@@ -4,6 +4,7 @@ dead letters (reason text, file and line) and window files, byte for byte (issue
 from __future__ import annotations
 
 import json
+import threading
 from functools import partial
 
 import pytest
@@ -12,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from headwater.columnar import ComputeWindowedMetricsColumnar, reader
+from headwater.columnar.state import ColumnarState
 from headwater.core.accounting import Accounting
 from headwater.devtools.workload import generate
 from headwater.io.fileio import ReadFromFiles
@@ -152,7 +154,8 @@ def _compare_engines(path) -> tuple[dict, int]:
     )
     assert_that(record.rows, partial(_collect, "record_rows"), label="RecordRows")
     assert_that(record.dead_letter, partial(_collect, "record_dead"), label="RecordDead")
-    record_counts = Accounting.from_result(record_p.run()).to_dict()
+    record_result = record_p.run()
+    record_counts = Accounting.from_result(record_result).to_dict()
 
     columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
     fast = columnar_p | ComputeWindowedMetricsColumnar(
@@ -171,8 +174,17 @@ def _compare_engines(path) -> tuple[dict, int]:
     assert sorted(map(_letter, _SEEN["columnar_dead"]), key=repr) == sorted(
         map(_letter, _SEEN["record_dead"]), key=repr
     )
-    slow = columnar_result.metrics().query(MetricsFilter().with_name("columnar.slow_rows"))
-    return record_counts, sum(c.committed for c in slow["counters"])
+    # the record path's parse counter, though the columnar path's parse threads ran its code
+    rejected = [
+        _counter(result, "parse.dead_letter") for result in (record_result, columnar_result)
+    ]
+    assert rejected[0] == rejected[1] > 0
+    return record_counts, _counter(columnar_result, "columnar.slow_rows")
+
+
+def _counter(result, name: str) -> int:
+    found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    return sum(c.committed for c in found)
 
 
 @pytest.mark.parametrize("parse_lines", [None, 3])
@@ -191,6 +203,22 @@ def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
     # what the bad lines cost: themselves on the record path, plus at most the ten-line block of
     # each line holding two objects (bisected), never every line of the blocks they sit in
     assert slow <= _BAD_LINES + 2 * _BLOCK_LINES
+
+
+def test_the_record_paths_code_runs_on_the_parse_threads(dirty_file, monkeypatch):
+    """Every line set aside takes the record path's parse/check code on the thread that scanned
+    or parsed its block, not on the DoFn's: the DoFn only applies the results in line order."""
+    threads = []
+    slow_result = ColumnarState.slow_result
+
+    def recorded(self, element):
+        threads.append(threading.current_thread().name)
+        return slow_result(self, element)
+
+    monkeypatch.setattr(ColumnarState, "slow_result", recorded)
+    _, slow = _compare_engines(dirty_file)
+    assert len(threads) == slow > 0
+    assert {name.split("_")[0] for name in threads} == {"headwater-json"}
 
 
 def test_parsing_on_the_dofns_own_thread_gives_the_same_results(dirty_file, monkeypatch):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -65,9 +65,10 @@ class _PendingBlock:
     block: bytes
     ranges: LineRanges
     records: np.ndarray  # positions of the non-blank lines
-    slow_lines: list[int]  # lines that go through the record path
     runs: list[np.ndarray]  # line runs handed to pyarrow
-    tables: list[concurrent.futures.Future]  # per run: its checked tables, lines set aside
+    tables: list[concurrent.futures.Future]  # per run: checked tables, lines set aside, results
+    slow_results: list[tuple[int, Any]]  # (line, ColumnarState.slow_result): lines the scan
+    # set aside (not an object, not UTF-8, too large)
 
 
 def _json_pieces(
@@ -157,15 +158,36 @@ def _parse_and_check(
     starts: np.ndarray,
     whole: tuple[str, ...],
     odd_kinds: set[tuple[str, str]],
-) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[int]]:
-    """:func:`parse_run`, then the fast checks of each table, on the parse thread.
+    run: np.ndarray,
+    element: Callable[[int], SourceRecord],
+) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[int], list[tuple[int, Any]]]:
+    """:func:`parse_run`, the fast checks of each table, the record path for the rest.
 
-    ``([(run positions, accept mask, columns)], positions set aside)``. The checks read only
-    the run's options (``ColumnarState.fast`` changes no state), so the thread that parsed a
-    piece checks it too, and the main thread is left the block's ordered steps.
+    ``([(run positions, accept mask, columns)], positions set aside, [(line, slow result)])``
+    for the block lines ``run`` (``element``: a block line's record). Neither the checks
+    (``ColumnarState.fast``) nor the record path's code (``ColumnarState.slow_result``) change
+    any state, so the thread that parsed a run also checks it and runs the record path's code
+    over the lines it did not accept: the main thread is left the block's ordered steps.
     """
     tables, aside = parse_run(data, starts, whole, odd_kinds)
-    return [(positions, *state.fast(table)) for positions, table in tables], aside
+    checked = [(positions, *state.fast(table)) for positions, table in tables]
+    rejected = [run[positions[~mask]] for positions, mask, _ in checked]
+    lines = np.concatenate([run[aside], *rejected]).tolist() if aside or rejected else []
+    return checked, aside, [(line, state.slow_result(element(line))) for line in lines]
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _line_element(block: bytes, ranges: LineRanges, path: str, first_line: int) -> Callable:
+    """A block line's record: its bytes (no newline), file and line number."""
+
+    def element(i: int) -> SourceRecord:
+        payload = block[ranges.starts[i] : ranges.ends[i]]
+        return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
+
+    return element
 
 
 def _parts(lines: np.ndarray, starts: np.ndarray, size: int) -> list[np.ndarray]:
@@ -276,6 +298,7 @@ class BlockReader(beam.DoFn):
         if options.dedup is not None:
             whole += (dedup_field(options.dedup) or "",)
         pool = _parse_pool()
+        element = _line_element(block, ranges, path, first_line)
         tables = [
             pool.submit(
                 _parse_and_check,
@@ -284,40 +307,37 @@ class BlockReader(beam.DoFn):
                 ranges.starts[run] - ranges.starts[run[0]],
                 whole,
                 odd_kinds,
+                run,
+                element,
             )
             for run in runs
         ]
-        return _PendingBlock(path, first_line, block, ranges, records, slow_lines, runs, tables)
+        # the lines pyarrow never sees take the record path's code here, beside the runs' parse
+        slow_results = [(line, state.slow_result(element(line))) for line in slow_lines]
+        return _PendingBlock(path, first_line, block, ranges, records, runs, tables, slow_results)
 
     def _end_json_block(self, state: ColumnarState, pending: _PendingBlock) -> None:
-        """Checks the parsed pieces, runs the set-aside lines through the record path, finishes."""
-        block, ranges, slow_lines = pending.block, pending.ranges, pending.slow_lines
-        path, first_line = pending.path, pending.first_line
-        state.counts["records_in"] += len(pending.records)
-        if self._sizes_ids and first_line == 1 and len(block):  # the file's records, as a hint
-            per_byte = len(pending.records) / len(block)
-            state.ids.expect(int(file_size(path) * per_byte) - len(pending.records))
-
-        def element(i: int) -> SourceRecord:
-            payload = block[ranges.starts[i] : ranges.ends[i]]
-            return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
-
+        """Takes the parsed and checked runs, the record path's results in line order, finishes."""
+        block, records, path = pending.block, pending.records, pending.path
+        state.counts["records_in"] += len(records)
+        if self._sizes_ids and pending.first_line == 1 and len(block):  # the file's records,
+            per_byte = len(records) / len(block)  # as a hint
+            state.ids.expect(int(file_size(path) * per_byte) - len(records))
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
+        slow_results = list(pending.slow_results)
         for run, future in zip(pending.runs, pending.tables, strict=True):
-            checked, aside = future.result()
-            for positions, mask, columns in checked:
-                lines = run[positions]
-                pieces.append((lines, mask, columns))
-                slow_lines.extend(lines[~mask].tolist())
-            slow_lines.extend(run[aside].tolist())
-        slow_lines.sort()
+            checked, _, results = future.result()
+            pieces.extend((run[positions], mask, columns) for positions, mask, columns in checked)
+            slow_results.extend(results)
+        slow_results.sort(key=_first)
         slow_rows = []
-        for line_index in map(int, slow_lines):
-            accepted = state.slow(element(line_index))
+        for line_index, result in slow_results:
+            accepted = state.settle(result)
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
-        self._slow.inc(len(slow_lines))
-        self._finish_block(state, pending.records, pieces, slow_rows, element)
+        self._slow.inc(len(slow_results))
+        element = _line_element(block, pending.ranges, path, pending.first_line)
+        self._finish_block(state, records, pieces, slow_rows, element)
 
     def _decoded(self, element: Any) -> Any:
         if isinstance(element, DecodedRecord):

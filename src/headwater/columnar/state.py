@@ -43,7 +43,6 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,6 +152,10 @@ class ColumnarOptions:
         return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
 
 
+#: A row the record path's code accepted: event time (micros), id, key, metric values.
+Accepted = tuple[int, str | None, Any, tuple[float, ...]]
+
+
 class ColumnarState:
     """The state of one run: dedup anchors, partial aggregates, counters, slow-path helpers."""
 
@@ -177,23 +180,36 @@ class ColumnarState:
 
     # --- the slow, exact path ------------------------------------------------------------
 
-    def slow(self, element: Any) -> tuple[int, str | None, Any, tuple[float, ...]] | None:
+    def slow(self, element: Any) -> Accepted | None:
         """The record path's parse/check/id for one element: accepted values or a dead letter."""
-        for out in self.parse.process(element):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                self.dead.append(out.value)
-                return None
-            record, ts = out.value, out.timestamp
+        return self.settle(self.slow_result(element))
+
+    def slow_result(self, element: Any) -> tuple[bool, Accepted | DeadLetter]:
+        """:meth:`slow` without its effects: whether the element parsed, then its accepted
+        values or its dead letter. It changes no state, so a parse thread may call it for the
+        lines it sets aside; :meth:`settle` applies the results in arrival order."""
+        out = self.parse.parse(element)
+        if isinstance(out, DeadLetter):
+            return False, out
+        record, ts = out
         ident = None
         if self.id_of is not None:
             try:
                 ident = self.id_of(record)
             except Exception as exc:  # the record path's _KeyByIdFn makes it a dead letter
                 # of the parsed record (its payload canonical JSON, as in the record path)
-                self.dead.append(dead_letter_for(record, stage="dedup", error=exc, event_time=ts))
-                return None
+                return True, dead_letter_for(record, stage="dedup", error=exc, event_time=ts)
         key, values = self._check.key_and_values(record)  # passed at parse: the key text
-        return ts.micros, ident, key, values
+        return True, (ts.micros, ident, key, values)
+
+    def settle(self, result: tuple[bool, Accepted | DeadLetter]) -> Accepted | None:
+        """Counts a :meth:`slow_result` and keeps its dead letter; its accepted values."""
+        parsed, outcome = result
+        self.parse.count(parsed)
+        if isinstance(outcome, DeadLetter):
+            self.dead.append(outcome)
+            return None
+        return outcome
 
     # --- fast checks over a parsed table -------------------------------------------------
 

@@ -32,7 +32,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.core.deadletter import Routed, dead_letter_for
+from headwater.core.deadletter import DeadLetter, Routed, dead_letter_for
 from headwater.core.records import DecodedRecord, origin_of, payload_of, with_origin
 from headwater.core.stamps import in_global_window
 from headwater.transforms.keys import unicode_problem
@@ -98,7 +98,12 @@ class ParseFn(beam.DoFn):
         self._parsed = Metrics.counter("headwater", "parse.ok")
         self._rejected = Metrics.counter("headwater", "parse.dead_letter")
 
-    def process(self, element):
+    def parse(self, element: Any) -> tuple[Any, Timestamp] | DeadLetter:
+        """The record (with its origin) and its event time, or the element's dead letter.
+
+        What :meth:`process` emits, without counting or windowing it: it changes nothing, so
+        any thread may call it (the columnar reader's parse threads do, :meth:`count` after).
+        """
         stage = "decode"
         timestamp = None
         try:
@@ -125,15 +130,22 @@ class ParseFn(beam.DoFn):
             for check in self._checks:
                 check(record)
         except Exception as exc:  # any per-record failure becomes a dead letter
+            return dead_letter_for(element, stage=stage, error=exc, event_time=timestamp)
+        # Later stages that reject the record still name its file/line or topic/offset.
+        return with_origin(record, origin_of(element)), timestamp
+
+    def count(self, parsed: bool) -> None:
+        """Counts one :meth:`parse` result as :meth:`process` does (parsed, or a dead letter)."""
+        (self._parsed if parsed else self._rejected).inc()
+
+    def process(self, element):
+        out = self.parse(element)
+        if isinstance(out, DeadLetter):
             self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(
-                "dead_letter",
-                dead_letter_for(element, stage=stage, error=exc, event_time=timestamp),
-            )
+            yield beam.pvalue.TaggedOutput("dead_letter", out)
             return
         self._parsed.inc()
-        # Later stages that reject the record still name its file/line or topic/offset.
-        parsed = with_origin(record, origin_of(element))
+        parsed, timestamp = out
         if self._global_window:
             yield in_global_window(parsed, timestamp.micros)
         else:
