@@ -654,3 +654,51 @@ def test_only_a_dofn_that_deduplicates_whole_files_asks_their_size(tmp_path, mon
             pass
         assert asked == want, type(fn).__name__
         assert state.counts["records_in"] == 50
+
+
+def test_dead_letters_written_by_the_dofn_leave_its_dead_letter_output_empty(tmp_path):
+    """``dead_letter_output``: the batch DoFn writes the letters into the folder when its input
+    ends (with empty ``failed_at``) and emits none; the counters still count them."""
+    good = [
+        {"event_id": f"e{i}", "user_id": "u", "event_time": 1_000 * i, "amount": 1}
+        for i in range(3)
+    ]
+    lines = [json.dumps(good[0]), "{oops", json.dumps(good[1]), "[1]", json.dumps(good[2])]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    p = TestPipeline(runner="FnApiRunner")
+    out = p | ComputeWindowedMetricsColumnar(
+        pattern=str(path),
+        file_format="json",
+        dead_letter_output=str(tmp_path / "dead"),
+        dead_letter_shards=2,
+        **_options(),
+    )
+    assert_that(out.dead_letter, equal_to([]), label="none emitted")
+    counts = Accounting.from_result(p.run()).to_dict()
+    assert counts["dead_letter"] == 2
+    assert counts["output"] == 3
+    written = [
+        json.loads(line)
+        for file in sorted((tmp_path / "dead").glob("dead_letters-*-of-00002.jsonl"))
+        for line in file.read_text().splitlines()
+    ]
+    assert sorted((row["origin"]["line"], row["stage"], row["failed_at"]) for row in written) == [
+        (2, "decode", ""),
+        (4, "decode", ""),
+    ]
+
+
+@pytest.mark.parametrize("engine", ["parallel", "replay"])
+def test_engines_that_emit_their_dead_letters_refuse_to_write_them(tmp_path, engine):
+    """Only the one-step batch DoFn writes dead letters itself: the others name the argument."""
+    from headwater.columnar import ComputeWindowedMetricsParallel
+
+    cls = ComputeWindowedMetricsParallel if engine == "parallel" else ReplayWindowedMetricsColumnar
+    with pytest.raises(ValueError, match=r"dead_letter_output: .* emits its dead letters"):
+        cls(
+            pattern=str(tmp_path / "*.jsonl"),
+            file_format="json",
+            dead_letter_output=str(tmp_path / "dead"),
+            **_options(),
+        )

@@ -242,10 +242,13 @@ def test_a_parse_thread_count_that_is_not_a_count_is_an_error_naming_it(monkeypa
 
 
 def test_bad_lines_anywhere_in_a_block_write_the_record_paths_files(dirty_file, engine_files):
-    """The dirty file's window files are the record path's bytes."""
+    """The dirty file's window files and dead-letter files are the record path's bytes."""
     files = engine_files(str(dirty_file), _options(), "parquet")
     assert len(files["record"]) > 1
     assert files["columnar"] == files["record"]
+    # the dead letters the columnar DoFn writes itself are the sink's files, byte for byte
+    assert len(files["record-dead"]) > 1
+    assert files["columnar-dead"] == files["record-dead"]
 
 
 def test_bad_lines_in_a_large_block_cost_only_themselves(tmp_path):

@@ -18,6 +18,7 @@ from apache_beam.transforms import trigger, window
 from headwater.core.deadletter import dead_letter_for
 from headwater.core.records import SourceRecord
 from headwater.io.deadletterio import (
+    BatchDeadLetterFiles,
     ReadDeadLetters,
     WriteDeadLetters,
 )
@@ -107,6 +108,43 @@ def test_batch_files_of_letters_that_failed_at_other_times_are_byte_identical(
             )
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert b"2024-01-01" not in b"".join(_files(tmp_path / "a").values())
+
+
+@pytest.mark.parametrize("file_format", ["json", "avro"])
+def test_batch_files_written_where_the_letters_are_equal_the_sinks(tmp_path, file_format):
+    """BatchDeadLetterFiles (the columnar batch DoFn's writer) writes the files WriteDeadLetters
+    writes in batch: the same names and bytes, letters in any order, failed_at left out."""
+    letters = [
+        dataclasses.replace(letter, failed_at=f"2026-01-0{i % 9 + 1}T00:00:00Z")
+        for i, letter in enumerate(_letters() * 40)
+    ]
+    with TestPipeline(runner="FnApiRunner") as p:
+        _ = (
+            p
+            | beam.Create(letters)
+            | WriteDeadLetters(str(tmp_path / "sink"), format=file_format, num_shards=3)
+        )
+    files = BatchDeadLetterFiles(str(tmp_path / "here"), format=file_format, num_shards=3)
+    for letter in letters[::-1]:
+        files.add(letter)
+    paths = files.write()
+    assert sorted(os.path.basename(path) for path in paths) == sorted(_files(tmp_path / "here"))
+    assert _files(tmp_path / "here") == _files(tmp_path / "sink")
+    assert len(paths) >= 2  # the letters fall in more than one shard
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"output": " "}, "output=' ' must be a non-empty folder path"),
+        ({"format": "csv"}, "format='csv' is not one of json, avro"),
+        ({"num_shards": 0}, "num_shards=0 must be an integer >= 1"),
+    ],
+)
+def test_batch_files_with_bad_settings_are_an_error_naming_them(tmp_path, settings, message):
+    given = {"output": str(tmp_path), **settings}
+    with pytest.raises(ValueError, match=message):
+        BatchDeadLetterFiles(given.pop("output"), **given)
 
 
 @pytest.mark.parametrize("file_format", ["json", "avro"])

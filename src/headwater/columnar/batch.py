@@ -15,6 +15,7 @@ from headwater.columnar.state import (
 )
 from headwater.columnar.write import WindowWriter
 from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
+from headwater.io.deadletterio import BatchDeadLetterFiles
 from headwater.io.fileio import (
     match_files,
 )
@@ -40,20 +41,33 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
 
     def process(self, pattern: str) -> Iterator[Any]:
         state = ColumnarState(self._options)
+        options = self._options
+        letters = None  # the dead letters are emitted, or written here (dead_letter_output)
+        if options.dead_letter_output is not None:
+            letters = BatchDeadLetterFiles(
+                options.dead_letter_output,
+                format=options.dead_letter_format,
+                num_shards=options.dead_letter_shards,
+            )
         for path in match_files(pattern):
             for _ in self._blocks_of(state, path):
                 self._blocks.inc()
-                yield from self._flush(state)
-        yield from self._flush(state)
+                yield from self._flush(state, letters)
+        yield from self._flush(state, letters)
         if state.ids.on_disk:
             self._on_disk.inc(state.ids.on_disk)
-        if self._options.output is None:
+        if letters is not None:
+            for path in letters.write():
+                yield beam.pvalue.TaggedOutput("written", path)
+        if options.output is None:
             yield from self._rows(state.final())
             return
         for path in self._write_table(state.final_table()):
             yield beam.pvalue.TaggedOutput("written", path)
 
-    def _flush(self, state: ColumnarState) -> Iterator[Any]:
+    def _flush(
+        self, state: ColumnarState, letters: BatchDeadLetterFiles | None = None
+    ) -> Iterator[Any]:
         state.counts["dead_letter"] += len(state.dead)
         count_read(state.counts["records_in"])  # a local run's progress lines, once a block
         for name, value in state.counts.items():
@@ -61,7 +75,10 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
                 self._counters[name].inc(value)
                 state.counts[name] = 0
         for letter in state.dead:
-            yield beam.pvalue.TaggedOutput("dead_letter", letter)
+            if letters is None:
+                yield beam.pvalue.TaggedOutput("dead_letter", letter)
+            else:
+                letters.add(letter)
         state.dead.clear()
         for record in state.duplicates:
             yield beam.pvalue.TaggedOutput("duplicate", record)

@@ -62,7 +62,11 @@ from headwater.columnar import reader
 from headwater.columnar.batch import ComputeColumnarFn
 from headwater.columnar.idtable import hash_ids
 from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
-from headwater.columnar.transform import AssignedWindows, ComputeWindowedMetricsColumnar
+from headwater.columnar.transform import (
+    AssignedWindows,
+    ComputeWindowedMetricsColumnar,
+    refuse_dead_letter_output,
+)
 from headwater.columnar.write import WindowWriter
 from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
 from headwater.io.fileio import match_files
@@ -407,6 +411,7 @@ class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
             raise ValueError(f"shards={shards!r} must be an integer >= 1")
         if isinstance(split_bytes, bool) or not isinstance(split_bytes, int) or split_bytes < 1:
             raise ValueError(f"split_bytes={split_bytes!r} must be an integer >= 1")
+        refuse_dead_letter_output(options, "the parallel columnar path")
         if options.get("emit_duplicates"):
             raise ValueError(
                 "emit_duplicates=True: the parallel columnar path counts duplicates but cannot "

@@ -107,6 +107,9 @@ class ColumnarOptions:
     output: str | None = None
     output_format: str = "parquet"
     output_shards: int = 1
+    dead_letter_output: str | None = None  # batch: the DoFn writes the dead-letter files
+    dead_letter_format: str = "json"
+    dead_letter_shards: int = 1
 
     @property
     def fields(self) -> tuple[str, ...]:

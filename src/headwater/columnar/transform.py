@@ -75,6 +75,7 @@ from headwater.columnar.state import (
     ColumnarOptions,
     dedup_field,
 )
+from headwater.io.deadletterio import check_dead_letter_files
 from headwater.io.fileio import (
     READ_FORMATS,
     WRITE_FORMATS,
@@ -218,6 +219,12 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         once its expiry is this far behind the newest event time (bounded state; see
         :mod:`headwater.columnar.state`).
       emit_duplicates: emit duplicate records on ``duplicate`` (they are always counted).
+      output, output_format, output_shards: write the window files into ``output`` here
+        (the record path's sink's names and bytes) instead of emitting rows.
+      dead_letter_output, dead_letter_format, dead_letter_shards: write the dead letters into
+        ``dead_letter_output`` here, when the input ends: the batch files of
+        :class:`~headwater.io.deadletterio.WriteDeadLetters` (same names and bytes), with no
+        element per letter through the runner; ``dead_letter`` then stays empty.
 
     Returns :class:`~headwater.transforms.process.MetricsResult`. Raises ``ValueError`` naming
     the reason when the configuration needs the record path (see :func:`columnar_supported`).
@@ -259,8 +266,15 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         output: str | None = None,
         output_format: str = "parquet",
         output_shards: int = 1,
+        dead_letter_output: str | None = None,
+        dead_letter_format: str = "json",
+        dead_letter_shards: int = 1,
     ):
         super().__init__()
+        if dead_letter_output is not None:
+            check_dead_letter_files(
+                dead_letter_output, format=dead_letter_format, num_shards=dead_letter_shards
+            )
         if not isinstance(pattern, str) or not pattern.strip():
             raise ValueError(f"pattern={pattern!r} must be a non-empty path or glob")
         parse_duration(allowed_lateness, name="allowed_lateness")
@@ -317,7 +331,15 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
             output=output,
             output_format=output_format,
             output_shards=output_shards,
+            dead_letter_output=dead_letter_output,
+            dead_letter_format=dead_letter_format,
+            dead_letter_shards=dead_letter_shards,
         )
+
+    @property
+    def writes_dead_letters(self) -> bool:
+        """Whether the dead letters are written here (``dead_letter_output``), not emitted."""
+        return self._options.dead_letter_output is not None
 
     def expand(self, pbegin):
         if self._options.file_format and not self._pattern.startswith(("gs://", "s3://")):
@@ -333,6 +355,17 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         rows = results.rows | "Windows" >> beam.WindowInto(AssignedWindows(self._window_fn))
         late = pbegin | "NoLateData" >> beam.Create([])
         return MetricsResult(rows, late, results.duplicate, results.dead_letter)
+
+
+def refuse_dead_letter_output(options: Mapping[str, Any], engine: str) -> None:
+    """``ValueError`` when ``options`` ask ``engine`` (which emits its dead letters, for
+    :class:`~headwater.io.deadletterio.WriteDeadLetters`) to write them itself."""
+    given = sorted(k for k in options if k.startswith("dead_letter_"))
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: {engine} emits its dead letters on dead_letter (write them "
+            "with WriteDeadLetters); only ComputeWindowedMetricsColumnar writes them itself"
+        )
 
 
 def replay_unsupported_reason(**options: Any) -> str | None:
@@ -410,6 +443,7 @@ class ReplayWindowedMetricsColumnar(ComputeWindowedMetricsColumnar):
         max_out_of_orderness: DurationLike = "5s",
         **options: Any,
     ):
+        refuse_dead_letter_output(options, "the columnar replay")
         reason = replay_unsupported_reason(
             **{
                 k: v

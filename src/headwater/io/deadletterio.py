@@ -73,6 +73,8 @@ from headwater.io.kafka.ledger import done_notices
 from headwater.windowing.durations import parse_duration
 
 __all__ = [
+    "BatchDeadLetterFiles",
+    "check_dead_letter_files",
     "WriteDeadLetters",
     "ReadDeadLetters",
     "MalformedDeadLetterError",
@@ -167,10 +169,9 @@ class _BatchByShardFn(beam.DoFn):
         self._lists = {}
 
     def process(self, letter: DeadLetter) -> Iterator[tuple[int, list[Any]]]:
-        line = _checked(letter).to_json(failed_at="")
-        shard = stable_shard(line, self._num_shards)
+        shard, pair = _batch_pair(_checked(letter), self._num_shards, self._keep)
         pairs = self._lists.setdefault(shard, [])
-        pairs.append((line, dataclasses.replace(letter, failed_at="") if self._keep else None))
+        pairs.append(pair)
         if len(pairs) >= _BATCH_LINES:
             del self._lists[shard]
             yield shard, pairs
@@ -179,6 +180,106 @@ class _BatchByShardFn(beam.DoFn):
         for shard, pairs in self._lists.items():
             yield in_global_window((shard, pairs), MIN_TIMESTAMP.micros)
         self._lists = {}
+
+
+def _batch_pair(
+    letter: DeadLetter, num_shards: int, keep: bool
+) -> tuple[int, tuple[str, DeadLetter | None]]:
+    """A letter's batch shard and ``(line, letter)``: the line without the wall-clock
+    ``failed_at``, the letter (``failed_at`` empty) only when the writer needs it (``keep``)."""
+    line = letter.to_json(failed_at="")
+    kept = dataclasses.replace(letter, failed_at="") if keep else None
+    return stable_shard(line, num_shards), (line, kept)
+
+
+def check_dead_letter_files(output: Any, *, format: str, num_shards: int) -> None:
+    """``ValueError`` naming a bad folder, format or shard count of dead-letter files."""
+    if not isinstance(output, str) or not output.strip():
+        raise ValueError(f"output={output!r} must be a non-empty folder path")
+    if format not in DEAD_LETTER_FORMATS:
+        raise ValueError(f"format={format!r} is not one of {', '.join(DEAD_LETTER_FORMATS)}")
+    _check_count("num_shards", num_shards)
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+class BatchDeadLetterFiles:
+    """The batch files of :class:`WriteDeadLetters`, written by the step that holds the letters.
+
+    The columnar batch path keeps a run's dead letters here and writes them when its input
+    ends, instead of sending each through the runner to the sink: the same names and bytes
+    (shard by the hash of each line, lines sorted in a file, ``failed_at`` empty), with no
+    element per letter. ``write`` returns the paths of the files written.
+
+    >>> import tempfile
+    >>> from headwater.core.deadletter import dead_letter_for
+    >>> files = BatchDeadLetterFiles(tempfile.mkdtemp(), format="json", num_shards=2)
+    >>> files.add(dead_letter_for(b"x", stage="decode", error="bad"))
+    >>> [path.rsplit("/", 1)[1] for path in files.write()]
+    ['dead_letters-00001-of-00002.jsonl']
+    """
+
+    def __init__(self, output: str, *, format: str = "json", num_shards: int = 1):
+        check_dead_letter_files(output, format=format, num_shards=num_shards)
+        self._output = output
+        self._format = format
+        self._num_shards = num_shards
+        self._shards: dict[int, list[tuple[str, DeadLetter | None]]] = {}
+        self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
+
+    def add(self, letter: DeadLetter) -> None:
+        shard, pair = _batch_pair(letter, self._num_shards, self._format != "json")
+        self._shards.setdefault(shard, []).append(pair)
+
+    def write(self) -> list[str]:
+        """Writes a file per shard holding letters (never over an existing one); the paths."""
+        paths = []
+        for shard in sorted(self._shards):
+            pairs = sorted(self._shards[shard], key=_line_of)
+            path, written = _write_shard_file(
+                self._output,
+                self._format,
+                shard,
+                self._num_shards,
+                [line for line, _ in pairs],
+                [letter for _, letter in pairs],
+            )
+            if written:
+                self._files.inc()
+            paths.append(path)
+        self._shards = {}
+        return paths
+
+
+def _write_shard_file(
+    output: str,
+    file_format: str,
+    shard: int,
+    num_shards: int,
+    lines: list[str],
+    ordered: list[Any],
+    *,
+    pane_index: int = 0,
+    digest: str | None = None,
+) -> tuple[str, bool]:
+    """One dead-letter file of ``lines`` (JSON) or the ``ordered`` letters (Avro): its path,
+    and whether it was written (False: a file of that name was there, and kept)."""
+    name = file_name(
+        "dead_letters", shard, num_shards, pane_index, _EXTENSIONS[file_format], digest=digest
+    )
+    if file_format == "json":
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+    else:
+        records = [_avro_record(letter) for letter in ordered]
+        data = encode_avro(records, DEAD_LETTER_AVRO_SCHEMA, sync_seed=name)
+    path = FileSystems.join(output, name)
+    written = write_once(path, data)
+    if not written:  # same letters (digest) written earlier, failing at another instant
+        _LOG.info("kept %s: written earlier with the same letters", path)
+    return path, written
 
 
 def _line_of(pair: tuple[str, Any]) -> str:
@@ -224,24 +325,18 @@ class _WriteShardPaneFn(beam.DoFn):
         if not self._batch:
             digest = content_digest("\n".join(sorted(map(_shard_text, ordered))))
         pane_index = pane.index if pane is not None and not self._batch else 0
-        name = file_name(
-            "dead_letters",
+        path, written = _write_shard_file(
+            self._output,
+            self._format,
             shard,
             self._num_shards,
-            pane_index,
-            _EXTENSIONS[self._format],
+            lines,
+            ordered,
+            pane_index=pane_index,
             digest=digest,
         )
-        if self._format == "json":
-            data = "".join(line + "\n" for line in lines).encode("utf-8")
-        else:
-            records = [_avro_record(letter) for letter in ordered]
-            data = encode_avro(records, DEAD_LETTER_AVRO_SCHEMA, sync_seed=name)
-        path = FileSystems.join(self._output, name)
-        if write_once(path, data):
+        if written:
             self._files.inc()
-        else:  # same letters (digest) written earlier, failing at another instant
-            _LOG.info("kept %s: written earlier with the same letters", path)
         if self._report:
             yield from done_notices(ordered)  # on disk: their Kafka reads may be committed
         else:
@@ -286,16 +381,8 @@ class WriteDeadLetters(beam.PTransform):
     ):
         super().__init__()
         self._report = bool(report_written)
-        if not isinstance(output, str) or not output.strip():
-            raise ValueError(f"output={output!r} must be a non-empty folder path")
-        if format not in DEAD_LETTER_FORMATS:
-            raise ValueError(f"format={format!r} is not one of {', '.join(DEAD_LETTER_FORMATS)}")
-        for name, value in (
-            ("num_shards", num_shards),
-            ("max_records_per_file", max_records_per_file),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        check_dead_letter_files(output, format=format, num_shards=num_shards)
+        _check_count("max_records_per_file", max_records_per_file)
         self._output = output
         self._format = format
         self._num_shards = num_shards

@@ -34,7 +34,12 @@ from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.config import RunConfig, check_stream_shards, validate_source, value
 from headwater.pipelines.options import check_required
 from headwater.pipelines.running import run_file_pipeline
-from headwater.pipelines.sinks import dead_letter_files, late_folder, write_outcomes
+from headwater.pipelines.sinks import (
+    DEAD_LETTER_SHARDS,
+    dead_letter_files,
+    late_folder,
+    write_outcomes,
+)
 from headwater.pipelines.sources import all_dead_letters, open_source
 from headwater.transforms.process import ComputeWindowedMetrics
 
@@ -172,15 +177,23 @@ def _columnar_engine(
     if reason is not None:
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None, reason
+    # the one-step batch path writes its dead letters itself (the sink's files, no element each)
+    letters: dict[str, Any] = {}
+    if sink is None and values.get("dead_letter"):
+        letters = {
+            "dead_letter_output": values["dead_letter"],
+            "dead_letter_format": values["dead_letter_format"],
+            "dead_letter_shards": DEAD_LETTER_SHARDS,
+        }
     if _runs_parallel(config, options):
         why_not = parallel_unsupported_reason(args["window"])
         if why_not is not None:
             _LOG.info("windowed_metrics: columnar batch path in one step (%s)", why_not)
-            return ComputeWindowedMetricsColumnar(**outputs, **args), why_not
+            return ComputeWindowedMetricsColumnar(**outputs, **letters, **args), why_not
         shards = config.get("columnar_shards")
         sharding = {"shards": int(shards)} if shards is not None else {}
         return ComputeWindowedMetricsParallel(**sharding, **outputs, **args), None
-    return ComputeWindowedMetricsColumnar(**outputs, **args), None
+    return ComputeWindowedMetricsColumnar(**outputs, **letters, **args), None
 
 
 def build(
@@ -212,7 +225,9 @@ def build(
         dead = result.dead_letter
         if sink is not None:
             _ = result.rows | "Sink" >> sink
-        _ = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
+        written_here = isinstance(columnar, ComputeWindowedMetricsColumnar)
+        if not (written_here and columnar.writes_dead_letters):
+            _ = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
         if values.get("replay_as_stream"):
             _ = result.late | "WriteLate" >> dead_letter_files(late_folder(values), values)
         engine = "columnar-replay" if values.get("replay_as_stream") else "columnar"
