@@ -26,6 +26,7 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
     """A glob -> rows (in their windows), dead letters and, optionally, duplicates."""
 
     _sizes_ids = True  # see BlockReader
+    _letters: BatchDeadLetterFiles | None = None  # the run's dead letters, when written here
 
     def __init__(self, options: ColumnarOptions):
         self._options = options
@@ -42,9 +43,10 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
     def process(self, pattern: str) -> Iterator[Any]:
         state = ColumnarState(self._options)
         options = self._options
-        letters = None  # the dead letters are emitted, or written here (dead_letter_output)
+        # the dead letters are emitted, or written here (dead_letter_output) when the input ends
+        self._letters = None
         if options.dead_letter_output is not None:
-            letters = BatchDeadLetterFiles(
+            self._letters = BatchDeadLetterFiles(
                 options.dead_letter_output,
                 format=options.dead_letter_format,
                 num_shards=options.dead_letter_shards,
@@ -52,12 +54,12 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
         for path in match_files(pattern):
             for _ in self._blocks_of(state, path):
                 self._blocks.inc()
-                yield from self._flush(state, letters)
-        yield from self._flush(state, letters)
+                yield from self._flush(state)
+        yield from self._flush(state)
         if state.ids.on_disk:
             self._on_disk.inc(state.ids.on_disk)
-        if letters is not None:
-            for path in letters.write():
+        if self._letters is not None:
+            for path in self._letters.write():
                 yield beam.pvalue.TaggedOutput("written", path)
         if options.output is None:
             yield from self._rows(state.final())
@@ -65,9 +67,8 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
         for path in self._write_table(state.final_table()):
             yield beam.pvalue.TaggedOutput("written", path)
 
-    def _flush(
-        self, state: ColumnarState, letters: BatchDeadLetterFiles | None = None
-    ) -> Iterator[Any]:
+    def _flush(self, state: ColumnarState) -> Iterator[Any]:
+        letters = self._letters
         state.counts["dead_letter"] += len(state.dead)
         count_read(state.counts["records_in"])  # a local run's progress lines, once a block
         for name, value in state.counts.items():
