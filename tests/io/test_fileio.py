@@ -733,3 +733,18 @@ def test_file_size_is_the_bytes_of_the_file_and_zero_when_it_cannot_be_told(tmp_
     path.write_bytes(b'{"a": 1}\n' * 7)
     assert file_size(str(path)) == 63
     assert file_size(str(tmp_path / "missing.jsonl")) == 0
+
+
+def test_temp_names_are_unique_in_a_process_and_across_forked_processes():
+    """A writer's temp names: a random token per process and a counter, never the same twice;
+    a forked process (a worker) draws a token of its own."""
+    import multiprocessing
+
+    from headwater.io import fileio
+
+    names = [fileio._temp_suffix() for _ in range(10_000)]
+    assert len(set(names)) == len(names)
+    token = names[0].split("-")[0]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(fileio._temp_suffix)
+    assert child.split("-")[0] != token

@@ -90,6 +90,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -326,11 +327,25 @@ def _write_local(path: str, data: bytes, directory: str) -> None:
         handle.write(data)
 
 
+_TEMP_COUNTER = itertools.count()
+_TEMP_TOKEN = (0, "")  # (process id, a random token of that process)
+
+
+def _temp_suffix() -> str:
+    """A temp file name's unique part: a random token of this process and a counter (a
+    ``uuid4`` per file cost ~10 us: 0.1 s of a run writing 10,000 session files)."""
+    global _TEMP_TOKEN
+    pid = os.getpid()
+    if _TEMP_TOKEN[0] != pid:  # a new process (a forked worker too) draws its own token
+        _TEMP_TOKEN = (pid, uuid.uuid4().hex[:16])
+    return f"{_TEMP_TOKEN[1]}-{next(_TEMP_COUNTER)}"
+
+
 def _write_via_temp(path: str, data: bytes, mime_type: str, *, replace: bool) -> bool:
     """Temp file + rename (``replace``) or + link (not ``replace``); False if the name was taken."""
     plain = FileSystems.get_scheme(path) is None  # a local path without file://
     directory, name = posixpath.split(path) if not _is_local(path) else os.path.split(path)
-    temp = join_path(directory, f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}")
+    temp = join_path(directory, f"{_TEMP_PREFIX}{name}-{_temp_suffix()}")
     try:
         if plain:  # OS calls: Beam's FileSystems resolves the scheme on each one (sessions
             # write thousands of small files)
