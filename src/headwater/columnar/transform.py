@@ -16,7 +16,8 @@ instead of one record at a time. It is applied to the pipeline itself
 ``dead_letter``  one :class:`~headwater.core.deadletter.DeadLetter` per rejected record, built
                  by the record path's own code (same stage, error type, message, original bytes,
                  ``file``/``line`` or ``file``/``record`` origin), plus one ``read`` dead letter
-                 per corrupt Parquet file.
+                 per corrupt Parquet file -- or empty, when ``dead_letter_output`` has the DoFn
+                 write them (the dead-letter sink's batch files) when its input ends.
 
 Accounting is the record path's: ``records_in``, ``output``, ``duplicate``, ``dead_letter`` and
 ``late`` (namespace ``headwater``) are incremented in bulk, once per block, so that
