@@ -168,20 +168,21 @@ def _parse_and_check(
     odd_kinds: set[tuple[str, str]],
     run: np.ndarray,
     element: Callable[[int], SourceRecord],
-) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[int], list[tuple[int, Any]]]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[tuple[int, Any]]]:
     """:func:`parse_run`, the fast checks of each table, the record path for the rest.
 
-    ``([(run positions, accept mask, columns)], positions set aside, [(line, slow result)])``
-    for the block lines ``run`` (``element``: a block line's record). Neither the checks
-    (``ColumnarState.fast``) nor the record path's code (``ColumnarState.slow_result``) change
-    any state, so the thread that parsed a run also checks it and runs the record path's code
-    over the lines it did not accept: the main thread is left the block's ordered steps.
+    ``([(run positions, accept mask, columns)], [(line, slow result)])`` for the block lines
+    ``run`` (``element``: a block line's record); the slow results are those of the lines set
+    aside and of the rows the checks refused. Neither the checks (``ColumnarState.fast``) nor
+    the record path's code (``ColumnarState.slow_result``) change any state, so the thread that
+    parsed a run also checks it and runs the record path's code over the lines it did not
+    accept: the main thread is left the block's ordered steps.
     """
     tables, aside = parse_run(data, starts, whole, odd_kinds)
     checked = [(positions, *state.fast(table)) for positions, table in tables]
     rejected = [run[positions[~mask]] for positions, mask, _ in checked]
     lines = np.concatenate([run[aside], *rejected]).tolist() if aside or rejected else []
-    return checked, aside, [(line, state.slow_result(element(line))) for line in lines]
+    return checked, [(line, state.slow_result(element(line))) for line in lines]
 
 
 def _first(pair: tuple[int, Any]) -> int:
@@ -334,7 +335,7 @@ class BlockReader(beam.DoFn):
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         slow_results = list(pending.slow_results)
         for run, future in zip(pending.runs, pending.tables, strict=True):
-            checked, _, results = future.result()
+            checked, results = future.result()
             pieces.extend((run[positions], mask, columns) for positions, mask, columns in checked)
             slow_results.extend(results)
         slow_results.sort(key=_first)

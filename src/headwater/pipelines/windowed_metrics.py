@@ -225,8 +225,7 @@ def build(
         dead = result.dead_letter
         if sink is not None:
             _ = result.rows | "Sink" >> sink
-        written_here = isinstance(columnar, ComputeWindowedMetricsColumnar)
-        if not (written_here and columnar.writes_dead_letters):
+        if not columnar.writes_dead_letters:  # the one-step path writes them itself
             _ = dead | "WriteDeadLetters" >> dead_letter_files(values["dead_letter"], values)
         if values.get("replay_as_stream"):
             _ = result.late | "WriteLate" >> dead_letter_files(late_folder(values), values)
