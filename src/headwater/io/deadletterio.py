@@ -238,14 +238,9 @@ class BatchDeadLetterFiles:
         """Writes a file per shard holding letters (never over an existing one); the paths."""
         paths = []
         for shard in sorted(self._shards):
-            pairs = sorted(self._shards[shard], key=_line_of)
+            lines, ordered = _by_line(self._shards[shard])
             path, written = _write_shard_file(
-                self._output,
-                self._format,
-                shard,
-                self._num_shards,
-                [line for line, _ in pairs],
-                [letter for _, letter in pairs],
+                self._output, self._format, shard, self._num_shards, lines, ordered
             )
             if written:
                 self._files.inc()
@@ -286,6 +281,12 @@ def _line_of(pair: tuple[str, Any]) -> str:
     return pair[0]
 
 
+def _by_line(pairs: Iterable[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
+    """A batch shard's ``(line, letter)`` pairs sorted by line: the lines, the letters."""
+    ordered = sorted(pairs, key=_line_of)
+    return [line for line, _ in ordered], [letter for _, letter in ordered]
+
+
 class _WriteShardPaneFn(beam.DoFn):
     def __init__(
         self,
@@ -310,9 +311,7 @@ class _WriteShardPaneFn(beam.DoFn):
         streaming: letters (``_KeyByShardFn``)."""
         shard, grouped = element
         if self._batch:  # lists of (line, letter) pairs, no wall-clock instant in them
-            pairs = sorted((pair for part in grouped for pair in part), key=_line_of)
-            lines = [line for line, _ in pairs]
-            ordered = [letter for _, letter in pairs]
+            lines, ordered = _by_line(pair for part in grouped for pair in part)
         else:
             letters = list(grouped)
             texts = [letter.to_json() for letter in letters]  # the line of each, once
