@@ -63,10 +63,10 @@ class _PendingBlock:
     path: str
     first_line: int
     block: bytes
-    ranges: LineRanges
+    element: Callable[[int], SourceRecord]  # a line's record (see _line_element)
     records: np.ndarray  # positions of the non-blank lines
     runs: list[np.ndarray]  # line runs handed to pyarrow
-    tables: list[concurrent.futures.Future]  # per run: checked tables, lines set aside, results
+    tables: list[concurrent.futures.Future]  # per run: its checked tables, slow results
     slow_results: list[tuple[int, Any]]  # (line, ColumnarState.slow_result): lines the scan
     # set aside (not an object, not UTF-8, too large)
 
@@ -181,7 +181,7 @@ def _parse_and_check(
     tables, aside = parse_run(data, starts, whole, odd_kinds)
     checked = [(positions, *state.fast(table)) for positions, table in tables]
     rejected = [run[positions[~mask]] for positions, mask, _ in checked]
-    lines = np.concatenate([run[aside], *rejected]).tolist() if aside or rejected else []
+    lines = np.concatenate([run[aside], *rejected]).tolist()
     return checked, [(line, state.slow_result(element(line))) for line in lines]
 
 
@@ -323,7 +323,7 @@ class BlockReader(beam.DoFn):
         ]
         # the lines pyarrow never sees take the record path's code here, beside the runs' parse
         slow_results = [(line, state.slow_result(element(line))) for line in slow_lines]
-        return _PendingBlock(path, first_line, block, ranges, records, runs, tables, slow_results)
+        return _PendingBlock(path, first_line, block, element, records, runs, tables, slow_results)
 
     def _end_json_block(self, state: ColumnarState, pending: _PendingBlock) -> None:
         """Takes the parsed and checked runs, the record path's results in line order, finishes."""
@@ -345,8 +345,7 @@ class BlockReader(beam.DoFn):
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
         self._slow.inc(len(slow_results))
-        element = _line_element(block, pending.ranges, path, pending.first_line)
-        self._finish_block(state, records, pieces, slow_rows, element)
+        self._finish_block(state, records, pieces, slow_rows, pending.element)
 
     def _decoded(self, element: Any) -> Any:
         if isinstance(element, DecodedRecord):
