@@ -44,7 +44,7 @@ data (panes after the on-time one) gets its own pane files; nothing is dropped b
 input's allowed lateness already drops. The writer always groups in *discarding* mode (an
 accumulating input is re-windowed, windows unchanged): the files of one window hold each row
 received exactly once, and for accumulating aggregates each pane file holds that pane's
-restatement. Each file is written under ``.tmp-<name>-<uuid>`` in its directory and moved onto
+restatement. Each file is written under ``.tmp-<name>-<unique>`` in its directory and moved onto
 its final name, so a final name never shows a partial file. A pane with no rows writes no file.
 The output is the ``PCollection`` of final paths.
 
@@ -210,7 +210,7 @@ def join_path(base: str, *parts: str) -> str:
 
 
 def _is_temp(path: str) -> bool:
-    """Whether ``path`` is a writer's temporary file (or folder): ``.tmp-<name>-<uuid>``."""
+    """Whether ``path`` is a writer's temporary file (or folder): ``.tmp-<name>-<unique>``."""
     return posixpath.basename(path.rstrip("/")).startswith(_TEMP_PREFIX)
 
 
@@ -253,8 +253,9 @@ def write_atomically(path: str, data: bytes, *, mime_type: str = "application/oc
     """Writes ``data`` to ``path`` via a temp file in the same folder and a rename.
 
     Readers never see a partial file under ``path``; an existing file is replaced. The temp
-    file (``.tmp-<name>-<uuid>``) is removed when the write fails. A missing local folder is
-    made (when the write finds it missing: a folder that is there costs no call).
+    file (``.tmp-<name>-<unique>``, see :func:`_temp_suffix`) is removed when the write fails.
+    A missing local folder is made (when the write finds it missing: a folder that is there
+    costs no call).
     """
     _write_via_temp(path, data, mime_type, replace=True)
 
