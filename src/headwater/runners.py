@@ -49,6 +49,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    DirectOptions,
     FlinkRunnerOptions,
     GoogleCloudOptions,
     PipelineOptions,
@@ -86,6 +87,7 @@ __all__ = [
     "find_flink_job_server_jar",
     "find_prism",
     "find_setup_file",
+    "in_this_process",
     "is_local",
     "is_portable",
     "prepare",
@@ -121,6 +123,18 @@ Without runner splits each bundle runs to its end; the Kafka reader still checkp
 def is_local(runner: str) -> bool:
     """Whether ``runner`` runs in this process (results can be waited for and summarized)."""
     return runner in LOCAL_RUNNERS
+
+
+def in_this_process(options: PipelineOptions) -> bool:
+    """Whether a run's DoFns run on this process's own threads: a local runner in Beam's
+    in-memory mode (the default), no worker process and no gRPC channel. Such a process may be
+    forked by a DoFn (:mod:`headwater.core.forked`)."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return (
+        isinstance(runner, str)
+        and is_local(canonical_runner(runner))
+        and options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    )
 
 
 def is_portable(runner: str) -> bool:

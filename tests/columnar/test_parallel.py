@@ -468,3 +468,36 @@ def test_a_shards_batches_are_put_in_arrival_order():
         assert table.column("k").to_pylist() == [f"r{a}" for a in table.column("a").to_pylist()]
     overlapping = _in_arrival_order([batch(4, 8), batch(2, 6, 9)])
     assert overlapping.column("a").to_pylist() == [2, 4, 6, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("extra", "forks"),
+    [
+        ((), True),
+        (("--runner=FnApiRunner",), True),
+        (("--runner=direct",), True),
+        (("--direct_running_mode=multi_processing", "--direct_num_workers=2"), False),
+        (("--direct_running_mode=multi_threading",), False),
+        (("--runner=PrismRunner",), False),
+        (("--runner=DataflowRunner", "--window=session:5m"), False),
+    ],
+)
+def test_only_the_in_memory_local_runner_writes_files_in_forked_processes(
+    tmp_path, monkeypatch, extra, forks
+):
+    """The one-step path forks its file writers only where its DoFn runs on this process's own
+    threads (no worker process, no gRPC channel): Beam's in-memory local runner."""
+    from headwater.pipelines import windowed_metrics
+
+    built = []
+
+    class Recording(windowed_metrics.ComputeWindowedMetricsColumnar):
+        def __init__(self, **kwargs):
+            built.append(kwargs.get("write_processes", 1))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(windowed_metrics, "ComputeWindowedMetricsColumnar", Recording)
+    (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
+    argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), *extra)
+    windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
+    assert built == [windowed_metrics._WRITE_PROCESSES if forks else 1]

@@ -14,7 +14,7 @@ from headwater.transforms.process import to_window_fn
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
-def _writer(root, metrics, shards, window="fixed:60s"):
+def _writer(root, metrics, shards, window="fixed:60s", write_processes=1):
     """A ComputeColumnarFn writing Parquet window files below ``root``."""
     options = ColumnarOptions(
         file_format="json",
@@ -29,6 +29,7 @@ def _writer(root, metrics, shards, window="fixed:60s"):
         emit_duplicates=False,
         output=str(root),
         output_shards=shards,
+        write_processes=write_processes,
     )
     return ComputeColumnarFn(options)
 
@@ -146,3 +147,37 @@ def test_files_of_a_merged_table_equal_the_row_dict_files(tmp_path, ints, shards
     rows = _files(tmp_path / "rows", by_rows._write_rows(groups))
     assert len(rows) >= 3
     assert _files(tmp_path / "table", by_table._write_table(table)) == rows
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_files_written_by_several_processes_equal_one_process_files(
+    tmp_path, monkeypatch, processes
+):
+    """With write_processes, a run of many files splits them over forked processes: the same
+    files (names and bytes), the same paths in the same order; a run of few files, and a run
+    asked for one process, stays in this process."""
+    from headwater.columnar import write
+
+    asked = []
+
+    def recording_split(count, work, *, processes):
+        asked.append((count, processes))
+        write_split(count, work, processes=processes)
+
+    write_split = write.run_split
+    monkeypatch.setattr(write, "run_split", recording_split)
+    monkeypatch.setattr(write, "_FORK_FILES", 6)
+    groups = _groups(11, lambda r: f"u{r.randrange(300):05d}")
+    metrics = "count,sum:a,mean:a"
+    one = _writer(tmp_path / "one", metrics, 3)
+    many = _writer(tmp_path / "many", metrics, 3, write_processes=processes)
+    one_paths = [str(Path(p).relative_to(tmp_path / "one")) for p in one._write(groups)]
+    many_paths = [str(Path(p).relative_to(tmp_path / "many")) for p in many._write(groups)]
+    assert len(one_paths) == 12  # 4 windows x 3 shards
+    assert many_paths == one_paths
+    assert _files(tmp_path / "many", tmp_path.joinpath("many").rglob("*.parquet")) == _files(
+        tmp_path / "one", tmp_path.joinpath("one").rglob("*.parquet")
+    )
+    few = _writer(tmp_path / "few", metrics, 1, write_processes=processes)
+    assert len(list(few._write(groups))) == 4  # 4 windows, under _FORK_FILES
+    assert asked == [(12, 1), (12, processes), (4, 1)]

@@ -69,6 +69,7 @@ from headwater.columnar.transform import (
 )
 from headwater.columnar.write import WindowWriter
 from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
+from headwater.core.checks import check_count
 from headwater.io.fileio import match_files
 from headwater.transforms.process import MetricsResult, to_window_fn
 
@@ -407,10 +408,8 @@ class ComputeWindowedMetricsParallel(ComputeWindowedMetricsColumnar):
     def __init__(
         self, *, shards: int = DEFAULT_SHARDS, split_bytes: int = _DEFAULT_SPLIT_BYTES, **options
     ):
-        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-            raise ValueError(f"shards={shards!r} must be an integer >= 1")
-        if isinstance(split_bytes, bool) or not isinstance(split_bytes, int) or split_bytes < 1:
-            raise ValueError(f"split_bytes={split_bytes!r} must be an integer >= 1")
+        check_count("shards", shards)
+        check_count("split_bytes", split_bytes)
         refuse_dead_letter_output(options, "the parallel columnar path")
         if options.get("emit_duplicates"):
             raise ValueError(

@@ -110,6 +110,9 @@ class ColumnarOptions:
     dead_letter_output: str | None = None  # batch: the DoFn writes the dead-letter files
     dead_letter_format: str = "json"
     dead_letter_shards: int = 1
+    # processes that write a run's window files (headwater.core.forked: forks this process;
+    # only the in-memory local runner's process is known to be safe to fork)
+    write_processes: int = 1
 
     @property
     def fields(self) -> tuple[str, ...]:

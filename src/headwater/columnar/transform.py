@@ -76,6 +76,7 @@ from headwater.columnar.state import (
     ColumnarOptions,
     dedup_field,
 )
+from headwater.core.checks import check_count
 from headwater.io.deadletterio import check_dead_letter_files
 from headwater.io.fileio import (
     READ_FORMATS,
@@ -226,6 +227,11 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         ``dead_letter_output`` here, when the input ends: the batch files of
         :class:`~headwater.io.deadletterio.WriteDeadLetters` (same names and bytes), with no
         element per letter through the runner; ``dead_letter`` then stays empty.
+      write_processes: processes that write the window files of ``output`` when a run writes
+        many local files (sessions: one folder each): the DoFn's process forks the others
+        (:func:`headwater.core.forked.run_split`, Linux only), each writing a contiguous part
+        of the files. Only for a process that is safe to fork: the in-memory local runner's
+        (``headwater run`` sets it there); a distributed runner's workers keep 1.
 
     Returns :class:`~headwater.transforms.process.MetricsResult`. Raises ``ValueError`` naming
     the reason when the configuration needs the record path (see :func:`columnar_supported`).
@@ -270,6 +276,7 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         dead_letter_output: str | None = None,
         dead_letter_format: str = "json",
         dead_letter_shards: int = 1,
+        write_processes: int = 1,
     ):
         super().__init__()
         if dead_letter_output is not None:
@@ -308,12 +315,8 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
             raise ValueError(
                 f"output_format={output_format!r} is not one of {', '.join(WRITE_FORMATS)}"
             )
-        if (
-            isinstance(output_shards, bool)
-            or not isinstance(output_shards, int)
-            or output_shards < 1
-        ):
-            raise ValueError(f"output_shards={output_shards!r} must be an integer >= 1")
+        check_count("output_shards", output_shards)
+        check_count("write_processes", write_processes)
         ooo = parse_duration(max_out_of_orderness, name="max_out_of_orderness")
         self._pattern = pattern
         self._window_fn = to_window_fn(window)
@@ -335,6 +338,7 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
             dead_letter_output=dead_letter_output,
             dead_letter_format=dead_letter_format,
             dead_letter_shards=dead_letter_shards,
+            write_processes=write_processes,
         )
 
     @property

@@ -58,6 +58,7 @@ from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
+from headwater.core.checks import check_count
 from headwater.core.deadletter import DeadLetter
 from headwater.core.shards import stable_shard
 from headwater.core.stamps import in_global_window
@@ -198,12 +199,7 @@ def check_dead_letter_files(output: Any, *, format: str, num_shards: int) -> Non
         raise ValueError(f"output={output!r} must be a non-empty folder path")
     if format not in DEAD_LETTER_FORMATS:
         raise ValueError(f"format={format!r} is not one of {', '.join(DEAD_LETTER_FORMATS)}")
-    _check_count("num_shards", num_shards)
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    check_count("num_shards", num_shards)
 
 
 class BatchDeadLetterFiles:
@@ -381,7 +377,7 @@ class WriteDeadLetters(beam.PTransform):
         super().__init__()
         self._report = bool(report_written)
         check_dead_letter_files(output, format=format, num_shards=num_shards)
-        _check_count("max_records_per_file", max_records_per_file)
+        check_count("max_records_per_file", max_records_per_file)
         self._output = output
         self._format = format
         self._num_shards = num_shards

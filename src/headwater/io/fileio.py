@@ -111,6 +111,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
+from headwater.core.checks import check_count
 from headwater.core.deadletter import DeadLetter, Routed, dead_letter_for
 from headwater.core.records import DecodedRecord, SourceRecord
 from headwater.core.shards import stable_shard
@@ -1012,8 +1013,7 @@ class WriteWindowedFiles(beam.PTransform):
             raise ValueError(f"output={output!r} must be a non-empty folder path")
         if format not in WRITE_FORMATS:
             raise ValueError(f"format={format!r} is not one of {', '.join(WRITE_FORMATS)}")
-        if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-            raise ValueError(f"num_shards={num_shards!r} must be an integer >= 1")
+        check_count("num_shards", num_shards)
         if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
             raise ValueError(
                 f"prefix={prefix!r} must start with a letter, digit or '_' and use only "

@@ -15,6 +15,7 @@ aggregated field.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +30,7 @@ from headwater.columnar import (
     parallel_unsupported_reason,
     replay_unsupported_reason,
 )
+from headwater.core.forked import CAN_FORK
 from headwater.pipelines import catalog
 from headwater.pipelines.beam_options import HeadwaterOptions
 from headwater.pipelines.config import RunConfig, check_stream_shards, validate_source, value
@@ -41,6 +43,7 @@ from headwater.pipelines.sinks import (
     write_outcomes,
 )
 from headwater.pipelines.sources import all_dead_letters, open_source
+from headwater.runners import in_this_process
 from headwater.transforms.process import ComputeWindowedMetrics
 
 __all__ = ["DESCRIPTION", "Options", "Outputs", "build", "run"]
@@ -112,6 +115,9 @@ def _replay_refusal(config: RunConfig) -> str | None:
     return reason
 
 
+#: Processes that write a local one-step batch run's window files (headwater.core.forked).
+_WRITE_PROCESSES = min(4, len(os.sched_getaffinity(0))) if CAN_FORK else 1
+
 #: Runners whose workers are other machines: the columnar batch path runs in parallel there.
 _REMOTE_RUNNERS = ("dataflow", "flink", "portable")
 
@@ -177,7 +183,8 @@ def _columnar_engine(
     if reason is not None:
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None, reason
-    # the one-step batch path writes its dead letters itself (the sink's files, no element each)
+    # the one-step batch path writes its dead letters itself (the sink's files, no element each),
+    # and its window files on every core when this process runs it (a session run's thousands)
     letters: dict[str, Any] = {}
     if sink is None and values.get("dead_letter"):
         letters = {
@@ -185,6 +192,8 @@ def _columnar_engine(
             "dead_letter_format": values["dead_letter_format"],
             "dead_letter_shards": DEAD_LETTER_SHARDS,
         }
+    if in_this_process(options):
+        letters["write_processes"] = _WRITE_PROCESSES
     if _runs_parallel(config, options):
         why_not = parallel_unsupported_reason(args["window"])
         if why_not is not None:

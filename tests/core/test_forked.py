@@ -1,0 +1,95 @@
+"""run_split: parts in forked processes, failures named, the caller's part here."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from headwater.core import forked
+from headwater.core.forked import ForkedWorkError, run_split
+
+pytestmark = pytest.mark.skipif(not forked.CAN_FORK, reason="forks on Linux only")
+
+
+def _recorder(folder):
+    """work(start, stop) writing one file per item holding the pid that handled it."""
+
+    def work(start, stop):
+        for item in range(start, stop):
+            (folder / f"{item}").write_text(str(os.getpid()))
+
+    return work
+
+
+def _handled(folder):
+    return {int(path.name): int(path.read_text()) for path in folder.iterdir()}
+
+
+def test_each_part_but_the_first_runs_in_a_child_process(tmp_path):
+    run_split(7, _recorder(tmp_path), processes=3)
+    handled = _handled(tmp_path)
+    assert sorted(handled) == list(range(7))
+    # contiguous parts [0, 2), [2, 4), [4, 7): the first here, each other in a process of its own
+    assert {handled[i] for i in (0, 1)} == {os.getpid()}
+    others = [{handled[i] for i in part} for part in ((2, 3), (4, 5, 6))]
+    assert all(len(pids) == 1 for pids in others)
+    assert len({os.getpid(), *others[0], *others[1]}) == 3
+
+
+@pytest.mark.parametrize(("count", "processes"), [(5, 1), (1, 4), (0, 2)])
+def test_one_part_runs_here(tmp_path, count, processes):
+    """One process, or fewer items than processes: the parts needing a process each."""
+    calls = []
+    run_split(count, lambda start, stop: calls.append((start, stop)), processes=processes)
+    assert calls == [(0, count)]
+
+
+def test_fewer_items_than_processes_fork_only_what_they_need(tmp_path):
+    run_split(2, _recorder(tmp_path), processes=4)
+    handled = _handled(tmp_path)
+    assert sorted(handled) == [0, 1]
+    assert handled[0] == os.getpid() != handled[1]
+
+
+def test_a_failing_child_fails_the_call_naming_its_part_and_error(tmp_path):
+    record = _recorder(tmp_path)
+
+    def work(start, stop):
+        if start > 0:
+            raise ValueError(f"bad item {start}")
+        record(start, stop)
+
+    named = r"items \[2, 4\) in forked process \d+: ValueError: bad item 2"
+    with pytest.raises(ForkedWorkError, match=named):
+        run_split(4, work, processes=2)
+    assert sorted(_handled(tmp_path)) == [0, 1]  # the caller's own part still ran
+
+
+def test_a_child_killed_by_a_signal_is_named(tmp_path):
+    def work(start, stop):
+        if start > 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(ForkedWorkError, match=f"killed by signal {int(signal.SIGKILL)}"):
+        run_split(2, work, processes=2)
+
+
+def test_the_callers_failure_is_raised_after_the_children_end(tmp_path):
+    record = _recorder(tmp_path)
+
+    def work(start, stop):
+        if start == 0:
+            raise KeyError("mine")
+        record(start, stop)
+
+    with pytest.raises(KeyError, match="mine"):
+        run_split(6, work, processes=3)
+    assert sorted(_handled(tmp_path)) == [2, 3, 4, 5]  # every child had ended and written
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, True, "2"])
+def test_bad_process_counts_are_refused(processes):
+    with pytest.raises(ValueError, match=f"processes={processes!r} must be an integer >= 1"):
+        run_split(3, lambda start, stop: None, processes=processes)
