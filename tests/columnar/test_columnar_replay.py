@@ -13,6 +13,7 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
@@ -95,6 +96,13 @@ def _outcome(prefix: str, result: Any) -> dict[str, Any]:
     got["counters"] = {
         name: getattr(accounting, name)
         for name in ("records_in", "output", "duplicate", "dead_letter", "late")
+    }
+    # the record path's ParseFn counters (a late record is parsed once, like any other)
+    got["parse"] = {
+        name: sum(
+            c.committed for c in result.metrics().query(MetricsFilter().with_name(name))["counters"]
+        )
+        for name in ("parse.ok", "parse.dead_letter")
     }
     return got
 

@@ -264,18 +264,19 @@ class ReplayColumnarFn(ComputeColumnarFn):
         return None if stamp is None else int(stamp.micros)
 
     def _late_letter(self, state: ReplayState, element: Any, watermark: int) -> DeadLetter:
-        """The record path's late envelope (parse first: the router gets the parsed record)."""
-        parsed = next(
-            out
-            for out in state.parse.process(element)
-            if not isinstance(out, beam.pvalue.TaggedOutput)
-        )
-        timestamp: Timestamp = parsed.timestamp
+        """The record path's late envelope (parse first: the router gets the parsed record).
+
+        The row was accepted (and counted as parsed) with its block: parsing it again here for
+        its record counts nothing.
+        """
+        parsed = state.parse.parse(element)
+        assert not isinstance(parsed, DeadLetter), "an accepted row parses"
+        record, timestamp = parsed
         windows = state.assign.windows(timestamp.micros)
         close, start, end = rules.latest_close(windows, _ALLOWED_LATENESS)
         window = beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
         return late_dead_letter(
-            parsed.value,
+            record,
             timestamp=timestamp,
             known_wm=state.known_watermark(int(watermark)),
             window=window,

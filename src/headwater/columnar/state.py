@@ -305,6 +305,9 @@ class ColumnarState:
         """Merges fast pieces ``(positions, mask, columns)`` and slow rows into arrival order."""
         positions, ts, ids, keys, values = [], [], [], [], []
         ints: list[list[np.ndarray | None]] = []
+        fast = sum(int(np.count_nonzero(mask)) for _, mask, _ in pieces)
+        if fast:  # parsed as the record path's ParseFn would have (the rest counted by settle)
+            self.parse.count(True, fast)
         for where, mask, columns in pieces:
             if not mask.any():
                 continue

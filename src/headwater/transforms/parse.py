@@ -134,9 +134,10 @@ class ParseFn(beam.DoFn):
         # Later stages that reject the record still name its file/line or topic/offset.
         return with_origin(record, origin_of(element)), timestamp
 
-    def count(self, parsed: bool) -> None:
-        """Counts one :meth:`parse` result as :meth:`process` does (parsed, or a dead letter)."""
-        (self._parsed if parsed else self._rejected).inc()
+    def count(self, parsed: bool, records: int = 1) -> None:
+        """Counts ``records`` :meth:`parse` results as :meth:`process` does (parsed, or dead
+        letters): the columnar paths count the rows their vectorized checks accept at once."""
+        (self._parsed if parsed else self._rejected).inc(records)
 
     def process(self, element):
         out = self.parse(element)
