@@ -15,6 +15,7 @@ keeps ``processes=1``. Only Linux forks here (:data:`CAN_FORK`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -76,6 +77,9 @@ def _fork_part(work: Callable[[int, int], None], start: int, stop: int) -> _Chil
     if pid == 0:  # the child: never returns
         code = 1
         try:
+            # the objects it shares with the caller leave the collector's generations: a full
+            # collection here would write to every one of them, copying the caller's memory
+            gc.freeze()
             os.close(read)
             work(start, stop)
             code = 0
