@@ -93,3 +93,24 @@ def test_the_callers_failure_is_raised_after_the_children_end(tmp_path):
 def test_bad_process_counts_are_refused(processes):
     with pytest.raises(ValueError, match=f"processes={processes!r} must be an integer >= 1"):
         run_split(3, lambda start, stop: None, processes=processes)
+
+
+def test_a_part_that_cannot_fork_runs_here_with_a_warning(tmp_path, monkeypatch, caplog):
+    """No process to be had (a process limit, memory): the part runs in this process."""
+    real_fork, forks = os.fork, []
+
+    def fork_once():
+        if forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_once)
+    with caplog.at_level("WARNING", logger="headwater.core.forked"):
+        run_split(6, _recorder(tmp_path), processes=3)
+    handled = _handled(tmp_path)
+    assert sorted(handled) == list(range(6))
+    # [0, 2) and [4, 6) here, [2, 4) in the one child forked
+    assert {handled[i] for i in (0, 1, 4, 5)} == {os.getpid()}
+    assert os.getpid() != handled[2] == handled[3]
+    assert "items [4, 6) run in this process: no process forked" in caplog.text

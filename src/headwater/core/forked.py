@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -28,6 +29,7 @@ __all__ = ["CAN_FORK", "ForkedWorkError", "run_split"]
 #: Whether :func:`run_split` may fork on this platform.
 CAN_FORK = sys.platform.startswith("linux") and hasattr(os, "fork")
 
+_LOG = logging.getLogger(__name__)
 _Child = tuple[int, int, int, int]  # pid, the read end of its pipe, its part's start and stop
 _MESSAGE_CHARS = 2_000  # of a child's error, sent through a pipe (well under its buffer)
 
@@ -40,8 +42,10 @@ def run_split(count: int, work: Callable[[int, int], None], *, processes: int) -
     """Runs ``work(start, stop)`` over ``[0, count)``, cut into ``processes`` contiguous parts.
 
     The first part runs here; each other part runs in a child process forked here (on Linux;
-    elsewhere, or with ``processes=1`` or fewer items than processes, every part runs here in
-    order). Returns when every part has ended. A part that fails fails the call after every
+    elsewhere, or with ``processes=1`` or one item, the one part runs here; with fewer items
+    than processes, a part per item). A part whose process cannot be forked (a process limit,
+    memory) runs here after the first, with a warning. Returns when every part has ended. A
+    part that fails fails the call after every
     child has ended: the caller's own exception as it was, a child's as
     :class:`ForkedWorkError` naming the part and the child's error (its type and message; a
     child killed by a signal names the signal). ``work`` must not rely on side effects in
@@ -59,9 +63,18 @@ def run_split(count: int, work: Callable[[int, int], None], *, processes: int) -
         return
     bounds = [count * i // parts for i in range(parts + 1)]
     children: list[_Child] = []
+    here = [(bounds[0], bounds[1])]
     try:
-        children.extend(_fork_part(work, start, stop) for start, stop in pairwise(bounds[1:]))
-        work(bounds[0], bounds[1])
+        for start, stop in pairwise(bounds[1:]):
+            try:
+                children.append(_fork_part(work, start, stop))
+            except OSError as exc:
+                _LOG.warning(
+                    "items [%d, %d) run in this process: no process forked (%s)", start, stop, exc
+                )
+                here.append((start, stop))
+        for start, stop in here:
+            work(start, stop)
     finally:
         failures = [failure for failure in map(_wait, children) if failure is not None]
     if failures:
@@ -73,7 +86,12 @@ def _fork_part(work: Callable[[int, int], None], start: int, stop: int) -> _Chil
     read, write = os.pipe()
     sys.stdout.flush()  # what the caller printed is not the child's to print again
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        raise
     if pid == 0:  # the child: never returns
         code = 1
         try:
