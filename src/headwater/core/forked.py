@@ -47,8 +47,9 @@ def run_split(count: int, work: Callable[[int, int], None], *, processes: int) -
     memory) runs here after the first, with a warning. Returns when every part has ended. A
     part that fails fails the call after every child has ended: the caller's own exception as
     it was, a child's as :class:`ForkedWorkError` naming the part and the child's error (its
-    type and message; a child killed by a signal names the signal). ``work`` must not rely on side effects in
-    this process beyond what its part does (a child's changes to memory stay in the child).
+    type and message; a child killed by a signal names the signal). ``work`` must not rely on
+    side effects in this process beyond what its part does (a child's changes to memory stay in
+    the child).
 
     >>> seen = []
     >>> run_split(5, lambda start, stop: seen.append((start, stop)), processes=1)
