@@ -181,7 +181,7 @@ def test_end_to_end_figures_are_medians_of_alternating_rounds():
 
 
 @pytest.mark.parametrize(
-    ("flags", "rounds"), [([], 3), (["--quick"], 1), (["--quick", "--e2e-rounds", "2"], 2)]
+    ("flags", "rounds"), [([], 5), (["--quick"], 1), (["--quick", "--e2e-rounds", "2"], 2)]
 )
 def test_end_to_end_rounds_given_are_kept_quick_or_not(tmp_path, monkeypatch, flags, rounds):
     """--quick runs one round unless --e2e-rounds says otherwise: a value typed is never

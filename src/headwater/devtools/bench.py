@@ -1302,7 +1302,7 @@ def _parser() -> argparse.ArgumentParser:
         "--e2e-rounds",
         type=int,
         default=None,
-        help="alternating rounds of each end-to-end run; its figure is the median (default 3, "
+        help="alternating rounds of each end-to-end run; its figure is the median (default 5, "
         "1 with --quick)",
     )
     parser.add_argument(
@@ -1343,7 +1343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plain_beam(Path(args.plain_beam), Path(args.workdir))
         return {}
     if args.e2e_rounds is None:  # a value given with --quick is kept
-        args.e2e_rounds = 1 if args.quick else 3
+        args.e2e_rounds = 1 if args.quick else 5
     for name, value in (
         ("events", args.events),
         ("beam_events", args.beam_events),
