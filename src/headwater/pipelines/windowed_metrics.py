@@ -185,24 +185,24 @@ def _columnar_engine(
         return None, reason
     # the one-step batch path writes its dead letters itself (the sink's files, no element each),
     # and its window files on every core when this process runs it (a session run's thousands)
-    letters: dict[str, Any] = {}
+    writing: dict[str, Any] = {}
     if sink is None and values.get("dead_letter"):
-        letters = {
+        writing = {
             "dead_letter_output": values["dead_letter"],
             "dead_letter_format": values["dead_letter_format"],
             "dead_letter_shards": DEAD_LETTER_SHARDS,
         }
     if in_this_process(options):
-        letters["write_processes"] = _WRITE_PROCESSES
+        writing["write_processes"] = _WRITE_PROCESSES
     if _runs_parallel(config, options):
         why_not = parallel_unsupported_reason(args["window"])
         if why_not is not None:
             _LOG.info("windowed_metrics: columnar batch path in one step (%s)", why_not)
-            return ComputeWindowedMetricsColumnar(**outputs, **letters, **args), why_not
+            return ComputeWindowedMetricsColumnar(**outputs, **writing, **args), why_not
         shards = config.get("columnar_shards")
         sharding = {"shards": int(shards)} if shards is not None else {}
         return ComputeWindowedMetricsParallel(**sharding, **outputs, **args), None
-    return ComputeWindowedMetricsColumnar(**outputs, **letters, **args), None
+    return ComputeWindowedMetricsColumnar(**outputs, **writing, **args), None
 
 
 def build(
