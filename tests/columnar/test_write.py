@@ -14,8 +14,8 @@ from headwater.transforms.process import to_window_fn
 from headwater.windowing.eventtime import EventTimeExtractor
 
 
-def _writer(root, metrics, shards, window="fixed:60s", write_processes=1):
-    """A ComputeColumnarFn writing Parquet window files below ``root``."""
+def _writer(root, metrics, shards, window="fixed:60s", write_processes=1, output_format="parquet"):
+    """A ComputeColumnarFn writing window files (Parquet by default) below ``root``."""
     options = ColumnarOptions(
         file_format="json",
         decode=JsonFormat(),
@@ -29,6 +29,7 @@ def _writer(root, metrics, shards, window="fixed:60s", write_processes=1):
         emit_duplicates=False,
         output=str(root),
         output_shards=shards,
+        output_format=output_format,
         write_processes=write_processes,
     )
     return ComputeColumnarFn(options)
@@ -181,3 +182,12 @@ def test_files_written_by_several_processes_equal_one_process_files(
     few = _writer(tmp_path / "few", metrics, 1, write_processes=processes)
     assert len(list(few._write(groups))) == 4  # 4 windows, under _FORK_FILES
     assert asked == [(12, 1), (12, processes), (4, 1)]
+    # the row-dict writer (Avro output, colliding column names) splits its files the same way
+    written = {}
+    for name, count in (("avro-one", 1), ("avro-many", processes)):
+        fn = _writer(tmp_path / name, metrics, 3, write_processes=count, output_format="avro")
+        paths = [str(Path(p).relative_to(tmp_path / name)) for p in fn._write_rows(groups)]
+        written[name] = (paths, _files(tmp_path / name, tmp_path.joinpath(name).rglob("*.avro")))
+    assert len(written["avro-one"][0]) == 12
+    assert written["avro-many"] == written["avro-one"]
+    assert asked[-2:] == [(12, 1), (12, processes)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,23 +199,29 @@ class WindowWriter:
                 file_name("part", shard, options.output_shards, 0, options.output_format),
             )
             files.append((self._path(relative), int(first), int(last - first)))
-        local = all(FileSystems.get_scheme(path) is None for path, _, _ in files)
+        yield from self._write_files(
+            [(path, rows) for path, _, rows in files],
+            lambda i: parquet_bytes(ordered.slice(files[i][1], files[i][2])),
+        )
+
+    def _write_files(
+        self, files: list[tuple[str, int]], data_of: Callable[[int], bytes]
+    ) -> Iterator[str]:
+        """Writes ``files`` (``(path, rows)``; file ``i`` holds ``data_of(i)``), then yields
+        their paths, counted. A run of ``_FORK_FILES`` local files or more is split over
+        ``write_processes`` (:func:`headwater.core.forked.run_split`), each process making its
+        part's folders and encoding and writing its files; the counters are counted here."""
+        local = all(FileSystems.get_scheme(path) is None for path, _ in files)
 
         def write(start: int, stop: int) -> None:
-            part = files[start:stop]
-            make_local_folders(path for path, _, _ in part)  # at once: a session has its own
-            for path, first, rows in part:
-                write_atomically(path, parquet_bytes(ordered.slice(first, rows)))
+            make_local_folders(path for path, _ in files[start:stop])  # a session has its own
+            for i in range(start, stop):
+                write_atomically(files[i][0], data_of(i))
 
-        many = local and len(files) >= _FORK_FILES  # a part per process (see core.forked)
-        run_split(len(files), write, processes=options.write_processes if many else 1)
-        for path, _, rows in files:
+        many = local and len(files) >= _FORK_FILES
+        run_split(len(files), write, processes=self._options.write_processes if many else 1)
+        for path, rows in files:
             yield self._written(path, rows)
-
-    def _write_file(self, relative: str, data: bytes, rows: int) -> str:
-        path = self._path(relative)
-        write_atomically(path, data)
-        return self._written(path, rows)
 
     def _path(self, relative: str) -> str:
         return join_path(str(self._options.output), *relative.split("/"))
@@ -265,6 +271,7 @@ class WindowWriter:
         for rows in self._rows(groups):
             per_window.setdefault(rows.windows[0], []).append(rows.value)
         by_bounds = sorted(per_window.items(), key=lambda item: (item[0].start, item[0].end))
+        files: list[tuple[str, list[dict[str, Any]]]] = []  # relative path, ordered rows
         for window, rows in by_bounds:
             shards: dict[int, list[tuple[str, dict[str, Any]]]] = {}
             for row in rows:
@@ -278,11 +285,17 @@ class WindowWriter:
                     window_directory(window, merging=sessions),
                     file_name("part", shard, options.output_shards, 0, options.output_format),
                 )
-                if options.output_format == "parquet":
-                    data = encode_parquet(ordered, None)  # type: ignore[arg-type]
-                else:
-                    data = encode_avro_rows(ordered, None, relative)  # type: ignore[arg-type]
-                yield self._write_file(relative, data, len(ordered))
+                files.append((relative, ordered))
+
+        def data_of(i: int) -> bytes:
+            relative, ordered = files[i]
+            if options.output_format == "parquet":
+                return encode_parquet(ordered, None)  # type: ignore[arg-type]
+            return encode_avro_rows(ordered, None, relative)  # type: ignore[arg-type]
+
+        yield from self._write_files(
+            [(self._path(relative), len(ordered)) for relative, ordered in files], data_of
+        )
 
 
 def _window_ids(
