@@ -19,11 +19,16 @@ EngineFiles = dict[str, dict[str, bytes]]
 
 
 def _engine_files(
-    tmp_path: Path, pattern: str, options: Mapping[str, Any], output_format: str, shards: int = 1
+    tmp_path: Path,
+    pattern: str,
+    options: Mapping[str, Any],
+    output_format: str,
+    shards: int = 1,
+    **columnar: Any,
 ) -> EngineFiles:
     """Writes the window files of the record path and of the columnar path over ``pattern``,
     and their dead letters (the record path's through the sink, the columnar path's written by
-    its DoFn).
+    its DoFn; ``columnar``: more of the columnar transform's arguments).
 
     Returns ``{"record": {relative path: bytes}, "columnar": {...}, "record-dead": {...},
     "columnar-dead": {...}}``.
@@ -46,6 +51,7 @@ def _engine_files(
             dead_letter_output=str(tmp_path / "columnar-dead"),
             dead_letter_shards=_LETTER_SHARDS,
             **options,
+            **columnar,
         )
     files: EngineFiles = {}
     for engine, extension in (
@@ -66,7 +72,8 @@ _LETTER_SHARDS = 3
 
 @pytest.fixture
 def engine_files(tmp_path: Path) -> Callable[..., EngineFiles]:
-    """``engine_files(pattern, options, output_format, shards=1)``: both engines' files."""
-    return lambda pattern, options, output_format, shards=1: _engine_files(
-        tmp_path, pattern, options, output_format, shards
+    """``engine_files(pattern, options, output_format, shards=1, **columnar)``: both engines'
+    files."""
+    return lambda pattern, options, output_format, shards=1, **columnar: _engine_files(
+        tmp_path, pattern, options, output_format, shards, **columnar
     )

@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that
 from headwater.columnar import ComputeWindowedMetricsColumnar, reader
 from headwater.columnar.state import ColumnarState
 from headwater.core.accounting import Accounting
+from headwater.core.forked import CAN_FORK
 from headwater.devtools.workload import generate
 from headwater.io.fileio import ReadFromFiles
 from headwater.io.formats import JsonFormat
@@ -143,10 +144,11 @@ def dirty_file(tmp_path, monkeypatch):
     return path
 
 
-def _compare_engines(path) -> tuple[dict, int]:
+def _compare_engines(path, **columnar) -> tuple[dict, int]:
     """Runs both engines over ``path``; checks rows, counters and dead letters are the same.
 
     Returns the counters and the rows the columnar path sent through the record path's code.
+    ``columnar``: more of the columnar transform's arguments.
     """
     record_p = TestPipeline(runner="FnApiRunner", blocking=True)
     record = (record_p | ReadFromFiles(str(path), format="json")).main | ComputeWindowedMetrics(
@@ -159,7 +161,7 @@ def _compare_engines(path) -> tuple[dict, int]:
 
     columnar_p = TestPipeline(runner="FnApiRunner", blocking=True)
     fast = columnar_p | ComputeWindowedMetricsColumnar(
-        pattern=str(path), file_format="json", **_options()
+        pattern=str(path), file_format="json", **_options(), **columnar
     )
     assert_that(fast.rows, partial(_collect, "columnar_rows"), label="ColumnarRows")
     assert_that(fast.dead_letter, partial(_collect, "columnar_dead"), label="ColumnarDead")
@@ -231,6 +233,88 @@ def test_parsing_on_the_dofns_own_thread_gives_the_same_results(dirty_file, monk
     counts, _ = _compare_engines(dirty_file)
     assert isinstance(reader._parse_pool(), reader._OnThisThread)
     assert counts["dead_letter"] >= 30
+
+
+@pytest.fixture
+def forked_decoding(monkeypatch):
+    """Files of any size decoded in forked processes, given decode_processes: the process
+    counts of the forked decodings, as the reader asked for them."""
+    monkeypatch.setattr(reader, "_FORK_DECODE_BYTES", 0)
+    asked = []
+    forked_stream = reader.forked_stream
+
+    def recorded(produce, *, processes, **more):
+        asked.append(processes)
+        yield from forked_stream(produce, processes=processes, **more)
+
+    monkeypatch.setattr(reader, "forked_stream", recorded)
+    return asked
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+@pytest.mark.parametrize("processes", [2, 3])
+def test_decoding_in_forked_processes_gives_the_record_paths_results(
+    dirty_file, forked_decoding, processes
+):
+    """Blocks decoded in 2 or 3 forked processes (the long line carried over reads, blocks of
+    bad lines only among them): the record path's rows, counters, parse counters and dead
+    letters (reason, file and line), as in one process."""
+    counts, slow = _compare_engines(dirty_file, decode_processes=processes)
+    assert forked_decoding == [processes]
+    assert counts["dead_letter"] >= 30
+    assert counts["duplicate"] > 0
+    assert 0 < slow <= _BAD_LINES + 2 * _BLOCK_LINES  # counted in the processes, added here
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_decoding_in_forked_processes_writes_the_record_paths_files(
+    dirty_file, forked_decoding, engine_files
+):
+    """The window files and the dead-letter files (the letters encoded in the processes that
+    made them, written here) are the record path's bytes."""
+    files = engine_files(str(dirty_file), _options(), "parquet", decode_processes=2)
+    assert forked_decoding == [2]
+    assert len(files["record"]) > 1
+    assert files["columnar"] == files["record"]
+    assert len(files["record-dead"]) > 1
+    assert files["columnar-dead"] == files["record-dead"]
+
+
+def test_emitted_duplicates_are_decoded_here(dirty_file, forked_decoding):
+    """A duplicate's record is read from its block: with emit_duplicates the blocks are decoded
+    in this process, whatever decode_processes says."""
+    counts, _ = _compare_engines(dirty_file, decode_processes=2, emit_duplicates=True)
+    assert forked_decoding == []
+    assert counts["duplicate"] > 0
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_each_process_reads_its_own_pieces_with_the_files_line_numbers(dirty_file, processes):
+    """``wanted``: each process's pieces are exactly every ``processes``-th piece of the
+    whole file, with the same bytes and first line numbers."""
+    every = list(reader._json_pieces(str(dirty_file)))
+    assert len(every) > 6
+    for index in range(processes):
+        ours = list(
+            reader._json_pieces(str(dirty_file), wanted=lambda n, i=index: n % processes == i)
+        )
+        assert ours == every[index::processes]
+
+
+def test_a_small_file_is_decoded_here(dirty_file, monkeypatch):
+    """Under the size a fork pays for, the blocks are decoded in this process."""
+    asked = []
+    monkeypatch.setattr(reader, "forked_stream", lambda *a, **k: asked.append(k) or iter(()))
+    counts, _ = _compare_engines(dirty_file, decode_processes=2)
+    assert asked == []
+    assert counts["records_in"] > 0
+
+
+def test_a_decode_process_count_that_is_not_a_count_is_an_error_naming_it(dirty_file):
+    with pytest.raises(ValueError, match="decode_processes=0"):
+        ComputeWindowedMetricsColumnar(
+            pattern=str(dirty_file), file_format="json", **_options(), decode_processes=0
+        )
 
 
 @pytest.mark.parametrize("given", ["x", "-1", "1.5"])

@@ -482,22 +482,23 @@ def test_a_shards_batches_are_put_in_arrival_order():
         (("--runner=DataflowRunner", "--window=session:5m"), False),
     ],
 )
-def test_only_the_in_memory_local_runner_writes_files_in_forked_processes(
+def test_only_the_in_memory_local_runner_decodes_and_writes_in_forked_processes(
     tmp_path, monkeypatch, extra, forks
 ):
-    """The one-step path forks its file writers only where its DoFn runs on this process's own
-    threads (no worker process, no gRPC channel): Beam's in-memory local runner."""
+    """The one-step path forks its decoders and file writers only where its DoFn runs on this
+    process's own threads (no worker process, no gRPC channel): Beam's in-memory local runner."""
     from headwater.pipelines import windowed_metrics
 
     built = []
 
     class Recording(windowed_metrics.ComputeWindowedMetricsColumnar):
         def __init__(self, **kwargs):
-            built.append(kwargs.get("write_processes", 1))
+            built.append((kwargs.get("decode_processes", 1), kwargs.get("write_processes", 1)))
             super().__init__(**kwargs)
 
     monkeypatch.setattr(windowed_metrics, "ComputeWindowedMetricsColumnar", Recording)
     (tmp_path / "a.jsonl").write_bytes(b'{"event_id":"a","user_id":"u","event_time":1}\n')
     argv = _run_argv(tmp_path, str(tmp_path / "a.jsonl"), *extra)
     windowed_metrics.build(beam.Pipeline("FnApiRunner"), PipelineOptions(argv))
-    assert built == [windowed_metrics._WRITE_PROCESSES if forks else 1]
+    processes = windowed_metrics._LOCAL_PROCESSES if forks else 1
+    assert built == [(processes, processes)]

@@ -10,6 +10,7 @@ from apache_beam.metrics import Metrics
 
 from headwater.columnar.reader import BlockReader
 from headwater.columnar.state import (
+    COUNTS,
     ColumnarOptions,
     ColumnarState,
 )
@@ -26,16 +27,14 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
     """A glob -> rows (in their windows), dead letters and, optionally, duplicates."""
 
     _sizes_ids = True  # see BlockReader
+    _forks_decoding_ = True  # see BlockReader (duplicates are read from a block: emit_duplicates
+    # decodes here)
     _letters: BatchDeadLetterFiles | None = None  # the run's dead letters, when written here
 
     def __init__(self, options: ColumnarOptions):
         self._options = options
-        self._counters = {
-            name: Metrics.counter(NAMESPACE, name)
-            for name in ("records_in", "output", "duplicate", "dead_letter", "late")
-        }
+        self._counters = {name: Metrics.counter(NAMESPACE, name) for name in (*COUNTS, "late")}
         self._blocks = Metrics.counter(NAMESPACE, "columnar.blocks")
-        self._slow = Metrics.counter(NAMESPACE, "columnar.slow_rows")
         self._on_disk = Metrics.counter(NAMESPACE, IDS_ON_DISK)
         self._files = Metrics.counter("headwater.io", "files_written")
         self._rows_written = Metrics.counter("headwater.io", "rows_written")
@@ -85,10 +84,22 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
             yield beam.pvalue.TaggedOutput("duplicate", record)
         state.duplicates.clear()
 
-    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+    def _shipped_letters(self, dead: list[Any]) -> list[Any]:
+        """A forked decoding's dead letters encoded for the files there, when written here."""
+        if self._letters is None:
+            return super()._shipped_letters(dead)
+        return [self._letters.encoded(letter) for letter in dead]
+
+    def _add_shipped_letters(self, state: ColumnarState, shipped: list[Any]) -> None:
+        if self._letters is None:
+            super()._add_shipped_letters(state, shipped)
+            return
+        self._letters.add_encoded(shipped)
+        state.counts["dead_letter"] += len(shipped)
+
+    def _finish_block(self, state, elements, rows, element) -> None:
         """Dedups and aggregates a block's accepted rows (``elements``: record positions)."""
         del elements  # arrival positions matter to the replay (columnar.replay), not to batch
-        rows = state.accepted(pieces, slow_rows)
         if rows is None:
             return
         keep = state.deduplicate(rows)

@@ -240,9 +240,8 @@ class _DecodeSplitFn(ComputeColumnarFn):
             self._out.clear()
         yield from self._flush(state)
 
-    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+    def _finish_block(self, state, elements, rows, element) -> None:
         """The block's accepted rows, with arrival positions, into per-shard Arrow batches."""
-        rows = state.accepted(pieces, slow_rows)
         if rows is None:
             return
         origin = element(0).origin  # the block's first position: line (JSON) or record number

@@ -15,6 +15,14 @@ again (:mod:`headwater.columnar.jsonruns`); the odd kinds a refusal found in a f
 aside before the next pieces' first parse. The cost of a bad line is thus its own, whatever
 block it sits in. Every line set aside takes the record path's own parse/check code, which
 gives its dead letter exactly.
+
+Given ``decode_processes`` (the in-memory local runner's process), a large local JSON-lines file
+is decoded in that many forked processes (:func:`headwater.core.forked.forked_stream`): each
+reads the file's blocks as above (the same blocks, line numbers and pieces) and decodes every
+``decode_processes``-th, with its own parse threads; this process takes the decoded blocks (the
+accepted rows in arrival order, the counters, the dead letters) in file order and deduplicates
+and aggregates them. Half of decoding is Python holding the GIL (the record path's code, the
+checks' calls), which threads of one process cannot share.
 """
 
 from __future__ import annotations
@@ -35,10 +43,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from headwater.columnar.jsonruns import LineRanges, invalid_utf8_lines, parse_run
 from headwater.columnar.state import (
+    SLOW_ROWS,
+    AcceptedRows,
     ColumnarOptions,
     ColumnarState,
     dedup_field,
 )
+from headwater.core.deadletter import DeadLetter
+from headwater.core.forked import CAN_FORK, forked_stream
 from headwater.core.records import DecodedRecord, SourceRecord
 from headwater.io.fileio import (
     STORAGE_ERRORS,
@@ -51,6 +63,9 @@ _BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time
 _PARSE_BYTES = 1 << 20  # JSON bytes per pyarrow call (a block's pieces are parsed in parallel)
 _PARQUET_BATCH_ROWS = 65_536
 _AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar step
+# a JSON-lines file this large or larger is decoded in forked processes, given decode_processes
+# (a fork of a large process costs ~10-30 ms; a 4 MiB block ~0.1 s of decoding)
+_FORK_DECODE_BYTES = 32 << 20
 
 
 _POOL: concurrent.futures.Executor | None = None
@@ -71,8 +86,33 @@ class _PendingBlock:
     # set aside (not an object, not UTF-8, too large)
 
 
+@dataclasses.dataclass
+class _DecodedBlock:
+    """A JSON block after its checks and the record path's code (``_decoded_json_blocks``)."""
+
+    first_line: int
+    size: int  # bytes
+    records: np.ndarray  # positions of the non-blank lines
+    rows: AcceptedRows | None  # the accepted rows, in arrival order
+    element: Callable[[int], SourceRecord] | None  # None: decoded in a forked process
+
+
+@dataclasses.dataclass
+class _ForkedBlock:
+    """A block decoded in a forked process, with what its decoding counted and refused."""
+
+    block: _DecodedBlock
+    counts: dict[str, int]
+    dead: list[Any]  # its dead letters (_shipped_letters)
+
+
 def _json_pieces(
-    path: str, start: int = 0, end: int | None = None, first_line: int = 1
+    path: str,
+    start: int = 0,
+    end: int | None = None,
+    first_line: int = 1,
+    *,
+    wanted: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(first line number, bytes)`` pieces of a JSON-lines file, each ending at a newline.
 
@@ -81,7 +121,10 @@ def _json_pieces(
     part of a line joined to the chunk up to its last newline), not once per slice. ``start``,
     ``end`` and ``first_line`` read bytes ``[start, end)`` of an uncompressed file whose line
     ``first_line`` starts at ``start`` (a split of :mod:`headwater.columnar.parallel`).
+    ``wanted``: the pieces to yield, by their index (the others are only counted: their
+    lines' numbers go on).
     """
+    index = 0
     line = first_line
     rest = b""
     first = start == 0
@@ -99,12 +142,17 @@ def _json_pieces(
             chunk = raw.removeprefix(b"\xef\xbb\xbf") if first else raw
             first = False
             if not raw:
-                if rest:
+                if rest and (wanted is None or wanted(index)):
                     yield line, rest + b"\n"
                 return
             cut = chunk.rfind(b"\n") + 1
             if cut == 0:
                 rest += chunk
+                continue
+            if wanted is not None and not wanted(index) and cut <= _BLOCK_BYTES:
+                index += 1  # one piece (see big), not the caller's: only its newlines count
+                line += _newlines(chunk)
+                rest = chunk[cut:]
                 continue
             carried = len(rest)
             data = b"".join((rest, memoryview(chunk)[:cut])) if rest or cut < len(chunk) else chunk
@@ -114,7 +162,9 @@ def _json_pieces(
             big = len(data) > _BLOCK_BYTES + carried
             pieces = _split(data, _BLOCK_BYTES) if big else (data,)
             for piece in pieces:
-                yield line, piece
+                if wanted is None or wanted(index):
+                    yield line, piece
+                index += 1
                 line += _newlines(piece)
 
 
@@ -139,25 +189,28 @@ class _OnThisThread(concurrent.futures.Executor):
 
 
 def _parse_pool() -> concurrent.futures.Executor:
-    """The threads that parse the pieces of a block side by side (pyarrow releases the GIL).
-
-    Up to 4 (the cores), or ``HEADWATER_PARSE_THREADS``; ``0`` parses on the DoFn's own thread,
-    block after block (the bench's single-threaded workers).
-    """
+    """The threads that parse the pieces of a block side by side (pyarrow releases the GIL)."""
     global _POOL
     if _POOL is None:
-        given = os.environ.get("HEADWATER_PARSE_THREADS", "")
-        if given and not given.isdigit():
-            raise ValueError(f"HEADWATER_PARSE_THREADS={given!r} must be an integer >= 0")
-        threads = int(given) if given else max(1, min(4, os.cpu_count() or 1))
-        _POOL = (
-            concurrent.futures.ThreadPoolExecutor(
-                max_workers=threads, thread_name_prefix="headwater-json"
-            )
-            if threads
-            else _OnThisThread()
-        )
+        _POOL = _new_pool(_parse_threads())
     return _POOL
+
+
+def _parse_threads() -> int:
+    """Up to 4 (the cores), or ``HEADWATER_PARSE_THREADS``; ``0`` parses on the DoFn's own
+    thread, block after block (the bench's single-threaded workers)."""
+    given = os.environ.get("HEADWATER_PARSE_THREADS", "")
+    if given and not given.isdigit():
+        raise ValueError(f"HEADWATER_PARSE_THREADS={given!r} must be an integer >= 0")
+    return int(given) if given else max(1, min(4, os.cpu_count() or 1))
+
+
+def _new_pool(threads: int) -> concurrent.futures.Executor:
+    if threads == 0:
+        return _OnThisThread()
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=threads, thread_name_prefix="headwater-json"
+    )
 
 
 def _parse_and_check(
@@ -225,10 +278,12 @@ class BlockReader(beam.DoFn):
     """Reads files block by block into a run's state; ``_finish_block`` handles each block."""
 
     _options: ColumnarOptions
-    _slow: Any  # counter of the rows that took the record path
     # Whether this DoFn deduplicates whole files with its state's BatchIds: then each file's size
     # (one metadata request) sizes the id table; a DoFn that does not skips the request.
     _sizes_ids = False
+    # Whether a large file may be decoded in forked processes (given decode_processes): the
+    # DoFn's _finish_block then gets no ``element`` (the block's bytes stay in the process).
+    _forks_decoding_ = False
 
     # --- JSON lines ----------------------------------------------------------------------
 
@@ -237,10 +292,29 @@ class BlockReader(beam.DoFn):
     ) -> Iterator[None]:
         """Handles the file's blocks in order, yielding after each (``pieces``: a part of it).
 
-        Pipelined: block ``k + 1`` is handed to the parse pool before block ``k``'s parsed
-        pieces are deduplicated and aggregated: a pool thread finds its lines and starts its
-        pieces' parse and checks (pyarrow, mostly without the GIL) while this thread runs the
-        ordered steps of block ``k``. Blocks still finish strictly in file order.
+        Each block is decoded (``_decoded_json_blocks``, or in forked processes), then
+        deduplicated and aggregated here by ``_finish_block``.
+        """
+        if pieces is None and self._forks_decoding(path):
+            blocks = self._forked_json_blocks(state, path)
+        else:
+            blocks = self._decoded_json_blocks(state, path, pieces)
+        for block in blocks:
+            if self._sizes_ids and block.first_line == 1 and block.size:  # the file's records,
+                per_byte = len(block.records) / block.size  # as a hint
+                state.ids.expect(int(file_size(path) * per_byte) - len(block.records))
+            self._finish_block(state, block.records, block.rows, block.element)
+            yield None
+
+    def _decoded_json_blocks(
+        self, state: ColumnarState, path: str, pieces: Iterator[tuple[int, bytes]] | None = None
+    ) -> Iterator[_DecodedBlock]:
+        """The file's blocks decoded, in order (``pieces``: a part of the file).
+
+        Pipelined: block ``k + 1`` is handed to the parse pool before block ``k`` is taken: a
+        pool thread finds its lines and starts its pieces' parse and checks (pyarrow, mostly
+        without the GIL) while this thread settles block ``k`` and the caller deduplicates and
+        aggregates it. Blocks still come strictly in file order.
         """
         pool = _parse_pool()
         pending: concurrent.futures.Future | None = None
@@ -248,12 +322,59 @@ class BlockReader(beam.DoFn):
         for first_line, piece in _json_pieces(path) if pieces is None else pieces:
             started = pool.submit(self._start_json_block, state, path, first_line, piece, odd_kinds)
             if pending is not None:
-                self._end_json_block(state, pending.result())
-                yield None
+                yield self._decode_json_block(state, pending.result())
             pending = started
         if pending is not None:
-            self._end_json_block(state, pending.result())
-            yield None
+            yield self._decode_json_block(state, pending.result())
+
+    def _forks_decoding(self, path: str) -> bool:
+        """Whether the file is decoded in forked processes (see the module docstring)."""
+        options = self._options
+        return (
+            CAN_FORK
+            and self._forks_decoding_
+            and options.decode_processes > 1
+            and not options.emit_duplicates  # a duplicate's record is read from its block
+            and FileSystems.get_scheme(path) is None
+            and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+            and file_size(path) >= _FORK_DECODE_BYTES
+        )
+
+    def _forked_json_blocks(self, state: ColumnarState, path: str) -> Iterator[_DecodedBlock]:
+        """The file's blocks decoded in forked processes, block ``k`` in process ``k % n``.
+
+        Each process reads the whole file (the same cuts and line numbers as one process; the
+        others' blocks only counted) and decodes its own blocks; what a decoding counted and the
+        dead letters it made come with the block and are added to ``state`` here.
+        """
+
+        def decode(index: int, processes: int) -> Iterator[_ForkedBlock]:
+            global _POOL  # this process's own parse threads (the caller's are not here): the
+            _POOL = _new_pool(_parse_threads() // processes)  # threads split over the processes
+            state.counts.update(dict.fromkeys(state.counts, 0))  # the caller counted those
+            state.dead.clear()
+            ours = _json_pieces(path, wanted=lambda number: number % processes == index)
+            for block in self._decoded_json_blocks(state, path, ours):
+                block.element = None  # its bytes stay here
+                counts = {name: value for name, value in state.counts.items() if value}
+                state.counts.update(dict.fromkeys(counts, 0))
+                dead = self._shipped_letters(state.dead)
+                state.dead.clear()
+                yield _ForkedBlock(block, counts, dead)
+
+        for forked in forked_stream(decode, processes=self._options.decode_processes):
+            for name, value in forked.counts.items():
+                state.counts[name] += value
+            self._add_shipped_letters(state, forked.dead)
+            yield forked.block
+
+    def _shipped_letters(self, dead: list[DeadLetter]) -> list[Any]:
+        """A block's dead letters as a forked decoding sends them (a DoFn may encode them)."""
+        return list(dead)
+
+    def _add_shipped_letters(self, state: ColumnarState, shipped: list[Any]) -> None:
+        """Takes what ``_shipped_letters`` sent, in a forked decoding's caller."""
+        state.dead.extend(shipped)
 
     def _start_json_block(
         self,
@@ -325,13 +446,11 @@ class BlockReader(beam.DoFn):
         slow_results = [(line, state.slow_result(element(line))) for line in slow_lines]
         return _PendingBlock(path, first_line, block, element, records, runs, tables, slow_results)
 
-    def _end_json_block(self, state: ColumnarState, pending: _PendingBlock) -> None:
-        """Takes the parsed and checked runs, the record path's results in line order, finishes."""
-        block, records, path = pending.block, pending.records, pending.path
+    def _decode_json_block(self, state: ColumnarState, pending: _PendingBlock) -> _DecodedBlock:
+        """Takes the parsed and checked runs, the record path's results in line order: the
+        block's accepted rows (counted, with the dead letters, in ``state``)."""
+        records = pending.records
         state.counts["records_in"] += len(records)
-        if self._sizes_ids and pending.first_line == 1 and len(block):  # the file's records,
-            per_byte = len(records) / len(block)  # as a hint
-            state.ids.expect(int(file_size(path) * per_byte) - len(records))
         pieces: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]] = []
         slow_results = list(pending.slow_results)
         for run, future in zip(pending.runs, pending.tables, strict=True):
@@ -344,8 +463,9 @@ class BlockReader(beam.DoFn):
             accepted = state.settle(result)
             if accepted is not None:
                 slow_rows.append((line_index, accepted))
-        self._slow.inc(len(slow_results))
-        self._finish_block(state, records, pieces, slow_rows, pending.element)
+        state.counts[SLOW_ROWS] += len(slow_results)
+        rows = state.accepted(pieces, slow_rows)
+        return _DecodedBlock(pending.first_line, len(pending.block), records, rows, pending.element)
 
     def _decoded(self, element: Any) -> Any:
         if isinstance(element, DecodedRecord):
@@ -453,9 +573,9 @@ class BlockReader(beam.DoFn):
             accepted = state.slow(element(i))
             if accepted is not None:
                 slow_rows.append((i, accepted))
-        self._slow.inc(len(slow_lines))
-        self._finish_block(state, positions, pieces, slow_rows, element)
+        state.counts[SLOW_ROWS] += len(slow_lines)
+        self._finish_block(state, positions, state.accepted(pieces, slow_rows), element)
 
-    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+    def _finish_block(self, state, elements, rows, element) -> None:
         """Dedups and aggregates a block's accepted rows (``elements``: record positions)."""
         raise NotImplementedError

@@ -176,6 +176,7 @@ class ReplayColumnarFn(ComputeColumnarFn):
     """A glob -> rows as windows close, late envelopes, dead letters, duplicates, file paths."""
 
     _sizes_ids = False  # the replay forgets ids as a stream does (ReplayState)
+    _forks_decoding_ = False  # its late envelopes and watermark read the blocks' records
 
     def __init__(self, options: ColumnarOptions, watermark_every: int):
         super().__init__(options)
@@ -213,9 +214,8 @@ class ReplayColumnarFn(ComputeColumnarFn):
             yield beam.pvalue.TaggedOutput("late", letter)
         state.late.clear()
 
-    def _finish_block(self, state, elements, pieces, slow_rows, element) -> None:
+    def _finish_block(self, state, elements, rows, element) -> None:
         assert isinstance(state, ReplayState)
-        rows = state.accepted(pieces, slow_rows)
         # The stream's watermark: every record that has an event time moves it, including the
         # ones that become dead letters later (the replay stamps records before parsing them).
         event_times = np.full(len(elements), NO_TIME, dtype=np.int64)
@@ -234,7 +234,7 @@ class ReplayColumnarFn(ComputeColumnarFn):
         row_watermarks = before[where]
         if state.id_of is not None:
             keep = state.deduplicate_replayed(
-                rows.ids.to_pylist(),  # type: ignore[union-attr]
+                rows.ids.to_pylist(),
                 rows.ts.tolist(),
                 row_watermarks.tolist(),
             )

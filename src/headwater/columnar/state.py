@@ -110,9 +110,11 @@ class ColumnarOptions:
     dead_letter_output: str | None = None  # batch: the DoFn writes the dead-letter files
     dead_letter_format: str = "json"
     dead_letter_shards: int = 1
-    # processes that write a run's window files (headwater.core.forked: forks this process;
-    # only the in-memory local runner's process is known to be safe to fork)
+    # processes that write a run's window files, and that decode a large local JSON-lines
+    # file (headwater.core.forked: forks this process; only the in-memory local runner's
+    # process is known to be safe to fork)
     write_processes: int = 1
+    decode_processes: int = 1
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -158,6 +160,13 @@ class ColumnarOptions:
         return beam_window.IntervalWindow(Timestamp(micros=start), Timestamp(micros=end))
 
 
+#: The counters of a run's state (``ColumnarState.counts``), by their Beam names (namespace
+#: ``headwater``): the outcomes, the record path's parse counters (the columnar paths count
+#: what ``ParseFn`` would), and the rows that took the record path.
+PARSED, REFUSED, SLOW_ROWS = "parse.ok", "parse.dead_letter", "columnar.slow_rows"
+COUNTS = ("records_in", "output", "duplicate", "dead_letter", PARSED, REFUSED, SLOW_ROWS)
+
+
 #: A row the record path's code accepted: event time (micros), id, key, metric values.
 Accepted = tuple[int, str | None, Any, tuple[float, ...]]
 
@@ -180,7 +189,7 @@ class ColumnarState:
         self.ids = BatchIds(options.horizon_micros, options.out_of_order_micros)
         self._partials: list[pa.Table] = []  # w, k, n, then s h m x per field (see aggregate)
         self._compacted = 0  # rows of the partials after the last merge
-        self.counts = dict.fromkeys(("records_in", "output", "duplicate", "dead_letter"), 0)
+        self.counts = dict.fromkeys(COUNTS, 0)  # added to the Beam counters as blocks end
         self.dead: list[DeadLetter] = []
         self.duplicates: list[Any] = []
 
@@ -211,7 +220,7 @@ class ColumnarState:
     def settle(self, result: tuple[bool, Accepted | DeadLetter]) -> Accepted | None:
         """Counts a :meth:`slow_result` and keeps its dead letter; its accepted values."""
         parsed, outcome = result
-        self.parse.count(parsed)
+        self.counts[PARSED if parsed else REFUSED] += 1
         if isinstance(outcome, DeadLetter):
             self.dead.append(outcome)
             return None
@@ -306,8 +315,8 @@ class ColumnarState:
         positions, ts, ids, keys, values = [], [], [], [], []
         ints: list[list[np.ndarray | None]] = []
         fast = sum(int(np.count_nonzero(mask)) for _, mask, _ in pieces)
-        if fast:  # parsed as the record path's ParseFn would have (the rest counted by settle)
-            self.parse.count(True, fast)
+        # parsed as the record path's ParseFn would have (the rest counted by settle)
+        self.counts[PARSED] += fast
         for where, mask, columns in pieces:
             if not mask.any():
                 continue

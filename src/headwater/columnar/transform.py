@@ -232,6 +232,12 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         (:func:`headwater.core.forked.run_split`, Linux only), each writing a contiguous part
         of the files. Only for a process that is safe to fork: the in-memory local runner's
         (``headwater run`` sets it there); a distributed runner's workers keep 1.
+      decode_processes: processes that decode a large local JSON-lines file (uncompressed,
+        ``emit_duplicates`` off): the DoFn's process forks them, each parsing and checking
+        every ``decode_processes``-th block (the record path's code for the lines the
+        vectorized checks do not accept), while the DoFn deduplicates and aggregates the
+        blocks in file order (:func:`headwater.core.forked.forked_stream`); the same rows,
+        counters, dead letters and files as one process. Safe to fork as ``write_processes``.
 
     Returns :class:`~headwater.transforms.process.MetricsResult`. Raises ``ValueError`` naming
     the reason when the configuration needs the record path (see :func:`columnar_supported`).
@@ -277,6 +283,7 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         dead_letter_format: str = "json",
         dead_letter_shards: int = 1,
         write_processes: int = 1,
+        decode_processes: int = 1,
     ):
         super().__init__()
         if dead_letter_output is not None:
@@ -317,6 +324,7 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
             )
         check_count("output_shards", output_shards)
         check_count("write_processes", write_processes)
+        check_count("decode_processes", decode_processes)
         ooo = parse_duration(max_out_of_orderness, name="max_out_of_orderness")
         self._pattern = pattern
         self._window_fn = to_window_fn(window)
@@ -339,6 +347,7 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
             dead_letter_format=dead_letter_format,
             dead_letter_shards=dead_letter_shards,
             write_processes=write_processes,
+            decode_processes=decode_processes,
         )
 
     @property

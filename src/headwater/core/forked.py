@@ -7,6 +7,12 @@ first in a child process forked from the caller, which shares the caller's memor
 write): the inputs need no pickling, and each child ends with ``os._exit`` once its part is
 done, never returning into the caller's stack.
 
+A local batch run's decoding is CPU work too, half of it Python that holds the GIL (the record
+path's code for the lines set aside, the fast checks' calls): :func:`forked_stream` runs an
+ordered sequence of such work items in forked children, item ``i`` in child ``i % processes``,
+and gives the caller the results in order (pickled through a pipe each), at most a few items
+ahead of the caller, so that memory follows the processes, not the input.
+
 Forking is for a process the caller knows to be safe to fork: the in-memory local runner's own
 process (no gRPC channel, no other thread in the middle of work); a worker of a distributed runner
 keeps ``processes=1``. Only Linux forks here (:data:`CAN_FORK`).
@@ -18,13 +24,19 @@ import contextlib
 import gc
 import logging
 import os
+import pickle
+import queue
+import signal
+import struct
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from itertools import pairwise
+from typing import Any
 
 from headwater.core.checks import check_count
 
-__all__ = ["CAN_FORK", "ForkedWorkError", "run_split"]
+__all__ = ["CAN_FORK", "ForkedWorkError", "forked_stream", "run_split"]
 
 #: Whether :func:`run_split` may fork on this platform.
 CAN_FORK = sys.platform.startswith("linux") and hasattr(os, "fork")
@@ -83,6 +95,27 @@ def run_split(count: int, work: Callable[[int, int], None], *, processes: int) -
 
 def _fork_part(work: Callable[[int, int], None], start: int, stop: int) -> _Child:
     """Forks a child that runs ``work(start, stop)`` and reports a failure through a pipe."""
+    read, write, pid = _fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            work(start, stop)
+            code = 0
+        except BaseException as exc:  # reported to the parent, which raises
+            text = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
+            with contextlib.suppress(OSError):
+                os.write(write, text.encode("utf-8", "replace"))
+        finally:
+            os._exit(code)
+    return pid, read, start, stop
+
+
+def _fork() -> tuple[int, int, int]:
+    """A pipe and a fork: ``(read end, write end, pid)``; the child keeps only the write end.
+
+    In the child, the objects it shares with the caller leave the collector's generations: a
+    full collection there would write to every one of them, copying the caller's memory.
+    """
     read, write = os.pipe()
     sys.stdout.flush()  # what the caller printed is not the child's to print again
     sys.stderr.flush()
@@ -92,23 +125,12 @@ def _fork_part(work: Callable[[int, int], None], start: int, stop: int) -> _Chil
         os.close(read)
         os.close(write)
         raise
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            # the objects it shares with the caller leave the collector's generations: a full
-            # collection here would write to every one of them, copying the caller's memory
-            gc.freeze()
-            os.close(read)
-            work(start, stop)
-            code = 0
-        except BaseException as exc:  # reported to the parent, which raises
-            text = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
-            with contextlib.suppress(OSError):
-                os.write(write, text.encode("utf-8", "replace"))
-        finally:
-            os._exit(code)
-    os.close(write)
-    return pid, read, start, stop
+    if pid == 0:
+        gc.freeze()
+        os.close(read)
+    else:
+        os.close(write)
+    return read, write, pid
 
 
 def _wait(child: _Child) -> str | None:
@@ -126,3 +148,152 @@ def _wait(child: _Child) -> str | None:
     else:
         return None
     return f"items [{start}, {stop}) in forked process {pid}: {message}"
+
+
+# --- an ordered stream of items computed in forked children ---------------------------------
+
+_HEADER = struct.Struct("<cQ")  # a frame's kind and length, then its bytes
+_ITEM, _END, _FAILED = b"i", b"e", b"f"
+
+
+def forked_stream(
+    produce: Callable[[int, int], Iterator[Any]], *, processes: int, ahead: int = 2
+) -> Iterator[Any]:
+    """The items of a sequence, in order, computed by ``processes`` forked children.
+
+    Child ``k`` runs ``produce(k, processes)``, which yields items ``k``, ``k + processes``,
+    ``k + 2 * processes``... of the sequence (each child skips the items of the others), so
+    item ``i`` comes from child ``i % processes``; the sequence ends at the first child whose
+    turn it is and that has no item left. Items travel pickled through a pipe; a thread here
+    reads each child's pipe at most ``ahead`` items ahead of the caller, so a child waits for
+    the caller rather than filling memory. A child's failure fails the iteration with
+    :class:`ForkedWorkError` naming the child's item and its error (type and message), or the
+    signal that ended it. Closing the iterator early (or an error here) kills the children.
+
+    ``processes=1``, or a platform that does not fork (:data:`CAN_FORK`), runs
+    ``produce(0, 1)`` here; so does a stream whose processes cannot all be forked (a process
+    limit, memory), with a warning.
+
+    >>> list(forked_stream(lambda k, n: iter(range(k, 5, n)), processes=1))
+    [0, 1, 2, 3, 4]
+    """
+    check_count("processes", processes)
+    check_count("ahead", ahead)
+    if processes == 1 or not CAN_FORK:
+        yield from produce(0, 1)
+        return
+    children: list[_Streaming] = []
+    try:
+        try:
+            for index in range(processes):
+                children.append(_Streaming(produce, index, processes, ahead))
+        except OSError as exc:
+            _LOG.warning("the items are computed in this process: no process forked (%s)", exc)
+            for child in children:
+                child.close()
+            children.clear()
+            yield from produce(0, 1)
+            return
+        turn = 0
+        while True:
+            child = children[turn % processes]
+            kind, data = child.frames.get()
+            if kind == _END:
+                return
+            if kind != _ITEM:
+                raise ForkedWorkError(
+                    f"item {turn} in forked process {child.pid}: {child.failure(data)}"
+                )
+            yield pickle.loads(data)  # noqa: S301 -- written by our own child, through a pipe
+            turn += 1
+    finally:
+        for child in children:
+            child.close()
+
+
+class _Streaming:
+    """One child of :func:`forked_stream`: its pid, and a thread reading its frames."""
+
+    def __init__(
+        self, produce: Callable[[int, int], Iterator[Any]], index: int, of: int, ahead: int
+    ):
+        read, write, pid = _fork()
+        if pid == 0:  # the child: never returns
+            _stream_child(produce, index, of, write)
+        self.pid = pid
+        self._status: int | None = None  # its exit status, once waited for
+        self.frames: queue.Queue[tuple[bytes, bytes]] = queue.Queue(maxsize=ahead)
+        self._stream = os.fdopen(read, "rb", buffering=1 << 16)
+        self._done = threading.Event()  # set when the caller stops reading
+        self._reader = threading.Thread(
+            target=self._read, name=f"headwater-forked-{pid}", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self) -> None:
+        """Reads frames into the queue up to the child's last one (or the end of its pipe)."""
+        kind = _ITEM
+        while kind == _ITEM and not self._done.is_set():
+            header = self._stream.read(_HEADER.size)
+            kind, size = _HEADER.unpack(header) if len(header) == _HEADER.size else (_FAILED, 0)
+            data = self._stream.read(size) if size else b""
+            if len(data) < size:  # the pipe ended inside a frame
+                kind, data = _FAILED, b""
+            while not self._done.is_set():  # the caller may stop reading: check every 0.1 s
+                with contextlib.suppress(queue.Full):
+                    self.frames.put((kind, data), timeout=0.1)
+                    break
+
+    def _wait(self, flags: int = 0) -> int | None:
+        if self._status is None:
+            pid, status = os.waitpid(self.pid, flags)
+            self._status = status if pid else None
+        return self._status
+
+    def failure(self, data: bytes) -> str:
+        """What ended the child: the error it sent, else how it exited."""
+        if data:
+            return data.decode("utf-8", "replace")
+        status = self._wait()
+        assert status is not None
+        if os.WIFSIGNALED(status):
+            return f"killed by signal {os.WTERMSIG(status)}"
+        return f"ended (exit code {os.waitstatus_to_exitcode(status)}) before its last item"
+
+    def close(self) -> None:
+        """Stops the child (killed unless it has ended: the caller is done) and the reader."""
+        self._done.set()
+        if self._wait(os.WNOHANG) is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._wait()
+        self._reader.join()
+        self._stream.close()
+
+
+def _stream_child(
+    produce: Callable[[int, int], Iterator[Any]], index: int, of: int, write: int
+) -> None:
+    """A child of :func:`forked_stream`: its items as frames, then an end or a failure frame."""
+    code = 1
+    stream = os.fdopen(write, "wb", buffering=1 << 16)
+    try:
+        try:
+            for item in produce(index, of):
+                data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                stream.write(_HEADER.pack(_ITEM, len(data)))
+                stream.write(data)
+                stream.flush()  # the caller may take it now
+            stream.write(_HEADER.pack(_END, 0))
+            code = 0
+        except BrokenPipeError:  # the caller stopped reading
+            code = 0
+        except BaseException as exc:  # sent to the caller, which raises
+            text = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS].encode("utf-8", "replace")
+            with contextlib.suppress(OSError):
+                stream.write(_HEADER.pack(_FAILED, len(text)))
+                stream.write(text)
+        with contextlib.suppress(OSError):
+            stream.flush()
+    finally:
+        os._exit(code)

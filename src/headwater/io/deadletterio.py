@@ -227,8 +227,17 @@ class BatchDeadLetterFiles:
         self._files = Metrics.counter(_METRICS_NAMESPACE, "dead_letter_files_written")
 
     def add(self, letter: DeadLetter) -> None:
-        shard, pair = _batch_pair(letter, self._num_shards, self._format != "json")
-        self._shards.setdefault(shard, []).append(pair)
+        self.add_encoded([self.encoded(letter)])
+
+    def encoded(self, letter: DeadLetter) -> tuple[int, tuple[str, DeadLetter | None]]:
+        """The letter as :meth:`add_encoded` takes it (its shard and line): any process may
+        encode letters, the one holding this object adds them."""
+        return _batch_pair(letter, self._num_shards, self._format != "json")
+
+    def add_encoded(self, encoded: Iterable[tuple[int, tuple[str, DeadLetter | None]]]) -> None:
+        shards = self._shards
+        for shard, pair in encoded:
+            shards.setdefault(shard, []).append(pair)
 
     def write(self) -> list[str]:
         """Writes a file per shard holding letters (never over an existing one); the paths."""

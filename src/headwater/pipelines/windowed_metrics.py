@@ -115,8 +115,9 @@ def _replay_refusal(config: RunConfig) -> str | None:
     return reason
 
 
-#: Processes that write a local one-step batch run's window files (headwater.core.forked).
-_WRITE_PROCESSES = min(4, len(os.sched_getaffinity(0))) if CAN_FORK else 1
+#: Processes that decode a local one-step batch run's input and write its window files
+#: (headwater.core.forked).
+_LOCAL_PROCESSES = min(4, len(os.sched_getaffinity(0))) if CAN_FORK else 1
 
 #: Runners whose workers are other machines: the columnar batch path runs in parallel there.
 _REMOTE_RUNNERS = ("dataflow", "flink", "portable")
@@ -184,7 +185,7 @@ def _columnar_engine(
         _LOG.info("windowed_metrics: record path (%s)", reason)
         return None, reason
     # the one-step batch path writes its dead letters itself (the sink's files, no element each),
-    # and its window files on every core when this process runs it (a session run's thousands)
+    # and decodes its input and writes its window files on every core when this process runs it
     writing: dict[str, Any] = {}
     if sink is None and values.get("dead_letter"):
         writing = {
@@ -193,7 +194,7 @@ def _columnar_engine(
             "dead_letter_shards": DEAD_LETTER_SHARDS,
         }
     if in_this_process(options):
-        writing["write_processes"] = _WRITE_PROCESSES
+        writing["write_processes"] = writing["decode_processes"] = _LOCAL_PROCESSES
     if _runs_parallel(config, options):
         why_not = parallel_unsupported_reason(args["window"])
         if why_not is not None:

@@ -102,7 +102,8 @@ class ParseFn(beam.DoFn):
         """The record (with its origin) and its event time, or the element's dead letter.
 
         What :meth:`process` emits, without counting or windowing it: it changes nothing, so
-        any thread may call it (the columnar reader's parse threads do, :meth:`count` after).
+        any thread may call it (the columnar reader's parse threads do, and count the results as
+        :meth:`process` does).
         """
         stage = "decode"
         timestamp = None
@@ -133,11 +134,6 @@ class ParseFn(beam.DoFn):
             return dead_letter_for(element, stage=stage, error=exc, event_time=timestamp)
         # Later stages that reject the record still name its file/line or topic/offset.
         return with_origin(record, origin_of(element)), timestamp
-
-    def count(self, parsed: bool, records: int = 1) -> None:
-        """Counts ``records`` :meth:`parse` results as :meth:`process` does (parsed, or dead
-        letters): the columnar paths count the rows their vectorized checks accept at once."""
-        (self._parsed if parsed else self._rejected).inc(records)
 
     def process(self, element):
         out = self.parse(element)
