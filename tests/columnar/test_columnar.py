@@ -702,3 +702,24 @@ def test_engines_that_emit_their_dead_letters_refuse_to_write_them(tmp_path, eng
             dead_letter_output=str(tmp_path / "dead"),
             **_options(),
         )
+
+
+def test_window_parts_cut_the_held_windows_into_ranges_of_about_as_many_rows():
+    """``window_parts``: contiguous ranges of window starts, every held window in one, of about
+    as many partial rows each; never more ranges than windows."""
+    from headwater.columnar.state import ColumnarState
+
+    state = ColumnarState(
+        ComputeWindowedMetricsColumnar(pattern="x.jsonl", file_format="json", **_options())._options
+    )
+    rows = {0: 5, 60: 1, 120: 1, 180: 3, 240: 2}  # window start -> partial rows held
+    for start, count in rows.items():
+        state._partials.append(pa.table({"w": pa.array([start] * count, type=pa.int64())}))
+    assert state.held_rows == 12
+    assert state.window_parts(1) == [(0, 240)]
+    assert state.window_parts(2) == [(0, 60), (120, 240)]  # 6 rows and 6 rows
+    parts = state.window_parts(3)
+    assert parts == [(0, 0), (60, 180), (240, 240)]
+    assert len(state.window_parts(9)) == 5  # one window per range at most
+    every = state.window_parts(9)
+    assert [start for first, last in every for start in rows if first <= start <= last] == [*rows]

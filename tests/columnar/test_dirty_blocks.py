@@ -280,6 +280,43 @@ def test_decoding_in_forked_processes_writes_the_record_paths_files(
     assert files["columnar-dead"] == files["record-dead"]
 
 
+def _written(path, tmp_path, **columnar) -> tuple[dict, dict]:
+    """The columnar path's window files below ``tmp_path`` (relative path -> bytes) and its
+    files_written / rows_written counters."""
+    pipeline = TestPipeline(runner="FnApiRunner", blocking=True)
+    _ = pipeline | ComputeWindowedMetricsColumnar(
+        pattern=str(path), file_format="json", output=str(tmp_path), **_options(), **columnar
+    )
+    result = pipeline.run()
+    files = {str(f.relative_to(tmp_path)): f.read_bytes() for f in tmp_path.rglob("*.parquet")}
+    return files, {name: _counter(result, name) for name in ("files_written", "rows_written")}
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_windows_merged_and_written_in_forked_processes_are_one_processs_files(
+    dirty_file, tmp_path, monkeypatch
+):
+    """With write_processes, the windows are cut into ranges merged and written each in a
+    forked process: the same files and counters as one process."""
+    from headwater.columnar import batch
+
+    monkeypatch.setattr(batch, "_FORK_ROWS", 0)
+    asked = []
+    forked_stream = batch.forked_stream
+
+    def recorded(produce, *, processes):
+        asked.append(processes)
+        yield from forked_stream(produce, processes=processes)
+
+    monkeypatch.setattr(batch, "forked_stream", recorded)
+    one = _written(dirty_file, tmp_path / "one")
+    assert asked == []
+    assert len(one[0]) == 3  # three windows
+    assert one[1] == {"files_written": 3, "rows_written": 13}  # keys u0-u3, and "7"
+    assert _written(dirty_file, tmp_path / "three", write_processes=3) == one
+    assert asked == [3]
+
+
 def test_emitted_duplicates_are_decoded_here(dirty_file, forked_decoding):
     """A duplicate's record is read from its block: with emit_duplicates the blocks are decoded
     in this process, whatever decode_processes says."""

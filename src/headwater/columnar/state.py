@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -497,9 +498,42 @@ class ColumnarState:
         self._compacted = rest.num_rows
         return list(zip(*self._groups([closed]), strict=True)) if closed.num_rows else []
 
-    def final_table(self) -> pa.Table | None:
-        """:meth:`final`'s groups as one :meth:`merged` table (None when there are none)."""
-        return self.merged(self._partials) if self._partials else None
+    @property
+    def held_rows(self) -> int:
+        """Rows of the partial aggregates held (what :meth:`final_table` merges)."""
+        return sum(table.num_rows for table in self._partials)
+
+    def window_parts(self, count: int) -> list[tuple[int, int]]:
+        """The held windows cut into up to ``count`` ranges of window starts ``(first, last)``,
+        in order, of about as many partial rows each (a window in one range): what
+        :meth:`final_table` merges, in parts. Not for sessions (they merge across starts)."""
+        assert self.options.session_gap is None, "a session may merge with the next range's"
+        if not self._partials:
+            return []
+        held = np.concatenate([table.column("w").to_numpy() for table in self._partials])
+        starts, rows = np.unique(held, return_counts=True)
+        total = np.cumsum(rows)
+        # a range ends with the window where the rows reach its share
+        cuts = np.searchsorted(total, total[-1] * np.arange(1, count) / count) + 1
+        bounds = np.unique(np.concatenate(([0], cuts, [len(starts)])))
+        return [(int(starts[a]), int(starts[b - 1])) for a, b in pairwise(bounds.tolist())]
+
+    def final_table(self, windows: tuple[int, int] | None = None) -> pa.Table | None:
+        """:meth:`final`'s groups as one :meth:`merged` table (None when there are none); with
+        ``windows`` (a range of :meth:`window_parts`), the groups of those windows only."""
+        if not self._partials:
+            return None
+        if windows is None:
+            return self.merged(self._partials)
+        first, last = windows
+        return self.merged(
+            [
+                table.filter(
+                    pc.and_(pc.greater_equal(table["w"], first), pc.less_equal(table["w"], last))
+                )
+                for table in self._partials
+            ]
+        )
 
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged.

@@ -42,7 +42,7 @@ class DeadLetter:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the payload travels as base64 in ``payload_b64``."""
         # shallow (every field but origin is a scalar): dataclasses.asdict deep-copies, ~10x slower
-        row = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        row = {name: getattr(self, name) for name in _FIELD_NAMES}
         row["origin"] = dict(self.origin)
         row["payload_b64"] = base64.b64encode(row.pop("payload")).decode("ascii")
         return row
@@ -71,6 +71,9 @@ class DeadLetter:
             return cls(payload=payload, **fields)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a dead-letter row ({exc!s}): keys {sorted(row)!r}") from None
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(DeadLetter))
 
 
 def utc_iso(micros: int) -> str:
