@@ -521,19 +521,11 @@ class ColumnarState:
     def final_table(self, windows: tuple[int, int] | None = None) -> pa.Table | None:
         """:meth:`final`'s groups as one :meth:`merged` table (None when there are none); with
         ``windows`` (a range of :meth:`window_parts`), the groups of those windows only."""
-        if not self._partials:
-            return None
-        if windows is None:
-            return self.merged(self._partials)
-        first, last = windows
-        return self.merged(
-            [
-                table.filter(
-                    pc.and_(pc.greater_equal(table["w"], first), pc.less_equal(table["w"], last))
-                )
-                for table in self._partials
-            ]
-        )
+        tables = self._partials
+        if windows is not None:  # the groups of the windows starting in [first, last]
+            first, last = windows
+            tables = [t.filter((pc.field("w") >= first) & (pc.field("w") <= last)) for t in tables]
+        return self.merged(tables) if tables else None
 
     def final(self) -> Iterator[tuple[Any, ...]]:
         """``(window start, key, count, sum, min, max, ...)`` per (window, key), merged.
