@@ -160,7 +160,9 @@ def load_pipeline(load: Callable[[], T], argv: Sequence[str]) -> T:
     if "apache_beam" in sys.modules or not runs_here_without_cloud(argv):
         return load()
     loaded = load_without_cloud(load)
-    from numpy._core.multiarray import _set_madvise_hugepage  # (numpy 2; see the docstring)
+    from numpy._core.multiarray import (  # type: ignore[attr-defined]  # numpy 2, untyped
+        _set_madvise_hugepage,
+    )
 
     _set_madvise_hugepage(False)
     return loaded

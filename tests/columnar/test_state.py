@@ -76,12 +76,19 @@ def _random_blocks(seed, blocks=40):
     return out
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("slots", [1 << 16, 16])
 @pytest.mark.parametrize("weak_hash", [False, True])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_hash, slots):
-    """The numpy id table gives the dict's keep masks: shared hashes, growth, every id kept."""
+def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_hash, slots, grouped):
+    """The numpy id table gives the dict's keep masks: shared hashes, growth, every id kept.
+
+    ``grouped``: each block's rows come grouped by id (``group_ids``, as a forked decoding
+    sends them), without their ids.
+    """
     import numpy as np
+
+    from headwater.columnar.batchids import group_ids
 
     monkeypatch.setattr(idtable, "_ID_SLOTS", slots)  # 16: the table grows and drops often
 
@@ -95,7 +102,10 @@ def test_dedup_table_keeps_exactly_what_a_dict_keeps(monkeypatch, seed, weak_has
     blocks = _random_blocks(seed)
     want = _reference_dedup(blocks, 20_000_000)
     for (ids, times), expected in zip(blocks, want, strict=True):
-        assert state.deduplicate(_id_block(ids, times)).tolist() == expected
+        rows = _id_block(ids, times)
+        if grouped:
+            rows.grouped, rows.ids = group_ids(rows.ids, rows.ts), None
+        assert state.deduplicate(rows).tolist() == expected
     assert _held_anchors(state) == _newest_copies(blocks)
     # a table of 16 slots fills up: settled ids go to disk; a large one holds all in memory
     # (with the weak hash nearly every id lives beside the table, which seldom fills)

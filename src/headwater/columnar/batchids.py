@@ -27,19 +27,61 @@ years ahead does not move the bound (a median does not follow it).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 
+from headwater.columnar import idtable
 from headwater.columnar.idtable import IdAnchors
 from headwater.columnar.spill import SpilledAnchors
 from headwater.windowing import rules
 from headwater.windowing.rules import NO_TIME
 
-__all__ = ["BatchIds"]
+__all__ = ["BatchIds", "GroupedIds", "group_ids"]
 
 # The ids the table is sized for at once (expect): a table that fills up moves its settled ids
 # to disk instead of growing.
 _SIZED_IDS = 1 << 20
+
+
+@dataclasses.dataclass
+class GroupedIds:
+    """A block's rows grouped by id, and what the rule needs of them within the block: no state
+    of the run, so any process may compute it (:func:`group_ids`) for :meth:`BatchIds.keep`."""
+
+    unique: pa.Array  # the block's distinct ids
+    hashes: np.ndarray  # hash_ids(unique)
+    order: np.ndarray  # the rows grouped by id (in the order of unique), arrival order within
+    sorted_group: np.ndarray  # per row in that order, its id's index in unique
+    sorted_ts: np.ndarray  # per row in that order, its event time
+    starts: np.ndarray  # where each id's rows start in that order
+    previous: np.ndarray  # per row in that order, the newest event time of its id's earlier
+    # copies in the block (NO_TIME for the first)
+    median: int  # of the block's event times
+
+
+def group_ids(ids: pa.Array, ts: np.ndarray) -> GroupedIds:
+    """A block's rows grouped by id (ids: strings, no nulls; ts: event time, micros)."""
+    n = len(ts)
+    encoded = ids.dictionary_encode()
+    group = encoded.indices.to_numpy().astype(np.int64)
+    unique = encoded.dictionary
+    # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
+    narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
+    order = np.argsort(narrow, kind="stable")
+    sorted_group = group[order]
+    sorted_ts = ts[order]
+    same = np.zeros(n, dtype=bool)
+    same[1:] = sorted_group[1:] == sorted_group[:-1]
+    # the newest earlier copy within the block, per id (rows grouped by id)
+    running = rules.running_max_v(sorted_group, sorted_ts)
+    previous = np.full(n, NO_TIME, dtype=np.int64)
+    previous[1:][same[1:]] = running[:-1][same[1:]]
+    starts = np.flatnonzero(~same)  # each id's first row (ids in dictionary order)
+    median = int(np.median(sorted_ts))
+    hashes = idtable.hash_ids(unique)  # the table's hash, as the table calls it
+    return GroupedIds(unique, hashes, order, sorted_group, sorted_ts, starts, previous, median)
 
 
 class BatchIds:
@@ -69,43 +111,39 @@ class BatchIds:
         block is judged). Results do not depend on it."""
         self._expected += max(records, 0)
 
-    def keep(self, ids: pa.Array, ts: np.ndarray) -> np.ndarray:
-        """The keep mask of a block's rows (ids: strings, no nulls; ts: event time, micros)."""
+    def keep(
+        self, ids: pa.Array | None, ts: np.ndarray, grouped: GroupedIds | None = None
+    ) -> np.ndarray:
+        """The keep mask of a block's rows (ids: strings, no nulls; ts: event time, micros).
+
+        ``grouped``: the block's :func:`group_ids`, when computed already (then ``ids`` may be
+        None).
+        """
         n = len(ts)
         if n == 0:  # (a median of nothing is not a time)
             return np.ones(0, dtype=bool)
         horizon = self._horizon
-        encoded = ids.dictionary_encode()
-        group = encoded.indices.to_numpy().astype(np.int64)
-        unique = encoded.dictionary
+        if grouped is None:
+            assert ids is not None
+            grouped = group_ids(ids, ts)
+        unique, order, starts = grouped.unique, grouped.order, grouped.starts
+        sorted_group, sorted_ts = grouped.sorted_group, grouped.sorted_ts
         if self._expected:  # never sized past _SIZED_IDS: a run of many files fills and spills
             self.anchors.reserve(min(self._expected, _SIZED_IDS - len(self.anchors)))
             self._expected = 0
-        # rows grouped by id, arrival order within an id (16-bit indexes sort by radix)
-        narrow = group.astype(np.uint16) if len(unique) <= 1 << 16 else group
-        order = np.argsort(narrow, kind="stable")
-        sorted_group = group[order]
-        sorted_ts = ts[order]
-        same = np.zeros(n, dtype=bool)
-        same[1:] = sorted_group[1:] == sorted_group[:-1]
-        starts = np.flatnonzero(~same)  # each id's first row (ids in dictionary order)
-        carried, handle = self.anchors.lookup(unique)
+        carried, handle = self.anchors.lookup(unique, grouped.hashes)
         if self.spilled is not None:  # ids on disk: only a copy within their horizon asks
             oldest = np.minimum.reduceat(sorted_ts, starts)
             ask = np.flatnonzero((carried == NO_TIME) & (oldest <= self._spilled_newest + horizon))
             if len(ask):
                 carried[ask] = self.spilled.get(unique.take(pa.array(ask)))
-        # the newest earlier copy within the block, per id (rows grouped by id)
-        running = rules.running_max_v(sorted_group, sorted_ts)
-        previous = np.full(n, NO_TIME, dtype=np.int64)
-        previous[1:][same[1:]] = running[:-1][same[1:]]
-        anchor = np.maximum(previous, carried[sorted_group])
+        anchor = np.maximum(grouped.previous, carried[sorted_group])
         duplicate_sorted = rules.is_duplicate_v(sorted_ts, anchor, horizon)
         keep = np.ones(n, dtype=bool)
         keep[order] = ~duplicate_sorted
         # carry each id's newest event time to the next blocks
         newest = np.maximum(np.maximum.reduceat(sorted_ts, starts), carried)
-        self._progress = max(self._progress, int(np.median(sorted_ts)))
+        self._progress = max(self._progress, grouped.median)
         self.anchors.store(unique, handle, newest, self._settled, self._spill)
         return keep
 

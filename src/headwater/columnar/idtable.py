@@ -145,9 +145,10 @@ class IdAnchors(dict):
             position[pending] = (position[pending] + 1) & (len(self._slots) - 1)
         return entries
 
-    def lookup(self, ids: pa.Array) -> tuple[np.ndarray, Any]:
-        """Each id's anchor (``NO_TIME`` when not held), and a handle for :meth:`put`."""
-        hashes = hash_ids(ids)
+    def lookup(self, ids: pa.Array, hashes: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        """Each id's anchor (``NO_TIME`` when not held), and a handle for :meth:`put`
+        (``hashes``: :func:`hash_ids` of ``ids``, when computed already)."""
+        hashes = hash_ids(ids) if hashes is None else hashes
         entries = self._probe(hashes)
         hit = np.flatnonzero(entries >= 0)
         if len(hit):

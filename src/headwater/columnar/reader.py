@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from headwater.columnar.batchids import group_ids
 from headwater.columnar.jsonruns import LineRanges, invalid_utf8_lines, parse_run
 from headwater.columnar.state import (
     SLOW_ROWS,
@@ -356,6 +357,9 @@ class BlockReader(beam.DoFn):
             ours = _json_pieces(path, wanted=lambda number: number % processes == index)
             for block in self._decoded_json_blocks(state, path, ours):
                 block.element = None  # its bytes stay here
+                rows = block.rows
+                if rows is not None and rows.ids is not None:  # the dedup's own work, there
+                    rows.grouped, rows.ids = group_ids(rows.ids, rows.ts), None
                 counts = {name: value for name, value in state.counts.items() if value}
                 state.counts.update(dict.fromkeys(counts, 0))
                 dead = self._shipped_letters(state.dead)

@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
-from headwater.columnar.batchids import BatchIds
+from headwater.columnar.batchids import BatchIds, GroupedIds
 from headwater.core.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.aggregate import MetricSpec, RecordCheck
 from headwater.transforms.dedup import DeduplicateById
@@ -91,6 +91,7 @@ class AcceptedRows:
     values: np.ndarray  # float64 [rows, fields] (int sums stay exact in ``int_values``)
     int_values: list[np.ndarray | None]  # per field, when all were ints: [rows, 2] int64 limbs
     positions: np.ndarray  # position of each row in the block (for emit_duplicates)
+    grouped: GroupedIds | None = None  # the rows grouped by id, computed where they were decoded
 
 
 @dataclasses.dataclass
@@ -383,7 +384,7 @@ class ColumnarState:
         """A keep mask: False for duplicates (keep-first, event time, horizon)."""
         if self.id_of is None:
             return np.ones(len(rows.ts), dtype=bool)
-        return self.ids.keep(rows.ids, rows.ts)
+        return self.ids.keep(rows.ids, rows.ts, rows.grouped)
 
     def aggregate(self, rows: AcceptedRows, keep: np.ndarray) -> None:
         """Pre-aggregates the kept rows of a block per (window start, key).
