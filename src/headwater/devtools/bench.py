@@ -592,6 +592,7 @@ def headwater_replay(path: Path, out: Path, engine: str) -> dict[str, Any]:
 _STAGES = (
     ("dedup", "ColumnarState", "deduplicate"),
     ("aggregate", "ColumnarState", "aggregate"),
+    ("write", "ComputeColumnarFn", "_write_final"),  # the final merge and write, forked or not
     ("write", "ColumnarState", "final_table"),  # the final merge of the groups
     ("write", "WindowWriter", "_write_table"),
     ("write", "WindowWriter", "_write_columns"),
@@ -602,7 +603,8 @@ _STAGES = (
 
 @contextlib.contextmanager
 def stage_timers() -> Iterator[dict[str, float]]:
-    """Seconds spent in the columnar path's steps while the block runs (this process only).
+    """Seconds spent in the columnar path's steps while the block runs (this process only:
+    decoding in forked processes shows as ``parse_and_checks``, the time waited for them).
 
     Wraps the columnar DoFn's ``process`` and its dedup, aggregation and write steps (a
     generator is timed per ``next``, so time spent downstream of a yield is not counted; a step
