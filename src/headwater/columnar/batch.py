@@ -42,7 +42,7 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
     """A glob -> rows (in their windows), dead letters and, optionally, duplicates."""
 
     _sizes_ids = True  # see BlockReader
-    _forks_decoding_ = True  # see BlockReader (duplicates are read from a block: emit_duplicates
+    _may_fork_decoding = True  # see BlockReader (duplicates are read from a block: emit_duplicates
     # decodes here)
     _letters: BatchDeadLetterFiles | None = None  # the run's dead letters, when written here
 

@@ -284,7 +284,7 @@ class BlockReader(beam.DoFn):
     _sizes_ids = False
     # Whether a large file may be decoded in forked processes (given decode_processes): the
     # DoFn's _finish_block then gets no ``element`` (the block's bytes stay in the process).
-    _forks_decoding_ = False
+    _may_fork_decoding = False
 
     # --- JSON lines ----------------------------------------------------------------------
 
@@ -333,7 +333,7 @@ class BlockReader(beam.DoFn):
         options = self._options
         return (
             CAN_FORK
-            and self._forks_decoding_
+            and self._may_fork_decoding
             and options.decode_processes > 1
             and not options.emit_duplicates  # a duplicate's record is read from its block
             and FileSystems.get_scheme(path) is None

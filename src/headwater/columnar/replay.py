@@ -176,7 +176,7 @@ class ReplayColumnarFn(ComputeColumnarFn):
     """A glob -> rows as windows close, late envelopes, dead letters, duplicates, file paths."""
 
     _sizes_ids = False  # the replay forgets ids as a stream does (ReplayState)
-    _forks_decoding_ = False  # its late envelopes and watermark read the blocks' records
+    _may_fork_decoding = False  # its late envelopes and watermark read the blocks' records
 
     def __init__(self, options: ColumnarOptions, watermark_every: int):
         super().__init__(options)
