@@ -22,6 +22,7 @@ from headwater.io.kafka import (
     request_drain,
     reset_drain,
 )
+from headwater.io.kafka.errors import KafkaIOError
 from headwater.io.kafka.partitions import allocate, resolve_starts
 from headwater.io.kafka.reader import ReadPartitionFn, ReadPartitionUnboundedFn
 from headwater.io.kafka.restriction import (
@@ -461,6 +462,40 @@ def test_committed_start_falls_back_to_earliest_and_times_to_end():
     assert resolve_starts(
         _StartConsumer(), conn, parts, lows, highs, start={("t", 1): 50}, timeout=1
     ) == [0, 20]
+
+
+class _PassingCoordinator(_StartConsumer):
+    """A group coordinator that answers ``errors`` (error codes, in order) before its offsets."""
+
+    def __init__(self, *errors):
+        self.errors = list(errors)
+        self.asked = 0
+
+    def committed(self, tps, timeout):
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.asked += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return super().committed(tps, timeout)
+
+
+def test_committed_start_asks_again_while_the_coordinator_moves_or_loads():
+    """NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS (a restarted broker) are asked again;
+    another error is raised at once, naming the start."""
+    from confluent_kafka import KafkaError
+
+    conn = KafkaConnection("h:1")
+    parts, lows, highs = [("t", 0), ("t", 1)], [0, 2], [10, 20]
+    passing = _PassingCoordinator(
+        KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS
+    )
+    assert resolve_starts(passing, conn, parts, lows, highs, start="committed", timeout=5) == [7, 2]
+    assert passing.asked == 3
+    refused = _PassingCoordinator(KafkaError.GROUP_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaIOError, match="resolving start=committed"):
+        resolve_starts(refused, conn, parts, lows, highs, start="committed", timeout=5)
+    assert refused.asked == 1
 
 
 @pytest.mark.parametrize(

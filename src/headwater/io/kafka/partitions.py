@@ -176,6 +176,34 @@ def read_partitions(
     return reads
 
 
+# The group coordinator's passing states: moved to another broker, loading its offsets, not up yet
+# (a restarted or rebalancing broker); the offset fetch is asked again until the timeout.
+_COORDINATOR_PASSING = (
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT_AVAILABLE",
+)
+
+
+def _committed(consumer: Any, partitions: list[Any], timeout: float) -> list[Any]:
+    """The group's committed offsets, asked again while the coordinator is passing through one
+    of its transient states or the error is retriable, up to ``timeout`` seconds in all."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=max(deadline - time.monotonic(), 0.1))
+        except KafkaException as exc:
+            error: Any = exc.args[0] if exc.args else None
+            name = error.name() if error is not None else ""
+            passing = error is not None and (error.retriable() or name in _COORDINATOR_PASSING)
+            if not passing or time.monotonic() >= deadline:
+                raise
+            _LOG.info("committed offsets: %s; asking again", name)
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))  # the broker's pace
+
+
 def resolve_starts(
     consumer: Any,
     connection: KafkaConnection,
@@ -211,9 +239,7 @@ def resolve_starts(
         return starts
     try:
         if start == "committed":
-            committed = consumer.committed(
-                [TopicPartition(t, p) for t, p in partitions], timeout=timeout
-            )
+            committed = _committed(consumer, [TopicPartition(t, p) for t, p in partitions], timeout)
             reset = str(connection.config.get("auto.offset.reset", "earliest"))
             fallback = highs if reset in ("latest", "largest", "end") else lows
             return [
