@@ -317,6 +317,31 @@ def test_windows_merged_and_written_in_forked_processes_are_one_processs_files(
     assert asked == [3]
 
 
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_a_run_that_cannot_fork_decodes_merges_and_writes_everything_here(
+    dirty_file, tmp_path, monkeypatch, caplog
+):
+    """No process to be had (a process limit, memory): the decoding and the final merge run in
+    this process, with a warning, and give one process's files and counters (no window lost,
+    no counter left behind)."""
+    import os
+
+    from headwater.columnar import batch
+
+    monkeypatch.setattr(reader, "_FORK_DECODE_BYTES", 0)
+    monkeypatch.setattr(batch, "_FORK_ROWS", 0)
+    one = _written(dirty_file, tmp_path / "one")
+
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    with caplog.at_level("WARNING", logger="headwater.core.forked"):
+        here = _written(dirty_file, tmp_path / "here", decode_processes=2, write_processes=3)
+    assert here == one
+    assert caplog.text.count("no process forked") == 2  # the decoding, the merge
+
+
 def test_emitted_duplicates_are_decoded_here(dirty_file, forked_decoding):
     """A duplicate's record is read from its block: with emit_duplicates the blocks are decoded
     in this process, whatever decode_processes says."""

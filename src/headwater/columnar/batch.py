@@ -104,10 +104,15 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
             return
 
         def write(index: int, processes: int) -> Iterator[tuple[list[str], int, int]]:
-            del processes  # one item per process: its range of windows
-            self._files, self._rows_written = _Tally(), _Tally()  # counted by the caller
-            paths = list(self._write_table(state.final_table(parts[index])))
-            yield paths, self._files.value, self._rows_written.value
+            # ranges index, index + processes, ... (all of them when the stream runs here)
+            counters = self._files, self._rows_written
+            for windows in parts[index::processes]:
+                files, rows = self._files, self._rows_written = _Tally(), _Tally()  # for the
+                try:  # caller to count
+                    paths = list(self._write_table(state.final_table(windows)))
+                finally:
+                    self._files, self._rows_written = counters
+                yield paths, files.value, rows.value
 
         for paths, files, rows in forked_stream(write, processes=len(parts)):
             self._files.inc(files)

@@ -349,21 +349,25 @@ class BlockReader(beam.DoFn):
         dead letters it made come with the block and are added to ``state`` here.
         """
 
+        here = os.getpid()
+
         def decode(index: int, processes: int) -> Iterator[_ForkedBlock]:
-            global _POOL  # this process's own parse threads (the caller's are not here): the
-            _POOL = _new_pool(_parse_threads() // processes)  # threads split over the processes
-            state.counts.update(dict.fromkeys(state.counts, 0))  # the caller counted those
-            state.dead.clear()
+            global _POOL
+            if os.getpid() != here:  # a child: its own parse threads (the caller's are not
+                _POOL = _new_pool(_parse_threads() // processes)  # there), split over them
+            # a state of its own: what it counts and refuses travels with each block (in this
+            # process too, when the stream could not fork)
+            decoding = ColumnarState(self._options)
             ours = _json_pieces(path, wanted=lambda number: number % processes == index)
-            for block in self._decoded_json_blocks(state, path, ours):
+            for block in self._decoded_json_blocks(decoding, path, ours):
                 block.element = None  # its bytes stay here
                 rows = block.rows
                 if rows is not None and rows.ids is not None:  # the dedup's own work, there
                     rows.grouped, rows.ids = group_ids(rows.ids, rows.ts), None
-                counts = {name: value for name, value in state.counts.items() if value}
-                state.counts.update(dict.fromkeys(counts, 0))
-                dead = self._shipped_letters(state.dead)
-                state.dead.clear()
+                counts = {name: value for name, value in decoding.counts.items() if value}
+                decoding.counts.update(dict.fromkeys(counts, 0))
+                dead = self._shipped_letters(decoding.dead)
+                decoding.dead.clear()
                 yield _ForkedBlock(block, counts, dead)
 
         for forked in forked_stream(decode, processes=self._options.decode_processes):
