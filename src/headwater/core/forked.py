@@ -102,9 +102,8 @@ def _fork_part(work: Callable[[int, int], None], start: int, stop: int) -> _Chil
             work(start, stop)
             code = 0
         except BaseException as exc:  # reported to the parent, which raises
-            text = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
             with contextlib.suppress(OSError):
-                os.write(write, text.encode("utf-8", "replace"))
+                os.write(write, _error_text(exc))
         finally:
             os._exit(code)
     return pid, read, start, stop
@@ -142,12 +141,24 @@ def _wait(child: _Child) -> str | None:
     finally:
         os.close(read)
     if os.WIFSIGNALED(status):
-        message = f"killed by signal {os.WTERMSIG(status)}"
+        message = _ended(status)
     elif os.waitstatus_to_exitcode(status) != 0:
-        message = message or f"exit code {os.waitstatus_to_exitcode(status)}"
+        message = message or _ended(status)
     else:
         return None
     return f"items [{start}, {stop}) in forked process {pid}: {message}"
+
+
+def _error_text(exc: BaseException) -> bytes:
+    """A child's error as it sends it to the caller: its type and message, capped."""
+    return f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS].encode("utf-8", "replace")
+
+
+def _ended(status: int) -> str:
+    """How a child ended, from its wait status: the signal that killed it, or its exit code."""
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 # --- an ordered stream of items computed in forked children ---------------------------------
@@ -256,9 +267,7 @@ class _Streaming:
             return data.decode("utf-8", "replace")
         status = self._wait()
         assert status is not None
-        if os.WIFSIGNALED(status):
-            return f"killed by signal {os.WTERMSIG(status)}"
-        return f"ended (exit code {os.waitstatus_to_exitcode(status)}) before its last item"
+        return f"{_ended(status)}, before its last item"
 
     def close(self) -> None:
         """Stops the child (killed unless it has ended: the caller is done) and the reader."""
@@ -289,7 +298,7 @@ def _stream_child(
         except BrokenPipeError:  # the caller stopped reading
             code = 0
         except BaseException as exc:  # sent to the caller, which raises
-            text = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS].encode("utf-8", "replace")
+            text = _error_text(exc)
             with contextlib.suppress(OSError):
                 stream.write(_HEADER.pack(_FAILED, len(text)))
                 stream.write(text)
