@@ -19,7 +19,8 @@ as it is.
 Such a run also asks numpy not to advise transparent huge pages for its large arrays (numpy's
 default on Linux): a local run's arrays live for one block and are freed, and a huge page is
 zeroed whole (2 MiB) when first touched, which cost a run over 1M events about 0.15 s of system
-time in page faults.
+time in page faults. It imports ``numpy.ma`` too, which numpy imports on a first ``np.unique``:
+once before the run forks its decoding processes instead of once in each.
 
 >>> runs_here_without_cloud(["--input=events/*.jsonl", "--runner=FnApiRunner"])
 True
@@ -165,4 +166,6 @@ def load_pipeline(load: Callable[[], T], argv: Sequence[str]) -> T:
     )
 
     _set_madvise_hugepage(False)
+    import numpy.ma  # noqa: F401 -- numpy imports it on a first np.unique: once here, not per fork
+
     return loaded

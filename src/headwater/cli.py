@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater import pipelines
+from headwater._launch import start_early_parse
 from headwater._startup import load_pipeline
 from headwater.pipelines.catalog import SPECS, spec
 from headwater.pipelines.checks import DATA_CHECK_EXIT, DataCheckError, OutputPathError
@@ -335,7 +336,10 @@ def console(argv: Sequence[str] | None = None) -> int:
     interpreter's teardown would otherwise walk them in its collections, ~0.1 s after a 1M-event
     batch run, with nothing left to collect. Only for a process about to exit (an embedding
     program calls :func:`main`).
+
+    A local ``run`` first forks the early parse of its input (:mod:`headwater.columnar.early`).
     """
+    start_early_parse(sys.argv[1:] if argv is None else argv)
     code = main(argv)
     gc.freeze()
     return code

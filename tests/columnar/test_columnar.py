@@ -21,6 +21,7 @@ from headwater.columnar import (
     columnar_supported,
     columnar_unsupported_reason,
     idtable,
+    jsonblocks,
     reader,
 )
 from headwater.columnar.spill import SpilledAnchors
@@ -106,7 +107,7 @@ def test_columnar_and_record_path_equal_plain_python_on_malformed_workload(
     With ``parse_bytes`` each block is parsed as many small pieces, side by side.
     """
     if parse_bytes is not None:
-        monkeypatch.setattr(reader, "_PARSE_BYTES", parse_bytes)
+        monkeypatch.setattr(jsonblocks, "PARSE_BYTES", parse_bytes)
     events = list(generate(2_000, seed=11, malformed_frac=0.03))
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(e.line + b"\n" for e in events))
@@ -296,7 +297,7 @@ def test_batch_dedup_gives_the_record_paths_answer_whatever_the_block_size(
     path = tmp_path / "events.jsonl"
     # a@0, then b moves the stream 20 min on, then a retry of a (1 s after its anchor)
     path.write_bytes(_line("a", 0) + _line("b", 1_200_000) + _line("a", 1_000))
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)  # 80: one line per block
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", block_bytes)  # 80: one line per block
 
     def counts(pipeline):
         accounting = Accounting.from_result(pipeline.run())
@@ -311,7 +312,7 @@ def test_ids_moved_to_disk_still_make_late_retries_duplicates(tmp_path, monkeypa
     and a retry far behind the stream is judged against them, as the record path judges it."""
     monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
     monkeypatch.setattr(batchids, "_SIZED_IDS", 4)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)  # one line per block
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", 80)  # one line per block
     lines = [_line("a", 0), _line("c", 60_000)]
     lines += [_line(f"b{i}", 1_200_000 + i) for i in range(40)]  # 20 min on: a and c settle
     lines += [_line("a", 1_000), _line("c", 661_000), _line("a", 600_001), _line("b3", 3)]
@@ -420,7 +421,7 @@ def test_files_do_not_depend_on_how_blocks_are_cut_into_parse_pieces(tmp_path, m
     path.write_bytes(b"\n".join(lines) + b"\n")
     written = {}
     for name, size in (("whole", 1 << 20), ("pieces", 700)):
-        monkeypatch.setattr(reader, "_PARSE_BYTES", size)
+        monkeypatch.setattr(jsonblocks, "PARSE_BYTES", size)
         with TestPipeline(runner="FnApiRunner") as p:
             _ = p | ComputeWindowedMetricsColumnar(
                 pattern=str(path), file_format="json", output=str(tmp_path / name), **_options()
@@ -517,7 +518,7 @@ def test_hostile_values_give_the_same_exact_rows_and_dead_letters_on_both_engine
     With ``parse_bytes`` every line is a piece of its own, so int key columns take the fast path.
     """
     if parse_bytes is not None:
-        monkeypatch.setattr(reader, "_PARSE_BYTES", parse_bytes)
+        monkeypatch.setattr(jsonblocks, "PARSE_BYTES", parse_bytes)
     pattern = _hostile_files(tmp_path, lone_surrogates=lone)
     record_p = TestPipeline(runner="FnApiRunner", blocking=True)
     read = record_p | ReadFromFiles(pattern, format="json")
@@ -606,7 +607,7 @@ def test_int_sums_past_int64_do_not_wrap_around(tmp_path, engine):
 
 def test_int_sums_stay_exact_when_merged_across_many_blocks(tmp_path, monkeypatch):
     """Extreme int64 amounts, one block per line: every partial merge keeps the sum exact."""
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 1)  # each line is a block (and a partial)
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", 1)  # each line is a block (and a partial)
     top, bottom = 2**63 - 1, -(2**63)
     amounts = [top] * 40 + [bottom] * 13 + [12345]
     path = tmp_path / "extreme.jsonl"

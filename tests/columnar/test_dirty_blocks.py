@@ -12,7 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from headwater.columnar import ComputeWindowedMetricsColumnar, reader
+from headwater.columnar import ComputeWindowedMetricsColumnar, early, jsonblocks, reader
 from headwater.columnar.state import ColumnarState
 from headwater.core.accounting import Accounting
 from headwater.core.forked import CAN_FORK
@@ -137,8 +137,8 @@ def _letter(letter):
 @pytest.fixture
 def dirty_file(tmp_path, monkeypatch):
     """The dirty file, read in blocks of 10 lines, from chunks that cut lines in two."""
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", (_WIDTH + 1) * _BLOCK_LINES)
-    monkeypatch.setattr(reader, "_READ_CHUNK", 7 * _WIDTH + 13)
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", (_WIDTH + 1) * _BLOCK_LINES)
+    monkeypatch.setattr(jsonblocks, "READ_CHUNK", 7 * _WIDTH + 13)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in _lines()))
     return path
@@ -198,7 +198,7 @@ def test_bad_lines_anywhere_in_a_block_give_the_record_paths_results(
     With ``parse_lines`` a block is parsed in pieces of three lines, side by side.
     """
     if parse_lines is not None:
-        monkeypatch.setattr(reader, "_PARSE_BYTES", (_WIDTH + 1) * parse_lines)
+        monkeypatch.setattr(jsonblocks, "PARSE_BYTES", (_WIDTH + 1) * parse_lines)
     counts, slow = _compare_engines(dirty_file)
     assert counts["dead_letter"] >= 30  # most bad lines are dead letters, not dropped
     assert counts["duplicate"] > 0
@@ -229,7 +229,7 @@ def test_parsing_on_the_dofns_own_thread_gives_the_same_results(dirty_file, monk
     threads, bad lines included."""
     monkeypatch.setenv("HEADWATER_PARSE_THREADS", "0")
     monkeypatch.setattr(reader, "_POOL", None)
-    monkeypatch.setattr(reader, "_PARSE_BYTES", (_WIDTH + 1) * 3)
+    monkeypatch.setattr(jsonblocks, "PARSE_BYTES", (_WIDTH + 1) * 3)
     counts, _ = _compare_engines(dirty_file)
     assert isinstance(reader._parse_pool(), reader._OnThisThread)
     assert counts["dead_letter"] >= 30
@@ -239,7 +239,7 @@ def test_parsing_on_the_dofns_own_thread_gives_the_same_results(dirty_file, monk
 def forked_decoding(monkeypatch):
     """Files of any size decoded in forked processes, given decode_processes: the process
     counts of the forked decodings, as the reader asked for them."""
-    monkeypatch.setattr(reader, "_FORK_DECODE_BYTES", 0)
+    monkeypatch.setattr(jsonblocks, "FORK_DECODE_BYTES", 0)
     asked = []
     forked_stream = reader.forked_stream
 
@@ -328,7 +328,7 @@ def test_a_run_that_cannot_fork_decodes_merges_and_writes_everything_here(
 
     from headwater.columnar import batch
 
-    monkeypatch.setattr(reader, "_FORK_DECODE_BYTES", 0)
+    monkeypatch.setattr(jsonblocks, "FORK_DECODE_BYTES", 0)
     monkeypatch.setattr(batch, "_FORK_ROWS", 0)
     one = _written(dirty_file, tmp_path / "one")
 
@@ -413,3 +413,110 @@ def test_bad_lines_in_a_large_block_cost_only_themselves(tmp_path):
     counts, slow = _compare_engines(path)
     assert counts["dead_letter"] > 0
     assert slow == len(bad)
+
+
+# --- the early parse (headwater.columnar.early) ---------------------------------------------
+
+
+@pytest.fixture
+def parsed_early(dirty_file, tmp_path, monkeypatch):
+    """The dirty file as the early process leaves it (its own code, run here): a folder of
+    laid-out, parsed blocks; the reader's claim gets it (the paths it claimed are listed)."""
+    import os
+
+    folder = tmp_path / "early"
+    folder.mkdir()
+    early._parse_ahead(str(dirty_file), str(folder), os.getppid())
+    claimed: list[str] = []
+
+    def claim(path):
+        claimed.append(path)
+        return early.Spool(str(folder))
+
+    monkeypatch.setattr(early, "claim", claim)
+    return folder, claimed
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_blocks_parsed_early_give_the_record_paths_results(
+    dirty_file, forked_decoding, parsed_early
+):
+    """Decoders that take the early process's blocks (every block of the dirty file: bad lines
+    of every kind, a line longer than a block, a float event time): the record path's rows,
+    counters and dead letters; the early folder is removed once the decoding is over."""
+    folder, claimed = parsed_early
+    assert len(early.Spool(str(folder)).first_lines) > 6
+    _compare_engines(dirty_file, decode_processes=2)
+    assert claimed == [str(dirty_file)]
+    assert forked_decoding == [2]
+    assert not folder.exists()
+
+
+def test_an_early_block_is_only_checked_unless_the_options_change_its_layout(
+    dirty_file, parsed_early, monkeypatch
+):
+    """A block the early process parsed is not parsed again: the same accepted rows, counters
+    and dead letters as one parsed here; a block whose layout the options change (a float
+    event time: the checks take the column only as integers) is parsed anew."""
+    from headwater.columnar.batch import ComputeColumnarFn
+
+    folder, _ = parsed_early
+    spool = early.Spool(str(folder))
+    options = ComputeWindowedMetricsColumnar(
+        pattern=str(dirty_file), file_format="json", **_options()
+    )._options
+    fn = ComputeColumnarFn(options)
+    parses: list[int] = []
+    parse_run = reader.parse_run
+
+    def counted(*args):
+        parses.append(1)
+        return parse_run(*args)
+
+    monkeypatch.setattr(reader, "parse_run", counted)
+    whole = ("event_time", "user_id", "event_id")
+    checked = anew = 0
+    for first_line, block in reader._json_pieces(str(dirty_file)):
+        results = []
+        for given in (None, spool):
+            state = ColumnarState(options)
+            parses.clear()
+            pending = fn._start_json_block(state, str(dirty_file), first_line, block, set(), given)
+            decoded = fn._decode_json_block(state, pending)
+            rows = decoded.rows
+            results.append(
+                (
+                    decoded.records.tolist(),
+                    None if rows is None else (rows.ts.tolist(), rows.ids.to_pylist()),
+                    None if rows is None else (rows.keys.to_pylist(), rows.values.tolist()),
+                    # columnar.slow_rows depends on the odd kinds known (which lines are set
+                    # aside before the parse): the outcomes do not
+                    {k: v for k, v in state.counts.items() if k != "columnar.slow_rows"},
+                    [_letter(letter) for letter in state.dead],
+                    len(parses),
+                )
+            )
+        assert results[0][:5] == results[1][:5]
+        done = spool.take(first_line)
+        if done.fits(len(block), None, whole):
+            assert results[1][5] == 0  # only checked
+            checked += 1
+        else:
+            assert results[1][5] == results[0][5] > 0  # parsed anew
+            anew += 1
+    assert checked > 6
+    assert anew >= 1  # the float event time's block
+
+
+def test_an_early_block_fits_only_the_bytes_and_options_it_was_parsed_for(dirty_file, parsed_early):
+    folder, _ = parsed_early
+    spool = early.Spool(str(folder))
+    done = spool.take(1)
+    assert done is not None
+    assert spool.take(2) is None  # no block starts at line 2
+    longest = done.layout.longest_parsed()
+    assert done.fits(done.size, None, ("user_id",))
+    assert done.fits(done.size, longest, ("user_id",))
+    assert not done.fits(done.size + 1, None, ())  # other bytes
+    assert not done.fits(done.size, longest - 1, ())  # a parsed line over --max_record_bytes
+    assert not done.fits(done.size, None, ("amount",))  # read as floats

@@ -15,8 +15,8 @@ from headwater.columnar import (
     ComputeWindowedMetricsParallel,
     batchids,
     idtable,
+    jsonblocks,
     parallel,
-    reader,
 )
 from headwater.columnar.parallel import plan_splits
 from headwater.core.accounting import Accounting
@@ -137,7 +137,7 @@ def test_parallel_files_equal_sequential_and_record_path_for_any_cut(
     """Byte-identical window files, exact counters and the same dead letters, however cut."""
     pattern, root, counters = integer_run
     if block_bytes is not None:
-        monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", block_bytes)
     got = _parallel(pattern, tmp_path, shards=shards, split_bytes=split_bytes)
     assert got == counters
     assert counters["duplicate"] > 0
@@ -164,7 +164,7 @@ def test_float_sums_repeat_exactly_for_one_shard_count(tmp_path, monkeypatch):
     pattern = _workload(tmp_path / "in", 4_000, integer_amounts=False)
     first = _parallel(pattern, tmp_path / "one", shards=4, split_bytes=1 << 30)
     second = _parallel(pattern, tmp_path / "two", _MULTI, shards=4, split_bytes=30_000)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 9_000)  # reaches in-process workers only
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", 9_000)  # reaches in-process workers only
     third = _parallel(pattern, tmp_path / "three", shards=4, split_bytes=50_000)
     assert first == second == third
     files = _files(tmp_path / "one" / "rows")
@@ -381,7 +381,7 @@ def test_a_run_that_moved_ids_to_disk_says_so(tmp_path, monkeypatch, capsys, ext
 
     monkeypatch.setattr(idtable, "_ID_SLOTS", 16)
     monkeypatch.setattr(batchids, "_SIZED_IDS", 4)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 80)
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", 80)
     monkeypatch.setattr(parallel, "_CHUNK_ROWS", 1)
     events = [(f"a{i}", i * 60_000) for i in range(30)]  # half an hour, one a minute
     events.append(("a0", 1_000))  # a retry of the first, 29 minutes behind

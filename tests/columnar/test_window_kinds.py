@@ -16,7 +16,7 @@ from headwater.columnar import (
     ComputeWindowedMetricsColumnar,
     ComputeWindowedMetricsParallel,
     columnar_unsupported_reason,
-    reader,
+    jsonblocks,
     replay_unsupported_reason,
 )
 from headwater.core.accounting import Accounting
@@ -161,7 +161,7 @@ def test_session_windows_give_the_record_paths_rows_and_counters(
 ):
     """Sessions merged per key (touching windows apart, disorder across blocks): the record
     path's rows, bounds and counters, wherever blocks are cut."""
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", block_bytes)  # 90: about one line per block
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", block_bytes)  # 90: about one line per block
     record, columnar = _run_both(tmp_path, _session_lines(3), "session:5m")
     assert _SEEN["columnar"] == _SEEN["record"]
     lengths = {end - start for start, end, *_ in _SEEN["record"]}

@@ -81,7 +81,7 @@ def test_quick_bench_writes_results_and_checks_output_against_plain_python(tmp_p
 def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path, monkeypatch):
     """The dedup-memory probe reports the ids it held, the ids on disk and the peak RSS; a
     table that fills up holds fewer ids and finds the same duplicates."""
-    from headwater.columnar import batchids, idtable, reader
+    from headwater.columnar import batchids, idtable, jsonblocks
 
     path = tmp_path / "events.jsonl"
     # one event a second for 50 minutes (5 horizons), every 10th a retry of one 31 s back
@@ -105,7 +105,7 @@ def test_dedup_memory_reports_peak_rss_and_ids_held(tmp_path, monkeypatch):
     assert result["peak_rss_mb"] > 0
     monkeypatch.setattr(idtable, "_ID_SLOTS", 256)
     monkeypatch.setattr(batchids, "_SIZED_IDS", 64)
-    monkeypatch.setattr(reader, "_BLOCK_BYTES", 4_096)
+    monkeypatch.setattr(jsonblocks, "BLOCK_BYTES", 4_096)
     small = bench.dedup_memory(str(path))
     assert small["duplicates"] == result["duplicates"]
     assert small["ids_on_disk"] > 0

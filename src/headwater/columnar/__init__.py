@@ -5,6 +5,9 @@ are computed over blocks of records instead of one record at a time, with the re
 rules (:mod:`headwater.windowing.rules`) and its own code for every record the vectorized
 checks do not accept. The modules, bottom up:
 
+``jsonblocks`` a JSON-lines file in blocks, each block's lines laid out for pyarrow;
+``jsonruns``   a run of lines parsed by pyarrow, the lines it refuses set aside;
+``early``      the input parsed by a process forked while Beam is imported (``headwater run``);
 ``idtable``    the carried ``id -> anchor`` table of the dedup (numpy open addressing);
 ``state``      one run's configuration and state: accepted rows, dedup, pre-aggregation, merge;
 ``reader``     files into blocks: JSON lines parsed by pyarrow on a thread pool, Parquet, Avro;
@@ -13,21 +16,12 @@ checks do not accept. The modules, bottom up:
 ``parallel``   the batch path spread over workers: splits, id-hash shards, per-window merge;
 ``replay``     the replay DoFn: the stream's watermark replayed, late records, windows closing;
 ``transform``  the PTransforms and the functions that say whether a configuration qualifies.
+
+``jsonblocks``, ``jsonruns`` and ``early`` do not import Apache Beam (the command line's early
+parse runs before Beam is imported), so the names below are imported on first use.
 """
 
-from headwater.columnar.parallel import (
-    ComputeWindowedMetricsParallel,
-    parallel_unsupported_reason,
-)
-from headwater.columnar.transform import (
-    COLUMNAR_FORMATS,
-    ComputeWindowedMetricsColumnar,
-    ReplayWindowedMetricsColumnar,
-    columnar_supported,
-    columnar_unsupported_reason,
-    replay_supported,
-    replay_unsupported_reason,
-)
+from typing import Any
 
 __all__ = [
     "COLUMNAR_FORMATS",
@@ -40,3 +34,15 @@ __all__ = [
     "replay_supported",
     "replay_unsupported_reason",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ComputeWindowedMetricsParallel", "parallel_unsupported_reason"):
+        from headwater.columnar import parallel
+
+        return getattr(parallel, name)
+    if name in __all__:
+        from headwater.columnar import transform
+
+        return getattr(transform, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

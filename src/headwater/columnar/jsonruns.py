@@ -44,7 +44,8 @@ def invalid_utf8_lines(block: bytes, ranges: Any) -> list[int]:
     # every byte of those words, and of the tail: the bytes past ASCII among them
     spots = np.concatenate(((words[:, None] + np.arange(8)).ravel(), np.arange(whole, len(data))))
     high = spots[data[spots] >= 0x80]
-    lines = np.unique(np.searchsorted(ranges.starts, high, side="right") - 1).tolist()
+    found = np.searchsorted(ranges.starts, high, side="right") - 1  # ascending, with repeats
+    lines = found[np.append(True, found[1:] != found[:-1])].tolist() if len(found) else []
     if len(lines) > _FEW_LINES:
         try:
             block.decode("utf-8")

@@ -58,7 +58,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from headwater.columnar import reader
+from headwater.columnar import jsonblocks, reader
 from headwater.columnar.batch import ComputeColumnarFn
 from headwater.columnar.idtable import hash_ids
 from headwater.columnar.state import AcceptedRows, ColumnarOptions, ColumnarState
@@ -158,7 +158,7 @@ def plan_splits(index: int, path: str, file_format: str, split_bytes: int) -> li
     target, offset, lines = split_bytes, 0, 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         while True:
-            chunk = handle.read(reader._READ_CHUNK)
+            chunk = handle.read(jsonblocks.READ_CHUNK)
             if not chunk:
                 break
             while target < offset + len(chunk):

@@ -41,8 +41,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from headwater.columnar import early, jsonblocks
 from headwater.columnar.batchids import group_ids
-from headwater.columnar.jsonruns import LineRanges, invalid_utf8_lines, parse_run
+from headwater.columnar.jsonblocks import BlockLayout, block_layout, json_pieces
+from headwater.columnar.jsonruns import LineRanges, parse_run
 from headwater.columnar.state import (
     SLOW_ROWS,
     AcceptedRows,
@@ -59,14 +61,8 @@ from headwater.io.fileio import (
     unreadable_file_letter,
 )
 
-_READ_CHUNK = 4 << 20  # bytes read from a file at a time (one block each)
-_BLOCK_BYTES = 4 << 20  # JSON bytes deduplicated and aggregated at a time
-_PARSE_BYTES = 1 << 20  # JSON bytes per pyarrow call (a block's pieces are parsed in parallel)
 _PARQUET_BATCH_ROWS = 65_536
 _AVRO_BATCH_ROWS = 16_384  # Avro records decoded (fastavro) before one columnar step
-# a JSON-lines file this large or larger is decoded in forked processes, given decode_processes
-# (a fork of a large process costs ~10-30 ms; a 4 MiB block ~0.1 s of decoding)
-_FORK_DECODE_BYTES = 32 << 20
 
 
 _POOL: concurrent.futures.Executor | None = None
@@ -115,66 +111,21 @@ def _json_pieces(
     *,
     wanted: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
-    """``(first line number, bytes)`` pieces of a JSON-lines file, each ending at a newline.
+    """``(first line number, bytes)`` pieces of a JSON-lines file (:func:`json_pieces`).
 
-    Compression is detected from the extension; a leading BOM is dropped; a last line without a
-    newline gets one. Pieces are about ``_BLOCK_BYTES``; each byte is copied once (the carried
-    part of a line joined to the chunk up to its last newline), not once per slice. ``start``,
-    ``end`` and ``first_line`` read bytes ``[start, end)`` of an uncompressed file whose line
-    ``first_line`` starts at ``start`` (a split of :mod:`headwater.columnar.parallel`).
-    ``wanted``: the pieces to yield, by their index (the others are only counted: their
-    lines' numbers go on).
+    Compression is detected from the extension. ``start``, ``end`` and ``first_line`` read
+    bytes ``[start, end)`` of an uncompressed file whose line ``first_line`` starts at ``start``
+    (a split of :mod:`headwater.columnar.parallel`). ``wanted``: the pieces to yield, by index.
     """
-    index = 0
-    line = first_line
-    rest = b""
-    first = start == 0
     ranged = start > 0 or end is not None
-    left = None if end is None else end - start
     compression = CompressionTypes.UNCOMPRESSED if ranged else CompressionTypes.AUTO
     with FileSystems.open(path, compression_type=compression) as handle:
         if start:
             handle.seek(start)
-        while True:
-            want = _READ_CHUNK if left is None else min(_READ_CHUNK, left)
-            raw = handle.read(want) if want else b""
-            if left is not None:
-                left -= len(raw)
-            chunk = raw.removeprefix(b"\xef\xbb\xbf") if first else raw
-            first = False
-            if not raw:
-                if rest and (wanted is None or wanted(index)):
-                    yield line, rest + b"\n"
-                return
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
-                rest += chunk
-                continue
-            if wanted is not None and not wanted(index) and cut <= _BLOCK_BYTES:
-                index += 1  # one piece (see big), not the caller's: only its newlines count
-                line += _newlines(chunk)
-                rest = chunk[cut:]
-                continue
-            carried = len(rest)
-            data = b"".join((rest, memoryview(chunk)[:cut])) if rest or cut < len(chunk) else chunk
-            rest = chunk[cut:]
-            # one read is one piece (with the line carried into it); a read larger than a block
-            # is cut into blocks
-            big = len(data) > _BLOCK_BYTES + carried
-            pieces = _split(data, _BLOCK_BYTES) if big else (data,)
-            for piece in pieces:
-                if wanted is None or wanted(index):
-                    yield line, piece
-                index += 1
-                line += _newlines(piece)
-
-
-def _newlines(data: bytes) -> int:
-    """How many newlines ``data`` holds (numpy compares without the GIL, 2-3x ``bytes.count``)."""
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE))
-
-
-_NEWLINE = ord("\n")
+        left = None if end is None else end - start
+        yield from json_pieces(
+            handle, first_line=first_line, left=left, file_start=start == 0, wanted=wanted
+        )
 
 
 class _OnThisThread(concurrent.futures.Executor):
@@ -216,23 +167,24 @@ def _new_pool(threads: int) -> concurrent.futures.Executor:
 
 def _parse_and_check(
     state: ColumnarState,
-    data: Any,
-    starts: np.ndarray,
+    layout: BlockLayout,
+    run: np.ndarray,
     whole: tuple[str, ...],
     odd_kinds: set[tuple[str, str]],
-    run: np.ndarray,
     element: Callable[[int], SourceRecord],
+    parsed: tuple[list[tuple[np.ndarray, pa.Table]], list[int]] | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[tuple[int, Any]]]:
-    """:func:`parse_run`, the fast checks of each table, the record path for the rest.
+    """:func:`parse_run` (or its result, ``parsed``), the fast checks of each table, the record
+    path for the rest.
 
     ``([(run positions, accept mask, columns)], [(line, slow result)])`` for the block lines
-    ``run`` (``element``: a block line's record); the slow results are those of the lines set
-    aside and of the rows the checks refused. Neither the checks (``ColumnarState.fast``) nor
-    the record path's code (``ColumnarState.slow_result``) change any state, so the thread that
-    parsed a run also checks it and runs the record path's code over the lines it did not
-    accept: the main thread is left the block's ordered steps.
+    ``run`` of ``layout`` (``element``: a block line's record); the slow results are those of
+    the lines set aside and of the rows the checks refused. Neither the checks
+    (``ColumnarState.fast``) nor the record path's code (``ColumnarState.slow_result``) change
+    any state, so the thread that parsed a run also checks it and runs the record path's code
+    over the lines it did not accept: the main thread is left the block's ordered steps.
     """
-    tables, aside = parse_run(data, starts, whole, odd_kinds)
+    tables, aside = parse_run(*layout.run_text(run), whole, odd_kinds) if parsed is None else parsed
     checked = [(positions, *state.fast(table)) for positions, table in tables]
     rejected = [run[positions[~mask]] for positions, mask, _ in checked]
     lines = np.concatenate([run[aside], *rejected]).tolist()
@@ -251,28 +203,6 @@ def _line_element(block: bytes, ranges: LineRanges, path: str, first_line: int) 
         return SourceRecord(payload, {"file": path, "line": first_line + int(i)})
 
     return element
-
-
-def _parts(lines: np.ndarray, starts: np.ndarray, size: int) -> list[np.ndarray]:
-    """``lines`` (with their byte ``starts``) cut into runs of about ``size`` bytes."""
-    if len(lines) == 0:
-        return []
-    part = (starts - starts[0]) // size
-    return np.split(lines, np.flatnonzero(np.diff(part)) + 1)
-
-
-def _split(block: bytes, size: int) -> Iterator[bytes]:
-    """``block`` in pieces of about ``size`` bytes, each ending at a newline."""
-    start = 0
-    while start < len(block):
-        if len(block) - start <= size:
-            yield block[start:]
-            return
-        cut = block.rfind(b"\n", start, start + size) + 1
-        if cut <= start:
-            cut = block.find(b"\n", start + size) + 1 or len(block)
-        yield block[start:cut]
-        start = cut
 
 
 class BlockReader(beam.DoFn):
@@ -299,6 +229,7 @@ class BlockReader(beam.DoFn):
         if pieces is None and self._forks_decoding(path):
             blocks = self._forked_json_blocks(state, path)
         else:
+            early.discard()  # a file parsed early is one decoded in forked processes
             blocks = self._decoded_json_blocks(state, path, pieces)
         for block in blocks:
             if self._sizes_ids and block.first_line == 1 and block.size:  # the file's records,
@@ -308,9 +239,14 @@ class BlockReader(beam.DoFn):
             yield None
 
     def _decoded_json_blocks(
-        self, state: ColumnarState, path: str, pieces: Iterator[tuple[int, bytes]] | None = None
+        self,
+        state: ColumnarState,
+        path: str,
+        pieces: Iterator[tuple[int, bytes]] | None = None,
+        spool: early.Spool | None = None,
     ) -> Iterator[_DecodedBlock]:
-        """The file's blocks decoded, in order (``pieces``: a part of the file).
+        """The file's blocks decoded, in order (``pieces``: a part of the file; ``spool``: the
+        blocks an early process parsed).
 
         Pipelined: block ``k + 1`` is handed to the parse pool before block ``k`` is taken: a
         pool thread finds its lines and starts its pieces' parse and checks (pyarrow, mostly
@@ -321,7 +257,9 @@ class BlockReader(beam.DoFn):
         pending: concurrent.futures.Future | None = None
         odd_kinds: set[tuple[str, str]] = set()  # see parse_run
         for first_line, piece in _json_pieces(path) if pieces is None else pieces:
-            started = pool.submit(self._start_json_block, state, path, first_line, piece, odd_kinds)
+            started = pool.submit(
+                self._start_json_block, state, path, first_line, piece, odd_kinds, spool
+            )
             if pending is not None:
                 yield self._decode_json_block(state, pending.result())
             pending = started
@@ -338,7 +276,7 @@ class BlockReader(beam.DoFn):
             and not options.emit_duplicates  # a duplicate's record is read from its block
             and FileSystems.get_scheme(path) is None
             and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
-            and file_size(path) >= _FORK_DECODE_BYTES
+            and file_size(path) >= jsonblocks.FORK_DECODE_BYTES
         )
 
     def _forked_json_blocks(self, state: ColumnarState, path: str) -> Iterator[_DecodedBlock]:
@@ -346,10 +284,13 @@ class BlockReader(beam.DoFn):
 
         Each process reads the whole file (the same cuts and line numbers as one process; the
         others' blocks only counted) and decodes its own blocks; what a decoding counted and the
-        dead letters it made come with the block and are added to ``state`` here.
+        dead letters it made come with the block and are added to ``state`` here. The blocks
+        an early process parsed while the pipeline started (:func:`early.claim`) are only
+        checked.
         """
 
         here = os.getpid()
+        spool = early.claim(path)
 
         def decode(index: int, processes: int) -> Iterator[_ForkedBlock]:
             global _POOL
@@ -359,7 +300,7 @@ class BlockReader(beam.DoFn):
             # process too, when the stream could not fork)
             decoding = ColumnarState(self._options)
             ours = _json_pieces(path, wanted=lambda number: number % processes == index)
-            for block in self._decoded_json_blocks(decoding, path, ours):
+            for block in self._decoded_json_blocks(decoding, path, ours, spool):
                 block.element = None  # its bytes stay here
                 rows = block.rows
                 if rows is not None and rows.ids is not None:  # the dedup's own work, there
@@ -370,11 +311,15 @@ class BlockReader(beam.DoFn):
                 decoding.dead.clear()
                 yield _ForkedBlock(block, counts, dead)
 
-        for forked in forked_stream(decode, processes=self._options.decode_processes):
-            for name, value in forked.counts.items():
-                state.counts[name] += value
-            self._add_shipped_letters(state, forked.dead)
-            yield forked.block
+        try:
+            for forked in forked_stream(decode, processes=self._options.decode_processes):
+                for name, value in forked.counts.items():
+                    state.counts[name] += value
+                self._add_shipped_letters(state, forked.dead)
+                yield forked.block
+        finally:
+            if spool is not None:
+                spool.remove()
 
     def _shipped_letters(self, dead: list[DeadLetter]) -> list[Any]:
         """A block's dead letters as a forked decoding sends them (a DoFn may encode them)."""
@@ -391,68 +336,41 @@ class BlockReader(beam.DoFn):
         first_line: int,
         block: bytes,
         odd_kinds: set[tuple[str, str]],
+        spool: early.Spool | None = None,
     ) -> _PendingBlock:
-        """Finds the block's lines, blanks the ones pyarrow must not see, starts parsing.
+        """Lays the block's lines out (:func:`block_layout`), starts their parse and checks.
 
         Runs on a parse thread: it reads the run's options and changes no state (the block's
-        records are counted when it ends); its pieces are queued behind it on the same pool.
+        records are counted when it ends); its runs are queued behind it on the same pool. The
+        lines pyarrow never sees take the record path's code here, beside the runs' parse.
+        ``spool``: the blocks an early process laid out and parsed (:mod:`.early`); such a
+        block's runs are only checked, when its layout holds for this run's options.
         """
-        ranges = LineRanges(block)
-        blank = ranges.lengths == 0
-        # A line pyarrow may see starts with "{" and ends with "}": a truncated line would make
-        # pyarrow refuse its whole piece (or read on into the next line), so it goes line by line.
-        candidate = (ranges.first == ord("{")) & (ranges.last == ord("}"))
-        odd = ~(blank | candidate)
-        hidden = odd.copy()  # lines blanked out of what pyarrow reads
-        if odd.any():  # whitespace-only lines count as blank, like the file reader
-            for i in np.flatnonzero(odd):
-                if not block[ranges.starts[i] : ranges.ends[i]].strip():
-                    blank[i] = True
-            odd = ~(blank | candidate)
-        max_bytes = self._options.max_record_bytes
-        records = np.flatnonzero(~blank)
-        # Lines pyarrow must not see (not an object, invalid UTF-8, over the size limit) take
-        # the record path one by one; they are blanked in a copy of the block, so the lines
-        # around them are still parsed as one piece.
-        slow = odd.copy()
-        if max_bytes is not None:
-            slow |= (ranges.lengths > max_bytes) & ~blank
-        for line_index in invalid_utf8_lines(block, ranges):
-            slow[line_index] = True
-        hidden |= slow
-        text: Any = block
-        if hidden.any():
-            text = bytearray(block)
-            for line in np.flatnonzero(hidden).tolist():
-                start, end = int(ranges.starts[line]), int(ranges.next_starts[line]) - 1
-                text[start:end] = b" " * (end - start)
-        slow_lines: list[int] = np.flatnonzero(slow).tolist()
-        fast = records[~slow[records]]
-        runs = _parts(fast, ranges.starts[fast], _PARSE_BYTES)
         options = self._options
         # the columns the fast checks take only as integers (or text): a fraction there would
         # make pyarrow read the whole column as floats, and the whole piece the record path's
         whole: tuple[str, ...] = (options.event_time.field, options.key_field)
         if options.dedup is not None:
             whole += (dedup_field(options.dedup) or "",)
+        max_bytes = options.max_record_bytes
+        done = None if spool is None else spool.take(first_line)
+        parsed: list[Any]
+        if done is not None and done.fits(len(block), max_bytes, whole):
+            odd_kinds |= done.odd_kinds
+            layout, parsed = done.layout, done.parsed
+        else:
+            layout = block_layout(block, max_bytes)
+            parsed = [None] * len(layout.runs)
         pool = _parse_pool()
-        element = _line_element(block, ranges, path, first_line)
+        element = _line_element(block, layout.ranges, path, first_line)
         tables = [
-            pool.submit(
-                _parse_and_check,
-                state,
-                memoryview(text)[ranges.starts[run[0]] : ranges.next_starts[run[-1]]],
-                ranges.starts[run] - ranges.starts[run[0]],
-                whole,
-                odd_kinds,
-                run,
-                element,
-            )
-            for run in runs
+            pool.submit(_parse_and_check, state, layout, run, whole, odd_kinds, element, one)
+            for run, one in zip(layout.runs, parsed, strict=True)
         ]
-        # the lines pyarrow never sees take the record path's code here, beside the runs' parse
-        slow_results = [(line, state.slow_result(element(line))) for line in slow_lines]
-        return _PendingBlock(path, first_line, block, element, records, runs, tables, slow_results)
+        slow_results = [(line, state.slow_result(element(line))) for line in layout.slow_lines]
+        return _PendingBlock(
+            path, first_line, block, element, layout.records, layout.runs, tables, slow_results
+        )
 
     def _decode_json_block(self, state: ColumnarState, pending: _PendingBlock) -> _DecodedBlock:
         """Takes the parsed and checked runs, the record path's results in line order: the

@@ -351,6 +351,11 @@ class ComputeWindowedMetricsColumnar(beam.PTransform):
         )
 
     @property
+    def decodes_in_processes(self) -> bool:
+        """Whether a large local JSON-lines input is decoded in forked processes."""
+        return self._options.decode_processes > 1
+
+    @property
     def writes_dead_letters(self) -> bool:
         """Whether the dead letters are written here (``dead_letter_output``), not emitted."""
         return self._options.dead_letter_output is not None

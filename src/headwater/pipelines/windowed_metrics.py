@@ -27,6 +27,7 @@ from headwater.columnar import (
     ComputeWindowedMetricsParallel,
     ReplayWindowedMetricsColumnar,
     columnar_unsupported_reason,
+    early,
     parallel_unsupported_reason,
     replay_unsupported_reason,
 )
@@ -227,6 +228,8 @@ def build(
         if source is None
         else (None, "a source was given to build()")
     )
+    if columnar is None or not columnar.decodes_in_processes:
+        early.discard()  # an input parsed while Beam was imported serves those decoders only
     if columnar is not None:
         check_stream_shards(config, columnar)
         # Batch over files: the columnar path reads the files, counts every outcome and (with
