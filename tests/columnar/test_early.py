@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,35 @@ def test_a_run_with_its_input_parsed_early_writes_the_same_files(tmp_path):
     assert parsed == plain
     _, log = _run(tmp_path, "parallel", path, "--columnar_shards=2")
     assert "parsed while" not in log
+
+
+# In a fresh interpreter: start the early process, print its folder, and die without a word.
+_KILLED = """
+import os, signal, sys
+from headwater.columnar import early
+early.start(lambda: sys.argv[1])
+print(early._EARLY[0].folder, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("count", [50, 200_000], ids=["finished", "parsing"])
+def test_an_early_process_whose_run_was_killed_removes_its_folder(tmp_path, count):
+    """The run is SIGKILLed (no atexit) while its early process parses or after it finished:
+    reading the run's output to its end does not wait for the early process (its streams are
+    /dev/null), which removes its folder and exits."""
+    path = _events(tmp_path / "events.jsonl", count)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == -9
+    folder = Path(done.stdout.strip())
+    assert folder.parent == tmp_path
+    deadline = time.monotonic() + 60
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # a condition with a deadline: the folder is gone
+    assert not folder.exists()

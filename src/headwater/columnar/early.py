@@ -24,9 +24,12 @@ the same either way; only where a block was parsed differs.
 
 Nothing is forked when Beam is already imported (a program calling
 :func:`headwater.cli.main`), when other threads run, without ``fork``, or with
-``HEADWATER_EARLY_PARSE=0``. The early process parses at most ``MAX_BLOCKS`` blocks and stops
-when its parent is gone; an unclaimed one is killed and its folder removed by :func:`discard`
-(a run that does not decode the file in forked processes) or when the process exits.
+``HEADWATER_EARLY_PARSE=0``. The early process parses at most ``MAX_BLOCKS`` blocks, then
+waits; an unclaimed one is killed and its folder removed by :func:`discard` (a run that does
+not decode the file in forked processes) or when the process exits. When the run's process
+dies without a word (``SIGKILL``, the kernel's OOM killer), the early process notices (its
+parent changes while it parses; the end of a pipe the run holds while it waits), removes its
+folder and exits. Its standard streams are /dev/null.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from headwater.core.forked import CAN_FORK
 
 __all__ = ["ENV", "MAX_BLOCKS", "EarlyBlock", "Spool", "claim", "discard", "start"]
 
-#: ``HEADWATER_EARLY_PARSE=0`` forks no early process (the bench's comparisons).
+#: ``HEADWATER_EARLY_PARSE=0`` forks no early process (to compare).
 ENV = "HEADWATER_EARLY_PARSE"
 #: The blocks an early process parses at most (192 MiB of JSON; ~20 while Beam is imported).
 MAX_BLOCKS = 48
@@ -62,6 +65,7 @@ _SOURCE = "source"  # the folder's file naming the input: device, inode, size, m
 class _Early:
     pid: int
     folder: str
+    held: int  # the pipe's write end: closed with the run's process (and the decoders it forks)
 
 
 _EARLY: list[_Early | None] = [None]
@@ -84,21 +88,40 @@ def start(find_input: Callable[[], str | None]) -> None:
         return
     try:
         folder = tempfile.mkdtemp(prefix="headwater-early-")
+    except OSError:
+        return
+    try:
+        alive, held = os.pipe()  # EOF on ``alive`` once the run's processes are all gone
         pid = os.fork()
     except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
         return
     if pid == 0:  # the child: never returns
         code = 0
         try:
+            os.close(held)
+            _detach()
             path = find_input()
             if path is not None:
                 _parse_ahead(path, folder, os.getppid())
+                os.read(alive, 1)  # until the run claims (kills) it or ends without a word
         except BaseException:  # nothing to report: the run decodes as usual
             code = 1
         finally:
+            shutil.rmtree(folder, ignore_errors=True)  # reached only when nobody claimed it
             os._exit(code)
-    _EARLY[0] = _Early(pid, folder)
+    os.close(alive)
+    _EARLY[0] = _Early(pid, folder, held)
     atexit.register(discard)
+
+
+def _detach() -> None:
+    """The early process's standard streams go to /dev/null: it writes nothing, and a caller
+    reading the run's output to its end does not wait for it."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for stream in (0, 1, 2):
+        os.dup2(null, stream)
+    os.close(null)
 
 
 def claim(path: str) -> Spool | None:
@@ -138,6 +161,7 @@ def _stop() -> _Early | None:
             os.kill(early.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(early.pid, 0)
+        os.close(early.held)
     return early
 
 
@@ -210,8 +234,10 @@ def _parse_ahead(path: str, folder: str, parent: int) -> None:
         with open(os.path.join(folder, _SOURCE), "w", encoding="ascii") as out:
             out.write(_identity(path))
         for index, (first_line, block) in enumerate(json_pieces(handle)):
-            if index >= MAX_BLOCKS or os.getppid() != parent:
+            if index >= MAX_BLOCKS:
                 return
+            if os.getppid() != parent:  # the run ended abruptly (killed): its folder goes
+                raise ProcessLookupError(parent)
             layout = block_layout(block, None)
             parsed = [parse_run(*layout.run_text(run), (), odd_kinds) for run in layout.runs]
             layout.text = None  # the decoders read the block themselves
