@@ -389,6 +389,22 @@ def test_listing_keeps_temporary_files_unless_asked_not_to(tmp_path):
     assert [os.path.basename(f) for f in outputs] == ["part.parquet"]
 
 
+def test_a_local_listing_finds_the_files_os_walk_finds(tmp_path):
+    """Nested folders (a session run's two levels), links to a file and to a folder (listed as
+    a file / neither listed nor followed, as os.walk does), a missing folder: no files."""
+    root = tmp_path / "out"
+    for relative in ("a/b/c.parquet", "a/b2/d.parquet", "a/e.parquet", "f.jsonl", "g/h/i/j"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"x")
+    (root / "g" / "empty").mkdir()
+    (root / "to-folder").symlink_to(root / "a")
+    (root / "g" / "to-file").symlink_to(root / "f.jsonl")
+    walked = sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+    assert list_output_files(str(root)) == walked
+    assert len(walked) == 6
+    assert list_output_files(str(tmp_path / "missing")) == []
+
+
 def test_folders_made_ahead_are_written_into_and_made_again_if_gone(tmp_path, monkeypatch):
     """make_local_folders makes every folder once, parents first; a write into a folder that is
     there does not try to make it (no call), yet makes it when it is gone."""
