@@ -285,23 +285,19 @@ def _written(path, tmp_path, **columnar) -> tuple[dict, dict]:
     files_written / rows_written counters."""
     pipeline = TestPipeline(runner="FnApiRunner", blocking=True)
     _ = pipeline | ComputeWindowedMetricsColumnar(
-        pattern=str(path), file_format="json", output=str(tmp_path), **_options(), **columnar
+        pattern=str(path), file_format="json", output=str(tmp_path), **{**_options(), **columnar}
     )
     result = pipeline.run()
     files = {str(f.relative_to(tmp_path)): f.read_bytes() for f in tmp_path.rglob("*.parquet")}
     return files, {name: _counter(result, name) for name in ("files_written", "rows_written")}
 
 
-@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
-def test_windows_merged_and_written_in_forked_processes_are_one_processs_files(
-    dirty_file, tmp_path, monkeypatch
-):
-    """With write_processes, the windows are cut into ranges merged and written each in a
-    forked process: the same files and counters as one process."""
+@pytest.fixture
+def forked_streams(monkeypatch) -> list[int]:
+    """The processes of each final merge and write run in forked processes, as they come."""
     from headwater.columnar import batch
 
-    monkeypatch.setattr(batch, "_FORK_ROWS", 0)
-    asked = []
+    asked: list[int] = []
     forked_stream = batch.forked_stream
 
     def recorded(produce, *, processes):
@@ -309,12 +305,49 @@ def test_windows_merged_and_written_in_forked_processes_are_one_processs_files(
         yield from forked_stream(produce, processes=processes)
 
     monkeypatch.setattr(batch, "forked_stream", recorded)
+    return asked
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_windows_merged_and_written_in_forked_processes_are_one_processs_files(
+    dirty_file, tmp_path, monkeypatch, forked_streams
+):
+    """With write_processes, the windows are cut into ranges merged and written each in a
+    forked process: the same files and counters as one process."""
+    from headwater.columnar import batch
+
+    monkeypatch.setattr(batch, "_FORK_ROWS", 0)
+    asked = forked_streams
     one = _written(dirty_file, tmp_path / "one")
     assert asked == []
     assert len(one[0]) == 3  # three windows
     assert one[1] == {"files_written": 3, "rows_written": 13}  # keys u0-u3, and "7"
     assert _written(dirty_file, tmp_path / "three", write_processes=3) == one
     assert asked == [3]
+
+
+@pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")
+def test_sessions_merged_here_and_written_in_forked_processes_are_one_processs_files(
+    dirty_file, tmp_path, monkeypatch, forked_streams
+):
+    """Sessions are merged in the DoFn's process (a key's session takes in pieces from any
+    range), then cut into ranges of session starts, each written in a forked process: the same
+    files and counters as one process, whether or not a range's files are split again."""
+    from headwater.columnar import batch, write
+
+    monkeypatch.setattr(batch, "FORK_FILES", 0)
+    asked = forked_streams
+    window = {"window": "session:5s"}  # a key's events 4 s apart: merged, but for the bad lines
+    one = _written(dirty_file, tmp_path / "one", **window)
+    assert asked == []
+    assert len(one[0]) > 6
+    assert len({name.split("/")[0] for name in one[0]}) > 3  # sessions of several starts
+    assert one[1]["files_written"] == len(one[0])
+    assert _written(dirty_file, tmp_path / "three", write_processes=3, **window) == one
+    assert asked == [3]
+    monkeypatch.setattr(write, "FORK_FILES", 0)
+    assert _written(dirty_file, tmp_path / "again", write_processes=2, **window) == one
+    assert asked == [3, 2]
 
 
 @pytest.mark.skipif(not CAN_FORK, reason="forks on Linux only")

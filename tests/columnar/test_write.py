@@ -167,7 +167,7 @@ def test_files_written_by_several_processes_equal_one_process_files(
 
     write_split = write.run_split
     monkeypatch.setattr(write, "run_split", recording_split)
-    monkeypatch.setattr(write, "_FORK_FILES", 6)
+    monkeypatch.setattr(write, "FORK_FILES", 6)
     groups = _groups(11, lambda r: f"u{r.randrange(300):05d}")
     metrics = "count,sum:a,mean:a"
     one = _writer(tmp_path / "one", metrics, 3)
@@ -180,7 +180,7 @@ def test_files_written_by_several_processes_equal_one_process_files(
         tmp_path / "one", tmp_path.joinpath("one").rglob("*.parquet")
     )
     few = _writer(tmp_path / "few", metrics, 1, write_processes=processes)
-    assert len(list(few._write(groups))) == 4  # 4 windows, under _FORK_FILES
+    assert len(list(few._write(groups))) == 4  # 4 windows, under FORK_FILES
     assert asked == [(12, 1), (12, processes), (4, 1)]
     # the row-dict writer (Avro output, colliding column names) splits its files the same way
     written = {}

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from headwater.columnar.ranges import start_ranges, starting_in
 from headwater.columnar.reader import BlockReader
 from headwater.columnar.state import (
     COUNTS,
     ColumnarOptions,
     ColumnarState,
 )
-from headwater.columnar.write import WindowWriter
+from headwater.columnar.write import FORK_FILES, WindowWriter
 from headwater.core.accounting import IDS_ON_DISK, NAMESPACE
 from headwater.core.forked import CAN_FORK, forked_stream
 from headwater.io.deadletterio import BatchDeadLetterFiles
@@ -84,34 +87,45 @@ class ComputeColumnarFn(BlockReader, WindowWriter):
     def _write_final(self, state: ColumnarState) -> Iterator[str]:
         """Merges the run's groups and writes its window files: the paths.
 
-        With ``write_processes`` and many groups to merge (a local output, windows that are not
-        sessions), the windows are cut into ranges of about as many rows, each merged and
-        written in a forked process (:func:`headwater.core.forked.forked_stream`): the same
-        files, in the same order; the counters are counted here.
+        With ``write_processes`` and a local output, a run of many groups is cut into ranges
+        of window starts of about as many rows, each written in a forked process
+        (:func:`headwater.core.forked.forked_stream`): the same files, in the same order; the
+        counters are counted here. Windows that are not sessions (``_FORK_ROWS`` partial rows
+        or more) are merged there too, range by range; sessions (``FORK_FILES`` merged rows or
+        more: a folder each) are merged here first, since a key's session may take in pieces
+        that start in another range.
         """
         options = self._options
         parts: list[tuple[int, int]] = []
-        if (
+        table_of: Callable[[tuple[int, int]], pa.Table | None] = state.final_table
+        sessions = None
+        forks = (
             CAN_FORK
             and options.write_processes > 1
-            and options.session_gap is None
             and FileSystems.get_scheme(str(options.output)) is None
-            and state.held_rows >= _FORK_ROWS
-        ):
+        )
+        if options.session_gap is not None:
+            sessions = state.final_table()
+            if forks and sessions is not None and sessions.num_rows >= FORK_FILES:
+                parts = start_ranges(sessions.column("w").to_numpy(), options.write_processes)
+                table_of = functools.partial(starting_in, sessions)
+        elif forks and state.held_rows >= _FORK_ROWS:
             parts = state.window_parts(options.write_processes)
         if len(parts) < 2:
-            yield from self._write_table(state.final_table())
+            yield from self._write_table(sessions if sessions is not None else state.final_table())
             return
 
         def write(index: int, processes: int) -> Iterator[tuple[list[str], int, int]]:
-            # ranges index, index + processes, ... (all of them when the stream runs here)
-            counters = self._files, self._rows_written
+            # ranges index, index + processes, ... (all of them when the stream runs here); a
+            # range's files are not split again over processes of its own
+            counters, self._split_files = (self._files, self._rows_written), False
             for windows in parts[index::processes]:
                 files, rows = self._files, self._rows_written = _Tally(), _Tally()  # for the
                 try:  # caller to count
-                    paths = list(self._write_table(state.final_table(windows)))
+                    paths = list(self._write_table(table_of(windows)))
                 finally:
                     self._files, self._rows_written = counters
+                    self._split_files = True
                 yield paths, files.value, rows.value
 
         for paths, files, rows in forked_stream(write, processes=len(parts)):

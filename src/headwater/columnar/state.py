@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
 from headwater.columnar.batchids import BatchIds, GroupedIds
+from headwater.columnar.ranges import start_ranges, starting_in
 from headwater.core.deadletter import DeadLetter, dead_letter_for
 from headwater.transforms.aggregate import MetricSpec, RecordCheck
 from headwater.transforms.dedup import DeduplicateById
@@ -512,20 +512,14 @@ class ColumnarState:
         if not self._partials:
             return []
         held = np.concatenate([table.column("w").to_numpy() for table in self._partials])
-        starts, rows = np.unique(held, return_counts=True)
-        total = np.cumsum(rows)
-        # a range ends with the window where the rows reach its share
-        cuts = np.searchsorted(total, total[-1] * np.arange(1, count) / count) + 1
-        bounds = np.unique(np.concatenate(([0], cuts, [len(starts)])))
-        return [(int(starts[a]), int(starts[b - 1])) for a, b in pairwise(bounds.tolist())]
+        return start_ranges(held, count)
 
     def final_table(self, windows: tuple[int, int] | None = None) -> pa.Table | None:
         """:meth:`final`'s groups as one :meth:`merged` table (None when there are none); with
         ``windows`` (a range of :meth:`window_parts`), the groups of those windows only."""
         tables = self._partials
-        if windows is not None:  # the groups of the windows starting in [first, last]
-            first, last = windows
-            tables = [t.filter((pc.field("w") >= first) & (pc.field("w") <= last)) for t in tables]
+        if windows is not None:
+            tables = [starting_in(table, windows) for table in tables]
         return self.merged(tables) if tables else None
 
     def final(self) -> Iterator[tuple[Any, ...]]:

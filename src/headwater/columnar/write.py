@@ -42,9 +42,9 @@ from headwater.io.fileio import (
     write_atomically,
 )
 
-# a run writing this many local files or more splits them over options.write_processes (forked:
-# a fork of a large process costs ~10-30 ms, a file ~0.1-0.4 ms)
-_FORK_FILES = 256
+#: A run writing this many local files or more splits them over ``write_processes`` (forked: a
+#: fork of a large process costs ~10-30 ms, a file ~0.1-0.4 ms).
+FORK_FILES = 256
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _encode_string = json.encoder.encode_basestring  # what json.dumps uses with ensure_ascii=False
 
@@ -55,6 +55,7 @@ class WindowWriter:
     _options: ColumnarOptions
     _files: Any  # counter: files written
     _rows_written: Any  # counter: rows written
+    _split_files = True  # False in a process that writes one part of a run's files already
 
     def _rows(self, groups: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """``(window start, key, count, sum, min, max, ...)`` groups as windowed metric rows."""
@@ -208,7 +209,7 @@ class WindowWriter:
         self, files: list[tuple[str, int]], data_of: Callable[[int], bytes]
     ) -> Iterator[str]:
         """Writes ``files`` (``(path, rows)``; file ``i`` holds ``data_of(i)``), then yields
-        their paths, counted. A run of ``_FORK_FILES`` local files or more is split over
+        their paths, counted. A run of ``FORK_FILES`` local files or more is split over
         ``write_processes`` (:func:`headwater.core.forked.run_split`), each process making its
         part's folders and encoding and writing its files; the counters are counted here."""
         local = all(FileSystems.get_scheme(path) is None for path, _ in files)
@@ -218,7 +219,7 @@ class WindowWriter:
             for i in range(start, stop):
                 write_atomically(files[i][0], data_of(i))
 
-        many = local and len(files) >= _FORK_FILES
+        many = local and len(files) >= FORK_FILES and self._split_files
         run_split(len(files), write, processes=self._options.write_processes if many else 1)
         for path, rows in files:
             yield self._written(path, rows)
