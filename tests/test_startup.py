@@ -112,3 +112,42 @@ def test_the_local_worker_imports_beams_worker_without_google_cloud():
         "storage": False,
     }
     assert "bson" not in done.stderr  # the refusal's own warnings stay quiet
+
+
+# In a fresh interpreter: the command line's first steps (or none), then numpy's import; the
+# process's threads after it, and what OPENBLAS_NUM_THREADS says.
+_THREADS = """
+import json, os, sys
+if sys.argv[1] == "launch":
+    from headwater._launch import launch
+    launch(["pipelines"])
+import numpy
+print(json.dumps({"threads": len(os.listdir("/proc/self/task")),
+    "setting": os.environ.get("OPENBLAS_NUM_THREADS")}))
+"""
+
+
+def _threads(how: str, **env: str) -> dict:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS, how],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**environment, **env},
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_the_command_line_gives_openblas_one_thread_unless_told_otherwise():
+    """numpy's OpenBLAS starts a thread per core that spins when it loads: the command line's
+    process keeps one thread; a setting of the user's own is left as it is."""
+    import os
+
+    assert _threads("launch") == {"threads": 1, "setting": "1"}
+    assert _threads("launch", OPENBLAS_NUM_THREADS="2")["setting"] == "2"
+    if (os.cpu_count() or 1) > 1:  # the control: without it, OpenBLAS starts its threads
+        assert _threads("plain")["threads"] > 1

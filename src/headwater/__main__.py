@@ -2,9 +2,9 @@
 
 import sys
 
-from headwater._launch import start_early_parse
+from headwater._launch import launch
 
-start_early_parse(sys.argv[1:])  # before the CLI's imports: see headwater.columnar.early
+launch(sys.argv[1:])  # before the CLI's imports: see headwater._launch
 
 from headwater.cli import console  # noqa: E402
 

@@ -1,22 +1,38 @@
-"""What ``headwater`` does before its command line is imported: the early parse of a local run.
+"""What ``headwater`` does first in its process, before its command line is imported.
 
-:func:`start_early_parse` forks, first thing, the process that parses a local
-``windowed_metrics`` run's large JSON-lines input while Beam is imported
-(:mod:`headwater.columnar.early`); ``python -m headwater`` calls it before importing
-:mod:`headwater.cli`, and :func:`headwater.cli.console` (the ``headwater`` script) first thing.
+:func:`launch` is called by ``python -m headwater`` before it imports :mod:`headwater.cli`, and
+by :func:`headwater.cli.console` (the ``headwater`` script) first thing:
+
+- OpenBLAS, which numpy loads, gets one thread (``OPENBLAS_NUM_THREADS=1``, unless the
+  environment sets it): headwater does no linear algebra, and each process that loads OpenBLAS
+  with more starts a thread per core that spins ~0.1 s of CPU waiting for work (2.5% of a local
+  run's CPU samples in ``perf``, on the 2 cores the run needs);
+- :func:`start_early_parse` forks the process that parses a local ``windowed_metrics`` run's
+  large JSON-lines input while Beam is imported (:mod:`headwater.columnar.early`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from headwater._startup import runs_here_without_cloud
 
-__all__ = ["local_json_input", "start_early_parse"]
+__all__ = ["OPENBLAS_THREADS", "launch", "local_json_input", "start_early_parse"]
+
+#: The environment variable OpenBLAS reads its thread count from, when it is loaded.
+OPENBLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
 
 # compressed files (by extension, as Beam detects them) are not parsed early
 _COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".lzma", ".xz", ".snappy", ".z")
+
+
+def launch(argv: Sequence[str]) -> None:
+    """The command line's first steps in its process, for ``headwater`` arguments ``argv``
+    (see the module's docstring); before numpy is imported, or OpenBLAS keeps its threads."""
+    os.environ.setdefault(OPENBLAS_THREADS, "1")
+    start_early_parse(argv)
 
 
 def start_early_parse(argv: Sequence[str]) -> None:

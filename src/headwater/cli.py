@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater import pipelines
-from headwater._launch import start_early_parse
+from headwater._launch import launch
 from headwater._startup import load_pipeline
 from headwater.pipelines.catalog import SPECS, spec
 from headwater.pipelines.checks import DATA_CHECK_EXIT, DataCheckError, OutputPathError
@@ -337,9 +337,10 @@ def console(argv: Sequence[str] | None = None) -> int:
     batch run, with nothing left to collect. Only for a process about to exit (an embedding
     program calls :func:`main`).
 
-    A local ``run`` first forks the early parse of its input (:mod:`headwater.columnar.early`).
+    First :func:`headwater._launch.launch`: OpenBLAS's threads, and a local ``run``'s early parse
+    of its input (:mod:`headwater.columnar.early`).
     """
-    start_early_parse(sys.argv[1:] if argv is None else argv)
+    launch(sys.argv[1:] if argv is None else argv)
     code = main(argv)
     gc.freeze()
     return code
