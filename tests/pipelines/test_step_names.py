@@ -2,9 +2,9 @@
 
 Dataflow's ``--update`` matches a running job's steps to the new graph's by full label, so a
 renamed step silently starts with empty state. Each graph is built (never run) and its labels
-compared with ``src/headwater/pipelines/step_names/<pipeline>-<variant>.txt``; a difference
+compared with ``src/headwater/pipelines/step-names/<pipeline>-<variant>.txt``; a difference
 fails with the labels that changed and how to map them. After an intended rename, record
-``"old": "new"`` in ``step_names/renamed.json`` and rewrite the lists with
+``"old": "new"`` in ``step-names/renamed.json`` and rewrite the lists with
 ``HEADWATER_WRITE_STEP_NAMES=1 .venv/bin/python -m pytest tests/pipelines/test_step_names.py``.
 """
 

@@ -7,7 +7,7 @@ maps the old label (a prefix: a composite's label maps all its steps) to the new
 are also the step names users see in monitoring.
 
 So the labels of every graph a pipeline builds (per source and mode: ``files-batch``,
-``kafka-streaming`` ...) are checked in under ``step_names/`` next to this module, one label a
+``kafka-streaming`` ...) are checked in under ``step-names/`` next to this module, one label a
 line in ``<pipeline>-<variant>.txt``, and a test fails on any change with how to map it.
 ``renamed.json`` keeps the labels of earlier releases and what each became, so that a job
 started from an earlier release can still be updated: ``{"pipeline": {"old": "new"}}``.
@@ -36,8 +36,9 @@ __all__ = [
     "renamed_steps",
 ]
 
-#: Where the checked-in labels live: ``<pipeline>-<variant>.txt`` and ``renamed.json``.
-STEP_NAMES_DIR = Path(__file__).resolve().parent / "step_names"
+#: Where the checked-in labels live: ``<pipeline>-<variant>.txt`` and ``renamed.json`` (a name
+#: Python cannot import, so packaging takes the folder as data, not as a package).
+STEP_NAMES_DIR = Path(__file__).resolve().parent / "step-names"
 
 
 def graph_step_names(pipeline: Any) -> list[str]:
