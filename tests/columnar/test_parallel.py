@@ -104,10 +104,14 @@ def _sequential(pattern: str, out: Path, **overrides) -> dict[str, int]:
     )
 
 
-def _parallel(pattern: str, out: Path, argv=(), **parallel) -> dict[str, int]:
+def _parallel(pattern: str, out: Path, argv=(), window="fixed:60s", **parallel) -> dict[str, int]:
     return _run(
         ComputeWindowedMetricsParallel(
-            pattern=pattern, file_format="json", output=str(out / "rows"), **_options(), **parallel
+            pattern=pattern,
+            file_format="json",
+            output=str(out / "rows"),
+            **_options(window=window),
+            **parallel,
         ),
         out,
         argv,
@@ -147,6 +151,26 @@ def test_parallel_files_equal_sequential_and_record_path_for_any_cut(
     assert _files(tmp_path / "rows") == sequential
     assert _files(root / "record") == sequential
     assert _letters(tmp_path / "dead") == _letters(root / "sequential" / "dead")
+
+
+@pytest.mark.parametrize(
+    "window", ["sliding:3m/1m", "calendar:day@Pacific/Chatham", "calendar:week@America/New_York"]
+)
+def test_parallel_files_of_every_window_kind_it_runs_equal_the_record_paths(tmp_path, window):
+    """Sliding and calendar windows on the parallel path (sessions take the one-step path:
+    below): the record path's bytes, counters and dead letters, the sequential path's too."""
+    pattern = _workload(tmp_path / "in", 3_000, integer_amounts=True)
+    sequential = _sequential(pattern, tmp_path / "sequential", window=window)
+    got = _parallel(pattern, tmp_path / "parallel", window=window, shards=3, split_bytes=50_000)
+    with beam.Pipeline("FnApiRunner") as p:
+        record = p | ReadFromFiles(pattern, format="json")
+        rows = record.main | ComputeWindowedMetrics(**_options(window=window))
+        _ = rows.rows | WriteWindowedFiles(str(tmp_path / "record"), format="parquet")
+    assert got == sequential
+    files = _files(tmp_path / "parallel" / "rows")
+    assert files
+    assert files == _files(tmp_path / "record") == _files(tmp_path / "sequential" / "rows")
+    assert _letters(tmp_path / "parallel" / "dead") == _letters(tmp_path / "sequential" / "dead")
 
 
 @pytest.mark.parametrize("argv", [_MULTI, _THREADS], ids=["multi_processing", "threads"])
