@@ -141,7 +141,7 @@ def test_prism_streaming_bench_reads_the_backlog_and_measures_latency(tmp_path):
             "--workdir", str(tmp_path), "--quick", "--events", "2000", "--skip-end-to-end",
             "--skip-kafka", "--skip-memory", "--skip-record-path", "--beam-events", "200",
             "--replay-events", "100", "--beam-stream-events", "100", "--prism-events", "1500",
-            "--latency-rate", "200", "--latency-seconds", "3",
+            "--latency-rate", "200", "--latency-seconds", "3", "--skip-flink", "--skip-scale-out",
         ]
     )  # fmt: skip
     throughput, latency = results["prism_throughput"], results["prism_latency"]
