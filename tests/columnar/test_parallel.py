@@ -54,14 +54,10 @@ def _workload(folder: Path, n: int, *, integer_amounts: bool) -> str:
     behind the stream; with ``integer_amounts`` every amount is an integer (cents).
     """
     rng = random.Random(7)
-    lines = []
-    for event in generate(n, seed=5, malformed_frac=0.04, ms_per_event=200):
-        line = event.line
-        if integer_amounts and event.tag == "normal":
-            record = json.loads(line)
-            record["amount"] = round(record["amount"] * 100)
-            line = json.dumps(record).encode()
-        lines.append(line)
+    events = generate(
+        n, seed=5, malformed_frac=0.04, ms_per_event=200, amounts_in_cents=integer_amounts
+    )
+    lines = [event.line for event in events]
     for _ in range(n // 50):  # late retries
         at = rng.randrange(len(lines) // 2, len(lines))
         lines.insert(at, lines[rng.randrange(0, at // 2)])
@@ -118,16 +114,21 @@ def _parallel(pattern: str, out: Path, argv=(), window="fixed:60s", **parallel) 
     )
 
 
+def _record_path(pattern: str, out: Path, **overrides) -> None:
+    """The record path's window files of ``pattern`` in ``out``."""
+    with beam.Pipeline("FnApiRunner") as p:
+        record = p | ReadFromFiles(pattern, format="json")
+        rows = record.main | ComputeWindowedMetrics(**_options(**overrides))
+        _ = rows.rows | WriteWindowedFiles(str(out), format="parquet")
+
+
 @pytest.fixture(scope="module")
 def integer_run(tmp_path_factory):
     """The integer workload, its sequential columnar files and the record path's files."""
     root = tmp_path_factory.mktemp("integer")
     pattern = _workload(root / "in", 6_000, integer_amounts=True)
     counters = _sequential(pattern, root / "sequential")
-    with beam.Pipeline("FnApiRunner") as p:
-        record = p | ReadFromFiles(pattern, format="json")
-        rows = record.main | ComputeWindowedMetrics(**_options())
-        _ = rows.rows | WriteWindowedFiles(str(root / "record"), format="parquet")
+    _record_path(pattern, root / "record")
     return pattern, root, counters
 
 
@@ -162,10 +163,7 @@ def test_parallel_files_of_every_window_kind_it_runs_equal_the_record_paths(tmp_
     pattern = _workload(tmp_path / "in", 3_000, integer_amounts=True)
     sequential = _sequential(pattern, tmp_path / "sequential", window=window)
     got = _parallel(pattern, tmp_path / "parallel", window=window, shards=3, split_bytes=50_000)
-    with beam.Pipeline("FnApiRunner") as p:
-        record = p | ReadFromFiles(pattern, format="json")
-        rows = record.main | ComputeWindowedMetrics(**_options(window=window))
-        _ = rows.rows | WriteWindowedFiles(str(tmp_path / "record"), format="parquet")
+    _record_path(pattern, tmp_path / "record", window=window)
     assert got == sequential
     files = _files(tmp_path / "parallel" / "rows")
     assert files

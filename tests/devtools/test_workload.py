@@ -69,3 +69,20 @@ def test_bad_fractions_are_refused(option):
     """Fractions outside [0, 1) raise ValueError naming the option."""
     with pytest.raises(ValueError, match=option):
         list(generate(1, **{option: 1.5}))
+
+
+def test_amounts_in_cents_are_the_same_draws_as_integers():
+    """With amounts_in_cents every decodable line (re-deliveries and late events too) carries
+    the float amount's draw in whole cents; the rest of the stream is unchanged."""
+    floats = list(generate(3_000, seed=4, malformed_frac=0.02))
+    cents = list(generate(3_000, seed=4, malformed_frac=0.02, amounts_in_cents=True))
+    assert [e.tag for e in cents] == [e.tag for e in floats]
+    decoded = [(f, c) for f, c in zip(floats, cents, strict=True) if c.record is not None]
+    assert {c.tag for _, c in decoded} == {"normal", "duplicate", "late"}
+    for f, c in decoded:
+        assert json.loads(c.line) == c.record
+        assert isinstance(c.record["amount"], int)
+        assert abs(c.record["amount"] - f.record["amount"] * 100) <= 1
+        assert {**c.record, "amount": 0} == {**f.record, "amount": 0}
+    with pytest.raises(ValueError, match="amounts_in_cents='yes'"):
+        list(generate(1, amounts_in_cents="yes"))

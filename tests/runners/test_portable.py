@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from headwater import runners
 from headwater.core.accounting import Accounting
 from headwater.devtools.produce import produce_lines
-from headwater.devtools.workload import generate
+from headwater.devtools.workload import write_jsonl
 from headwater.pipelines import (
     kafka_to_kafka,
     replay_dead_letters,
@@ -296,16 +296,11 @@ def test_session_and_calendar_windows_on_flink_give_the_local_runs_files(
     worker: a key's sessions merge across shards) and calendar days (the parallel path's
     stages) write the local run's files byte for byte, with its counters (integer amounts:
     float sums are exact for one shard count only, docs/performance.md "Scale-out")."""
-    lines = []
-    for event in generate(3_000, seed=3, users=40, malformed_frac=0.02, ms_per_event=ms_per_event):
-        line = event.line
-        if event.record is not None:  # cents: the parallel path's float sums may differ in the
-            record = json.loads(line)  # last bits (another order of adding)
-            record["amount"] = round(record["amount"] * 100)
-            line = json.dumps(record).encode()
-        lines.append(line)
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    write_jsonl(
+        path, 3_000, seed=3, users=40, malformed_frac=0.02, ms_per_event=ms_per_event,
+        amounts_in_cents=True,  # the parallel path's float sums may differ in the last bits
+    )  # fmt: skip
 
     def run(name: str, flags: list[str]) -> tuple[dict, dict[str, bytes]]:
         out = tmp_path / name

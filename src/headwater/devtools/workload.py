@@ -98,11 +98,18 @@ def generate(
     users: int = 10_000,
     t0_ms: int = T0_MS,
     ms_per_event: int = 1,
+    amounts_in_cents: bool = False,
 ) -> Iterator[Event]:
     """Yields ``n`` events in arrival order; the same arguments always give the same bytes.
 
+    ``amount`` is a float with two decimals, or with ``amounts_in_cents`` the same draw as an
+    integer number of cents (integer sums are exact in any order of adding: engines that add
+    in different orders write the same bytes).
+
     >>> [e.tag for e in generate(3, dup_frac=0, late_frac=0)]
     ['normal', 'normal', 'normal']
+    >>> [e.record["amount"] for e in generate(2, amounts_in_cents=True)]
+    [36837, 10971]
     """
     for name, frac in (
         ("dup_frac", dup_frac),
@@ -117,6 +124,8 @@ def generate(
         raise ValueError(f"n={n!r} must not be negative")
     if isinstance(ms_per_event, bool) or not isinstance(ms_per_event, int) or ms_per_event < 1:
         raise ValueError(f"ms_per_event={ms_per_event!r} must be a positive integer")
+    if not isinstance(amounts_in_cents, bool):
+        raise ValueError(f"amounts_in_cents={amounts_in_cents!r} must be True or False")
     rng = random.Random(seed)
     originals: list[tuple[int, bytes, dict[str, Any]]] = []  # (arrival, line, record)
     first_live = 0
@@ -139,7 +148,7 @@ def generate(
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "user_id": f"u{rng.randrange(users):05d}",
             "event_time": event_time,
-            "amount": round(rng.uniform(0.5, 500.0), 2),
+            "amount": _amount(rng.uniform(0.5, 500.0), amounts_in_cents),
             "kind": rng.choices(_KINDS, weights=_KIND_WEIGHTS)[0],
         }
         if draw >= 1.0 - malformed_frac:
@@ -150,6 +159,10 @@ def generate(
         max_seen = event_time if max_seen is None else max(max_seen, event_time)
         originals.append((position, line, record))
         yield Event(line, record, tag)
+
+
+def _amount(drawn: float, in_cents: bool) -> float | int:
+    return round(drawn * 100) if in_cents else round(drawn, 2)
 
 
 def write_jsonl(
